@@ -10,11 +10,12 @@ from enum import Enum
 from typing import Literal, get_args
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 
 Tensor = torch.Tensor
 
 __all__ = [
+    "Bool",
     "Float",
     "Int",
     "Tensor",

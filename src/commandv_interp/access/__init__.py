@@ -1,0 +1,71 @@
+"""Stage 1 (access): consumes a model object, produces a :class:`ModelAccess`.
+
+``open_model`` dispatches on what it is given:
+
+- a Hugging Face causal LM object or a local checkpoint directory → nnsight backend;
+- a TransformerLens ``TransformerBridge`` → TransformerLens backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from commandv_interp.access.base import Batch, EditContext, EditFn, ModelAccess, StopForward
+from commandv_interp.access.nnsight_backend import NNsightAccess
+from commandv_interp.access.positions import gather_rows, last_token_index, prompt_position_mask
+from commandv_interp.access.tl_backend import TransformerLensAccess, hook_name
+
+__all__ = [
+    "Batch",
+    "EditContext",
+    "EditFn",
+    "ModelAccess",
+    "NNsightAccess",
+    "StopForward",
+    "TransformerLensAccess",
+    "gather_rows",
+    "hook_name",
+    "last_token_index",
+    "open_model",
+    "prompt_position_mask",
+]
+
+
+def open_model(obj: object, tokenizer: object | None = None, name: str | None = None) -> ModelAccess:
+    """Open a model for reading and editing its residual stream.
+
+    Args:
+        obj: a ``ModelAccess`` (returned as is), a TransformerLens ``TransformerBridge``, a Hugging Face
+            causal LM, or a path to a local checkpoint directory (loaded offline, no remote code).
+        tokenizer: the tokenizer for a Hugging Face model object (loaded from the directory if a path
+            is given and this is None).
+        name: optional display name.
+
+    Returns:
+        A :class:`ModelAccess` on the TransformerLens or nnsight backend.
+    """
+    if isinstance(obj, ModelAccess):
+        return obj
+    if type(obj).__name__ == "TransformerBridge":
+        return TransformerLensAccess(obj, name=name)
+    if isinstance(obj, (str, Path)):
+        path = Path(obj)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{str(path)!r} is not a local checkpoint directory (no config.json); "
+                "pass a Hugging Face model object or a directory written by save_pretrained"
+            )
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True,
+                                                     trust_remote_code=False)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        return NNsightAccess(model, tokenizer, name=name or path.name)
+    if isinstance(obj, torch.nn.Module) and hasattr(obj, "config"):
+        return NNsightAccess(obj, tokenizer, name=name)
+    raise ValueError(
+        f"open_model cannot open a {type(obj).__name__}; pass a Hugging Face causal LM, a checkpoint "
+        "directory or a TransformerLens TransformerBridge"
+    )

@@ -1,0 +1,226 @@
+"""Stage 1 (access): consumes a model object, produces a uniform reading/editing interface.
+
+:class:`ModelAccess` is the one interface every later stage talks to. Backends (nnsight,
+TransformerLens) subclass it and are the only code that knows hook names and execution order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from commandv_interp.access.positions import gather_rows, last_token_index
+from commandv_interp.types import Float, Int, Tensor
+
+__all__ = ["Batch", "EditContext", "EditFn", "ModelAccess", "StopForward"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Token ids and attention mask of a padded batch of prompts."""
+
+    input_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+
+    @property
+    def last_index(self) -> Int[Tensor, " batch"]:
+        """Position of each row's last prompt token (left or right padding)."""
+        return last_token_index(self.attention_mask)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device))
+
+
+@dataclass(frozen=True)
+class EditContext:
+    """What an edit function knows about the forward pass it is editing.
+
+    ``step`` is 0 on the prompt pass and ``k`` on the k-th decode step of a generation.
+    ``prompt_mask`` is the attention mask of the prompt (batch × prompt positions).
+    """
+
+    layer: int
+    step: int
+    prompt_mask: Int[Tensor, "batch pos"]
+
+
+EditFn = Callable[[Float[Tensor, "batch pos d_model"], EditContext], Float[Tensor, "batch pos d_model"]]
+"""An edit maps a block's output hidden states to new hidden states (same shape)."""
+
+
+class StopForward(Exception):
+    """Raised inside a hook to stop a forward pass after the last layer a reader needs."""
+
+
+class ModelAccess(ABC):
+    """Uniform access to a causal LM's residual stream (block outputs).
+
+    Attributes:
+        backend: ``"nnsight"`` or ``"transformer_lens"``.
+        name: model name (HF ``name_or_path`` or the given name).
+        n_layers: number of transformer blocks.
+        d_model: residual width.
+        tokenizer: a Hugging Face tokenizer.
+    """
+
+    backend: str
+    name: str
+    n_layers: int
+    d_model: int
+    tokenizer: object
+
+    def __init__(self) -> None:
+        self._edits: dict[int, EditFn] = {}
+
+    # -- identity ------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def hf_config(self) -> object:
+        """The underlying Hugging Face config (used for fingerprints)."""
+
+    @property
+    @abstractmethod
+    def torch_module(self) -> torch.nn.Module:
+        """The module whose parameters are the model's weights (for freezing, device, dtype)."""
+
+    @property
+    def config_hash(self) -> str:
+        """Short hash of the model config and parameter shapes; identical models hash alike."""
+        cfg = self.hf_config
+        text = cfg.to_json_string(use_diff=False) if hasattr(cfg, "to_json_string") else repr(cfg)
+        shapes = [(k, tuple(v.shape)) for k, v in self.torch_module.state_dict().items()]
+        payload = json.dumps({"config": json.loads(text) if text.startswith("{") else text, "shapes": shapes},
+                             sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.torch_module.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.torch_module.parameters()).dtype
+
+    @abstractmethod
+    def block_device(self, layer: int) -> torch.device:
+        """Device of block ``layer``'s parameters (models may be spread over devices)."""
+
+    # -- tokens --------------------------------------------------------------------------------
+    def encode(self, prompts: Sequence[str], padding_side: str = "left") -> Batch:
+        """Tokenize prompts into a padded :class:`Batch` (``padding_side`` "left" or "right")."""
+        if isinstance(prompts, str):
+            raise ValueError("encode() takes a list of prompts, got a single string; wrap it in a list")
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        tok = self.tokenizer
+        if tok.pad_token is None:
+            raise ValueError(f"tokenizer of {self.name!r} has no pad token; set tokenizer.pad_token first")
+        old_side = tok.padding_side
+        tok.padding_side = padding_side
+        try:
+            enc = tok(list(prompts), return_tensors="pt", padding=True)
+        finally:
+            tok.padding_side = old_side
+        return Batch(enc["input_ids"], enc["attention_mask"])
+
+    def _check_layers(self, layers: Sequence[int]) -> list[int]:
+        out = sorted(set(int(layer) for layer in layers))
+        bad = [layer for layer in out if not 0 <= layer < self.n_layers]
+        if bad:
+            raise ValueError(f"layers {bad!r} out of range for {self.name!r} with n_layers={self.n_layers}")
+        return out
+
+    # -- reading -------------------------------------------------------------------------------
+    def read(
+        self, batch: Batch, layers: Sequence[int], positions: str = "last"
+    ) -> dict[int, Tensor]:
+        """Block outputs (residual stream after block ``l``), detached, float32, on CPU.
+
+        Args:
+            batch: the padded prompts.
+            layers: 0-based block indices.
+            positions: ``"last"`` → ``batch × d_model`` at each row's last prompt token;
+                ``"all"`` → ``batch × pos × d_model``.
+
+        Returns:
+            dict layer → tensor. Active edits (inside :meth:`edited`) are applied.
+        """
+        if positions not in ("last", "all"):
+            raise ValueError(f"positions must be 'last' or 'all', got {positions!r}")
+        layers = self._check_layers(layers)
+        with torch.no_grad():
+            full = self._read_blocks(batch, layers)
+        out: dict[int, Tensor] = {}
+        for layer, hidden in full.items():
+            value = gather_rows(hidden, batch.last_index) if positions == "last" else hidden
+            out[layer] = value.detach().to(device="cpu", dtype=torch.float32)
+        return out
+
+    @abstractmethod
+    def _read_blocks(self, batch: Batch, layers: list[int]) -> dict[int, Tensor]:
+        """Full-sequence block outputs at ``layers`` (may stop the forward early)."""
+
+    # -- running -------------------------------------------------------------------------------
+    @abstractmethod
+    def forward(self, batch: Batch) -> Float[Tensor, "batch pos vocab"]:
+        """Logits of one forward pass, with active edits applied (keeps grad if enabled)."""
+
+    @abstractmethod
+    def _generate_ids(self, batch: Batch, max_new_tokens: int) -> Int[Tensor, "batch new"]:
+        """Greedy continuation ids (new tokens only) with active edits applied."""
+
+    def generate(self, batch: Batch, max_new_tokens: int = 32) -> list[str]:
+        """Greedy generation; returns the decoded continuation of each prompt (cut at EOS)."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
+        with torch.no_grad():
+            ids = self._generate_ids(batch, max_new_tokens)
+        return self.decode_continuations(ids)
+
+    def decode_continuations(self, ids: Int[Tensor, "batch new"]) -> list[str]:
+        eos = self.tokenizer.eos_token_id
+        texts = []
+        for row in ids.tolist():
+            if eos is not None and eos in row:
+                row = row[: row.index(eos)]
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return texts
+
+    # -- editing -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def edited(self, edits: Mapping[int, EditFn]) -> Iterator["ModelAccess"]:
+        """Apply ``edits`` (layer → edit function) to every forward/generate inside the block.
+
+        Edits compose with edits already active (inner edits run after outer ones at a layer).
+        Everything is undone on exit, also on exceptions.
+        """
+        layers = self._check_layers(list(edits))
+        previous = dict(self._edits)
+        combined = dict(previous)
+        for layer in layers:
+            combined[layer] = _compose(previous.get(layer), edits[layer])
+        self._edits = combined
+        try:
+            yield self
+        finally:
+            self._edits = previous
+
+    @property
+    def active_edits(self) -> dict[int, EditFn]:
+        return dict(self._edits)
+
+
+def _compose(first: EditFn | None, second: EditFn) -> EditFn:
+    if first is None:
+        return second
+
+    def both(hidden: Tensor, ctx: EditContext) -> Tensor:
+        return second(first(hidden, ctx), ctx)
+
+    return both

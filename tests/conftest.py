@@ -1,0 +1,110 @@
+"""Tiny random models and shared helpers for the test-suite (CPU, offline)."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+import torch
+
+VOCAB = ["<pad>", "<bos>", "<eos>", "<unk>"] + [f"w{i}" for i in range(60)]
+
+
+def assert_close(actual, expected, *, atol: float = 1e-5, rtol: float = 1e-5) -> None:
+    """The one closeness check of the test-suite."""
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _save_tokenizer(path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>",
+                                   eos_token="<eos>", unk_token="<unk>")
+    fast.save_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """Directory holding two saved tiny models: a Llama-style donor and a GPT-2-style recipient."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(1234)
+    llama = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)).eval()
+    gpt2 = GPT2LMHeadModel(GPT2Config(
+        vocab_size=len(VOCAB), n_embd=24, n_layer=3, n_head=4, n_positions=64,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2)).eval()
+    for name, model in (("llama", llama), ("gpt2", gpt2)):
+        model.save_pretrained(root / name)
+        _save_tokenizer(root / name)
+    return root
+
+
+def _load(tiny_dir, name):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir / name, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_dir / name)
+
+
+@pytest.fixture(scope="session")
+def hf_llama(tiny_dir):
+    return _load(tiny_dir, "llama")
+
+
+@pytest.fixture(scope="session")
+def hf_gpt2(tiny_dir):
+    return _load(tiny_dir, "gpt2")
+
+
+@pytest.fixture(scope="session")
+def nn_llama(hf_llama):
+    import commandv_interp as cv
+
+    return cv.open_model(hf_llama[0], tokenizer=hf_llama[1], name="tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def nn_gpt2(hf_gpt2):
+    import commandv_interp as cv
+
+    return cv.open_model(hf_gpt2[0], tokenizer=hf_gpt2[1], name="tiny-gpt2")
+
+
+@pytest.fixture(scope="session")
+def tl_llama(tiny_dir, hf_llama):
+    """The same tiny Llama through TransformerLens (bridge over a deep copy: the bridge rewrites it)."""
+    import commandv_interp as cv
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(str(tiny_dir / "llama"), hf_model=copy.deepcopy(hf_llama[0]),
+                                                 tokenizer=hf_llama[1])
+    return cv.open_model(bridge, name="tiny-llama")
+
+
+def random_prompts(n: int, seed: int = 0, min_len: int = 3, max_len: int = 9) -> list[str]:
+    """Deterministic word prompts of varying length (so batches are padded)."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = []
+    for _ in range(n):
+        length = int(torch.randint(min_len, max_len + 1, (1,), generator=g))
+        ids = torch.randint(4, len(VOCAB), (length,), generator=g).tolist()
+        prompts.append(" ".join(VOCAB[i] for i in ids))
+    return prompts
