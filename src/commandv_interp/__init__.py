@@ -4,8 +4,23 @@ Pipeline (data flows one way): access → profiles → correspondence → conver
 → analysis → plotting.
 """
 
-from commandv_interp.access import ModelAccess, open_model
-
 __version__ = "0.1.0"
 
-__all__ = ["ModelAccess", "open_model", "__version__"]
+from commandv_interp.access import ModelAccess, open_model  # noqa: E402
+from commandv_interp.converters import Converters, fit_converters  # noqa: E402
+from commandv_interp.correspondence import LayerMap, match_layers  # noqa: E402
+from commandv_interp.profiles import ActivationProfile, profile  # noqa: E402
+from commandv_interp.prompts import load_prompts  # noqa: E402
+
+__all__ = [
+    "ActivationProfile",
+    "Converters",
+    "LayerMap",
+    "ModelAccess",
+    "__version__",
+    "fit_converters",
+    "load_prompts",
+    "match_layers",
+    "open_model",
+    "profile",
+]

@@ -1,0 +1,167 @@
+"""Stage 2 (profiles): consumes a :class:`ModelAccess` and prompts, produces an :class:`ActivationProfile`.
+
+A profile holds, per layer, the ``n_prompts × d_model`` matrix of block outputs at each prompt's last
+token (the paper's "activation profile"), plus metadata that lets later stages refuse mismatched
+pairings. Saved as one safetensors file, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from commandv_interp.access import ModelAccess, open_model
+from commandv_interp.io import atomic_write
+from commandv_interp.prompts import prompts_fingerprint
+from commandv_interp.types import Float, Tensor
+
+__all__ = ["ActivationProfile", "profile", "ChatTemplate"]
+
+KIND = "commandv.activation_profile"
+ChatTemplate = Callable[[str], str]
+"""Maps a raw prompt to the exact text fed to the model (e.g. a chat wrapper)."""
+
+
+@dataclass(frozen=True)
+class ActivationProfile:
+    """Last-prompt-token block outputs of one model over one prompt set.
+
+    Attributes:
+        activations: layer → ``n_prompts × d_model`` float32 matrix (row i = prompt i).
+        model_name, config_hash, n_layers, d_model, dtype: which model produced it.
+        prompts_fingerprint: hash of the exact (formatted) prompt list; pairs must match.
+        position_rule: where the vectors were read (``"last"`` prompt token).
+        library_version: commandv_interp version that wrote it.
+    """
+
+    activations: dict[int, Float[Tensor, "n_prompts d_model"]]
+    model_name: str
+    config_hash: str
+    n_layers: int
+    d_model: int
+    dtype: str
+    prompts_fingerprint: str
+    position_rule: str = "last"
+    library_version: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        shapes = {tuple(a.shape) for a in self.activations.values()}
+        if len(shapes) != 1:
+            raise ValueError(f"all layers of a profile must have the same shape, got {sorted(shapes)!r}")
+        (n, d), = shapes
+        if d != self.d_model:
+            raise ValueError(f"profile matrices have width {d} but d_model={self.d_model}")
+        for layer, act in self.activations.items():
+            if not torch.isfinite(act).all():
+                raise ValueError(f"profile of {self.model_name!r} has NaN/inf at layer {layer}; "
+                                 "check the model's dtype (use float32) and the prompts")
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.activations)
+
+    @property
+    def n_prompts(self) -> int:
+        return next(iter(self.activations.values())).shape[0]
+
+    def __getitem__(self, layer: int) -> Float[Tensor, "n_prompts d_model"]:
+        if layer not in self.activations:
+            raise KeyError(f"layer {layer} not in profile of {self.model_name!r} (layers {self.layers})")
+        return self.activations[layer]
+
+    def metadata(self) -> dict:
+        return {
+            "kind": KIND, "model_name": self.model_name, "config_hash": self.config_hash,
+            "n_layers": self.n_layers, "d_model": self.d_model, "dtype": self.dtype,
+            "prompts_fingerprint": self.prompts_fingerprint, "n_prompts": self.n_prompts,
+            "position_rule": self.position_rule, "library_version": self.library_version,
+            "extra": self.extra,
+        }
+
+    def subset(self, rows: Sequence[int] | Tensor, fingerprint: str | None = None) -> "ActivationProfile":
+        """A profile over a subset (or permutation) of the prompts; the fingerprint changes with it."""
+        idx = torch.as_tensor(list(rows) if not isinstance(rows, Tensor) else rows, dtype=torch.long)
+        fp = fingerprint or prompts_fingerprint([self.prompts_fingerprint] + [str(i) for i in idx.tolist()])
+        acts = {layer: a[idx] for layer, a in self.activations.items()}
+        return ActivationProfile(acts, self.model_name, self.config_hash, self.n_layers, self.d_model,
+                                 self.dtype, fp, self.position_rule, self.library_version, dict(self.extra))
+
+    def save(self, path: str | Path) -> Path:
+        """Write one safetensors file (tensors ``layer.<l>`` + JSON metadata), atomically."""
+        tensors = {f"layer.{layer}": a.contiguous() for layer, a in self.activations.items()}
+        meta = {"commandv": json.dumps(self.metadata(), sort_keys=True)}
+        return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ActivationProfile":
+        """Read a profile written by :meth:`save`; refuse files of another kind."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"profile file {str(path)!r} does not exist")
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("commandv")
+        meta = json.loads(raw) if raw else {}
+        if meta.get("kind") != KIND:
+            raise ValueError(f"{str(path)!r} is not a commandv activation profile (kind={meta.get('kind')!r})")
+        tensors = load_file(str(path))
+        acts = {int(k.split(".")[1]): v for k, v in tensors.items()}
+        return cls(acts, meta["model_name"], meta["config_hash"], meta["n_layers"], meta["d_model"], meta["dtype"],
+                   meta["prompts_fingerprint"], meta["position_rule"], meta["library_version"], meta.get("extra", {}))
+
+
+def profile(
+    model: ModelAccess | object,
+    prompts: Sequence[str],
+    layers: Sequence[int] | None = None,
+    batch_size: int = 32,
+    chat_template: ChatTemplate | None = None,
+    padding_side: str = "left",
+    progress: bool = True,
+) -> ActivationProfile:
+    """Profile a model's block outputs at the last token of each prompt.
+
+    Args:
+        model: a :class:`ModelAccess` or anything :func:`open_model` accepts.
+        prompts: the profile prompts (order matters; it is part of the fingerprint).
+        layers: block indices (default: all).
+        batch_size: prompts per forward pass.
+        chat_template: optional function mapping each prompt to the text fed to the model.
+        padding_side: "left" or "right"; the result does not depend on it.
+        progress: show a tqdm bar.
+
+    Returns:
+        An :class:`ActivationProfile` with float32 matrices of shape ``n_prompts × d_model``.
+
+    Example:
+        >>> p = profile(access, ["user : hi assistant :"])  # doctest: +SKIP
+    """
+    from commandv_interp import __version__
+
+    access = open_model(model)
+    if isinstance(prompts, str) or len(prompts) == 0:
+        raise ValueError("profile() needs a non-empty list of prompts")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    texts = [chat_template(p) for p in prompts] if chat_template else list(prompts)
+    layers = list(range(access.n_layers)) if layers is None else access._check_layers(layers)
+    chunks: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    starts = range(0, len(texts), batch_size)
+    for start in tqdm(starts, desc=f"profile {access.name}", disable=not progress or len(starts) < 2):
+        batch = access.encode(texts[start:start + batch_size], padding_side=padding_side)
+        for layer, value in access.read(batch, layers, positions="last").items():
+            chunks[layer].append(value)
+    acts = {layer: torch.cat(chunks[layer]) for layer in layers}
+    return ActivationProfile(
+        activations=acts, model_name=access.name, config_hash=access.config_hash, n_layers=access.n_layers,
+        d_model=access.d_model, dtype=str(access.dtype).removeprefix("torch."),
+        prompts_fingerprint=prompts_fingerprint(texts), position_rule="last", library_version=__version__,
+    )
