@@ -108,3 +108,32 @@ def random_prompts(n: int, seed: int = 0, min_len: int = 3, max_len: int = 9) ->
         ids = torch.randint(4, len(VOCAB), (length,), generator=g).tolist()
         prompts.append(" ".join(VOCAB[i] for i in ids))
     return prompts
+
+
+def rotated_llama(model, seed: int = 0):
+    """A copy of a Llama model computing the same function with its residual basis rotated by a random orthogonal Q.
+
+    RMSNorm gains are folded into the following weights first (so norms commute with Q). Returns (model, Q); the
+    copy's block outputs equal the original's times Q.
+    """
+    m = copy.deepcopy(model)
+    d = m.config.hidden_size
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    q = q.float()
+    with torch.no_grad():
+        for layer in m.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            for lin in (attn.q_proj, attn.k_proj, attn.v_proj):
+                lin.weight.copy_(lin.weight * layer.input_layernorm.weight)
+                lin.weight.copy_(lin.weight @ q)
+            for lin in (mlp.gate_proj, mlp.up_proj):
+                lin.weight.copy_(lin.weight * layer.post_attention_layernorm.weight)
+                lin.weight.copy_(lin.weight @ q)
+            attn.o_proj.weight.copy_(q.T @ attn.o_proj.weight)
+            mlp.down_proj.weight.copy_(q.T @ mlp.down_proj.weight)
+            layer.input_layernorm.weight.fill_(1.0)
+            layer.post_attention_layernorm.weight.fill_(1.0)
+        m.lm_head.weight.copy_((m.lm_head.weight * m.model.norm.weight) @ q)
+        m.model.norm.weight.fill_(1.0)
+        m.model.embed_tokens.weight.copy_(m.model.embed_tokens.weight @ q)
+    return m.eval(), q

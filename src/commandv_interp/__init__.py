@@ -7,13 +7,23 @@ Pipeline (data flows one way): access → profiles → correspondence → conver
 __version__ = "0.1.0"
 
 from commandv_interp.access import ModelAccess, open_model  # noqa: E402
+from commandv_interp.adapters import Adapter, load_adapter, save_adapter, train_adapter  # noqa: E402
+from commandv_interp.compile import compile_paste  # noqa: E402
 from commandv_interp.converters import Converters, fit_converters  # noqa: E402
 from commandv_interp.correspondence import LayerMap, match_layers  # noqa: E402
+from commandv_interp.paste import apply_adapter, paste  # noqa: E402
 from commandv_interp.profiles import ActivationProfile, profile  # noqa: E402
 from commandv_interp.prompts import load_prompts  # noqa: E402
 
 __all__ = [
     "ActivationProfile",
+    "Adapter",
+    "apply_adapter",
+    "compile_paste",
+    "load_adapter",
+    "paste",
+    "save_adapter",
+    "train_adapter",
     "Converters",
     "LayerMap",
     "ModelAccess",
