@@ -138,3 +138,15 @@ def test_paste_refuses_mismatched_widths(nn_llama, nn_gpt2, profile_prompts):
     with pytest.raises(ValueError, match="positions"):
         with cv.paste(nn_gpt2, _adapter(nn_llama.d_model), conv, positions="everywhere"):
             pass
+
+
+def test_paste_refuses_converters_of_another_recipient(nn_llama, tl_llama, hf_llama, profile_prompts):
+    from transformers import LlamaForCausalLM
+
+    assert tl_llama.config_hash == nn_llama.config_hash  # same model, either backend
+    config = hf_llama[0].config.__class__.from_dict(hf_llama[0].config.to_dict() | {"num_hidden_layers": 2})
+    other = cv.open_model(LlamaForCausalLM(config).eval(), tokenizer=hf_llama[1], name="other")
+    conv = _converters(nn_llama, nn_llama, profile_prompts, method="ridge")
+    with pytest.raises(ValueError, match="config hash"):
+        with cv.paste(other, _adapter(nn_llama.d_model), conv):
+            pass

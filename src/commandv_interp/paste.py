@@ -134,6 +134,14 @@ def paste(
     if converters.d_recipient != access.d_model:
         raise ValueError(f"converters map a recipient of width {converters.d_recipient} but {access.name!r} has "
                          f"d_model={access.d_model}; derive converters for this recipient")
+    if converters.recipient_config_hash != access.config_hash:
+        raise ValueError(f"converters were fitted for recipient {converters.recipient_model!r} (config hash "
+                         f"{converters.recipient_config_hash!r}) but {access.name!r} has config hash "
+                         f"{access.config_hash!r}; derive converters from this recipient's profile")
+    adapter_hash = adapter.metadata.get("config_hash")
+    if adapter_hash is not None and adapter_hash != converters.donor_config_hash:
+        raise ValueError(f"the adapter was trained on a model with config hash {adapter_hash!r} but the converters' "
+                         f"donor has {converters.donor_config_hash!r}; profile the adapter's own donor")
     if not torch.isfinite(torch.tensor(alpha)):
         raise ValueError(f"alpha must be finite, got {alpha!r}")
     per_layer: dict[int, list[DeltaFn]] = {}

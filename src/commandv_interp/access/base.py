@@ -91,12 +91,16 @@ class ModelAccess(ABC):
 
     @property
     def config_hash(self) -> str:
-        """Short hash of the model config and parameter shapes; identical models hash alike."""
+        """Short hash of the architecture config (name and version fields excluded): the same model hashes
+        alike on both backends, models of another shape do not."""
         cfg = self.hf_config
-        text = cfg.to_json_string(use_diff=False) if hasattr(cfg, "to_json_string") else repr(cfg)
-        shapes = [(k, tuple(v.shape)) for k, v in self.torch_module.state_dict().items()]
-        payload = json.dumps({"config": json.loads(text) if text.startswith("{") else text, "shapes": shapes},
-                             sort_keys=True, default=str)
+        if hasattr(cfg, "to_json_string"):
+            fields = json.loads(cfg.to_json_string(use_diff=False))
+        else:
+            fields = {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))}
+        for volatile in ("_name_or_path", "name_or_path", "transformers_version", "_commit_hash"):
+            fields.pop(volatile, None)
+        payload = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     @property
