@@ -1,0 +1,178 @@
+"""Stage 0 (zoo): consumes a zoo model name and a seed, produces a base model pretrained from scratch on the world.
+
+Plain PyTorch causal-LM training: one world document per row (``<bos>`` … ``<eos>``, right-padded), loss on
+non-pad tokens, AdamW with linear warmup and cosine decay. Same seed, same weights (on one machine and thread count).
+``python -m commandv_interp.zoo.pretrain --all`` regenerates the shipped checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+
+from commandv_interp.zoo.architectures import ZOO, build_config, spec
+from commandv_interp.zoo.tokenizers import build_tokenizer
+from commandv_interp.zoo.world import build_corpus, world_fingerprint
+
+__all__ = ["PretrainRecord", "pretrain", "save_checkpoint", "CHECKPOINTS", "STEPS"]
+
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+STEPS = {"llama-6x128": 1200, "gpt2-4x96": 1200, "qwen2-5x160": 1200}  # shipped run lengths (batch 64)
+N_DOCS = 100_000  # corpus size; about 0.8 epochs at 1200 steps × 64
+RECORD_FILE = "pretrain_record.json"
+
+
+@dataclass(frozen=True)
+class PretrainRecord:
+    """What a pretraining run did: sizes, cost (FLOPs ≈ 6 · params · trained tokens) and final loss."""
+
+    name: str
+    seed: int
+    steps: int
+    batch_size: int
+    lr: float
+    n_docs: int
+    n_params: int
+    tokens: int
+    flops: float
+    wall_s: float
+    final_loss: float
+    tokenizer: str
+    world_fingerprint: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PretrainRecord:
+        return cls(**d)
+
+
+def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    frac = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))  # cosine down to 10% of the peak
+
+
+def _batch(docs: list[list[int]], idx: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rows = [docs[i] for i in idx]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for k, r in enumerate(rows):
+        ids[k, : len(r)] = torch.tensor(r)
+        mask[k, : len(r)] = 1
+    return ids, mask, ids.masked_fill(mask == 0, -100)
+
+
+def _bucketed(lengths: list[int], batch_size: int, gen: torch.Generator) -> list[list[int]]:
+    """One epoch of batches: shuffled, then sorted by length within windows of 32 batches (less padding)."""
+    perm = torch.randperm(len(lengths), generator=gen).tolist()
+    window = batch_size * 32
+    batches = []
+    for start in range(0, len(perm) - batch_size + 1, window):
+        chunk = sorted(perm[start:start + window], key=lengths.__getitem__)
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+def pretrain(name: str, seed: int = 0, steps: int | None = None, batch_size: int = 64, lr: float = 3e-3,
+             n_docs: int = N_DOCS, warmup: int = 100, progress: bool = True,
+             ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, PretrainRecord]:
+    """Train a zoo model from scratch on the world corpus.
+
+    Args:
+        name: a key of ``architectures.ZOO``.
+        seed: seeds the corpus sample, the initialization and the batch order.
+        steps: optimizer steps (``None``: the shipped ``STEPS[name]``).
+        batch_size: documents per step.
+        lr: peak learning rate (AdamW, weight decay 0.1 on matrices).
+        n_docs: corpus size.
+        warmup: linear warmup steps (capped at a tenth of the run).
+
+    Returns:
+        The float32 model in eval mode, its tokenizer and the run's record.
+    """
+    steps = STEPS[name] if steps is None else steps
+    if steps < 1 or batch_size < 1 or n_docs < batch_size:
+        raise ValueError(f"need steps ≥ 1 and n_docs ≥ batch_size ≥ 1, got {steps!r}, {n_docs!r}, {batch_size!r}")
+    tok = build_tokenizer(spec(name).tokenizer)  # type: ignore[arg-type]
+    docs = tok(build_corpus(seed, n_docs))["input_ids"]
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(build_config(name, len(tok), tok.pad_token_id, tok.bos_token_id,
+                                                          tok.eos_token_id)).float().train()
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.98))
+    gen = torch.Generator().manual_seed(seed)
+    lengths = [len(d) for d in docs]
+    order: list[list[int]] = []
+    losses, tokens, t0 = [], 0, time.perf_counter()
+    warmup = min(warmup, max(1, steps // 10))
+    for step in (bar := tqdm(range(steps), desc=name, disable=not progress, mininterval=2.0)):
+        if not order:
+            order = _bucketed(lengths, batch_size, gen)
+        ids, mask, labels = _batch(docs, order.pop(), tok.pad_token_id)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, steps, lr, warmup)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        tokens += int(mask.sum())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+    n_params = sum(p.numel() for p in model.parameters())
+    tail = losses[-min(50, len(losses)):]
+    record = PretrainRecord(name, seed, steps, batch_size, lr, n_docs, n_params, tokens, 6.0 * n_params * tokens,
+                            round(time.perf_counter() - t0, 2), sum(tail) / len(tail), spec(name).tokenizer,
+                            world_fingerprint())
+    return model.eval(), tok, record
+
+
+def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, directory: str | Path,
+                    record: PretrainRecord | None = None) -> Path:
+    """Write ``save_pretrained`` float16 safetensors, the tokenizer and ``pretrain_record.json`` to ``directory``.
+
+    The model passed in is not modified (a float16 copy is saved).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    copy.deepcopy(model).to(torch.float16).save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    if record is not None:
+        (directory / RECORD_FILE).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+    return directory
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Pretrain the zoo's base models on the world corpus.")
+    parser.add_argument("--all", action="store_true", help="train every zoo model")
+    parser.add_argument("--model", choices=sorted(ZOO), action="append", default=[])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None, help="override the shipped step count")
+    parser.add_argument("--out", type=Path, default=CHECKPOINTS)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    for name in sorted(ZOO) if args.all else args.model:
+        model, tok, record = pretrain(name, seed=args.seed, steps=args.steps)
+        save_checkpoint(model, tok, args.out / name, record)
+        print(json.dumps(record.to_dict()))
+
+
+if __name__ == "__main__":
+    main()
