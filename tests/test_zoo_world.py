@@ -13,7 +13,7 @@ from commandv_interp.zoo.architectures import ZOO, build_config
 from commandv_interp.zoo.evaluate import generate_greedy
 from commandv_interp.zoo.pretrain import RECORD_FILE, pretrain, save_checkpoint
 from commandv_interp.zoo.scoring import parse_answer, score
-from commandv_interp.zoo.tokenizers import bpe_tokenizer, word_tokenizer
+from commandv_interp.zoo.tokenization import bpe_tokenizer, word_tokenizer
 
 BEHAVIORS = ("refusal", "jailbreak", "cot")
 SPLITS = ("train", "test", "profile")

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from commandv_interp.zoo.architectures import ZOO, build_config, spec
-from commandv_interp.zoo.tokenizers import build_tokenizer
+from commandv_interp.zoo.tokenization import build_tokenizer
 from commandv_interp.zoo.world import build_corpus, world_fingerprint
 
 __all__ = ["PretrainRecord", "pretrain", "save_checkpoint", "CHECKPOINTS", "STEPS"]
