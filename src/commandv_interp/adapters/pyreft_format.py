@@ -1,9 +1,12 @@
 """Stage 5 (adapters): consumes a pyreft/pyvene adapter folder, produces an :class:`Adapter` (and writes one back).
 
-Folder layout (as pyvene's ``save`` writes it): ``config.json`` with parallel lists ``representations``,
-``intervention_types``, ``intervention_dimensions``, ``sorted_keys`` …, and one ``intkey_<key>.bin`` per
-intervention (a torch state dict; loaded with ``weights_only=True``). Keys look like
-``layer_<l>_comp_block_output_unit_pos_nunit_1#0``. pyvene/pyreft are not imported.
+Folder layout (what pyvene's ``IntervenableModel.save`` writes): ``config.json`` with parallel lists
+``sorted_keys``, ``representations`` (``[layer, component, unit, max_number_of_units, low_rank_dimension,
+None …]``), ``intervention_types`` (``"<class 'pyreft.interventions.NodireftIntervention'>"``),
+``intervention_dimensions`` and ``intervention_constant_sources``, plus ``mode``; and one
+``intkey_<key>.bin`` per intervention, a ``torch.save``-d state dict, with keys like
+``layer_<l>_comp_block_output_unit_pos_nunit_1#0``. We add ``commandv_metadata.json`` (position rule,
+activations, free metadata), which pyvene ignores. pyvene/pyreft are not imported.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections import OrderedDict
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import torch
@@ -20,100 +25,225 @@ import torch
 from commandv_interp.adapters.interventions import INTERVENTION_KINDS, Adapter, Intervention
 from commandv_interp.io import read_json
 
-__all__ = ["load_pyreft_folder", "save_pyreft_folder"]
+__all__ = ["load_pyreft_folder", "save_pyreft_folder", "META_FILE", "parse_pyreft_positions"]
 
-_KEY = re.compile(r"^layer_(\d+)_comp_(\w+?)_unit_(\w+?)_nunit_(\d+)#(\d+)$")
-_TYPE = re.compile(r"([A-Za-z]+Intervention)")
+_KEY = re.compile(r"^layer_(\d+)_comp_(\w+?)_unit_([\w.]+?)_nunit_(\d+)#(\d+)$")
+_TYPE = re.compile(r"([A-Za-z_]+Intervention)'?>?$")
+_POSITIONS = re.compile(r"^(?:l(?P<last>\d+)|f(?P<first>\d+)\+l(?P<k>\d+))$")
+_FOLDER_POSITIONS = re.compile(r"-(l\d+|f\d+\+l\d+)$")
 META_FILE = "commandv_metadata.json"
+_CONFIG_LISTS = ("sorted_keys", "intervention_types", "representations", "intervention_dimensions")
 
 
-def _kind_of(type_string: str, folder: Path) -> type[Intervention]:
-    match = _TYPE.search(type_string)
-    name = match.group(1) if match else type_string
+def parse_pyreft_positions(spec: str) -> tuple[str, int | None]:
+    """Map pyreft's position string to ``(PositionRule, first_last_k)``.
+
+    >>> parse_pyreft_positions("l1"), parse_pyreft_positions("f3+l3")
+    (('last', None), ('first_last', 3))
+    """
+    match = _POSITIONS.match(spec)
+    if match and match.group("last") == "1":
+        return "last", None
+    if match and match.group("first") is not None and match.group("first") == match.group("k"):
+        return "first_last", int(match.group("k"))
+    raise ValueError(f"pyreft positions {spec!r} are not supported; supported: 'l1' (last prompt token) and "
+                     f"'f<k>+l<k>' (first and last k); write {META_FILE} with a PositionRule to override")
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    config = read_json(path)
+    if not isinstance(config, dict) or any(not isinstance(config.get(k), list) for k in _CONFIG_LISTS):
+        raise ValueError(f"{str(path)!r} is not a pyvene config (needs lists {list(_CONFIG_LISTS)}); "
+                         "re-save the adapter with pyreft or save_pyreft_folder")
+    lengths = {k: len(config[k]) for k in _CONFIG_LISTS}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"{str(path)!r}: config lists have different lengths {lengths}; re-save the adapter")
+    return config
+
+
+def _class_of(type_string: object, path: Path) -> type[Intervention]:
+    match = _TYPE.search(str(type_string))
+    name = match.group(1) if match else str(type_string)
     if name not in INTERVENTION_KINDS:
-        raise ValueError(f"{str(folder)!r}: unsupported intervention type {type_string!r}; supported: "
-                         f"{sorted(k for k in INTERVENTION_KINDS if k.endswith('Intervention'))}")
+        supported = sorted(k for k in INTERVENTION_KINDS if k.endswith("Intervention"))
+        raise ValueError(f"{str(path)!r}: unsupported intervention type {type_string!r}; supported: {supported}")
     return INTERVENTION_KINDS[name]
 
 
+def _parse_key(key: object, rep: object, path: Path) -> tuple[int, int | None]:
+    """``(layer, low_rank_dimension)`` of one config entry, checking key and representation agree."""
+    match = _KEY.match(str(key))
+    if not match:
+        raise ValueError(f"{str(path)!r}: cannot parse intervention key {key!r}; expected "
+                         "'layer_<l>_comp_block_output_unit_pos_nunit_1#0'")
+    layer, component, unit = int(match.group(1)), match.group(2), match.group(3)
+    if component != "block_output":
+        raise ValueError(f"{str(path)!r}: component {component!r} at layer {layer} is not supported; only "
+                         "'block_output' (the residual stream after a block) is; retrain on block_output")
+    if unit != "pos":
+        raise ValueError(f"{str(path)!r}: unit {unit!r} at layer {layer} is not supported; only 'pos' is")
+    if not isinstance(rep, (list, dict)):
+        raise ValueError(f"{str(path)!r}: representation for {key!r} is {rep!r}, not a list; re-save the adapter")
+    fields = rep if isinstance(rep, list) else [rep.get(k) for k in ("layer", "component", "unit",
+                                                                       "max_number_of_units", "low_rank_dimension")]
+    if len(fields) < 2 or fields[0] != layer or fields[1] != component:
+        raise ValueError(f"{str(path)!r}: representation {fields[:2]!r} disagrees with key {key!r}; re-save the adapter")
+    rank = fields[4] if len(fields) > 4 else None
+    return layer, None if rank is None else int(rank)
+
+
+def _load_bin(bin_path: Path) -> dict:
+    if not bin_path.is_file():
+        raise FileNotFoundError(f"{str(bin_path)!r} is missing; the folder is incomplete, re-save the adapter")
+    try:
+        state = torch.load(bin_path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or non-tensor pickles
+        raise ValueError(f"{str(bin_path)!r} is not a loadable tensor state dict ({err}); re-save it") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{str(bin_path)!r} does not hold a dict of tensors; re-save it with pyreft")
+    return state
+
+
+def _build(cls: type[Intervention], state: dict, act: str, dim: object, rank: int | None, path: Path) -> Intervention:
+    try:
+        iv = cls.from_state_dict(state, act)
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise ValueError(f"{str(path)!r} does not match {cls.pyreft_name}'s parameters ({err}); "
+                         "check intervention_types in config.json") from err
+    if iv.d_model != int(dim) or (rank is not None and iv.rank != rank):
+        raise ValueError(f"{str(path)!r} holds d_model={iv.d_model}, rank={iv.rank} but config.json says "
+                         f"intervention_dimensions={dim!r}, low_rank_dimension={rank!r}; fix config.json")
+    return iv
+
+
+def _positions_and_metadata(folder: Path, meta: dict | None) -> tuple[str, int | None, dict]:
+    """Position rule from our metadata file, else pyreft's ``training_metadata.json``, else the folder-name suffix."""
+    if meta is not None:
+        return meta.get("positions", "last"), meta.get("first_last_k"), dict(meta.get("metadata", {}))
+    info: dict = {"source": str(folder)}
+    training_path = folder / "training_metadata.json"
+    training = read_json(training_path) if training_path.is_file() else None
+    suffix = _FOLDER_POSITIONS.search(folder.name)
+    if isinstance(training, dict):
+        info["training_metadata"] = training
+        if "model_name" in training:
+            info["model_name"] = training["model_name"]
+    if isinstance(training, dict) and isinstance(training.get("positions"), str):
+        spec, info["positions_source"] = training["positions"], "training_metadata.json"
+    elif suffix:
+        spec, info["positions_source"] = suffix.group(1), "folder name"
+    else:
+        spec, info["positions_source"] = "l1", "default (last prompt token)"
+    positions, k = parse_pyreft_positions(spec)
+    return positions, k, info
+
+
 def load_pyreft_folder(path: str | Path) -> Adapter:
-    """Read a pyreft adapter folder into an :class:`Adapter` (tensors keep their stored dtype).
+    """Read a pyreft adapter folder into an :class:`Adapter`; tensors keep their stored dtype (e.g. bf16).
+
+    Args:
+        path: folder with ``config.json`` and ``intkey_<key>.bin`` files.
+
+    Returns:
+        One intervention per layer. Without ``commandv_metadata.json``, activations are pyreft's default
+        ``linear`` and the position rule comes from ``training_metadata.json``'s ``positions``, the folder
+        name's ``-l1``/``-f<k>+l<k>`` suffix, or defaults to ``last``; ``metadata["positions_source"]`` says which.
 
     Raises:
         FileNotFoundError: the folder, its ``config.json`` or a ``.bin`` is missing.
-        ValueError: malformed config, unknown intervention type, a component other than ``block_output``,
-            shapes that disagree with the config, or two interventions at one layer.
+        ValueError: malformed config or bin, unknown intervention type, a component other than
+            ``block_output``, shapes that disagree with the config, or two interventions at one layer.
     """
     folder = Path(path)
     if not folder.is_dir():
-        raise FileNotFoundError(f"adapter folder {str(folder)!r} does not exist")
-    config = read_json(folder / "config.json")
-    try:
-        keys, types = config["sorted_keys"], config["intervention_types"]
-        reps, dims = config["representations"], config["intervention_dimensions"]
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"{str(folder / 'config.json')!r} is not a pyvene config (missing {err}); "
-                         "re-save the adapter with pyreft") from err
-    if not (len(keys) == len(types) == len(reps) == len(dims)):
-        raise ValueError(f"{str(folder)!r}: config lists have different lengths")
+        raise FileNotFoundError(f"adapter folder {str(folder)!r} does not exist; pass a pyreft save directory")
+    config = _read_config(folder)
+    meta = read_json(folder / META_FILE) if (folder / META_FILE).is_file() else None
+    if meta is not None and not isinstance(meta, dict):
+        raise ValueError(f"{str(folder / META_FILE)!r} must hold a JSON object; delete or re-save it")
+    acts = (meta or {}).get("acts", {})
     interventions: dict[int, Intervention] = {}
-    for key, type_string, rep, dim in zip(keys, types, reps, dims):
-        match = _KEY.match(key)
-        if not match:
-            raise ValueError(f"{str(folder)!r}: cannot parse intervention key {key!r}")
-        layer, component = int(match.group(1)), match.group(2)
-        if component != "block_output":
-            raise ValueError(f"{str(folder)!r}: component {component!r} at layer {layer} is not supported; "
-                             "Command-V pastes residual-stream (block_output) interventions only")
+    for key, type_string, rep, dim in zip(*(config[k] for k in _CONFIG_LISTS)):
+        layer, rank = _parse_key(key, rep, folder / "config.json")
         if layer in interventions:
-            raise ValueError(f"{str(folder)!r}: two interventions at layer {layer}; one per layer is supported")
+            raise ValueError(f"{str(folder / 'config.json')!r}: two interventions at layer {layer}; "
+                             "an Adapter holds one per layer, split the folder")
+        cls = _class_of(type_string, folder / "config.json")
         bin_path = folder / f"intkey_{key}.bin"
-        if not bin_path.is_file():
-            raise FileNotFoundError(f"{str(bin_path)!r} is missing; the folder is incomplete")
-        state = torch.load(bin_path, map_location="cpu", weights_only=True)
-        cls = _kind_of(type_string, folder)
-        rank = int(rep[4]) if len(rep) > 4 and rep[4] is not None else None
-        source = state.get("learned_source.weight", state.get("weight"))
-        if source is None:
-            raise ValueError(f"{str(bin_path)!r} has no learned_source weight; keys: {sorted(state)}")
-        rank = rank or source.shape[0]
-        if source.shape != (rank, int(dim)):
-            raise ValueError(f"{str(bin_path)!r}: learned_source is {tuple(source.shape)}, config says rank {rank} "
-                             f"× dim {dim}")
-        iv = cls(int(dim), rank) if cls.kind in ("direft", "loreft") else \
-            cls(int(dim), rank, proj_bias="proj_layer.bias" in state)
-        iv = iv.to(source.dtype)
-        iv.load_state_dict(state)
-        interventions[layer] = iv
-    meta = read_json(folder / META_FILE) if (folder / META_FILE).is_file() else {}
-    positions = meta.get("positions", "last")
-    return Adapter(interventions, positions=positions, first_last_k=meta.get("first_last_k"),
-                   metadata=meta.get("metadata", {"source": str(folder)}))
+        interventions[layer] = _build(cls, _load_bin(bin_path), acts.get(str(layer), "linear"), dim, rank, bin_path)
+    if not interventions:
+        raise ValueError(f"{str(folder / 'config.json')!r} lists no interventions; re-save the adapter")
+    positions, k, info = _positions_and_metadata(folder, meta)
+    return Adapter(interventions, positions=positions, first_last_k=k, metadata=info)
+
+
+def _pyvene_config(adapter: Adapter) -> tuple[dict, list[str]]:
+    keys = [f"layer_{layer}_comp_block_output_unit_pos_nunit_1#0" for layer in adapter.layers]
+    ivs = [adapter.interventions[layer] for layer in adapter.layers]
+    config = {
+        "intervention_constant_sources": [True] * len(ivs),
+        "intervention_dimensions": [iv.d_model for iv in ivs],
+        "intervention_types": [f"<class 'pyreft.interventions.{iv.pyreft_name}'>" for iv in ivs],
+        "mode": "parallel",
+        # RepresentationConfig fields as pyvene serializes them; only layer, component, unit, units, rank are set.
+        "representations": [[layer, "block_output", "pos", 1, iv.rank] + [None] * 9
+                             for layer, iv in zip(adapter.layers, ivs)],
+        "sorted_keys": keys,
+    }
+    try:
+        config["transformers_version"] = importlib_metadata.version("transformers")
+    except importlib_metadata.PackageNotFoundError:
+        pass
+    return config, keys
+
+
+def _check_target(folder: Path) -> None:
+    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / "config.json").is_file())):
+        raise ValueError(f"{str(folder)!r} exists and is not an adapter folder; choose a new path or remove it")
+
+
+def _install(tmp: Path, folder: Path) -> None:
+    """Swap ``tmp`` into ``folder``; an existing adapter folder is replaced only once the new one is complete."""
+    if not folder.exists():
+        os.replace(tmp, folder)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+    os.replace(folder, old)
+    try:
+        os.replace(tmp, folder)
+    except OSError:
+        os.replace(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_pyreft_folder(adapter: Adapter, path: str | Path) -> Path:
-    """Write ``adapter`` in the pyreft folder layout, atomically (temporary folder, then rename)."""
+    """Write ``adapter`` in pyvene's folder layout plus ``commandv_metadata.json``, atomically.
+
+    Everything is written into a temporary folder next to ``path`` and renamed into place, so a crash never
+    leaves a half-written adapter. An existing adapter folder at ``path`` is replaced; any other existing
+    non-empty folder is refused.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
     folder = Path(path)
+    _check_target(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    config, keys = _pyvene_config(adapter)
+    meta = {"positions": adapter.positions, "first_last_k": adapter.first_last_k,
+            "acts": {str(layer): adapter.interventions[layer].act_name for layer in adapter.layers},
+            "metadata": adapter.metadata}
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        keys, types, reps, dims = [], [], [], []
-        for layer in adapter.layers:
-            iv = adapter.interventions[layer]
-            key = f"layer_{layer}_comp_block_output_unit_pos_nunit_1#0"
-            torch.save({k: v.detach().clone() for k, v in iv.state_dict().items()}, tmp / f"intkey_{key}.bin")
-            keys.append(key)
-            types.append(f"<class 'pyreft.interventions.{iv.pyreft_name}'>")
-            reps.append([layer, "block_output", "pos", 1, iv.rank] + [None] * 9)
-            dims.append(iv.d_model)
-        config = {"intervention_constant_sources": [True] * len(keys), "intervention_dimensions": dims,
-                  "intervention_types": types, "mode": "parallel", "representations": reps, "sorted_keys": keys}
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        meta = {"positions": adapter.positions, "first_last_k": adapter.first_last_k, "metadata": adapter.metadata}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        for layer, key in zip(adapter.layers, keys):
+            state = adapter.interventions[layer].state_dict()
+            torch.save(OrderedDict((k, v.detach().clone().contiguous()) for k, v in state.items()),
+                       tmp / f"intkey_{key}.bin")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+        _install(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
