@@ -150,3 +150,15 @@ def test_paste_refuses_converters_of_another_recipient(nn_llama, tl_llama, hf_ll
     with pytest.raises(ValueError, match="config hash"):
         with cv.paste(other, _adapter(nn_llama.d_model), conv):
             pass
+
+
+def test_compile_noreft_with_proj_bias_matches_delta():
+    from commandv_interp.adapters import NoReFT
+    from commandv_interp.compile import linear_parts
+
+    iv = NoReFT(8, 3, proj_bias=True)
+    with torch.no_grad():
+        iv.proj_layer.bias.normal_()
+    w, b, p = linear_parts(iv)
+    h = torch.randn(4, 8)
+    assert_close((h.double() @ w.T + b) @ p, iv.delta(h).double(), atol=1e-5)

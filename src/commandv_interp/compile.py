@@ -33,7 +33,12 @@ def linear_parts(iv: Intervention) -> tuple[Float[Tensor, "rank d"], Float[Tenso
         if iv.act_name != "linear":
             raise ValueError(f"{iv.kind} with act={iv.act_name!r} is not compilable (act(Wh+b) − Rh is not of "
                              "the form act(W'h+b')); use paste() instead")
-        p = iv.R.double() if isinstance(iv, LoReFT) else iv.proj_layer.weight.double()
+        if isinstance(iv, LoReFT):
+            p = iv.R.double()
+        else:  # NoReFT subtracts P h + b_p
+            p = iv.proj_layer.weight.double()
+            if iv.proj_layer.bias is not None:
+                b = b - iv.proj_layer.bias.double()
         return w - p, b, p
     raise ValueError(f"cannot compile intervention kind {iv.kind!r}")
 
