@@ -22,7 +22,7 @@ from commandv_interp.adapters import Adapter, Intervention
 from commandv_interp.converters import Converters, LinearConverter
 from commandv_interp.types import POSITION_RULES, Bool, Float, Tensor, check_choice
 
-__all__ = ["paste", "apply_adapter", "selected_positions", "pasted_delta_fn", "DeltaFn"]
+__all__ = ["paste", "apply_adapter", "selected_positions", "pasted_delta_fn", "pasted_deltas", "delta_edit", "DeltaFn"]
 
 DeltaFn = Callable[[Float[Tensor, "n d_model"]], Float[Tensor, "n d_model"]]
 """Maps the selected hidden states of one layer to the additive edit at those positions."""
@@ -40,7 +40,7 @@ def selected_positions(ctx: EditContext, hidden: Tensor, rule: str, k: int | Non
     return torch.full(hidden.shape[:2], on, dtype=torch.bool, device=hidden.device)
 
 
-def _edit_from_deltas(deltas: list[DeltaFn], rule: str, k: int | None, alpha: float):
+def delta_edit(deltas: list[DeltaFn], rule: str, k: int | None, alpha: float):
     def edit(hidden: Tensor, ctx: EditContext) -> Tensor:
         sel = selected_positions(ctx, hidden, rule, k)
         if not bool(sel.any()):
@@ -94,7 +94,7 @@ def apply_adapter(
     edits = {}
     for layer, iv in adapter.interventions.items():
         placed = _placed(iv, access.block_device(layer))
-        edits[layer] = _edit_from_deltas([placed.delta], rule, adapter.first_last_k, alpha)
+        edits[layer] = delta_edit([placed.delta], rule, adapter.first_last_k, alpha)
     with access.edited(edits):
         yield access
 
@@ -128,6 +128,18 @@ def paste(
     """
     access = open_model(recipient)
     _check_positions(positions, first_last_k)
+    if not torch.isfinite(torch.tensor(alpha)):
+        raise ValueError(f"alpha must be finite, got {alpha!r}")
+    per_layer = pasted_deltas(access, adapter, converters)
+    edits = {layer: delta_edit(fns, positions, first_last_k, alpha) for layer, fns in per_layer.items()}
+    with access.edited(edits):
+        yield access
+
+
+def pasted_deltas(recipient: ModelAccess | object, adapter: Adapter, converters: Converters) -> dict[int, list[DeltaFn]]:
+    """Recipient layer → the pasted delta functions acting there (one per donor layer mapped to it), each
+    placed on that layer's device. Refuses converters fitted for another donor or recipient."""
+    access = open_model(recipient)
     if converters.d_donor != adapter.d_model:
         raise ValueError(f"converters map a donor of width {converters.d_donor} but the adapter has "
                          f"d_model={adapter.d_model}; derive converters from this adapter's donor")
@@ -142,8 +154,6 @@ def paste(
     if adapter_hash is not None and adapter_hash != converters.donor_config_hash:
         raise ValueError(f"the adapter was trained on a model with config hash {adapter_hash!r} but the converters' "
                          f"donor has {converters.donor_config_hash!r}; profile the adapter's own donor")
-    if not torch.isfinite(torch.tensor(alpha)):
-        raise ValueError(f"alpha must be finite, got {alpha!r}")
     per_layer: dict[int, list[DeltaFn]] = {}
     for donor_layer, iv in sorted(adapter.interventions.items()):
         pair = converters.for_donor_layer(donor_layer)
@@ -151,6 +161,4 @@ def paste(
         fn = pasted_delta_fn(_placed(iv, device), pair.to_donor.to(device, torch.float32),
                              pair.to_recipient.to(device, torch.float32))
         per_layer.setdefault(pair.recipient_layer, []).append(fn)
-    edits = {layer: _edit_from_deltas(fns, positions, first_last_k, alpha) for layer, fns in per_layer.items()}
-    with access.edited(edits):
-        yield access
+    return per_layer

@@ -1,0 +1,171 @@
+"""Stage 7 (analysis): consumes a recipient, a donor adapter and converters, produces causal layer attribution
+and null baselines (tidy DataFrames), each scored by the behavior logit difference and, optionally, a behavior
+metric computed from generations.
+
+**Attribution** pastes subsets of the adapter's layer pairs: ``single`` (one pair only), ``leave_one_out`` (all
+but one), ``cumulative_first`` (pairs ``1..k`` from the first layer) and ``cumulative_last`` (pairs ``k..n`` from the
+last), next to ``none`` (the recipient alone) and ``all`` (the full paste).
+
+**Null baselines**, reported beside the real paste: ``random_delta`` (at each pasted layer and position, a random
+direction with the norm of the real pasted delta), ``shuffled_converters`` (converters fitted on a shuffled prompt
+pairing of the same profiles) and ``other_behavior:<name>`` (another behavior's adapter pasted through the same
+converters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+
+import pandas as pd
+import torch
+
+from commandv_interp.access import ModelAccess, open_model
+from commandv_interp.adapters import Adapter
+from commandv_interp.analysis.downstream import logit_difference
+from commandv_interp.converters import Converters, fit_converters
+from commandv_interp.correspondence import LayerMap
+from commandv_interp.paste import DeltaFn, delta_edit, paste, pasted_deltas
+from commandv_interp.profiles import ActivationProfile
+
+__all__ = ["BehaviorScore", "layer_subsets", "layer_attribution", "random_delta_paste", "shuffled_converters",
+           "null_baselines", "ATTRIBUTION_MODES"]
+
+BehaviorScore = Callable[[ModelAccess], float]
+"""Scores the model under whatever edits are active (e.g. a refusal rate from greedy generations)."""
+ATTRIBUTION_MODES = ("single", "leave_one_out", "cumulative_first", "cumulative_last")
+COLUMNS = ["condition", "layers", "n_pairs", "metric", "value", "split"]
+
+
+def layer_subsets(layers: Sequence[int], modes: Sequence[str] = ATTRIBUTION_MODES) -> list[tuple[str, tuple[int, ...]]]:
+    """``(mode, donor_layers)`` subsets to paste, in a stable order.
+
+    >>> layer_subsets([0, 2, 4], ["single", "cumulative_first"])
+    [('single', (0,)), ('single', (2,)), ('single', (4,)), ('cumulative_first', (0,)), ('cumulative_first', (0, 2)), ('cumulative_first', (0, 2, 4))]
+    """
+    layers = sorted(layers)
+    out: list[tuple[str, tuple[int, ...]]] = []
+    for mode in modes:
+        if mode == "single":
+            out += [(mode, (layer,)) for layer in layers]
+        elif mode == "leave_one_out":
+            out += [(mode, tuple(x for x in layers if x != layer)) for layer in layers if len(layers) > 1]
+        elif mode == "cumulative_first":
+            out += [(mode, tuple(layers[:k])) for k in range(1, len(layers) + 1)]
+        elif mode == "cumulative_last":
+            out += [(mode, tuple(layers[-k:])) for k in range(1, len(layers) + 1)]
+        else:
+            raise ValueError(f"mode must be one of {ATTRIBUTION_MODES}, got {mode!r}")
+    return out
+
+
+def _scores(access: ModelAccess, prompts: Sequence[str], contrast: tuple[str, str] | None,
+            behavior_score: BehaviorScore | None, batch_size: int) -> dict[str, float]:
+    out = {}
+    if contrast is not None:
+        out["logit_diff"] = float(logit_difference(access, prompts, *contrast, batch_size=batch_size).mean())
+    if behavior_score is not None:
+        out["behavior"] = float(behavior_score(access))
+    return out
+
+
+def _rows(condition: str, layers: Sequence[int], values: dict[str, float], split: str) -> list[dict]:
+    label = ",".join(map(str, layers))
+    return [{"condition": condition, "layers": label, "n_pairs": len(layers), "metric": k, "value": v,
+             "split": split} for k, v in values.items()]
+
+
+def _check_scorers(contrast: tuple[str, str] | None, behavior_score: BehaviorScore | None) -> None:
+    if contrast is None and behavior_score is None:
+        raise ValueError("pass contrast=(positive_word, negative_word) and/or behavior_score to score the runs")
+
+
+def layer_attribution(recipient: ModelAccess | object, adapter: Adapter, converters: Converters,
+                      prompts: Sequence[str], contrast: tuple[str, str] | None = None,
+                      behavior_score: BehaviorScore | None = None, modes: Sequence[str] = ATTRIBUTION_MODES,
+                      split: str = "test", positions: str = "last", alpha: float = 1.0,
+                      batch_size: int = 32) -> pd.DataFrame:
+    """Paste subsets of the adapter's layers and score each run.
+
+    Returns:
+        Tidy rows ``condition (none|all|<mode>), layers ("0,2"), n_pairs, metric, value, split``.
+    """
+    _check_scorers(contrast, behavior_score)
+    access = open_model(recipient)
+    rows = _rows("none", (), _scores(access, prompts, contrast, behavior_score, batch_size), split)
+    for mode, layers in [("all", tuple(adapter.layers))] + layer_subsets(adapter.layers, modes):
+        sub = dataclasses.replace(adapter, interventions={layer: adapter.interventions[layer] for layer in layers})
+        with paste(access, sub, converters, positions, alpha):
+            rows += _rows(mode, layers, _scores(access, prompts, contrast, behavior_score, batch_size), split)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _random_like(fn: DeltaFn, generator: torch.Generator) -> DeltaFn:
+    def delta(h: torch.Tensor) -> torch.Tensor:
+        real = fn(h)
+        noise = torch.randn(real.shape, generator=generator, dtype=torch.float64).to(real)
+        return noise / noise.norm(dim=-1, keepdim=True).clamp_min(1e-30) * real.norm(dim=-1, keepdim=True)
+
+    return delta
+
+
+@contextlib.contextmanager
+def random_delta_paste(recipient: ModelAccess | object, adapter: Adapter, converters: Converters,
+                       positions: str = "last", alpha: float = 1.0, seed: int = 0) -> Iterator[ModelAccess]:
+    """Like :func:`~commandv_interp.paste.paste`, but every pasted delta is replaced by a random direction of the
+    same norm (per position): the null that keeps the edit's size and location but not its direction."""
+    access = open_model(recipient)
+    generator = torch.Generator().manual_seed(seed)
+    per_layer = pasted_deltas(access, adapter, converters)
+    edits = {layer: delta_edit([_random_like(fn, generator) for fn in fns], positions, None, alpha)
+             for layer, fns in per_layer.items()}
+    with access.edited(edits):
+        yield access
+
+
+def shuffled_converters(donor: ActivationProfile, recipient: ActivationProfile, converters: Converters,
+                        seed: int = 0) -> Converters:
+    """Converters of the same method and layer map, fitted after shuffling which donor row pairs with which
+    recipient row: the null that keeps both activation distributions but breaks the prompt correspondence."""
+    perm = torch.randperm(donor.n_prompts, generator=torch.Generator().manual_seed(seed))
+    shuffled = donor.subset(perm, fingerprint=donor.prompts_fingerprint)
+    layer_map = LayerMap(tuple(sorted(converters.layer_map().items())), tuple(float("nan") for _ in converters),
+                         "given")
+    return fit_converters(shuffled, recipient, layer_map, method=converters.method)
+
+
+def null_baselines(recipient: ModelAccess | object, adapter: Adapter, converters: Converters,
+                   prompts: Sequence[str], contrast: tuple[str, str] | None = None,
+                   behavior_score: BehaviorScore | None = None,
+                   profiles: tuple[ActivationProfile, ActivationProfile] | None = None,
+                   other_adapters: dict[str, Adapter] | None = None, split: str = "test", positions: str = "last",
+                   alpha: float = 1.0, seed: int = 0, batch_size: int = 32) -> pd.DataFrame:
+    """The real paste beside its null baselines, all scored the same way.
+
+    Args:
+        profiles: ``(donor_profile, recipient_profile)`` the converters were fitted on (for
+            ``shuffled_converters``; skipped when ``None``).
+        other_adapters: other behaviors' adapters of the same donor, by name.
+
+    Returns:
+        Tidy rows ``condition (none|paste|random_delta|shuffled_converters|other_behavior:<name>), layers,
+        n_pairs, metric, value, split``.
+    """
+    _check_scorers(contrast, behavior_score)
+    access = open_model(recipient)
+    runs: list[tuple[str, Adapter, contextlib.AbstractContextManager]] = [
+        ("none", adapter, contextlib.nullcontext()),
+        ("paste", adapter, paste(access, adapter, converters, positions, alpha)),
+        ("random_delta", adapter, random_delta_paste(access, adapter, converters, positions, alpha, seed))]
+    if profiles is not None:
+        runs.append(("shuffled_converters", adapter,
+                     paste(access, adapter, shuffled_converters(*profiles, converters, seed), positions, alpha)))
+    for name, other in (other_adapters or {}).items():
+        runs.append((f"other_behavior:{name}", other, paste(access, other, converters, positions, alpha)))
+    rows = []
+    for condition, used, ctx in runs:
+        with ctx:
+            values = _scores(access, prompts, contrast, behavior_score, batch_size)
+        rows += _rows(condition, () if condition == "none" else tuple(used.layers), values, split)
+    return pd.DataFrame(rows, columns=COLUMNS)
