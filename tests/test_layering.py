@@ -12,6 +12,10 @@ STAGE = {
     "similarity": 3, "correspondence": 3,
     "fitting": 4, "converters": 4,
     "adapters": 5, "paste": 5, "compile": 5,
+    "zoo": 6,
+    "analysis": 7,
+    "plotting": 8,
+    "cli": 9,
 }
 
 

@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from commandv_interp.zoo import world
 from commandv_interp.zoo.architectures import ZOO, build_config
-from commandv_interp.zoo.evaluate import generate_greedy
+from commandv_interp import open_model
+from commandv_interp.zoo.evaluate import respond
 from commandv_interp.zoo.pretrain import RECORD_FILE, pretrain, save_checkpoint
 from commandv_interp.zoo.scoring import parse_answer, score
 from commandv_interp.zoo.tokenization import bpe_tokenizer, word_tokenizer
@@ -133,11 +134,12 @@ def test_pretrain_quick_mode_saves_a_loadable_checkpoint(tmp_path):
     assert next(iter(loaded.parameters())).dtype == torch.float32
     assert json.loads((tmp_path / RECORD_FILE).read_text())["steps"] == 3
     tok2 = AutoTokenizer.from_pretrained(tmp_path)
-    outs = generate_greedy(loaded, tok2, world.prompts("cot", "test")[:3], max_new_tokens=4)
+    outs = respond(open_model(loaded, tok2), world.prompts("cot", "test")[:3], max_new_tokens=4)
     assert len(outs) == 3 and all(isinstance(o, str) for o in outs)
 
 
-def test_generate_greedy_is_padding_invariant(tmp_path):
+def test_respond_is_padding_invariant(tmp_path):
     model, tok, _ = pretrain("llama-6x128", seed=1, steps=2, batch_size=8, n_docs=64, progress=False)
+    access = open_model(model, tok)
     ps = [world.prompts("refusal", "test")[0], world.prompts("cot", "test")[0]]
-    assert generate_greedy(model, tok, ps, 6) == [generate_greedy(model, tok, [p], 6)[0] for p in ps]
+    assert respond(access, ps, 6) == [respond(access, [p], 6)[0] for p in ps]

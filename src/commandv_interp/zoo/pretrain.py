@@ -26,8 +26,8 @@ from commandv_interp.zoo.world import build_corpus, world_fingerprint
 __all__ = ["PretrainRecord", "pretrain", "save_checkpoint", "CHECKPOINTS", "STEPS"]
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
-STEPS = {"llama-6x128": 1200, "gpt2-4x96": 1200, "qwen2-5x160": 1200}  # shipped run lengths (batch 64)
-N_DOCS = 100_000  # corpus size; about 0.8 epochs at 1200 steps × 64
+STEPS = {"llama-6x128": 2000, "gpt2-4x96": 2000, "qwen2-5x160": 2000}  # shipped run lengths (batch 64)
+N_DOCS = 100_000  # corpus size; about 1.3 epochs at 2000 steps × 64
 RECORD_FILE = "pretrain_record.json"
 
 
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="override the shipped step count")
     parser.add_argument("--out", type=Path, default=CHECKPOINTS)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)  # the machine is shared: 2 threads oversubscribe
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     for name in sorted(ZOO) if args.all else args.model:

@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal, get_args
 
-__all__ = ["Behavior", "Split", "Item", "CUES", "build_corpus", "items", "prompts", "examples", "with_cue",
+__all__ = ["Behavior", "BEHAVIORS", "Split", "Item", "CUES", "build_corpus", "items", "prompts", "examples", "with_cue",
            "classify", "vocabulary", "world_fingerprint", "REFUSAL", "COMPLY_PREFIX"]
 
 Behavior = Literal["refusal", "jailbreak", "cot"]
+BEHAVIORS: tuple[str, ...] = get_args(Behavior)
 Split = Literal["train", "test", "profile"]
 Category = Literal["benign", "harmful", "severe", "arithmetic", "generic"]
 

@@ -1,0 +1,27 @@
+"""Stage 6 (zoo): the embedded model zoo — a synthetic instruction world with measurable behaviors, small causal
+LMs of three architectures pretrained on it, and their donor adapters, all shipped inside the package.
+
+>>> from commandv_interp import zoo
+>>> zoo.prompts("refusal", "test")[0].endswith("assistant :")
+True
+>>> zoo.score("cot", ["user : what is 1 + 2 - 5 + 3 assistant :"], ["step 1 + 2 = 3 , step 3 - 5 = 8 , "
+...           "step 8 + 3 = 1 . answer 1 ."])["accuracy"]
+1.0
+"""
+
+from commandv_interp.zoo.catalog import (
+    adapter_dir,
+    list_models,
+    load_adapter,
+    load_model,
+    manifest,
+    model_dir,
+)
+from commandv_interp.zoo.evaluate import behavior_table, evaluate, respond
+from commandv_interp.zoo.scoring import score
+from commandv_interp.zoo.world import BEHAVIORS, CUES, items, prompts, with_cue
+
+__all__ = [
+    "BEHAVIORS", "CUES", "adapter_dir", "behavior_table", "evaluate", "items", "list_models", "load_adapter",
+    "load_model", "manifest", "model_dir", "prompts", "respond", "score", "with_cue",
+]

@@ -1,0 +1,159 @@
+"""Stage 6 (zoo): consumes seeds, produces the whole shipped zoo (checkpoints, donor adapters, manifest).
+
+``python -m commandv_interp.zoo.train`` regenerates everything from seeds: it pretrains each base model from
+scratch on the world corpus, trains one NodiReFT rank-8 adapter per model and behavior (every other layer, last
+prompt token, no cue in the prompts: the paper's setup), scores the behavior table on held-out test prompts and
+writes ``manifest.json``. On 2 CPU cores the full run takes about 40 minutes (pretraining dominates; the manifest
+records each stage's wall time). ``--quick`` runs a few steps of everything (about a minute) so the code path is
+exercised in the tests.
+
+The adapter of a model doubles as the *direct ReFT finetune* baseline when that model is the recipient of a
+transfer: its training record (steps, wall time, FLOPs) is the finetune's cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from commandv_interp import __version__
+from commandv_interp.access import open_model
+from commandv_interp.adapters import load_adapter, save_adapter, train_adapter
+from commandv_interp.io import read_json, write_json
+from commandv_interp.zoo.architectures import ZOO, spec
+from commandv_interp.zoo.catalog import DATA, MANIFEST, file_digest
+from commandv_interp.zoo.evaluate import behavior_table, format_behavior_table
+from commandv_interp.zoo.pretrain import RECORD_FILE, STEPS, pretrain, save_checkpoint
+from commandv_interp.zoo.world import BEHAVIORS, Behavior, examples, world_fingerprint
+
+__all__ = ["AdapterRecipe", "RECIPE", "QUICK", "train_zoo", "main"]
+
+@dataclass(frozen=True)
+class AdapterRecipe:
+    """How the zoo's donor adapters are trained (the paper's NodiReFT setup)."""
+
+    kind: str = "nodireft"
+    rank: int = 8
+    positions: str = "last"
+    layer_stride: int = 2  # every other layer, from layer 0
+    steps: int = 400
+    batch_size: int = 32
+    lr: float = 4e-3
+
+
+RECIPE = AdapterRecipe()
+QUICK = {"pretrain_steps": 15, "n_docs": 2000, "adapter_steps": 4, "eval_limit": 8}
+
+
+def _pretrained(name: str, out: Path, seed: int, quick: bool, reuse: bool, progress: bool) -> dict:
+    folder = out / name
+    record_path = folder / RECORD_FILE
+    if reuse and record_path.is_file():
+        record = read_json(record_path)
+        wanted = QUICK["pretrain_steps"] if quick else STEPS[name]
+        if record["seed"] == seed and record["steps"] == wanted and record["world_fingerprint"] == world_fingerprint():
+            return record  # type: ignore[return-value]
+    kwargs = dict(steps=QUICK["pretrain_steps"], n_docs=QUICK["n_docs"]) if quick else {}
+    model, tok, record = pretrain(name, seed=seed, progress=progress, **kwargs)
+    save_checkpoint(model, tok, folder, record)
+    return record.to_dict()
+
+
+def _adapter(name: str, behavior: Behavior, out: Path, seed: int, quick: bool, progress: bool) -> dict:
+    access = open_model(out / name, name=name)  # the shipped float16 weights, as users load them
+    layers = list(range(0, access.n_layers, RECIPE.layer_stride))
+    adapter, record = train_adapter(
+        access, examples(behavior, "train"), layers, kind=RECIPE.kind, rank=RECIPE.rank,
+        positions=RECIPE.positions, steps=QUICK["adapter_steps"] if quick else RECIPE.steps,
+        batch_size=RECIPE.batch_size, lr=RECIPE.lr, seed=seed, progress=progress,
+        metadata={"behavior": behavior, "zoo_model": name, "world_fingerprint": world_fingerprint()})
+    save_adapter(adapter, out / name / "adapters" / behavior)
+    return {"layers": layers, "kind": RECIPE.kind, "rank": RECIPE.rank, "positions": RECIPE.positions,
+            "training": record.to_dict()}
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): file_digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def train_zoo(out: str | Path = DATA, models: list[str] | None = None, seed: int = 0, quick: bool = False,
+              reuse: bool = False, progress: bool = True) -> dict:
+    """Regenerate the zoo into ``out`` and return the manifest written there.
+
+    Args:
+        out: destination folder (default: the package's shipped ``zoo/data``).
+        models: zoo model names (default: all).
+        seed: seeds pretraining and adapter training.
+        quick: a few steps of everything (for tests; the models learn nothing).
+        reuse: keep an existing checkpoint whose record matches (seed, steps, world) instead of pretraining.
+    """
+    out = Path(out)
+    models = sorted(ZOO) if models is None else models
+    for name in models:
+        spec(name)
+    timings, entries, adapters = {}, {}, {}
+    for name in models:
+        t0 = time.perf_counter()
+        record = _pretrained(name, out, seed, quick, reuse, progress)
+        timings[f"pretrain/{name}"] = round(time.perf_counter() - t0, 1)
+        entry = {"spec": spec(name).to_dict(), "pretrain": record, "adapters": {}}
+        for behavior in BEHAVIORS:
+            t0 = time.perf_counter()
+            entry["adapters"][behavior] = _adapter(name, behavior, out, seed, quick, progress)
+            timings[f"adapter/{name}/{behavior}"] = round(time.perf_counter() - t0, 1)
+            adapters[(name, behavior)] = load_adapter(out / name / "adapters" / behavior)
+        entries[name] = entry
+    t0 = time.perf_counter()
+    accesses = {name: open_model(out / name, name=name) for name in models}
+    table = behavior_table(accesses, adapters, BEHAVIORS, limit=QUICK["eval_limit"] if quick else None,
+                           progress=progress)
+    timings["behavior_table"] = round(time.perf_counter() - t0, 1)
+    for name in models:
+        entries[name]["files"] = _files(out / name)
+        entries[name]["n_params"] = record_params(out / name)
+    manifest = {"library_version": __version__, "world_fingerprint": world_fingerprint(), "seed": seed,
+                "quick": quick, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "adapter_recipe": RECIPE.__dict__, "models": entries, "timings_s": timings,
+                "behavior_table": table.to_dict(orient="records"),
+                "command": "python -m commandv_interp.zoo.train" + (" --quick" if quick else "")}
+    write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def record_params(folder: Path) -> int:
+    """Number of parameters of a checkpoint (from its safetensors header, without loading the weights)."""
+    from safetensors import safe_open
+
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        return sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Regenerate the zoo (base models, donor adapters, manifest) "
+                                                 "from seeds.")
+    parser.add_argument("--out", type=Path, default=DATA, help="destination folder (default: the shipped zoo)")
+    parser.add_argument("--model", choices=sorted(ZOO), action="append", default=None, help="one model (repeat)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a few steps of everything (tests the code path)")
+    parser.add_argument("--reuse", action="store_true", help="keep matching pretrained checkpoints in --out")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    manifest = train_zoo(args.out, args.model, args.seed, args.quick, args.reuse, not args.no_progress)
+    import pandas as pd
+
+    print(format_behavior_table(pd.DataFrame(manifest["behavior_table"])))
+    print(json.dumps(manifest["timings_s"], indent=1), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
