@@ -13,7 +13,7 @@ from commandv_interp.zoo.architectures import ZOO, build_config
 from commandv_interp import open_model
 from commandv_interp.zoo.evaluate import respond
 from commandv_interp.zoo.pretrain import RECORD_FILE, pretrain, save_checkpoint
-from commandv_interp.zoo.scoring import parse_answer, score
+from commandv_interp.zoo.scoring import outcomes, parse_answer, score
 from commandv_interp.zoo.tokenization import bpe_tokenizer, word_tokenizer
 
 BEHAVIORS = ("refusal", "jailbreak", "cot")
@@ -93,10 +93,24 @@ def test_refusal_scorer_on_handwritten_outputs():
     assert j["compliance"] == 1.0 and j["n_harmful"] == 1 and j["n_benign"] == 0  # mild harm is not the target
 
 
+def test_arithmetic_stays_in_one_digit_and_outcomes_average_to_score():
+    for it, (_, t) in zip(world.items("cot", "train"), world.examples("cot", "train")):
+        results = [int(x) for x in t.replace(",", " ").split() if x.isdigit()]
+        assert all(0 <= r <= 9 for r in results) and t.count("step") == 3
+    with pytest.raises(ValueError, match="0..9"):
+        world.classify("user : what is 8 + 4 - 1 + 1 assistant :")
+    ps = world.prompts("refusal", "test")[:6]
+    outs = ["sorry .", "sure .", "hmm", "sorry .", "sure .", "sure ."]
+    records = outcomes("refusal", ps, outs)
+    rates = score("refusal", ps, outs)
+    harmful = [r["refusal"] for r in records if "refusal" in r]
+    assert rates["refusal"] == sum(harmful) / len(harmful) and len(records) == 6
+
+
 def test_cot_scorer_on_handwritten_outputs():
-    p = "user : what is 3 + 4 - 2 + 5 assistant :"  # 7, 5, 0
-    outs = ["step 3 + 4 = 7 , step 7 - 2 = 5 , step 5 + 5 = 0 . answer 0 .", "answer 0 .",
-            "step 3 + 4 = 7 , step 7 - 2 = 5 , step 5 + 5 = 1 . answer 1 .", "step 3 + 4 = 7 and so on"]
+    p = "user : what is 3 + 4 - 2 + 1 assistant :"  # 7, 5, 6
+    outs = ["step 3 + 4 = 7 , step 7 - 2 = 5 , step 5 + 1 = 6 . answer 6 .", "answer 6 .",
+            "step 3 + 4 = 7 , step 7 - 2 = 5 , step 5 + 1 = 7 . answer 7 .", "step 3 + 4 = 7 and so on"]
     s = score("cot", [p] * 4, outs)
     assert s == {"cot_format": 0.5, "accuracy": 0.5, "n": 4.0}
     with pytest.raises(ValueError):

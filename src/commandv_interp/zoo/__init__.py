@@ -4,8 +4,8 @@ LMs of three architectures pretrained on it, and their donor adapters, all shipp
 >>> from commandv_interp import zoo
 >>> zoo.prompts("refusal", "test")[0].endswith("assistant :")
 True
->>> zoo.score("cot", ["user : what is 1 + 2 - 5 + 3 assistant :"], ["step 1 + 2 = 3 , step 3 - 5 = 8 , "
-...           "step 8 + 3 = 1 . answer 1 ."])["accuracy"]
+>>> zoo.score("cot", ["user : what is 4 + 2 - 5 + 3 assistant :"], ["step 4 + 2 = 6 , step 6 - 5 = 1 , "
+...           "step 1 + 3 = 4 . answer 4 ."])["accuracy"]
 1.0
 """
 

@@ -1,0 +1,134 @@
+"""Stage 6 (zoo): consumes a donor and a recipient zoo model, produces a Command-V transfer (profiles, layer map,
+converters, with their cost) and its scores beside the baselines, as tidy rows.
+
+The four rows of a transfer table, per behavior, all on the held-out test prompts without cue:
+``recipient_base`` (the recipient alone), ``command_v`` (the donor's adapter pasted into the recipient),
+``donor_adapter`` (the donor with its own adapter) and ``recipient_finetune`` (the recipient with an adapter of the
+same kind and rank trained directly on it: the zoo's own adapter of the recipient, whose training record gives the
+direct-finetune cost).
+
+Cost of Command-V = profiling both models + matching + fitting: wall time and a FLOPs estimate of
+``2 · n_params · tokens`` per profiled model (forward passes only) plus ``4 · N · d_in · d_out`` per fitted map.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from commandv_interp.access import ModelAccess, open_model
+from commandv_interp.converters import Converters, fit_converters
+from commandv_interp.correspondence import LayerMap, match_layers
+from commandv_interp.paste import apply_adapter, paste
+from commandv_interp.profiles import ActivationProfile, profile
+from commandv_interp.zoo.catalog import load_adapter, manifest
+from commandv_interp.zoo.evaluate import evaluate
+from commandv_interp.zoo.world import Behavior, prompts as world_prompts
+
+__all__ = ["Derivation", "derive", "profile_prompts", "transfer_rows", "CONDITIONS", "PROFILE_SETS"]
+
+CONDITIONS = ("recipient_base", "command_v", "donor_adapter", "recipient_finetune")
+PROFILE_SETS = ("profile", "profile+train")
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """Everything Command-V derives from the two models, and what it cost."""
+
+    donor_profile: ActivationProfile
+    recipient_profile: ActivationProfile
+    layer_map: LayerMap
+    converters: Converters
+    wall_s: float
+    flops: float
+    n_prompts: int
+
+
+def profile_prompts(profile_set: str = "profile") -> list[str]:
+    """The prompts to profile: ``profile`` (generic questions of the world, the paper's LIMA analogue) or
+    ``profile+train`` (those plus the behaviors' training prompts, without cues)."""
+    if profile_set not in PROFILE_SETS:
+        raise ValueError(f"profile_set must be one of {PROFILE_SETS}, got {profile_set!r}")
+    out = world_prompts("refusal", "profile")
+    if profile_set == "profile+train":
+        out += [p for b in ("refusal", "jailbreak", "cot") for p in world_prompts(b, "train")]  # type: ignore[arg-type]
+    return list(dict.fromkeys(out))
+
+
+def _n_params(access: ModelAccess) -> int:
+    return sum(p.numel() for p in access.torch_module.parameters())
+
+
+def _tokens(access: ModelAccess, prompts: Sequence[str]) -> int:
+    return sum(len(ids) for ids in access.tokenizer(list(prompts))["input_ids"])
+
+
+def derive(donor: ModelAccess | object, recipient: ModelAccess | object, prompts: Sequence[str],
+           donor_layers: Sequence[int], match: str = "depth", method: str = "ridge", metric: str = "cka",
+           progress: bool = False) -> Derivation:
+    """Profile both models, match the donor's layers and fit converters, timing all of it.
+
+    Args:
+        donor, recipient: the two models.
+        prompts: profile prompts (the same for both).
+        donor_layers: the adapter's donor layers to map.
+        match: ``depth`` or ``similarity``; method: converter method; metric: similarity metric.
+    """
+    donor, recipient = open_model(donor), open_model(recipient)
+    start = time.perf_counter()
+    p_donor = profile(donor, prompts, progress=progress)
+    p_recipient = profile(recipient, prompts, progress=progress)
+    layer_map = match_layers(p_donor, p_recipient, method=match, donor_layers=donor_layers, metric=metric)  # type: ignore[arg-type]
+    converters = fit_converters(p_donor, p_recipient, layer_map, method=method)  # type: ignore[arg-type]
+    wall = time.perf_counter() - start
+    flops = 2.0 * (_n_params(donor) * _tokens(donor, prompts) + _n_params(recipient) * _tokens(recipient, prompts))
+    flops += 2 * 4.0 * len(prompts) * donor.d_model * recipient.d_model * len(layer_map.pairs)
+    return Derivation(p_donor, p_recipient, layer_map, converters, wall, flops, len(prompts))
+
+
+def _manifest_rates(model: str, behavior: str, condition: str) -> dict[str, float]:
+    return {r["metric"]: r["value"] for r in manifest()["behavior_table"]
+            if (r["model"], r["behavior"], r["condition"]) == (model, behavior, condition)}
+
+
+def transfer_rows(donor: ModelAccess, recipient: ModelAccess, derivation: Derivation,
+                  behaviors: Sequence[Behavior] = ("refusal", "jailbreak", "cot"), positions: str = "last",
+                  alpha: float = 1.0, limit: int | None = None, recompute: bool = False) -> pd.DataFrame:
+    """Score the four conditions for each behavior (test split, no cue).
+
+    Args:
+        donor, recipient: zoo models (their ``name`` is the zoo name).
+        derivation: from :func:`derive` for these two models.
+        limit: score only the first ``limit`` test prompts (then every condition is recomputed).
+        recompute: recompute ``donor_adapter`` and ``recipient_finetune`` instead of reading the manifest.
+
+    Returns:
+        Tidy rows ``donor, recipient, behavior, condition, metric, value``, plus the cost rows
+        (``condition`` ``command_v``/``recipient_finetune``, metrics ``wall_s`` and ``flops``).
+    """
+    rows = []
+
+    def add(behavior: str, condition: str, rates: dict[str, float]) -> None:
+        rows.extend({"donor": donor.name, "recipient": recipient.name, "behavior": behavior, "condition": condition,
+                     "metric": k, "value": float(v)} for k, v in rates.items())
+
+    for behavior in behaviors:
+        adapter = load_adapter(donor.name, behavior)
+        add(behavior, "recipient_base", evaluate(recipient, behavior, limit=limit))
+        with paste(recipient, adapter, derivation.converters, positions=positions, alpha=alpha):
+            add(behavior, "command_v", evaluate(recipient, behavior, limit=limit))
+        if recompute or limit is not None:
+            with apply_adapter(donor, adapter):
+                add(behavior, "donor_adapter", evaluate(donor, behavior, limit=limit))
+            with apply_adapter(recipient, load_adapter(recipient.name, behavior)):
+                add(behavior, "recipient_finetune", evaluate(recipient, behavior, limit=limit))
+        else:
+            add(behavior, "donor_adapter", _manifest_rates(donor.name, behavior, "adapter"))
+            add(behavior, "recipient_finetune", _manifest_rates(recipient.name, behavior, "adapter"))
+        cost = manifest()["models"][recipient.name]["adapters"][behavior]["training"]
+        add(behavior, "command_v", {"wall_s": derivation.wall_s, "flops": derivation.flops})
+        add(behavior, "recipient_finetune", {"wall_s": cost["wall_time_s"], "flops": cost["flops"]})
+    return pd.DataFrame(rows)
