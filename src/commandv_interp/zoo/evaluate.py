@@ -15,10 +15,10 @@ from tqdm.auto import tqdm
 from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.adapters import Adapter
 from commandv_interp.paste import apply_adapter
-from commandv_interp.zoo.scoring import score
+from commandv_interp.zoo.scoring import outcomes, summarize
 from commandv_interp.zoo.world import Behavior, Split, items, with_cue
 
-__all__ = ["MAX_NEW_TOKENS", "TARGETS", "respond", "evaluate", "behavior_table", "format_behavior_table"]
+__all__ = ["MAX_NEW_TOKENS", "TARGETS", "respond", "evaluate", "evaluate_outcomes", "behavior_table", "format_behavior_table"]
 
 # refusal/compliance shows in the first words; a step-by-step answer is about 26 tokens in either tokenizer
 MAX_NEW_TOKENS: dict[str, int] = {"refusal": 8, "jailbreak": 8, "cot": 40}
@@ -39,6 +39,14 @@ def respond(model: ModelAccess | object, prompts: Sequence[str], max_new_tokens:
     return outs
 
 
+def evaluate_outcomes(model: ModelAccess | object, behavior: Behavior, split: Split = "test", cue: bool = False,
+                      limit: int | None = None, batch_size: int = 64) -> list[dict[str, float]]:
+    """Per-prompt outcomes (see :func:`~commandv_interp.zoo.scoring.outcomes`) of greedy responses to a split."""
+    its = items(behavior, split)[:limit]
+    prompts = [with_cue(i.prompt, behavior) if cue else i.prompt for i in its]
+    return outcomes(behavior, its, respond(model, prompts, MAX_NEW_TOKENS[behavior], batch_size))
+
+
 def evaluate(model: ModelAccess | object, behavior: Behavior, split: Split = "test", cue: bool = False,
              limit: int | None = None, batch_size: int = 64) -> dict[str, float]:
     """Score greedy responses to a behavior's split (optionally with the behavior's cue line prepended).
@@ -53,9 +61,7 @@ def evaluate(model: ModelAccess | object, behavior: Behavior, split: Split = "te
     Returns:
         The rates of :func:`commandv_interp.zoo.score`.
     """
-    its = items(behavior, split)[:limit]
-    prompts = [with_cue(i.prompt, behavior) if cue else i.prompt for i in its]
-    return score(behavior, its, respond(model, prompts, MAX_NEW_TOKENS[behavior], batch_size))
+    return summarize(behavior, evaluate_outcomes(model, behavior, split, cue, limit, batch_size))
 
 
 def behavior_table(models: dict[str, ModelAccess], adapters: dict[tuple[str, str], Adapter],
