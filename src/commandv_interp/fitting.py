@@ -45,9 +45,11 @@ def holdout_split(n: int, fraction: float, seed: int = 0) -> tuple[Int[Tensor, "
 
 
 def _factored(y: Tensor, u: Tensor, gain: Tensor, vh: Tensor, d_in: int, d_out: int) -> tuple[Tensor, Tensor | None]:
-    """``W = yᵀ U diag(gain) Vᴴ``, kept factored when that is smaller than dense."""
+    """``W = yᵀ U diag(gain) Vᴴ``, kept factored (``d_out × k`` and ``k × d_in``) when that stores fewer numbers
+    than the dense ``d_out × d_in``: ``k (d_in + d_out) < d_in d_out``."""
     left = (y.T @ u) * gain
-    if vh.shape[0] < min(d_in, d_out):
+    k = vh.shape[0]
+    if k * (d_in + d_out) < d_in * d_out:
         return left, vh
     return left @ vh, None
 
@@ -59,8 +61,9 @@ def _svd(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return u[:, keep], s[keep], vh[keep]
 
 
-def _ridge(x: Tensor, y: Tensor, lam_rel: float) -> tuple[Tensor, Tensor | None]:
-    u, s, vh = _svd(x)
+def _ridge(x: Tensor, y: Tensor, lam_rel: float, svd: tuple[Tensor, Tensor, Tensor] | None = None,
+           ) -> tuple[Tensor, Tensor | None]:
+    u, s, vh = svd if svd is not None else _svd(x)
     lam = lam_rel * float((s ** 2).sum()) / x.shape[1]
     gain = (1.0 / s) if lam == 0 else s / (s ** 2 + lam)
     return _factored(y, u, gain, vh, x.shape[1], y.shape[1])
@@ -100,12 +103,12 @@ def fit_linear(
     if fixed_ridge is None and select_on is None:
         candidates = [grid[len(grid) // 2]]
     best, best_err = None, math.inf
+    mx = x.mean(0) if center else torch.zeros(x.shape[1], dtype=x.dtype)
+    my = y.mean(0) if center else torch.zeros(y.shape[1], dtype=y.dtype)
+    svd = _svd(x - mx)  # one SVD serves every λ of the grid
     for lam in candidates:
-        mx = x.mean(0) if center else torch.zeros(x.shape[1], dtype=x.dtype)
-        my = y.mean(0) if center else torch.zeros(y.shape[1], dtype=y.dtype)
-        left, right = _ridge(x - mx, y - my, lam)
-        dense = left if right is None else left @ right
-        bias = (my - mx @ dense.T) if center else None
+        left, right = _ridge(x - mx, y - my, lam, svd)
+        bias = (my - (mx @ right.T if right is not None else mx) @ left.T) if center else None
         fit = FitResult(left, right, bias, lam)
         err = scores(fit, *select_on)["rel_mse"] if select_on is not None and len(candidates) > 1 else 0.0
         if err < best_err:
