@@ -38,7 +38,7 @@ def test_affine_recovers_bias():
 
 
 def test_pinv_equals_closed_form_and_is_factored_when_n_small():
-    a_d, a_r = torch.randn(6, 10), torch.randn(6, 14)
+    a_d, a_r = torch.randn(4, 10), torch.randn(4, 14)
     donor, recipient = _profile({0: a_d}), _profile({0: a_r})
     conv = cv.fit_converters(donor, recipient, cv.match_layers(donor, recipient), method="pinv")
     pair = conv.pairs[0]
@@ -46,7 +46,10 @@ def test_pinv_equals_closed_form_and_is_factored_when_n_small():
     expected_to_recipient = (torch.linalg.pinv(a_d.double()) @ a_r.double()).T
     assert_close(pair.to_donor.weight, expected_to_donor, atol=1e-8, rtol=1e-6)
     assert_close(pair.to_recipient.weight, expected_to_recipient, atol=1e-8, rtol=1e-6)
-    assert pair.to_donor.right is not None and pair.to_donor.left.shape == (10, 6)  # rank ≤ n stored factored
+    assert pair.to_donor.right is not None and pair.to_donor.left.shape == (10, 4)  # 4·(10+14) < 10·14 numbers
+    six = cv.fit_converters(_profile({0: torch.randn(6, 10)}), _profile({0: torch.randn(6, 14)}),
+                            cv.match_layers(donor, recipient), method="pinv")
+    assert six.pairs[0].to_donor.right is None  # 6·(10+14) ≥ 10·14: dense is smaller
 
 
 def test_procrustes_recovers_scaled_rotation():
