@@ -1,0 +1,426 @@
+"""Stage 9 (cli): consumes checkpoints, prompt files, profiles, layer maps, converters and pyreft adapter folders
+named on the command line, produces the files of each pipeline step (profile ``.safetensors``, ``map.json``,
+converters ``.safetensors``, ``generations.jsonl``, compiled pyreft folders) and a table or one JSON object on stdout.
+
+Every subcommand is a thin layer over the public API (``commandv_interp`` and ``commandv_interp.zoo``); heavy
+modules are imported inside the commands so that ``commandv --help`` does not load the models' libraries here.
+User errors (a missing file, profiles of different prompt sets, an unknown zoo model, ...) exit with code 2 and one
+``error: ...`` line on stderr; ``commandv --debug ...`` shows the traceback instead.
+
+    $ commandv profile llama-6x128 zoo:refusal:profile --out donor.safetensors
+    $ commandv profile qwen2-5x160 zoo:refusal:profile --out recipient.safetensors
+    $ commandv match donor.safetensors recipient.safetensors --out map.json --method similarity
+    $ commandv derive donor.safetensors recipient.safetensors --map map.json --out converters.safetensors
+    $ commandv paste qwen2-5x160 zoo:llama-6x128:refusal converters.safetensors zoo:refusal:test \\
+          --out generations.jsonl --score refusal
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+__all__ = ["app", "zoo_app"]
+
+# Choices mirror the library's Literal types (tests/test_cli.py checks they stay equal); they are spelled out here
+# so that `commandv --help` does not import torch.
+Backend = Literal["nnsight", "transformer_lens"]
+MatchMethod = Literal["depth", "similarity"]
+Metric = Literal["cka", "debiased_cka", "r2", "mutual_knn"]
+Assignment = Literal["argmax", "monotone"]
+ConverterMethod = Literal["pinv", "ridge", "affine", "procrustes"]
+PastePositions = Literal["last", "last+decode", "all", "all+decode"]
+Behavior = Literal["refusal", "jailbreak", "cot"]
+Split = Literal["train", "test", "profile"]
+
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+app = typer.Typer(name="commandv", add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Command-V: profile a donor and a recipient LLM, match layers, fit converters and paste "
+                       "the donor's ReFT adapter into the recipient.\n\n"
+                       "Every subcommand also takes --json (one JSON object on stdout instead of tables) and --debug "
+                       "(tracebacks instead of one-line errors); those naming zoo models take --zoo-root.")
+zoo_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                      help="The embedded model zoo: list, regenerate and score its models.")
+app.add_typer(zoo_app, name="zoo")
+
+
+@dataclass(frozen=True)
+class Globals:
+    """The options every subcommand takes (``--json``, ``--debug``; ``--zoo-root`` where zoo names are read)."""
+
+    json: bool = False
+    debug: bool = False
+    zoo_root: Path | None = None  # None: the shipped zoo
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of user errors.")]
+ZooRootOpt = Annotated[Path | None, typer.Option(
+    "--zoo-root", envvar="COMMANDV_ZOO_ROOT",
+    help="Zoo folder for zoo names (default: the shipped zoo; e.g. one written by `commandv zoo train`).")]
+
+
+def _one_line(error: BaseException) -> str:
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(str(text).split()) or type(error).__name__
+
+
+def _command(group: typer.Typer, name: str):
+    """Register ``fn`` as subcommand ``name``; user errors become ``error: <one line>`` and exit code 2."""
+    def register(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except USER_ERRORS as error:
+                if kwargs.get("debug"):
+                    raise
+                typer.echo(f"error: {_one_line(error)}", err=True)
+                raise typer.Exit(2) from None
+        return group.command(name)(run)
+    return register
+
+
+# ---------------------------------------------------------------- inputs: models, prompts, adapters, layers
+
+
+def _model(g: Globals, spec: str, backend: str):
+    """A checkpoint directory (nnsight, or a TransformerBridge over it) or a zoo model name."""
+    path = Path(spec)
+    if path.exists():
+        import commandv_interp as cv
+
+        if backend == "nnsight":
+            return cv.open_model(path)
+        import copy
+
+        import torch
+        from transformer_lens.model_bridge import TransformerBridge
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        hf = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        bridge = TransformerBridge.boot_transformers(str(path), hf_model=copy.deepcopy(hf), tokenizer=tok)
+        return cv.open_model(bridge, name=path.name)
+    from commandv_interp import zoo
+
+    try:
+        return zoo.load_model(spec, backend, g.zoo_root)
+    except (ValueError, FileNotFoundError) as error:
+        raise type(error)(f"{spec!r} is not a checkpoint directory, and {_one_line(error)}") from error
+
+
+def _zoo_spec(spec: str, form: str) -> tuple[str, str]:
+    parts = spec.split(":")
+    if len(parts) != 3 or not all(parts[1:]):
+        raise ValueError(f"{spec!r} is not of the form {form}")
+    return parts[1], parts[2]
+
+
+def _prompts(spec: str) -> list[str]:
+    """A prompts file (``load_prompts``) or ``zoo:<behavior>:<split>``."""
+    if spec.startswith("zoo:"):
+        from commandv_interp import zoo
+
+        return zoo.prompts(*_zoo_spec(spec, "zoo:<behavior>:<split>"))
+    from commandv_interp import load_prompts
+
+    return load_prompts(spec)
+
+
+def _adapter(g: Globals, spec: str):
+    """A pyreft adapter folder or ``zoo:<model>:<behavior>``."""
+    if spec.startswith("zoo:"):
+        from commandv_interp import zoo
+
+        return zoo.load_adapter(*_zoo_spec(spec, "zoo:<model>:<behavior>"), g.zoo_root)
+    from commandv_interp import load_adapter
+
+    return load_adapter(spec)
+
+
+def _layers(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--layers takes comma-separated block indices like 0,2,4, got {text!r}") from None
+
+
+# ---------------------------------------------------------------- outputs: one JSON object or tables
+
+
+def _plain(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _table(rows: list[dict]) -> str:
+    if not rows:
+        return "(no rows)"
+    cols = list(dict.fromkeys(k for row in rows for k in row))
+    cells = [[_cell(row.get(c, "")) for c in cols] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _emit(g: Globals, result: dict, summary: str | None = None, rows: list[dict] | None = None) -> None:
+    """Print ``result`` as one JSON object (``--json``), else the summary line and the table."""
+    if g.json:
+        typer.echo(json.dumps(_plain(result), sort_keys=True))
+        return
+    if summary:
+        typer.echo(summary)
+    if rows is not None:
+        typer.echo(_table(rows))
+
+
+# ---------------------------------------------------------------- pipeline commands
+
+ModelArg = Annotated[str, typer.Argument(metavar="MODEL", help="Checkpoint directory or zoo model name.")]
+PromptsArg = Annotated[str, typer.Argument(metavar="PROMPTS",
+                                           help="Prompts file (.txt/.json/.jsonl) or zoo:<behavior>:<split>.")]
+AdapterArg = Annotated[str, typer.Argument(metavar="ADAPTER_FOLDER",
+                                           help="pyreft adapter folder or zoo:<model>:<behavior>.")]
+DonorProfileArg = Annotated[Path, typer.Argument(metavar="DONOR_PROFILE", help="Donor profile (.safetensors).")]
+RecipientProfileArg = Annotated[Path, typer.Argument(metavar="RECIPIENT_PROFILE",
+                                                     help="Recipient profile over the same prompts.")]
+ConvertersArg = Annotated[Path, typer.Argument(metavar="CONVERTERS", help="Converters written by `commandv derive`.")]
+BackendOpt = Annotated[Backend, typer.Option(help="How to open MODEL.")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")]
+PositionsOpt = Annotated[PastePositions, typer.Option(help="Where the edit acts (+decode: also on new tokens).")]
+AlphaOpt = Annotated[float, typer.Option(help="Scale of the pasted delta.")]
+
+
+@_command(app, "profile")
+def profile_cmd(
+    model: ModelArg, prompts: PromptsArg,
+    out: Annotated[Path, typer.Option(help="Profile file to write (.safetensors).")],
+    layers: Annotated[str | None, typer.Option(help="Comma-separated block indices (default: all).")] = None,
+    batch_size: BatchOpt = 32, backend: BackendOpt = "nnsight",
+    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
+) -> None:
+    """Profile MODEL's block outputs at the last token of each prompt.
+
+    Example: commandv profile llama-6x128 zoo:refusal:profile --out donor.safetensors --layers 0,2,4
+    """
+    import commandv_interp as cv
+
+    g = Globals(json_output, debug, zoo_root)
+    texts, layer_list = _prompts(prompts), _layers(layers)  # cheap inputs first: fail before loading the model
+    prof = cv.profile(_model(g, model, backend), texts, layers=layer_list, batch_size=batch_size)
+    prof.save(out)
+    result = {"out": str(out), "model": prof.model_name, "n_prompts": prof.n_prompts, "d_model": prof.d_model,
+              "layers": prof.layers, "prompts_fingerprint": prof.prompts_fingerprint}
+    _emit(g, result, f"wrote {out}: {prof.model_name}, {prof.n_prompts} prompts x d_model {prof.d_model}, "
+                     f"layers {prof.layers}, prompts fingerprint {prof.prompts_fingerprint}")
+
+
+@_command(app, "match")
+def match_cmd(
+    donor_profile: DonorProfileArg, recipient_profile: RecipientProfileArg,
+    out: Annotated[Path, typer.Option(help="Layer map to write (.json).")],
+    method: Annotated[MatchMethod, typer.Option(help="Relative depth (paper) or similarity search.")] = "depth",
+    metric: Annotated[Metric, typer.Option(help="Similarity metric (also scored for depth).")] = "cka",
+    assignment: Annotated[Assignment, typer.Option(help="Per donor layer, or order-preserving.")] = "argmax",
+    json_output: JsonOpt = False, debug: DebugOpt = False,
+) -> None:
+    """Match each donor layer to a recipient layer.
+
+    Example: commandv match donor.safetensors recipient.safetensors --out map.json --method similarity
+    """
+    import commandv_interp as cv
+
+    g = Globals(json_output, debug)
+    donor, recipient = cv.ActivationProfile.load(donor_profile), cv.ActivationProfile.load(recipient_profile)
+    layer_map = cv.match_layers(donor, recipient, method=method, metric=metric, assignment=assignment, progress=True)
+    layer_map.save(out)
+    rows = [{"donor_layer": d, "recipient_layer": r, metric: s} for (d, r), s in zip(layer_map.pairs, layer_map.scores)]
+    _emit(g, {"out": str(out), "method": method, "metric": metric, "assignment": layer_map.assignment,
+              "pairs": [list(p) for p in layer_map.pairs], "scores": list(layer_map.scores)},
+          f"wrote {out}: {layer_map.donor_model} -> {layer_map.recipient_model} ({method})", rows)
+
+
+@_command(app, "derive")
+def derive_cmd(
+    donor_profile: DonorProfileArg, recipient_profile: RecipientProfileArg,
+    map_file: Annotated[Path, typer.Option("--map", help="Layer map written by `commandv match`.")],
+    out: Annotated[Path, typer.Option(help="Converters file to write (.safetensors).")],
+    method: Annotated[ConverterMethod, typer.Option(help="Converter fit.")] = "pinv",
+    json_output: JsonOpt = False, debug: DebugOpt = False,
+) -> None:
+    """Fit the converters of every mapped layer pair; print their held-out fit scores.
+
+    Example: commandv derive donor.safetensors recipient.safetensors --map map.json --out converters.safetensors
+    """
+    import commandv_interp as cv
+
+    g = Globals(json_output, debug)
+    donor, recipient = cv.ActivationProfile.load(donor_profile), cv.ActivationProfile.load(recipient_profile)
+    converters = cv.fit_converters(donor, recipient, cv.LayerMap.load(map_file), method=method)
+    converters.save(out)
+    rows = [{"donor_layer": p.donor_layer, "recipient_layer": p.recipient_layer, "direction": direction} | scores
+            for p in converters for direction, scores in p.fit_scores.items()]
+    _emit(g, {"out": str(out), "method": method, "fit_scores": rows},
+          f"wrote {out}: {len(converters)} layer pairs ({method}); held-out fit scores:", rows)
+
+
+@_command(app, "paste")
+def paste_cmd(
+    recipient: Annotated[str, typer.Argument(metavar="RECIPIENT", help="Recipient checkpoint dir or zoo model name.")],
+    adapter: AdapterArg,
+    converters: ConvertersArg,
+    prompts: PromptsArg,
+    out: Annotated[Path, typer.Option(help="Generations to write (.jsonl, rows {prompt, output}).")],
+    positions: PositionsOpt = "last", alpha: AlphaOpt = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Greedy tokens per prompt.")] = 32,
+    batch_size: BatchOpt = 32, backend: BackendOpt = "nnsight",
+    score: Annotated[Behavior | None, typer.Option(help="Score the outputs as this zoo behavior.")] = None,
+    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
+) -> None:
+    """Generate from RECIPIENT with the donor ADAPTER pasted in through CONVERTERS (greedy).
+
+    Example: commandv paste qwen2-5x160 zoo:llama-6x128:refusal converters.safetensors zoo:refusal:test
+    --out generations.jsonl --score refusal
+    """
+    from tqdm.auto import tqdm
+
+    import commandv_interp as cv
+    from commandv_interp.io import atomic_write
+
+    g = Globals(json_output, debug, zoo_root)
+    donor_adapter, conv, texts = _adapter(g, adapter), cv.Converters.load(converters), _prompts(prompts)
+    access = _model(g, recipient, backend)
+    outputs: list[str] = []
+    with cv.paste(access, donor_adapter, conv, positions=positions, alpha=alpha):
+        for start in tqdm(range(0, len(texts), batch_size), desc=f"paste into {access.name}"):
+            outputs += access.generate(access.encode(texts[start:start + batch_size]), max_new_tokens=max_new_tokens)
+    lines = "".join(json.dumps({"prompt": p, "output": o}) + "\n" for p, o in zip(texts, outputs))
+    atomic_write(out, lambda path: path.write_text(lines, encoding="utf-8"))
+    result = {"out": str(out), "n": len(outputs), "positions": positions, "alpha": alpha}
+    rows = None
+    if score is not None:
+        from commandv_interp import zoo
+
+        result["rates"] = zoo.score(score, texts, outputs)
+        rows = [{"metric": k, "value": v} for k, v in result["rates"].items()]
+    _emit(g, result, f"wrote {len(outputs)} generations to {out}", rows)
+
+
+@_command(app, "compile")
+def compile_cmd(
+    adapter: AdapterArg,
+    converters: ConvertersArg,
+    out: Annotated[Path, typer.Option(help="pyreft folder to write (the native recipient adapter).")],
+    positions: PositionsOpt = "last", alpha: AlphaOpt = 1.0,
+    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
+) -> None:
+    """Compile the pasted edit into a native recipient adapter (pyreft folder format).
+
+    Example: commandv compile zoo:llama-6x128:refusal converters.safetensors --out recipient-refusal
+    """
+    import commandv_interp as cv
+
+    g = Globals(json_output, debug, zoo_root)
+    donor_adapter, conv = _adapter(g, adapter), cv.Converters.load(converters)
+    native = cv.compile_paste(donor_adapter, conv, positions=positions, alpha=alpha)
+    cv.save_adapter(native, out)
+    _emit(g, {"out": str(out), "layers": native.layers, "rank": native.rank, "d_model": native.d_model,
+              "positions": native.positions},
+          f"wrote {out}: NodiReFT at recipient layers {native.layers}, rank {native.rank}, d_model {native.d_model}")
+
+
+# ---------------------------------------------------------------- zoo commands
+
+
+@_command(zoo_app, "list")
+def zoo_list_cmd(
+    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
+) -> None:
+    """List the zoo's models (from its manifest).
+
+    Example: commandv zoo list
+    """
+    from commandv_interp import zoo
+
+    g = Globals(json_output, debug, zoo_root)
+    models = zoo.manifest(g.zoo_root)["models"]
+    rows = [{"model": name, "family": e["spec"]["family"], "layers": e["spec"]["n_layers"],
+             "width": e["spec"]["d_model"], "tokenizer": e["spec"]["tokenizer"], "params": e.get("n_params", ""),
+             "adapters": ",".join(sorted(e.get("adapters", {})))} for name, e in sorted(models.items())]
+    _emit(g, {"models": rows}, rows=rows)
+
+
+@_command(zoo_app, "train")
+def zoo_train_cmd(
+    quick: Annotated[bool, typer.Option(help="A few steps of everything (about a minute; learns nothing).")] = False,
+    out: Annotated[Path | None, typer.Option(help="Destination folder (default: the shipped zoo).")] = None,
+    model: Annotated[list[str] | None, typer.Option(help="Only this zoo model (repeatable).")] = None,
+    seed: Annotated[int, typer.Option(help="Seeds pretraining and adapter training.")] = 0,
+    reuse: Annotated[bool, typer.Option(help="Keep matching pretrained checkpoints in --out.")] = False,
+    json_output: JsonOpt = False, debug: DebugOpt = False,
+) -> None:
+    """Regenerate the zoo (base models, donor adapters, manifest) from seeds.
+
+    Example: commandv zoo train --quick --out /tmp/zoo --model gpt2-4x96
+    """
+    from commandv_interp.zoo import train
+
+    g = Globals(json_output, debug)
+    if not g.json:
+        argv = (["--quick"] if quick else []) + (["--out", str(out)] if out else []) + ["--seed", str(seed)]
+        train.main(argv + [a for m in model or [] for a in ("--model", m)] + (["--reuse"] if reuse else []))
+        return
+    manifest = train.train_zoo(out if out is not None else train.DATA, model, seed, quick, reuse)
+    _emit(g, {"out": str(out or train.DATA), "models": sorted(manifest["models"]),
+              "behavior_table": manifest["behavior_table"], "timings_s": manifest["timings_s"]})
+
+
+@_command(zoo_app, "score")
+def zoo_score_cmd(
+    model: ModelArg, behavior: Annotated[Behavior, typer.Argument(help="Zoo behavior to score.")],
+    split: Annotated[Split, typer.Option(help="Prompt split.")] = "test",
+    cue: Annotated[bool, typer.Option(help="Prepend the behavior's cue line (the latent trigger).")] = False,
+    adapter: Annotated[str | None, typer.Option(
+        help="Apply this adapter natively: pyreft folder (e.g. from `commandv compile`) or zoo:<model>:<behavior>.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Score only the first LIMIT prompts.")] = None,
+    backend: BackendOpt = "nnsight",
+    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
+) -> None:
+    """Score MODEL's greedy responses on a zoo behavior (optionally with a native adapter).
+
+    Example: commandv zoo score qwen2-5x160 refusal --adapter recipient-refusal
+    """
+    import contextlib
+
+    import commandv_interp as cv
+    from commandv_interp import zoo
+
+    g = Globals(json_output, debug, zoo_root)
+    native = _adapter(g, adapter) if adapter is not None else None
+    access = _model(g, model, backend)
+    with cv.apply_adapter(access, native) if native is not None else contextlib.nullcontext():
+        rates = zoo.evaluate(access, behavior, split, cue=cue, limit=limit)
+    title = f"{access.name} on {behavior} ({split}{', cue' if cue else ''}{', adapter ' + adapter if adapter else ''}):"
+    _emit(g, {"model": access.name, "behavior": behavior, "split": split, "cue": cue, "adapter": adapter,
+              "rates": rates}, title, [{"metric": k, "value": v} for k, v in rates.items()])

@@ -1,0 +1,185 @@
+"""The `commandv` CLI: each subcommand writes what the Python API computes on the same inputs; user errors exit 2
+with one line on stderr."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import get_args
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import random_prompts
+
+import commandv_interp as cv
+from commandv_interp import cli
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(cli.app, [str(a) for a in args])
+
+
+def ok(*args: str):
+    result = invoke(*args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def user_error(*args: str) -> str:
+    """Run a command that must fail as a user error; return its one stderr line."""
+    result = invoke(*args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_dir, tmp_path_factory):
+    """profile → match → derive by the CLI on the tiny donor (Llama) and recipient (GPT-2); a donor adapter."""
+    tmp = tmp_path_factory.mktemp("cli")
+    prompts = random_prompts(32, seed=7)
+    (tmp / "prompts.txt").write_text("\n".join(prompts))
+    (tmp / "other.txt").write_text("\n".join(random_prompts(32, seed=8)))
+    donor, recipient = tiny_dir / "llama", tiny_dir / "gpt2"
+    ok("profile", donor, tmp / "prompts.txt", "--out", tmp / "donor.safetensors", "--layers", "0,1,2,3")
+    ok("profile", recipient, tmp / "prompts.txt", "--out", tmp / "recipient.safetensors", "--batch-size", "16")
+    ok("match", tmp / "donor.safetensors", tmp / "recipient.safetensors", "--out", tmp / "map.json",
+       "--method", "similarity", "--metric", "cka", "--assignment", "monotone")
+    derived = ok("derive", tmp / "donor.safetensors", tmp / "recipient.safetensors", "--map", tmp / "map.json",
+                 "--out", tmp / "converters.safetensors", "--method", "ridge")
+    adapter, _ = cv.train_adapter(cv.open_model(donor), [(p, "w5 w6") for p in prompts[:8]], layers=[0, 2],
+                                  rank=4, steps=2, progress=False)
+    cv.save_adapter(adapter, tmp / "adapter")
+    return {"tmp": tmp, "prompts": prompts, "donor": donor, "recipient": recipient, "derive_output": derived.output}
+
+
+def test_profile_match_derive_equal_the_api(pipeline):
+    tmp, prompts = pipeline["tmp"], pipeline["prompts"]
+    p_donor = cv.ActivationProfile.load(tmp / "donor.safetensors")
+    p_recipient = cv.ActivationProfile.load(tmp / "recipient.safetensors")
+    expected = cv.profile(cv.open_model(pipeline["donor"]), prompts, progress=False)
+    assert p_donor.layers == [0, 1, 2, 3] and p_recipient.layers == [0, 1, 2]
+    for layer in expected.layers:
+        assert torch.equal(p_donor[layer], expected[layer])
+    layer_map = cv.LayerMap.load(tmp / "map.json")
+    expected_map = cv.match_layers(p_donor, p_recipient, method="similarity", metric="cka", assignment="monotone")
+    assert layer_map.pairs == expected_map.pairs and layer_map.assignment == "monotone"
+    converters = cv.Converters.load(tmp / "converters.safetensors")
+    expected_conv = cv.fit_converters(p_donor, p_recipient, expected_map, method="ridge")
+    assert converters.method == "ridge" and converters.layer_map() == expected_conv.layer_map()
+    for got, want in zip(converters, expected_conv):
+        assert torch.equal(got.to_donor.weight, want.to_donor.weight)
+        assert torch.equal(got.to_recipient.weight, want.to_recipient.weight)
+    table = pipeline["derive_output"]  # the per-pair held-out fit scores table
+    assert "r2" in table and "rel_mse" in table and table.count("to_recipient") == len(converters)
+
+
+def test_paste_writes_what_paste_generates(pipeline):
+    tmp, prompts = pipeline["tmp"], pipeline["prompts"]
+    out = tmp / "generations.jsonl"
+    ok("paste", pipeline["recipient"], tmp / "adapter", tmp / "converters.safetensors", tmp / "prompts.txt",
+       "--out", out, "--positions", "all+decode", "--alpha", "30", "--max-new-tokens", "4", "--batch-size", "64")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    recipient = cv.open_model(pipeline["recipient"])
+    batch = recipient.encode(prompts)
+    with cv.paste(recipient, cv.load_adapter(tmp / "adapter"), cv.Converters.load(tmp / "converters.safetensors"),
+                  positions="all+decode", alpha=30.0):
+        expected = recipient.generate(batch, max_new_tokens=4)
+    assert [r["prompt"] for r in rows] == prompts
+    assert [r["output"] for r in rows] == expected
+    assert expected != recipient.generate(batch, max_new_tokens=4)  # the paste changes the generations
+
+
+def test_compile_writes_compile_paste(pipeline):
+    tmp = pipeline["tmp"]
+    result = ok("compile", tmp / "adapter", tmp / "converters.safetensors", "--out", tmp / "native",
+                "--positions", "last+decode", "--alpha", "0.5", "--json")
+    report = json.loads(result.stdout)
+    native = cv.load_adapter(tmp / "native")
+    expected = cv.compile_paste(cv.load_adapter(tmp / "adapter"), cv.Converters.load(tmp / "converters.safetensors"),
+                                positions="last+decode", alpha=0.5)
+    assert report["layers"] == native.layers == expected.layers and native.positions == "last+decode"
+    for layer in expected.layers:
+        got, want = native.interventions[layer].state_dict(), expected.interventions[layer].state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_json_output_is_one_object(pipeline):
+    tmp = pipeline["tmp"]
+    match = json.loads(ok("match", tmp / "donor.safetensors", tmp / "recipient.safetensors",
+                          "--out", tmp / "depth.json", "--json").stdout)
+    pairs = tuple(tuple(p) for p in match["pairs"])
+    assert match["method"] == "depth" and pairs == cv.LayerMap.load(tmp / "depth.json").pairs
+    derive = json.loads(ok("derive", tmp / "donor.safetensors", tmp / "recipient.safetensors",
+                           "--map", tmp / "depth.json", "--out", tmp / "pinv.safetensors", "--json").stdout)
+    assert {r["direction"] for r in derive["fit_scores"]} == {"to_donor", "to_recipient"}
+    prof = json.loads(ok("profile", pipeline["recipient"], tmp / "prompts.txt", "--out",
+                         tmp / "r0.safetensors", "--layers", "0", "--json").stdout)
+    assert prof["layers"] == [0] and prof["n_prompts"] == len(pipeline["prompts"])
+
+
+def test_user_errors_exit_2_with_one_line(pipeline, tmp_path):
+    tmp = pipeline["tmp"]
+    ok("profile", pipeline["recipient"], tmp / "other.txt", "--out", tmp / "other.safetensors")
+    line = user_error("match", tmp / "donor.safetensors", tmp / "other.safetensors", "--out", tmp_path / "m.json")
+    assert "different prompt sets" in line
+    line = user_error("paste", pipeline["recipient"], tmp_path / "no_adapter", tmp / "converters.safetensors",
+                      tmp / "prompts.txt", "--out", tmp_path / "g.jsonl")
+    assert "adapter folder" in line and "does not exist" in line
+    zoo_root = _fake_zoo(tmp_path)
+    line = user_error("profile", "no-such-model", tmp / "prompts.txt", "--out", tmp_path / "p.safetensors",
+                      "--zoo-root", zoo_root)
+    assert "unknown zoo model 'no-such-model'" in line and "gpt2-4x96" in line
+    assert "does not exist" in user_error("profile", pipeline["recipient"], tmp_path / "missing.txt",
+                                          "--out", tmp_path / "p.safetensors")
+    assert "--layers" in user_error("profile", pipeline["recipient"], tmp / "prompts.txt", "--out",
+                                    tmp_path / "p.safetensors", "--layers", "0,x")
+    with pytest.raises(ValueError, match="different prompt sets"):  # --debug re-raises instead
+        runner.invoke(cli.app, ["match", str(tmp / "donor.safetensors"), str(tmp / "other.safetensors"),
+                                "--out", str(tmp_path / "m.json"), "--debug"], catch_exceptions=False)
+
+
+def _fake_zoo(root: Path) -> Path:
+    """A manifest listing the zoo's specs (no checkpoints): enough for `zoo list` and name resolution."""
+    from commandv_interp.zoo.architectures import ZOO
+
+    models = {name: {"spec": s.to_dict(), "n_params": 1000 + i, "adapters": {"refusal": {}, "cot": {}}}
+              for i, (name, s) in enumerate(sorted(ZOO.items()))}
+    (root / "manifest.json").write_text(json.dumps({"models": models}))
+    return root
+
+
+def test_zoo_list(tmp_path):
+    root = _fake_zoo(tmp_path)
+    table = ok("zoo", "list", "--zoo-root", root).stdout
+    assert "llama-6x128" in table and "family" in table and "tokenizer" in table
+    rows = json.loads(ok("zoo", "list", "--json", "--zoo-root", root).stdout)["models"]
+    assert {r["model"]: (r["family"], r["layers"], r["width"]) for r in rows}["gpt2-4x96"] == ("gpt2", 4, 96)
+
+
+def test_choices_mirror_the_library():
+    from commandv_interp import converters, correspondence, similarity, types, zoo
+
+    assert get_args(cli.MatchMethod) == get_args(correspondence.MatchMethod)
+    assert get_args(cli.Assignment) == get_args(correspondence.Assignment)
+    assert get_args(cli.Metric) == get_args(similarity.Metric)
+    assert get_args(cli.ConverterMethod) == converters.CONVERTER_METHODS
+    assert set(get_args(cli.PastePositions)) <= set(types.POSITION_RULES)
+    assert get_args(cli.Backend) == get_args(zoo.catalog.Backend)
+    assert get_args(cli.Behavior) == zoo.BEHAVIORS and get_args(cli.Split) == get_args(zoo.world.Split)
+
+
+def test_console_script_help():
+    script = Path(sys.executable).with_name("commandv")
+    if not script.exists():
+        pytest.skip("console script not installed (pip install -e . --no-deps)")
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "profile" in out.stdout and "zoo" in out.stdout
+    for command in ("profile", "match", "derive", "paste", "compile"):
+        assert "Example: commandv " + command in invoke(command, "--help").stdout
