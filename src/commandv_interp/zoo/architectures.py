@@ -1,8 +1,8 @@
 """Stage 0 (zoo): consumes a zoo model name, produces its from-scratch Hugging Face config and tokenizer kind.
 
 Three families, depths and widths: a Llama-style model (RMSNorm, rotary, SwiGLU) on the word-level tokenizer, a
-GPT-2-style model (LayerNorm, learned positions, GELU) and a Qwen2-style model (RMSNorm, rotary, SwiGLU, grouped
-query attention, qkv biases) on the byte-level BPE.
+GPT-2-style model (LayerNorm, learned positions, GELU) and a Qwen2-style model (RMSNorm, rotary, SwiGLU, qkv
+biases) on the byte-level BPE.
 
 >>> spec("gpt2-4x96").tokenizer, spec("gpt2-4x96").n_layers
 ('bpe', 4)
@@ -43,7 +43,7 @@ class ZooSpec:
 ZOO: dict[str, ZooSpec] = {s.name: s for s in (
     ZooSpec("llama-6x128", "llama", 6, 128, 4, 256, "word", n_kv_heads=2),
     ZooSpec("gpt2-4x96", "gpt2", 4, 96, 4, 384, "bpe"),
-    ZooSpec("qwen2-5x160", "qwen2", 5, 160, 5, 320, "bpe", n_kv_heads=1),
+    ZooSpec("qwen2-5x160", "qwen2", 5, 160, 5, 320, "bpe"),  # one KV head never learned to copy the operands
 )}
 
 

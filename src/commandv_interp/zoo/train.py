@@ -66,15 +66,23 @@ def _pretrained(name: str, out: Path, seed: int, quick: bool, reuse: bool, progr
     return record.to_dict()
 
 
-def _adapter(name: str, behavior: Behavior, out: Path, seed: int, quick: bool, progress: bool) -> dict:
+def _adapter(name: str, behavior: Behavior, out: Path, seed: int, quick: bool, reuse: bool, progress: bool) -> dict:
     access = open_model(out / name, name=name)  # the shipped float16 weights, as users load them
     layers = list(range(0, access.n_layers, RECIPE.layer_stride))
+    steps = QUICK["adapter_steps"] if quick else RECIPE.steps
+    folder = out / name / "adapters" / behavior
+    if reuse and folder.is_dir():
+        meta = load_adapter(folder).metadata
+        if (meta.get("world_fingerprint"), meta.get("config_hash"), meta["training"]["steps"], meta["training"]["seed"]) \
+                == (world_fingerprint(), access.config_hash, steps, seed):
+            return {"layers": layers, "kind": RECIPE.kind, "rank": RECIPE.rank, "positions": RECIPE.positions,
+                    "training": meta["training"]}
     adapter, record = train_adapter(
         access, examples(behavior, "train"), layers, kind=RECIPE.kind, rank=RECIPE.rank,
-        positions=RECIPE.positions, steps=QUICK["adapter_steps"] if quick else RECIPE.steps,
+        positions=RECIPE.positions, steps=steps,
         batch_size=RECIPE.batch_size, lr=RECIPE.lr, seed=seed, progress=progress,
         metadata={"behavior": behavior, "zoo_model": name, "world_fingerprint": world_fingerprint()})
-    save_adapter(adapter, out / name / "adapters" / behavior)
+    save_adapter(adapter, folder)
     return {"layers": layers, "kind": RECIPE.kind, "rank": RECIPE.rank, "positions": RECIPE.positions,
             "training": record.to_dict()}
 
@@ -92,7 +100,8 @@ def train_zoo(out: str | Path = DATA, models: list[str] | None = None, seed: int
         models: zoo model names (default: all).
         seed: seeds pretraining and adapter training.
         quick: a few steps of everything (for tests; the models learn nothing).
-        reuse: keep an existing checkpoint whose record matches (seed, steps, world) instead of pretraining.
+        reuse: keep an existing checkpoint (and adapters) whose record matches (seed, steps, world) instead of
+            training again.
     """
     out = Path(out)
     models = sorted(ZOO) if models is None else models
@@ -106,7 +115,7 @@ def train_zoo(out: str | Path = DATA, models: list[str] | None = None, seed: int
         entry = {"spec": spec(name).to_dict(), "pretrain": record, "adapters": {}}
         for behavior in BEHAVIORS:
             t0 = time.perf_counter()
-            entry["adapters"][behavior] = _adapter(name, behavior, out, seed, quick, progress)
+            entry["adapters"][behavior] = _adapter(name, behavior, out, seed, quick, reuse, progress)
             timings[f"adapter/{name}/{behavior}"] = round(time.perf_counter() - t0, 1)
             adapters[(name, behavior)] = load_adapter(out / name / "adapters" / behavior)
         entries[name] = entry
@@ -142,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", choices=sorted(ZOO), action="append", default=None, help="one model (repeat)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (tests the code path)")
-    parser.add_argument("--reuse", action="store_true", help="keep matching pretrained checkpoints in --out")
+    parser.add_argument("--reuse", action="store_true", help="keep matching checkpoints and adapters in --out")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
