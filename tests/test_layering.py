@@ -15,7 +15,7 @@ STAGE = {
     "zoo": 6,
     "analysis": 7,
     "plotting": 8,
-    "cli": 9,
+    "cli": 9, "demo": 9,
 }
 
 

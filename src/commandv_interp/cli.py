@@ -424,3 +424,33 @@ def zoo_score_cmd(
     title = f"{access.name} on {behavior} ({split}{', cue' if cue else ''}{', adapter ' + adapter if adapter else ''}):"
     _emit(g, {"model": access.name, "behavior": behavior, "split": split, "cue": cue, "adapter": adapter,
               "rates": rates}, title, [{"metric": k, "value": v} for k, v in rates.items()])
+
+
+@_command(app, "demo")
+def demo_cmd(
+    donor: Annotated[str, typer.Option(help="Donor zoo model.")] = "llama-6x128",
+    recipient: Annotated[str, typer.Option(help="Recipient zoo model (another architecture).")] = "qwen2-5x160",
+    behavior: Annotated[list[Behavior] | None, typer.Option(help="Behavior to paste (repeatable; default all).")] = None,
+    method: Annotated[ConverterMethod, typer.Option(help="Converter method.")] = "ridge",
+    match: Annotated[MatchMethod, typer.Option(help="Layer matching.")] = "depth",
+    profile_set: Annotated[Literal["profile", "profile+train"], typer.Option(
+        help="Profile prompts: generic questions only, or with the behaviors' training prompts (no cues).")
+    ] = "profile+train",
+    limit: Annotated[int | None, typer.Option(min=1, help="Score only the first LIMIT test prompts.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for report.md, CSVs and figures.")] = Path("commandv_demo"),
+    json_output: JsonOpt = False, debug: DebugOpt = False,
+) -> None:
+    """Offline demo on the embedded zoo: profile, match, derive, paste each behavior, print the tables.
+
+    Example: commandv demo --donor gpt2-4x96 --recipient llama-6x128 --method ridge --out demo/
+    """
+    from commandv_interp.demo import format_transfer_tables, run_demo
+
+    g = Globals(json_output, debug)
+    table = run_demo(donor, recipient, tuple(behavior or ("refusal", "jailbreak", "cot")), method, match,
+                     profile_set, out=out, limit=limit, progress=not g.json)
+    if g.json:
+        _emit(g, {"out": str(out), "rows": table.to_dict(orient="records")})
+    else:
+        typer.echo(format_transfer_tables(table))
+        typer.echo(f"report: {out / 'report.md'}")

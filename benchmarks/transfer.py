@@ -1,0 +1,206 @@
+"""Command-V on the zoo's case studies: every ordered cross-architecture donor → recipient pair × behavior, on
+held-out test prompts, with bootstrap 95% CIs, side by side in one run:
+
+- ``recipient_base``       the recipient alone;
+- ``cv_paper``             paper-exact Command-V: pinv converters, relative-depth layers, generic profile prompts,
+                           last prompt token, α = 1;
+- ``cv_best``              the library's best variant for the pair, chosen on *train* prompts among a small grid
+                           (converter method × layer matching × profile prompt set), then scored on test;
+- ``recipient_finetune``   the recipient with its own NodiReFT rank-8 adapter trained directly (the zoo's);
+- ``donor_adapter``        the donor with its adapter (the behavior being copied);
+- ``null_random_delta``    the best variant's pasted delta replaced by a random direction of the same norm;
+- ``null_shuffled``        the best variant's converters refitted on a shuffled prompt pairing.
+
+Compute: wall time and FLOPs of profile + match + fit (Command-V) vs the direct finetune's training record.
+
+    python benchmarks/transfer.py --quick          # 2 pairs, 48 test prompts per behavior: a few minutes
+    python benchmarks/transfer.py                  # all 6 pairs, all 160 test prompts
+
+Writes ``<out>/transfer.csv``, ``<out>/transfer_summary.csv`` and ``<out>/transfer.png``/``.pdf``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+import commandv_interp as cv
+from commandv_interp import analysis, plotting, zoo
+from commandv_interp.zoo.evaluate import TARGETS, evaluate_outcomes
+from commandv_interp.zoo.scoring import summarize
+from commandv_interp.zoo.transfer import derive, profile_prompts
+
+GRID = [("ridge", "depth", "profile+train"), ("ridge", "similarity", "profile+train"), ("affine", "depth", "profile+train"),
+        ("ridge", "depth", "profile")]
+QUICK_PAIRS = [("llama-6x128", "qwen2-5x160"), ("gpt2-4x96", "llama-6x128")]
+
+
+def bootstrap(behavior: str, records: list[dict], n_boot: int, seed: int) -> dict[str, tuple[float, float, float]]:
+    """Rate and percentile 95% CI of each metric, resampling prompts with replacement."""
+    rng = np.random.default_rng(seed)
+    point = summarize(behavior, records)
+    keys = [k for k in point if not k.startswith("n")]
+    draws = {k: [] for k in keys}
+    for _ in range(n_boot):
+        sample = [records[i] for i in rng.integers(0, len(records), len(records))]
+        rates = summarize(behavior, sample)
+        for k in keys:
+            draws[k].append(rates[k])
+    return {k: (point[k], float(np.percentile(draws[k], 2.5)), float(np.percentile(draws[k], 97.5))) for k in keys}
+
+
+def selection_score(recipient, adapters, converters, limit: int) -> float:
+    """Mean over behaviors of (target rate − false refusal) on train prompts: what picks ``cv_best``."""
+    total = 0.0
+    for behavior, adapter in adapters.items():
+        with cv.paste(recipient, adapter, converters):
+            rates = summarize(behavior, evaluate_outcomes(recipient, behavior, "train", limit=limit))
+        target, side = TARGETS[behavior]
+        total += rates[target] - (rates[side] if side == "false_refusal" else 0.0)
+    return total / len(adapters)
+
+
+def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limit, n_boot, seed) -> tuple[list, list]:
+    donor, recipient = zoo.load_model(donor_name), zoo.load_model(recipient_name)
+    adapters = {b: zoo.load_adapter(donor_name, b) for b in behaviors}
+    layers = adapters[behaviors[0]].layers
+    paper = derive(donor, recipient, profile_prompts("profile"), layers, match="depth", method="pinv")
+    candidates = {}
+    for method, match, profile_set in GRID:
+        d = derive(donor, recipient, profile_prompts(profile_set), layers, match=match, method=method)
+        candidates[(method, match, profile_set)] = (d, selection_score(recipient, adapters, d.converters, select_limit))
+    choice = max(candidates, key=lambda k: candidates[k][1])
+    best = candidates[choice][0]
+    shuffled = analysis.shuffled_converters(best.donor_profile, best.recipient_profile, best.converters, seed)
+    rows, costs = [], []
+    for behavior in behaviors:
+        adapter = adapters[behavior]
+        runs = {"recipient_base": (recipient, None), "cv_paper": (recipient, cv.paste(recipient, adapter, paper.converters)),
+                "cv_best": (recipient, cv.paste(recipient, adapter, best.converters)),
+                "null_random_delta": (recipient, analysis.random_delta_paste(recipient, adapter, best.converters, seed=seed)),
+                "null_shuffled": (recipient, cv.paste(recipient, adapter, shuffled)),
+                "recipient_finetune": (recipient, cv.apply_adapter(recipient, zoo.load_adapter(recipient_name, behavior))),
+                "donor_adapter": (donor, cv.apply_adapter(donor, adapter))}
+        for condition, (model, ctx) in runs.items():
+            if ctx is None:
+                records = evaluate_outcomes(model, behavior, limit=limit)
+            else:
+                with ctx:
+                    records = evaluate_outcomes(model, behavior, limit=limit)
+            for metric, (value, low, high) in bootstrap(behavior, records, n_boot, seed).items():
+                rows.append({"donor": donor_name, "recipient": recipient_name, "behavior": behavior,
+                             "condition": condition, "metric": metric, "value": value, "ci_low": low,
+                             "ci_high": high, "n": len(records)})
+        finetune = zoo.manifest()["models"][recipient_name]["adapters"][behavior]["training"]
+        costs.append({"donor": donor_name, "recipient": recipient_name, "behavior": behavior,
+                      "cv_paper_s": paper.wall_s, "cv_best_s": best.wall_s, "cv_best_flops": best.flops,
+                      "finetune_s": finetune["wall_time_s"], "finetune_flops": finetune["flops"],
+                      "best_variant": "/".join(choice),
+                      "pasted_to_residual_paper": _norm(donor, recipient, adapter, paper.converters, behavior),
+                      "pasted_to_residual_best": _norm(donor, recipient, adapter, best.converters, behavior)})
+    return rows, costs
+
+
+def _norm(donor, recipient, adapter, converters, behavior) -> float:
+    frame = analysis.state_delta_fidelity(donor, recipient, adapter, converters, zoo.prompts(behavior, "test")[:32])
+    return float(frame[frame.metric == "pasted_to_residual_norm"].value.mean())
+
+
+def summarize_pairs(table: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for behavior, group in table.groupby("behavior", sort=False):
+        target, side = TARGETS[behavior]
+        val = group.set_index(["donor", "recipient", "condition", "metric"])["value"]
+        pairs = sorted({(d, r) for d, r in zip(group.donor, group.recipient)})
+        ratios = [val[(d, r, "cv_best", target)] / max(val[(d, r, "recipient_finetune", target)], 1e-9)
+                  for d, r in pairs]
+        paper = [val[(d, r, "cv_paper", target)] / max(val[(d, r, "recipient_finetune", target)], 1e-9)
+                 for d, r in pairs]
+        c = costs[costs.behavior == behavior]
+        rows.append({"behavior": behavior, "target": target, "pairs": len(pairs),
+                     "median_best_over_finetune": float(np.median(ratios)),
+                     "median_paper_over_finetune": float(np.median(paper)),
+                     "median_compute_ratio_flops": float(np.median(c.cv_best_flops / c.finetune_flops)),
+                     "median_compute_ratio_time": float(np.median(c.cv_best_s / c.finetune_s)),
+                     "side_metric": side,
+                     "median_side_best": float(np.median([val[(d, r, "cv_best", side)] for d, r in pairs])),
+                     "median_side_finetune": float(np.median([val[(d, r, "recipient_finetune", side)]
+                                                              for d, r in pairs]))})
+    return pd.DataFrame(rows)
+
+
+def figure(table: pd.DataFrame, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    conditions = ["recipient_base", "cv_paper", "cv_best", "recipient_finetune", "donor_adapter",
+                  "null_random_delta", "null_shuffled"]
+    behaviors = list(dict.fromkeys(table.behavior))
+    fig, axes = plt.subplots(1, len(behaviors), figsize=(5 * len(behaviors), 4), squeeze=False)
+    for ax, behavior in zip(axes[0], behaviors):
+        target = TARGETS[behavior][0]
+        sub = table[(table.behavior == behavior) & (table.metric == target)]
+        means = [sub[sub.condition == c].value.mean() for c in conditions]
+        lows = [m - sub[sub.condition == c].ci_low.mean() for c, m in zip(conditions, means)]
+        highs = [sub[sub.condition == c].ci_high.mean() - m for c, m in zip(conditions, means)]
+        ax.bar(range(len(conditions)), means, yerr=[lows, highs], capsize=3,
+               color=["gray", "tab:orange", "tab:blue", "tab:green", "tab:purple", "lightgray", "lightgray"])
+        ax.set_xticks(range(len(conditions)), conditions, rotation=45, ha="right")
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel(f"{target} (mean over pairs, mean 95% CI)")
+        ax.set_title(behavior)
+    fig.suptitle("Command-V on the zoo: held-out test prompts")
+    fig.tight_layout()
+    plotting.save_figure(fig, out / "transfer")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 pairs, 48 test prompts per behavior")
+    parser.add_argument("--limit", type=int, default=None, help="test prompts per behavior (default: all)")
+    parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    names = zoo.list_models()
+    pairs = QUICK_PAIRS if args.quick else [p for p in itertools.permutations(names, 2)]
+    limit = 48 if args.quick and args.limit is None else args.limit
+    start = time.perf_counter()
+    rows, costs = [], []
+    for donor, recipient in tqdm(pairs, desc="pairs"):
+        r, c = run_pair(donor, recipient, list(zoo.BEHAVIORS), limit, 32, args.boot, args.seed)
+        rows += r
+        costs += c
+    table, cost = pd.DataFrame(rows), pd.DataFrame(costs)
+    summary = summarize_pairs(table, cost)
+    args.out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out / "transfer.csv", index=False)
+    cost.to_csv(args.out / "transfer_costs.csv", index=False)
+    summary.to_csv(args.out / "transfer_summary.csv", index=False)
+    figure(table, args.out)
+    pd.set_option("display.width", 200)
+    for behavior in zoo.BEHAVIORS:
+        target, side = TARGETS[behavior]
+        sub = table[(table.behavior == behavior) & table.metric.isin([target, side])]
+        sub = sub.assign(cell=[f"{v:.2f} [{lo:.2f}, {hi:.2f}]" for v, lo, hi in zip(sub.value, sub.ci_low, sub.ci_high)])
+        print(f"\n== {behavior}: {target} / {side} (95% bootstrap CI) ==")
+        print(sub.pivot_table(index=["donor", "recipient", "metric"], columns="condition", values="cell",
+                              aggfunc="first").to_string())
+    print("\n== costs and chosen variants ==")
+    print(cost.to_string(index=False))
+    print("\n== summary (median over pairs) ==")
+    print(summary.to_string(index=False))
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Stage 9 (demo): consumes a donor → recipient pair of the embedded zoo, produces the one-command offline demo —
+a transfer table per behavior, the compute of Command-V vs a direct finetune, per-layer faithfulness figures and a
+Markdown report.
+
+Runs on CPU, offline, in a few minutes: the donor is profiled through TransformerLens hook points, the recipient
+through nnsight; each behavior's donor adapter is pasted into the recipient and scored on held-out test prompts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from commandv_interp import analysis, plotting
+from commandv_interp.io import atomic_write
+from commandv_interp.zoo import load_adapter, load_model, prompts
+from commandv_interp.zoo.evaluate import TARGETS
+from commandv_interp.zoo.transfer import CONDITIONS, derive, profile_prompts, transfer_rows
+from commandv_interp.zoo.world import Behavior
+
+__all__ = ["run_demo", "format_transfer_tables", "DEFAULT_PAIR", "CONTRAST"]
+
+DEFAULT_PAIR = ("llama-6x128", "qwen2-5x160")  # cross-architecture and cross-tokenizer
+CONTRAST: dict[str, tuple[str, str]] = {"refusal": ("sorry", "sure"), "jailbreak": ("sure", "sorry"),
+                                        "cot": ("step", "answer")}
+LABELS = {"recipient_base": "recipient base", "command_v": "recipient + Command-V",
+          "donor_adapter": "donor + adapter", "recipient_finetune": "recipient + direct ReFT finetune"}
+
+
+def format_transfer_tables(table: pd.DataFrame) -> str:
+    """Markdown: one table per behavior with the four conditions as rows and the behavior's rates as columns,
+    then the compute of Command-V vs the direct finetune."""
+    out = []
+    for behavior, group in table.groupby("behavior", sort=False):
+        metrics = list(TARGETS[behavior])
+        out += [f"### {behavior}", "", "| condition | " + " | ".join(metrics) + " |",
+                "|---|" + "---|" * len(metrics)]
+        for condition in CONDITIONS:
+            vals = group[group.condition == condition].set_index("metric")["value"]
+            out.append(f"| {LABELS[condition]} | " + " | ".join(f"{vals.get(m, float('nan')):.2f}" for m in metrics)
+                       + " |")
+        cost = group[group.metric.isin(["wall_s", "flops"])].set_index(["condition", "metric"])["value"]
+        cv_s, ft_s = cost[("command_v", "wall_s")], cost[("recipient_finetune", "wall_s")]
+        cv_f, ft_f = cost[("command_v", "flops")], cost[("recipient_finetune", "flops")]
+        out += ["", f"compute: Command-V {cv_s:.1f} s / {cv_f:.2e} FLOPs (profile + match + fit, shared by all "
+                    f"behaviors) vs direct finetune {ft_s:.1f} s / {ft_f:.2e} FLOPs → ratio "
+                    f"{cv_s / ft_s:.3f} (time), {cv_f / ft_f:.4f} (FLOPs)", ""]
+    return "\n".join(out)
+
+
+def run_demo(donor: str = DEFAULT_PAIR[0], recipient: str = DEFAULT_PAIR[1],
+             behaviors: Sequence[Behavior] = ("refusal", "jailbreak", "cot"), method: str = "ridge",
+             match: str = "depth", profile_set: str = "profile+train", out: str | Path = "commandv_demo",
+             limit: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Run the demo and write ``report.md``, ``transfer.csv``, ``faithfulness.csv`` and figures into ``out``.
+
+    Args:
+        donor, recipient: zoo model names (must differ).
+        behaviors: which behaviors to paste.
+        method: converter method; match: ``depth`` or ``similarity``; profile_set: see
+            :func:`commandv_interp.zoo.transfer.profile_prompts`.
+        limit: score only the first ``limit`` test prompts of each behavior.
+
+    Returns:
+        The tidy transfer table (also in ``transfer.csv``).
+    """
+    if donor == recipient:
+        raise ValueError(f"donor and recipient must be different zoo models, got {donor!r} twice")
+    start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    donor_tl = load_model(donor, backend="transformer_lens")  # profiled through TransformerLens hook points
+    donor_nn, recipient_nn = load_model(donor), load_model(recipient)
+    layers = load_adapter(donor, behaviors[0]).layers
+    derivation = derive(donor_tl, recipient_nn, profile_prompts(profile_set), layers, match=match, method=method,
+                        progress=progress)
+    table = transfer_rows(donor_nn, recipient_nn, derivation, behaviors, limit=limit)
+    atomic_write(out / "transfer.csv", lambda p: table.to_csv(p, index=False))
+    faith, figures = _faithfulness(donor_nn, recipient_nn, derivation, behaviors, out)
+    report = [f"# Command-V demo: {donor} → {recipient}", "",
+              f"Converters: `{method}`; layer matching: `{match}`; profile prompts: `{profile_set}` "
+              f"({derivation.n_prompts}); layer map {derivation.layer_map.as_dict()}; test prompts per behavior: "
+              f"{limit or 'all'}.", "", format_transfer_tables(table), "", "## Per-layer faithfulness", ""]
+    report += [f"![{f.stem}]({f.name})" for f in figures]
+    report += ["", f"Total demo time: {time.perf_counter() - start:.0f} s."]
+    atomic_write(out / "report.md", lambda p: p.write_text("\n".join(report) + "\n"))
+    return table
+
+
+def _faithfulness(donor, recipient, derivation, behaviors, out: Path) -> tuple[pd.DataFrame, list[Path]]:
+    frames = [analysis.converter_fidelity(derivation.converters, derivation.donor_profile,
+                                          derivation.recipient_profile).assign(behavior="all")]
+    for behavior in behaviors:
+        frame = analysis.state_delta_fidelity(donor, recipient, load_adapter(donor.name, behavior),
+                                              derivation.converters, prompts(behavior, "test")[:64])
+        frames.append(frame.assign(behavior=behavior))
+    faith = pd.concat(frames, ignore_index=True)
+    atomic_write(out / "faithfulness.csv", lambda p: faith.to_csv(p, index=False))
+    figures = []
+    if derivation.layer_map.similarity is not None:
+        fig = plotting.plot_similarity(analysis.similarity_frame(derivation.layer_map))
+        figures.append(plotting.save_figure(fig, out / "similarity")[0])
+    for behavior in behaviors:
+        fig = plotting.plot_fidelity(faith[faith.behavior == behavior],
+                                     ["state_cosine", "delta_cosine", "backward_cosine", "pasted_to_residual_norm"],
+                                     title=f"{behavior}: state and delta fidelity")
+        figures.append(plotting.save_figure(fig, out / f"fidelity_{behavior}")[0])
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    return faith, figures
