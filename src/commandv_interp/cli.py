@@ -430,7 +430,8 @@ def zoo_score_cmd(
 def demo_cmd(
     donor: Annotated[str, typer.Option(help="Donor zoo model.")] = "llama-6x128",
     recipient: Annotated[str, typer.Option(help="Recipient zoo model (another architecture).")] = "qwen2-5x160",
-    behavior: Annotated[list[Behavior] | None, typer.Option(help="Behavior to paste (repeatable; default all).")] = None,
+    behavior: Annotated[list[str] | None, typer.Option(
+        help="Behavior to paste: refusal, jailbreak or cot (repeatable; default all).")] = None,
     method: Annotated[ConverterMethod, typer.Option(help="Converter method.")] = "ridge",
     match: Annotated[MatchMethod, typer.Option(help="Layer matching.")] = "depth",
     profile_set: Annotated[Literal["profile", "profile+train"], typer.Option(
