@@ -1,0 +1,69 @@
+"""The offline demo on the shipped zoo (a small limit keeps it fast): four rows per behavior, compute ratio,
+report and figures written; the analyses scripts regenerate their figures."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from commandv_interp.demo import format_transfer_tables, run_demo
+from commandv_interp.zoo.transfer import CONDITIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    table = run_demo(behaviors=("refusal", "cot"), limit=16, out=out, progress=False)
+    return out, table
+
+
+def test_demo_table_has_four_rows_per_behavior_and_costs(demo):
+    out, table = demo
+    for behavior in ("refusal", "cot"):
+        sub = table[table.behavior == behavior]
+        assert set(sub.condition) == set(CONDITIONS)
+        cost = sub[sub.metric == "flops"].set_index("condition")["value"]
+        assert 0 < cost["command_v"] < cost["recipient_finetune"]
+    saved = pd.read_csv(out / "transfer.csv")
+    assert len(saved) == len(table)
+    text = format_transfer_tables(table)
+    assert "recipient + Command-V" in text and "recipient + direct ReFT finetune" in text and "ratio" in text
+
+
+def test_demo_writes_report_and_figures(demo):
+    out, _ = demo
+    report = (out / "report.md").read_text()
+    assert "# Command-V demo: llama-6x128 → qwen2-5x160" in report
+    for name in ("similarity.png", "fidelity_refusal.png", "fidelity_cot.png", "faithfulness.csv"):
+        assert (out / name).stat().st_size > 1000, name
+        if name.endswith(".png"):
+            assert f"]({name})" in report
+
+
+def test_demo_refuses_a_pair_of_one_model(tmp_path):
+    with pytest.raises(ValueError, match="different"):
+        run_demo("gpt2-4x96", "gpt2-4x96", out=tmp_path)
+
+
+@pytest.mark.parametrize("script", ["fig_similarity.py"])
+def test_analysis_script_regenerates_its_figure(script, tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "analyses" / script), "--out", str(tmp_path)], check=True,
+                   capture_output=True, text=True, timeout=600)
+    written = {p.suffix for p in tmp_path.iterdir()}
+    assert {".png", ".pdf", ".csv"} <= written
+
+
+def test_cli_demo_prints_the_four_rows(tmp_path):
+    from typer.testing import CliRunner
+
+    from commandv_interp.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--behavior", "jailbreak", "--limit", "8", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    for label in ("recipient base", "recipient + Command-V", "donor + adapter", "recipient + direct ReFT finetune"):
+        assert label in result.output
+    assert (tmp_path / "report.md").exists()
