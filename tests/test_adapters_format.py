@@ -160,7 +160,8 @@ def test_pyreft_parametrized_direft_loads_as_torch_evaluates_it():
     state = {k: v for k, v in iv.state_dict().items() if "rotate_layer" not in k}
     state |= {f"rotate_layer.{k}": v for k, v in holder.state_dict().items()}
     loaded = DiReFT.from_state_dict(state)
-    assert torch.equal(loaded.rotate_layer, holder.weight.detach())
+    # same parametrization, evaluated twice: equal up to float rounding (bit equality depends on thread count)
+    assert_close(loaded.rotate_layer, holder.weight.detach(), atol=1e-6, rtol=1e-6)
     assert_close(loaded.R @ loaded.R.T, torch.eye(4), atol=1e-5)
 
 

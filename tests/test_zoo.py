@@ -50,7 +50,9 @@ def test_each_model_loads_offline_through_transformers_and_open_model(name):
     assert (access.n_layers, access.d_model) == (hf.config.num_hidden_layers, hf.config.hidden_size)
     batch = access.encode(prompts)
     with torch.no_grad():
-        hidden = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
+        positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: learned positions need this
+        hidden = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions,
+                    output_hidden_states=True)
     got = access.read(batch, [0], positions="last")[0]
     torch.testing.assert_close(got, hidden.hidden_states[1][:, -1], atol=1e-5, rtol=1e-5)
     assert tok("user : hi")["input_ids"] == access.tokenizer("user : hi")["input_ids"]
@@ -124,9 +126,10 @@ def test_adapters_are_the_papers_setup():
 def test_unknown_names_raise_clear_errors():
     with pytest.raises(ValueError, match="known"):
         zoo.load_model("gpt5")
-    with pytest.raises(ValueError, match="behavior"):
+    # Literal-typed arguments: the runtime type checker of the test run (a TypeError) or our ValueError
+    with pytest.raises((ValueError, TypeError), match="behavior"):
         zoo.load_adapter(MODELS[0], "flattery")
-    with pytest.raises(ValueError, match="backend"):
+    with pytest.raises((ValueError, TypeError), match="backend"):
         zoo.load_model(MODELS[0], backend="jax")
 
 

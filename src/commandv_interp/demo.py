@@ -23,7 +23,7 @@ from commandv_interp.zoo.world import Behavior
 
 __all__ = ["run_demo", "format_transfer_tables", "DEFAULT_PAIR", "CONTRAST"]
 
-DEFAULT_PAIR = ("llama-6x128", "qwen2-5x160")  # cross-architecture and cross-tokenizer
+DEFAULT_PAIR = ("gpt2-4x96", "llama-6x128")  # cross-architecture and cross-tokenizer (BPE → word)
 CONTRAST: dict[str, tuple[str, str]] = {"refusal": ("sorry", "sure"), "jailbreak": ("sure", "sorry"),
                                         "cot": ("step", "answer")}
 LABELS = {"recipient_base": "recipient base", "command_v": "recipient + Command-V",
