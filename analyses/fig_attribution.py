@@ -2,7 +2,7 @@
 from the first or last layer — beside the null baselines (random delta of matched norm, shuffled converters,
 another behavior's adapter), scored by the behavior logit difference and the behavior rate.
 
-    python analyses/fig_attribution.py --out figures/ [--donor llama-6x128 --recipient qwen2-5x160 --behavior refusal]
+    python analyses/fig_attribution.py --out figures/ [--donor gpt2-4x96 --recipient llama-6x128 --behavior jailbreak]
 
 Writes attribution_<donor>_<recipient>_<behavior>.{png,pdf,csv}. Seeded; a few minutes on CPU.
 """
@@ -25,16 +25,17 @@ from commandv_interp.zoo.transfer import derive, profile_prompts
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("figures"))
-    parser.add_argument("--donor", default="llama-6x128")
-    parser.add_argument("--recipient", default="qwen2-5x160")
-    parser.add_argument("--behavior", default="refusal", choices=list(zoo.BEHAVIORS))
+    parser.add_argument("--donor", default="gpt2-4x96")
+    parser.add_argument("--recipient", default="llama-6x128")
+    parser.add_argument("--behavior", default="jailbreak", choices=list(zoo.BEHAVIORS))
     parser.add_argument("--method", default="ridge", choices=["pinv", "ridge", "affine", "procrustes"])
+    parser.add_argument("--profile-set", default="profile+train", choices=["profile", "profile+train"])
     parser.add_argument("--n-prompts", type=int, default=64, help="test prompts scored per run")
     args = parser.parse_args()
     torch.manual_seed(0)
     donor, recipient = zoo.load_model(args.donor), zoo.load_model(args.recipient)
     adapter = zoo.load_adapter(args.donor, args.behavior)
-    d = derive(donor, recipient, profile_prompts("profile"), adapter.layers, method=args.method)
+    d = derive(donor, recipient, profile_prompts(args.profile_set), adapter.layers, method=args.method)
     target = TARGETS[args.behavior][0]
 
     def rate(model) -> float:

@@ -1,7 +1,7 @@
 """Figure: per-layer faithfulness of one zoo transfer — converter fidelity (from the profiles), state and delta
 fidelity and downstream effect fidelity (on held-out test prompts) — for each behavior.
 
-    python analyses/fig_fidelity.py --out figures/ [--donor llama-6x128 --recipient qwen2-5x160 --method ridge]
+    python analyses/fig_fidelity.py --out figures/ [--donor gpt2-4x96 --recipient llama-6x128 --method ridge]
 
 Writes fidelity_<donor>_<recipient>_<method>.{png,pdf,csv}. Seeded; a few minutes on CPU.
 """
@@ -28,16 +28,17 @@ PANELS = {"converter": ["heldout_r2_to_donor", "heldout_r2_to_recipient", "round
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("figures"))
-    parser.add_argument("--donor", default="llama-6x128")
-    parser.add_argument("--recipient", default="qwen2-5x160")
+    parser.add_argument("--donor", default="gpt2-4x96")
+    parser.add_argument("--recipient", default="llama-6x128")
     parser.add_argument("--method", default="ridge", choices=["pinv", "ridge", "affine", "procrustes"])
+    parser.add_argument("--profile-set", default="profile+train", choices=["profile", "profile+train"])
     parser.add_argument("--match", default="depth", choices=["depth", "similarity"])
     parser.add_argument("--n-prompts", type=int, default=64, help="test prompts per behavior")
     args = parser.parse_args()
     torch.manual_seed(0)
     donor, recipient = zoo.load_model(args.donor), zoo.load_model(args.recipient)
     layers = zoo.load_adapter(args.donor, "refusal").layers
-    d = derive(donor, recipient, profile_prompts("profile"), range(donor.n_layers), match=args.match,
+    d = derive(donor, recipient, profile_prompts(args.profile_set), range(donor.n_layers), match=args.match,
                method=args.method)
     converters = d.converters
     frames = [analysis.converter_fidelity(converters, d.donor_profile, d.recipient_profile).assign(behavior="all")]

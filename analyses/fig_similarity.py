@@ -1,7 +1,7 @@
 """Figure: donor × recipient layer similarity (linear CKA on the zoo's profile prompts) with the chosen layer map
 drawn on it, for one cross-architecture zoo pair.
 
-    python analyses/fig_similarity.py --out figures/ [--donor llama-6x128 --recipient qwen2-5x160 --metric cka]
+    python analyses/fig_similarity.py --out figures/ [--donor gpt2-4x96 --recipient llama-6x128 --metric cka]
 
 Writes similarity_<donor>_<recipient>.{png,pdf,csv}. Seeded; under a minute on CPU.
 """
@@ -21,8 +21,8 @@ from commandv_interp.zoo.transfer import profile_prompts
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("figures"))
-    parser.add_argument("--donor", default="llama-6x128")
-    parser.add_argument("--recipient", default="qwen2-5x160")
+    parser.add_argument("--donor", default="gpt2-4x96")
+    parser.add_argument("--recipient", default="llama-6x128")
     parser.add_argument("--metric", default="cka", choices=["cka", "debiased_cka", "r2", "mutual_knn"])
     parser.add_argument("--assignment", default="argmax", choices=["argmax", "monotone"])
     args = parser.parse_args()
