@@ -67,3 +67,36 @@ def test_cli_demo_prints_the_four_rows(tmp_path):
     for label in ("recipient base", "recipient + Command-V", "donor + adapter", "recipient + direct ReFT finetune"):
         assert label in result.output
     assert (tmp_path / "report.md").exists()
+
+
+def test_readme_cli_chain_on_zoo_models(tmp_path):
+    """The README's command-line chain on zoo models; the pasted generations equal the Python API's."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import commandv_interp as cv
+    from commandv_interp import zoo
+    from commandv_interp.cli import app
+    from commandv_interp.zoo.evaluate import respond
+
+    run = CliRunner().invoke
+    steps = [["profile", "gpt2-4x96", "zoo:jailbreak:profile", "--out", str(tmp_path / "donor.safetensors"),
+              "--backend", "transformer_lens"],
+             ["profile", "llama-6x128", "zoo:jailbreak:profile", "--out", str(tmp_path / "recipient.safetensors")],
+             ["match", str(tmp_path / "donor.safetensors"), str(tmp_path / "recipient.safetensors"), "--out",
+              str(tmp_path / "map.json"), "--method", "depth"],
+             ["derive", str(tmp_path / "donor.safetensors"), str(tmp_path / "recipient.safetensors"), "--map",
+              str(tmp_path / "map.json"), "--out", str(tmp_path / "conv.safetensors"), "--method", "ridge"],
+             ["paste", "llama-6x128", "zoo:gpt2-4x96:jailbreak", str(tmp_path / "conv.safetensors"),
+              "zoo:jailbreak:test", "--out", str(tmp_path / "gen.jsonl"), "--max-new-tokens", "8"]]
+    for argv in steps:
+        result = run(app, argv)
+        assert result.exit_code == 0, (argv, result.output)
+    rows = [json.loads(line) for line in (tmp_path / "gen.jsonl").read_text().splitlines()]
+    recipient = zoo.load_model("llama-6x128")
+    converters = cv.Converters.load(tmp_path / "conv.safetensors")
+    with cv.paste(recipient, zoo.load_adapter("gpt2-4x96", "jailbreak"), converters):
+        expected = respond(recipient, [r["prompt"] for r in rows], 8)
+    assert [r["output"] for r in rows] == expected
+    assert [r["prompt"] for r in rows] == zoo.prompts("jailbreak", "test")
