@@ -8,6 +8,8 @@ held-out test prompts, with bootstrap 95% CIs, side by side in one run:
                            (converter method × layer matching × profile prompt set), then scored on test;
 - ``recipient_finetune``   the recipient with its own NodiReFT rank-8 adapter trained directly (the zoo's);
 - ``donor_adapter``        the donor with its adapter (the behavior being copied);
+- ``cv_best_norm_matched`` the best variant with α set so the pasted delta's norm relative to the recipient's
+                           residual equals the donor delta's relative to the donor's (measured on train prompts);
 - ``null_random_delta``    the best variant's pasted delta replaced by a random direction of the same norm;
 - ``null_shuffled``        the best variant's converters refitted on a shuffled prompt pairing.
 
@@ -83,8 +85,10 @@ def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limi
     rows, costs = [], []
     for behavior in behaviors:
         adapter = adapters[behavior]
+        alpha = norm_matched_alpha(donor, recipient, adapter, best.converters, behavior)
         runs = {"recipient_base": (recipient, None), "cv_paper": (recipient, cv.paste(recipient, adapter, paper.converters)),
                 "cv_best": (recipient, cv.paste(recipient, adapter, best.converters)),
+                "cv_best_norm_matched": (recipient, cv.paste(recipient, adapter, best.converters, alpha=alpha)),
                 "null_random_delta": (recipient, analysis.random_delta_paste(recipient, adapter, best.converters, seed=seed)),
                 "null_shuffled": (recipient, cv.paste(recipient, adapter, shuffled)),
                 "recipient_finetune": (recipient, cv.apply_adapter(recipient, zoo.load_adapter(recipient_name, behavior))),
@@ -103,10 +107,17 @@ def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limi
         costs.append({"donor": donor_name, "recipient": recipient_name, "behavior": behavior,
                       "cv_paper_s": paper.wall_s, "cv_best_s": best.wall_s, "cv_best_flops": best.flops,
                       "finetune_s": finetune["wall_time_s"], "finetune_flops": finetune["flops"],
-                      "best_variant": "/".join(choice),
+                      "best_variant": "/".join(choice), "norm_matched_alpha": alpha,
                       "pasted_to_residual_paper": _norm(donor, recipient, adapter, paper.converters, behavior),
                       "pasted_to_residual_best": _norm(donor, recipient, adapter, best.converters, behavior)})
     return rows, costs
+
+
+def norm_matched_alpha(donor, recipient, adapter, converters, behavior) -> float:
+    """α that gives the pasted delta the donor's delta-to-residual norm ratio, measured on *train* prompts."""
+    frame = analysis.state_delta_fidelity(donor, recipient, adapter, converters, zoo.prompts(behavior, "train")[:32])
+    mean = frame.groupby("metric").value.mean()
+    return float(mean["donor_to_residual_norm"] / mean["pasted_to_residual_norm"])
 
 
 def _norm(donor, recipient, adapter, converters, behavior) -> float:
@@ -140,8 +151,8 @@ def summarize_pairs(table: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
 def figure(table: pd.DataFrame, out: Path) -> None:
     import matplotlib.pyplot as plt
 
-    conditions = ["recipient_base", "cv_paper", "cv_best", "recipient_finetune", "donor_adapter",
-                  "null_random_delta", "null_shuffled"]
+    conditions = ["recipient_base", "cv_paper", "cv_best", "cv_best_norm_matched", "recipient_finetune",
+                  "donor_adapter", "null_random_delta", "null_shuffled"]
     behaviors = list(dict.fromkeys(table.behavior))
     fig, axes = plt.subplots(1, len(behaviors), figsize=(5 * len(behaviors), 4), squeeze=False)
     for ax, behavior in zip(axes[0], behaviors):
@@ -151,7 +162,8 @@ def figure(table: pd.DataFrame, out: Path) -> None:
         lows = [m - sub[sub.condition == c].ci_low.mean() for c, m in zip(conditions, means)]
         highs = [sub[sub.condition == c].ci_high.mean() - m for c, m in zip(conditions, means)]
         ax.bar(range(len(conditions)), means, yerr=[lows, highs], capsize=3,
-               color=["gray", "tab:orange", "tab:blue", "tab:green", "tab:purple", "lightgray", "lightgray"])
+               color=["gray", "tab:orange", "tab:blue", "tab:cyan", "tab:green", "tab:purple", "lightgray",
+                      "lightgray"])
         ax.set_xticks(range(len(conditions)), conditions, rotation=45, ha="right")
         ax.set_ylim(0, 1.05)
         ax.set_ylabel(f"{target} (mean over pairs, mean 95% CI)")
