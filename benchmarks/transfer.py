@@ -4,12 +4,13 @@ held-out test prompts, with bootstrap 95% CIs, side by side in one run:
 - ``recipient_base``       the recipient alone;
 - ``cv_paper``             paper-exact Command-V: pinv converters, relative-depth layers, generic profile prompts,
                            last prompt token, α = 1;
+- ``cv_paper_norm_matched`` the same converters with the norm-matched α (``commandv_interp.norm_matched_alpha``:
+                           the pasted delta gets the donor delta's size relative to the residual, from profiles);
 - ``cv_best``              the library's best variant for the pair, chosen on *train* prompts among a small grid
-                           (converter method × layer matching × profile prompt set), then scored on test;
+                           (converter method × layer matching × profile prompt set × α ∈ {1, norm-matched}),
+                           then scored on test;
 - ``recipient_finetune``   the recipient with its own NodiReFT rank-8 adapter trained directly (the zoo's);
 - ``donor_adapter``        the donor with its adapter (the behavior being copied);
-- ``cv_best_norm_matched`` the best variant with α set so the pasted delta's norm relative to the recipient's
-                           residual equals the donor delta's relative to the donor's (measured on train prompts);
 - ``null_random_delta``    the best variant's pasted delta replaced by a random direction of the same norm;
 - ``null_shuffled``        the best variant's converters refitted on a shuffled prompt pairing.
 
@@ -59,15 +60,20 @@ def bootstrap(behavior: str, records: list[dict], n_boot: int, seed: int) -> dic
     return {k: (point[k], float(np.percentile(draws[k], 2.5)), float(np.percentile(draws[k], 97.5))) for k in keys}
 
 
-def selection_score(recipient, adapters, converters, limit: int) -> float:
+def selection_score(recipient, adapters, converters, alphas, limit: int) -> float:
     """Mean over behaviors of (target rate − false refusal) on train prompts: what picks ``cv_best``."""
     total = 0.0
     for behavior, adapter in adapters.items():
-        with cv.paste(recipient, adapter, converters):
+        with cv.paste(recipient, adapter, converters, alpha=alphas[behavior]):
             rates = summarize(behavior, evaluate_outcomes(recipient, behavior, "train", limit=limit))
         target, side = TARGETS[behavior]
         total += rates[target] - (rates[side] if side == "false_refusal" else 0.0)
     return total / len(adapters)
+
+
+def norm_matched(adapters, derivation) -> dict[str, float]:
+    return {b: cv.norm_matched_alpha(a, derivation.converters, derivation.donor_profile, derivation.recipient_profile)
+            for b, a in adapters.items()}
 
 
 def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limit, n_boot, seed) -> tuple[list, list]:
@@ -75,22 +81,26 @@ def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limi
     adapters = {b: zoo.load_adapter(donor_name, b) for b in behaviors}
     layers = adapters[behaviors[0]].layers
     paper = derive(donor, recipient, profile_prompts("profile"), layers, match="depth", method="pinv")
+    paper_alphas = norm_matched(adapters, paper)
     candidates = {}
     for method, match, profile_set in GRID:
         d = derive(donor, recipient, profile_prompts(profile_set), layers, match=match, method=method)
-        candidates[(method, match, profile_set)] = (d, selection_score(recipient, adapters, d.converters, select_limit))
-    choice = max(candidates, key=lambda k: candidates[k][1])
-    best = candidates[choice][0]
+        for alpha_rule, alphas in (("alpha=1", {b: 1.0 for b in behaviors}), ("alpha=norm", norm_matched(adapters, d))):
+            score = selection_score(recipient, adapters, d.converters, alphas, select_limit)
+            candidates[(method, match, profile_set, alpha_rule)] = (d, alphas, score)
+    choice = max(candidates, key=lambda k: candidates[k][2])
+    best, best_alphas, _ = candidates[choice]
     shuffled = analysis.shuffled_converters(best.donor_profile, best.recipient_profile, best.converters, seed)
     rows, costs = [], []
     for behavior in behaviors:
-        adapter = adapters[behavior]
-        alpha = norm_matched_alpha(donor, recipient, adapter, best.converters, behavior)
+        adapter, alpha = adapters[behavior], best_alphas[behavior]
         runs = {"recipient_base": (recipient, None), "cv_paper": (recipient, cv.paste(recipient, adapter, paper.converters)),
-                "cv_best": (recipient, cv.paste(recipient, adapter, best.converters)),
-                "cv_best_norm_matched": (recipient, cv.paste(recipient, adapter, best.converters, alpha=alpha)),
-                "null_random_delta": (recipient, analysis.random_delta_paste(recipient, adapter, best.converters, seed=seed)),
-                "null_shuffled": (recipient, cv.paste(recipient, adapter, shuffled)),
+                "cv_paper_norm_matched": (recipient, cv.paste(recipient, adapter, paper.converters,
+                                                              alpha=paper_alphas[behavior])),
+                "cv_best": (recipient, cv.paste(recipient, adapter, best.converters, alpha=alpha)),
+                "null_random_delta": (recipient, analysis.random_delta_paste(recipient, adapter, best.converters,
+                                                                             alpha=alpha, seed=seed)),
+                "null_shuffled": (recipient, cv.paste(recipient, adapter, shuffled, alpha=alpha)),
                 "recipient_finetune": (recipient, cv.apply_adapter(recipient, zoo.load_adapter(recipient_name, behavior))),
                 "donor_adapter": (donor, cv.apply_adapter(donor, adapter))}
         for condition, (model, ctx) in runs.items():
@@ -107,21 +117,15 @@ def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limi
         costs.append({"donor": donor_name, "recipient": recipient_name, "behavior": behavior,
                       "cv_paper_s": paper.wall_s, "cv_best_s": best.wall_s, "cv_best_flops": best.flops,
                       "finetune_s": finetune["wall_time_s"], "finetune_flops": finetune["flops"],
-                      "best_variant": "/".join(choice), "norm_matched_alpha": alpha,
+                      "best_variant": "/".join(choice), "alpha_best": alpha, "alpha_paper": paper_alphas[behavior],
                       "pasted_to_residual_paper": _norm(donor, recipient, adapter, paper.converters, behavior),
-                      "pasted_to_residual_best": _norm(donor, recipient, adapter, best.converters, behavior)})
+                      "pasted_to_residual_best": _norm(donor, recipient, adapter, best.converters, behavior, alpha)})
     return rows, costs
 
 
-def norm_matched_alpha(donor, recipient, adapter, converters, behavior) -> float:
-    """α that gives the pasted delta the donor's delta-to-residual norm ratio, measured on *train* prompts."""
-    frame = analysis.state_delta_fidelity(donor, recipient, adapter, converters, zoo.prompts(behavior, "train")[:32])
-    mean = frame.groupby("metric").value.mean()
-    return float(mean["donor_to_residual_norm"] / mean["pasted_to_residual_norm"])
-
-
-def _norm(donor, recipient, adapter, converters, behavior) -> float:
-    frame = analysis.state_delta_fidelity(donor, recipient, adapter, converters, zoo.prompts(behavior, "test")[:32])
+def _norm(donor, recipient, adapter, converters, behavior, alpha: float = 1.0) -> float:
+    frame = analysis.state_delta_fidelity(donor, recipient, adapter, converters, zoo.prompts(behavior, "test")[:32],
+                                          alpha=alpha)
     return float(frame[frame.metric == "pasted_to_residual_norm"].value.mean())
 
 
@@ -151,7 +155,7 @@ def summarize_pairs(table: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
 def figure(table: pd.DataFrame, out: Path) -> None:
     import matplotlib.pyplot as plt
 
-    conditions = ["recipient_base", "cv_paper", "cv_best", "cv_best_norm_matched", "recipient_finetune",
+    conditions = ["recipient_base", "cv_paper", "cv_paper_norm_matched", "cv_best", "recipient_finetune",
                   "donor_adapter", "null_random_delta", "null_shuffled"]
     behaviors = list(dict.fromkeys(table.behavior))
     fig, axes = plt.subplots(1, len(behaviors), figsize=(5 * len(behaviors), 4), squeeze=False)

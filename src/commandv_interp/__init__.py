@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from commandv_interp.access import ModelAccess, open_model  # noqa: E402
 from commandv_interp.adapters import Adapter, load_adapter, save_adapter, train_adapter  # noqa: E402
+from commandv_interp.calibration import norm_matched_alpha  # noqa: E402
 from commandv_interp.compile import compile_paste  # noqa: E402
 from commandv_interp.converters import Converters, fit_converters  # noqa: E402
 from commandv_interp.correspondence import LayerMap, match_layers  # noqa: E402
@@ -31,6 +32,7 @@ __all__ = [
     "fit_converters",
     "load_prompts",
     "match_layers",
+    "norm_matched_alpha",
     "open_model",
     "profile",
 ]
