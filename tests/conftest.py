@@ -137,3 +137,73 @@ def rotated_llama(model, seed: int = 0):
         m.model.norm.weight.fill_(1.0)
         m.model.embed_tokens.weight.copy_(m.model.embed_tokens.weight @ q)
     return m.eval(), q
+
+
+@pytest.fixture(scope="session")
+def zoo_llama():
+    from commandv_interp import zoo
+
+    return zoo.load_model("llama-6x128")
+
+
+@pytest.fixture(scope="session")
+def zoo_gpt2():
+    from commandv_interp import zoo
+
+    return zoo.load_model("gpt2-4x96")
+
+
+NOT_ON_SERVER = ("commandv_interp", "jaxtyping", "beartype", "pandas", "typer", "matplotlib")
+"""Packages this project has that an NDIF server does not."""
+
+
+class _Unimportable:
+    """A meta-path finder that refuses to import the given top-level packages."""
+
+    def __init__(self, roots):
+        self.roots, self.refused = set(roots), []
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.roots:
+            self.refused.append(name)
+            raise ModuleNotFoundError(f"No module named {name!r} (not installed on the simulated server)")
+        return None
+
+
+@pytest.fixture()
+def server_like(monkeypatch):
+    """nnsight's ``remote="local"`` with our packages truly absent while the request is deserialized.
+
+    The stock simulation hides only ``sys.modules`` entries, and an installed (or editable) package is simply
+    imported again from ``site-packages``/``src``. Here those imports fail, as on a server. Yields a record with the
+    number of simulated requests and the imports refused.
+    """
+    import sys
+    import types
+
+    from nnsight.intervention.backends.local import LocalSimulationBackend
+
+    record = types.SimpleNamespace(requests=0, refused=[])
+    hide, restore, call = (LocalSimulationBackend._hide_local_modules, LocalSimulationBackend._restore,
+                           LocalSimulationBackend.__call__)
+    finder = _Unimportable(NOT_ON_SERVER)
+
+    def hide_more(self):
+        hidden = hide(self)  # pops every non-server module from sys.modules, ours included
+        sys.meta_path.insert(0, finder)
+        return hidden
+
+    def restore_all(self, hidden):
+        sys.meta_path.remove(finder)
+        record.refused += finder.refused
+        finder.refused = []
+        restore(self, hidden)
+
+    def counted(self, tracer):
+        record.requests += 1
+        return call(self, tracer)
+
+    monkeypatch.setattr(LocalSimulationBackend, "_hide_local_modules", hide_more)
+    monkeypatch.setattr(LocalSimulationBackend, "_restore", restore_all)
+    monkeypatch.setattr(LocalSimulationBackend, "__call__", counted)
+    yield record

@@ -11,7 +11,7 @@ STAGE = {
     "prompts": 2, "profiles": 2,
     "similarity": 3, "correspondence": 3,
     "fitting": 4, "converters": 4,
-    "adapters": 5, "paste": 5, "compile": 5, "calibration": 5,
+    "adapters": 5, "paste": 5, "compile": 5, "calibration": 5, "footprint": 5,
     "zoo": 6,
     "analysis": 7,
     "plotting": 8,

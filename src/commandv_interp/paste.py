@@ -14,15 +14,18 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
 from commandv_interp.access import EditContext, ModelAccess, open_model, prompt_position_mask
+from commandv_interp.access.intrace import LowRankEdit
 from commandv_interp.adapters import Adapter, Intervention
+from commandv_interp.compile import compile_paste, linear_parts
 from commandv_interp.converters import Converters, LinearConverter
 from commandv_interp.types import POSITION_RULES, Bool, Float, Tensor, check_choice
 
-__all__ = ["paste", "apply_adapter", "selected_positions", "pasted_delta_fn", "pasted_deltas", "delta_edit", "DeltaFn"]
+__all__ = ["paste", "apply_adapter", "selected_positions", "pasted_delta_fn", "PastedDelta", "pasted_deltas", "delta_edit", "DeltaFn"]
 
 DeltaFn = Callable[[Float[Tensor, "n d_model"]], Float[Tensor, "n d_model"]]
 """Maps the selected hidden states of one layer to the additive edit at those positions."""
@@ -55,12 +58,24 @@ def delta_edit(deltas: list[DeltaFn], rule: str, k: int | None, alpha: float):
     return edit
 
 
-def pasted_delta_fn(intervention: Intervention, to_donor: LinearConverter, to_recipient: LinearConverter) -> DeltaFn:
-    """``h_R ↦ to_recipient.linear(intervention.delta(to_donor(h_R)))`` (the pasted edit of one donor layer)."""
-    def delta(h: Tensor) -> Tensor:
-        return to_recipient.linear(intervention.delta(to_donor(h)))
+@dataclass(frozen=True)
+class PastedDelta:
+    """``h_R ↦ to_recipient.linear(intervention.delta(to_donor(h_R)))``: the pasted edit of one donor layer.
 
-    return delta
+    Its pieces are placed once, on the device of the recipient block they act at (see :func:`pasted_deltas`).
+    """
+
+    intervention: Intervention
+    to_donor: LinearConverter
+    to_recipient: LinearConverter
+
+    def __call__(self, h: Float[Tensor, "n d_recipient"]) -> Float[Tensor, "n d_recipient"]:
+        return self.to_recipient.linear(self.intervention.delta(self.to_donor(h)))
+
+
+def pasted_delta_fn(intervention: Intervention, to_donor: LinearConverter, to_recipient: LinearConverter) -> DeltaFn:
+    """The pasted edit of one donor layer (a :class:`PastedDelta`)."""
+    return PastedDelta(intervention, to_donor, to_recipient)
 
 
 def _placed(intervention: Intervention, device: torch.device) -> Intervention:
@@ -95,8 +110,19 @@ def apply_adapter(
     for layer, iv in adapter.interventions.items():
         placed = _placed(iv, access.block_device(layer))
         edits[layer] = delta_edit([placed.delta], rule, adapter.first_last_k, alpha)
+        edits[layer].low_rank = _low_rank_form(iv, rule, adapter.first_last_k, alpha)
     with access.edited(edits):
         yield access
+
+
+def _low_rank_form(iv: Intervention, rule: str, k: int | None, alpha: float) -> tuple[LowRankEdit, ...] | None:
+    """The intervention as the tensors a remote trace runs (None if its kind has no such form)."""
+    try:
+        w, b, p = linear_parts(iv)
+    except ValueError:
+        return None
+    act = iv.act_name if iv.kind in ("nodireft", "direft") else "linear"
+    return (LowRankEdit(w.float(), b.float(), (alpha * p).float(), act, rule, k),)
 
 
 @contextlib.contextmanager
@@ -132,8 +158,22 @@ def paste(
         raise ValueError(f"alpha must be finite, got {alpha!r}")
     per_layer = pasted_deltas(access, adapter, converters)
     edits = {layer: delta_edit(fns, positions, first_last_k, alpha) for layer, fns in per_layer.items()}
+    for layer, form in _compiled_forms(adapter, converters, positions, alpha, first_last_k).items():
+        edits[layer].low_rank = form
     with access.edited(edits):
         yield access
+
+
+def _compiled_forms(adapter: Adapter, converters: Converters, positions: str, alpha: float,
+                    k: int | None) -> dict[int, tuple[LowRankEdit, ...] | None]:
+    """Recipient layer → the paste's compiled low-rank form (what a remote trace runs), if it has one."""
+    try:
+        compiled = compile_paste(adapter, converters, positions, alpha, k)
+    except ValueError:
+        return {}
+    return {layer: (LowRankEdit(iv.learned_source.weight, iv.learned_source.bias, iv.proj_layer.weight,
+                                iv.act_name, positions, k),)
+            for layer, iv in compiled.interventions.items()}
 
 
 def pasted_deltas(recipient: ModelAccess | object, adapter: Adapter, converters: Converters) -> dict[int, list[DeltaFn]]:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.io import atomic_write
@@ -126,6 +125,7 @@ def profile(
     chat_template: ChatTemplate | None = None,
     padding_side: str = "left",
     progress: bool = True,
+    remote: bool | str = False,
 ) -> ActivationProfile:
     """Profile a model's block outputs at the last token of each prompt.
 
@@ -137,6 +137,8 @@ def profile(
         chat_template: optional function mapping each prompt to the text fed to the model.
         padding_side: "left" or "right"; the result does not depend on it.
         progress: show a tqdm bar.
+        remote: nnsight's ``remote``: ``True`` profiles on NDIF, ``"local"`` simulates the server here. All
+            batches go in one nnsight session (one request); only the last-token vectors come back.
 
     Returns:
         An :class:`ActivationProfile` with float32 matrices of shape ``n_prompts × d_model``.
@@ -153,13 +155,10 @@ def profile(
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     texts = [chat_template(p) for p in prompts] if chat_template else list(prompts)
     layers = list(range(access.n_layers)) if layers is None else access._check_layers(layers)
-    chunks: dict[int, list[Tensor]] = {layer: [] for layer in layers}
-    starts = range(0, len(texts), batch_size)
-    for start in tqdm(starts, desc=f"profile {access.name}", disable=not progress or len(starts) < 2):
-        batch = access.encode(texts[start:start + batch_size], padding_side=padding_side)
-        for layer, value in access.read(batch, layers, positions="last").items():
-            chunks[layer].append(value)
-    acts = {layer: torch.cat(chunks[layer]) for layer in layers}
+    batches = [access.encode(texts[start:start + batch_size], padding_side=padding_side)
+               for start in range(0, len(texts), batch_size)]
+    parts = access.read_batches(batches, layers, positions="last", remote=remote, progress=progress)
+    acts = {layer: torch.cat([part[layer] for part in parts]) for layer in layers}
     return ActivationProfile(
         activations=acts, model_name=access.name, config_hash=access.config_hash, n_layers=access.n_layers,
         d_model=access.d_model, dtype=str(access.dtype).removeprefix("torch."),

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from commandv_interp.access.positions import gather_rows, last_token_index
 from commandv_interp.types import Float, Int, Tensor
@@ -51,7 +52,11 @@ class EditContext:
 
 
 EditFn = Callable[[Float[Tensor, "batch pos d_model"], EditContext], Float[Tensor, "batch pos d_model"]]
-"""An edit maps a block's output hidden states to new hidden states (same shape)."""
+"""An edit maps a block's output hidden states to new hidden states (same shape).
+
+Optional attributes: ``acts_on_decode`` (bool; False lets generation skip decode steps) and ``low_rank``
+(a tuple of :class:`~commandv_interp.access.intrace.LowRankEdit` computing the same edit; what a remote
+trace runs instead of the function)."""
 
 
 class StopForward(Exception):
@@ -142,7 +147,7 @@ class ModelAccess(ABC):
 
     # -- reading -------------------------------------------------------------------------------
     def read(
-        self, batch: Batch, layers: Sequence[int], positions: str = "last"
+        self, batch: Batch, layers: Sequence[int], positions: str = "last", remote: bool | str = False,
     ) -> dict[int, Tensor]:
         """Block outputs (residual stream after block ``l``), detached, float32, on CPU.
 
@@ -151,12 +156,16 @@ class ModelAccess(ABC):
             layers: 0-based block indices.
             positions: ``"last"`` → ``batch × d_model`` at each row's last prompt token;
                 ``"all"`` → ``batch × pos × d_model``.
+            remote: nnsight's ``remote``: ``True`` runs on NDIF, ``"local"`` simulates that here (see
+                :meth:`read_batches`).
 
         Returns:
             dict layer → tensor. Active edits (inside :meth:`edited`) are applied.
         """
         if positions not in ("last", "all"):
             raise ValueError(f"positions must be 'last' or 'all', got {positions!r}")
+        if remote:
+            return self.read_batches([batch], layers, positions, remote=remote)[0]
         layers = self._check_layers(layers)
         with torch.no_grad():
             full = self._read_blocks(batch, layers)
@@ -166,25 +175,77 @@ class ModelAccess(ABC):
             out[layer] = value.detach().to(device="cpu", dtype=torch.float32)
         return out
 
+    def read_batches(
+        self, batches: Sequence[Batch], layers: Sequence[int], positions: str = "last", remote: bool | str = False,
+        progress: bool = False,
+    ) -> list[dict[int, Tensor]]:
+        """:meth:`read` over many batches. Remotely (nnsight backend only) all batches share one nnsight
+        ``session``, i.e. one request, and only the selected vectors come back (detached, float32, on CPU).
+        """
+        if positions not in ("last", "all"):
+            raise ValueError(f"positions must be 'last' or 'all', got {positions!r}")
+        layers = self._check_layers(layers)
+        if remote:
+            self._check_remote(remote)
+            with torch.no_grad():
+                return self._read_remote(list(batches), layers, positions, remote)
+        return [self.read(b, layers, positions) for b in tqdm(batches, desc=f"read {self.name}",
+                                                             disable=not progress or len(batches) < 2)]
+
     @abstractmethod
     def _read_blocks(self, batch: Batch, layers: list[int]) -> dict[int, Tensor]:
         """Full-sequence block outputs at ``layers`` (may stop the forward early)."""
 
+    # -- remote execution (nnsight) ------------------------------------------------------------
+    supports_remote: bool = False
+
+    def _check_remote(self, remote: bool | str) -> None:
+        if not self.supports_remote:
+            raise ValueError(f"remote={remote!r} needs the nnsight backend, but {self.name!r} is opened with the "
+                             f"{self.backend} backend; open the Hugging Face model with open_model(hf_model, tokenizer)")
+        if not (remote is True or isinstance(remote, str)):
+            raise ValueError(f"remote must be False, True, 'local' or a server URL, got {remote!r}")
+
+    def _read_remote(self, batches: list[Batch], layers: list[int], positions: str,
+                     remote: bool | str) -> list[dict[int, Tensor]]:
+        raise NotImplementedError
+
+    def _forward_remote(self, batch: Batch, remote: bool | str) -> Tensor:
+        raise NotImplementedError
+
+    def _generate_ids_remote(self, batch: Batch, max_new_tokens: int, remote: bool | str) -> Tensor:
+        raise NotImplementedError
+
     # -- running -------------------------------------------------------------------------------
+    def forward(self, batch: Batch, remote: bool | str = False) -> Float[Tensor, "batch pos vocab"]:
+        """Logits of one forward pass, with active edits applied (keeps grad if enabled, locally)."""
+        if remote:
+            self._check_remote(remote)
+            with torch.no_grad():
+                return self._forward_remote(batch, remote)
+        return self._forward(batch)
+
     @abstractmethod
-    def forward(self, batch: Batch) -> Float[Tensor, "batch pos vocab"]:
-        """Logits of one forward pass, with active edits applied (keeps grad if enabled)."""
+    def _forward(self, batch: Batch) -> Float[Tensor, "batch pos vocab"]:
+        """Logits of one local forward pass, with active edits applied."""
 
     @abstractmethod
     def _generate_ids(self, batch: Batch, max_new_tokens: int) -> Int[Tensor, "batch new"]:
         """Greedy continuation ids (new tokens only) with active edits applied."""
 
-    def generate(self, batch: Batch, max_new_tokens: int = 32) -> list[str]:
-        """Greedy generation; returns the decoded continuation of each prompt (cut at EOS)."""
+    def generate(self, batch: Batch, max_new_tokens: int = 32, remote: bool | str = False) -> list[str]:
+        """Greedy generation; returns the decoded continuation of each prompt (cut at EOS).
+
+        ``remote`` as in :meth:`read`: the active edits run on the server (they must have a low-rank form,
+        as every paste and adapter of the supported kinds has), and only the new token ids come back.
+        """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
+        if remote:
+            self._check_remote(remote)
         with torch.no_grad():
-            ids = self._generate_ids(batch, max_new_tokens)
+            ids = (self._generate_ids_remote(batch, max_new_tokens, remote) if remote
+                   else self._generate_ids(batch, max_new_tokens))
         return self.decode_continuations(ids)
 
     def decode_continuations(self, ids: Int[Tensor, "batch new"]) -> list[str]:
@@ -227,4 +288,7 @@ def _compose(first: EditFn | None, second: EditFn) -> EditFn:
     def both(hidden: Tensor, ctx: EditContext) -> Tensor:
         return second(first(hidden, ctx), ctx)
 
+    both.acts_on_decode = getattr(first, "acts_on_decode", True) or getattr(second, "acts_on_decode", True)
+    forms = (getattr(first, "low_rank", None), getattr(second, "low_rank", None))
+    both.low_rank = None if None in forms else forms[0] + forms[1]
     return both

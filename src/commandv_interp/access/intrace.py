@@ -19,7 +19,7 @@ from typing import no_type_check
 
 import torch
 
-__all__ = ["LowRankEdit", "hidden_of", "with_hidden", "last_rows", "apply_low_rank"]
+__all__ = ["LowRankEdit", "hidden_of", "with_hidden", "last_rows", "apply_low_rank", "apply_edits", "edit_blocks"]
 
 _ACT = {"linear": None, "relu": "relu", "gelu": "gelu", "silu": "silu", "tanh": "tanh"}
 
@@ -99,3 +99,23 @@ def apply_low_rank(hidden, select, weight, bias, proj, act):
     out = hidden.clone()
     out[select] = h + (z @ proj.to(dev)).to(hidden.dtype)
     return out
+
+
+@no_type_check
+def apply_edits(hidden, entries, step):
+    """Apply ``(select, W, b, P, act, on_decode)`` entries in order: ``select`` on the prompt pass (``step``
+    0), every position of a decode step for entries with ``on_decode``."""
+    for select, weight, bias, proj, act, on_decode in entries:
+        if int(step) == 0:
+            hidden = apply_low_rank(hidden, select, weight, bias, proj, act)
+        elif on_decode:
+            hidden = apply_low_rank(hidden, None, weight, bias, proj, act)
+    return hidden
+
+
+@no_type_check
+def edit_blocks(envoys, plan, step):
+    """Inside a trace: replace each planned block's output by its edited version, in layer order."""
+    for layer in sorted(plan):
+        output = envoys[layer].output
+        envoys[layer].output = with_hidden(output, apply_edits(hidden_of(output), plan[layer], step))

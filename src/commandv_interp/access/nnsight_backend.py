@@ -1,26 +1,55 @@
 """Stage 1 (access): consumes a Hugging Face causal LM, produces a :class:`ModelAccess` on nnsight.
 
-Reads and edits run inside ``nnsight`` traces on the block envoys: interventions are real
-tensor code executed in the model's own forward, so the same path works remotely.
+Reads and edits run inside ``nnsight`` traces on the block envoys: interventions are real tensor code executed
+in the model's own forward. Locally the edit functions run as they are. With ``remote=True`` (NDIF) or
+``remote="local"`` (nnsight's simulation of it) the trace body is shipped: it then references only block envoys,
+tensors and the plain-torch functions of :mod:`~commandv_interp.access.intrace` (shipped by value), each edit
+travels as its low-rank tensors, and only last-token vectors (or the new token ids) come back.
+
+What runs where, remotely: the client tokenizes, computes position masks and the edits' tensors, and fits
+everything afterwards; the server runs the model, the in-trace edits and the last-token gather.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 
+import nnsight
 import torch
 
+from commandv_interp.access import intrace
 from commandv_interp.access.base import Batch, EditContext, ModelAccess
 from commandv_interp.access.blocks import find_block_path, rewrap_block_output, unwrap_block_output
+from commandv_interp.access.positions import prompt_position_mask
 from commandv_interp.types import Float, Int, Tensor
 
 __all__ = ["NNsightAccess"]
+
+
+@contextlib.contextmanager
+def _fresh_sources() -> Iterator[None]:
+    """Forget nnsight's cached source of this file when a session ends.
+
+    Under ``remote="local"`` nnsight 0.8 runs the deserialized session body under this file's name, and the traces
+    inside it cache that body as the file's source (``nnsight.tracing.globals.SOURCES``, never re-read); every
+    later trace entered from this file would then fail to find its ``with`` block. A real server runs the body in
+    another process, so this only matters for the simulation, and dropping the entry is always safe.
+    """
+    try:
+        yield
+    finally:
+        from nnsight.tracing.globals import SOURCES
+
+        SOURCES.pop(__file__, None)
 
 
 class NNsightAccess(ModelAccess):
     """nnsight backend: ``model.<blocks>[l].output`` is block ``l``'s output."""
 
     backend = "nnsight"
+    supports_remote = True
 
     def __init__(self, hf_model: torch.nn.Module, tokenizer: object, name: str | None = None) -> None:
         from nnsight.modeling.transformers import TransformersModel
@@ -46,7 +75,13 @@ class NNsightAccess(ModelAccess):
         return self._hf
 
     def block_device(self, layer: int) -> torch.device:
-        return next(self._hf.get_submodule(self._block_path)[layer].parameters()).device
+        """Where block ``layer`` computes: its accelerate hook's execution device (offloaded or dispatched with
+        ``device_map``), else the device of its parameters."""
+        block = self._hf.get_submodule(self._block_path)[layer]
+        hook_device = getattr(getattr(block, "_hf_hook", None), "execution_device", None)
+        if hook_device is not None:
+            return torch.device(hook_device if not isinstance(hook_device, int) else f"cuda:{hook_device}")
+        return next(block.parameters()).device
 
     def _block_envoy(self, layer: int):
         envoy = self.nn
@@ -86,7 +121,7 @@ class NNsightAccess(ModelAccess):
             tracer.stop()
         return {layer: saved[layer] for layer in layers}
 
-    def forward(self, batch: Batch) -> Float[Tensor, "batch pos vocab"]:
+    def _forward(self, batch: Batch) -> Float[Tensor, "batch pos vocab"]:
         with self.nn.trace(self._inputs(batch)):
             self._apply_edits(batch.attention_mask, step=0)
             logits = self.nn.output.logits.save()
@@ -111,3 +146,84 @@ class NNsightAccess(ModelAccess):
                 with tracer.invoke():
                     ids = tracer.result.save()
         return ids[:, n_prompt:].cpu()
+
+    # -- remote (NDIF / remote="local") ------------------------------------------------------------
+    # Trace bodies below reference only envoys, tensors and intrace functions: nothing of this package
+    # needs to exist on the server.
+
+    def _remote_plan(self, prompt_mask: Tensor) -> dict[int, list[tuple]]:
+        """Layer → the active edits as ``(select, W, b, P, act, on_decode)`` tuples for :func:`intrace.apply_edits`."""
+        plan = {}
+        for layer, fn in sorted(self._edits.items()):
+            forms = getattr(fn, "low_rank", None)
+            if forms is None:
+                name = getattr(fn, "__qualname__", type(fn).__name__)
+                raise ValueError(f"the edit at layer {layer} ({name}) cannot run in a remote trace: only pastes "
+                                 "and adapters with a low-rank form (NodiReFT, DiReFT, linear LoReFT/NoReFT) are "
+                                 "shipped to a server; run this one locally (remote=False)")
+            plan[layer] = [(prompt_position_mask(prompt_mask, f.rule, f.k), *f.tensors(), f.act, f.acts_on_decode)
+                           for f in forms]
+        return plan
+
+    def _envoys(self, layers) -> dict:
+        return {layer: self._block_envoy(layer) for layer in layers}
+
+    def _read_remote(self, batches: list[Batch], layers: list[int], positions: str,
+                     remote: bool | str) -> list[dict[int, Tensor]]:
+        nnsight.register(intrace)
+        hidden_of, with_hidden, last_rows, apply_edits = (intrace.hidden_of, intrace.with_hidden,
+                                                          intrace.last_rows, intrace.apply_edits)
+        last = positions == "last"
+        jobs = []
+        for batch in batches:
+            plan = self._remote_plan(batch.attention_mask)
+            order = sorted(set(layers) | {layer for layer in plan if layer <= max(layers)})
+            jobs.append((self._inputs_cpu(batch), batch.last_index, plan, order))
+        envoys = self._envoys(sorted({layer for *_, order in jobs for layer in order}))
+        results, nn = [], self.nn  # the body must not reference `self` (it would ship this package's object)
+        with nn.session(remote=remote), _fresh_sources():
+            for inputs, index, plan, order in jobs:
+                with nn.trace(inputs):
+                    out = {}
+                    for layer in order:
+                        output = envoys[layer].output
+                        hidden = hidden_of(output)
+                        if layer in plan:
+                            hidden = apply_edits(hidden, plan[layer], 0)
+                            envoys[layer].output = with_hidden(output, hidden)
+                        if layer in layers:
+                            out[layer] = last_rows(hidden, index) if last else hidden.detach().to("cpu", torch.float32)
+                    results.append(out)
+            nnsight.save(results)
+        return [{layer: value.detach().to("cpu", torch.float32) for layer, value in r.items()} for r in results]
+
+    def _forward_remote(self, batch: Batch, remote: bool | str) -> Tensor:
+        nnsight.register(intrace)
+        edit_blocks, plan, inputs = intrace.edit_blocks, self._remote_plan(batch.attention_mask), self._inputs_cpu(batch)
+        envoys, nn = self._envoys(plan), self.nn
+        with nn.trace(inputs, remote=remote):
+            edit_blocks(envoys, plan, 0)
+            logits = nnsight.save(nn.output.logits.detach().cpu())
+        return logits
+
+    def _generate_ids_remote(self, batch: Batch, max_new_tokens: int, remote: bool | str) -> Tensor:
+        # The server re-parses this body from its unparsed source: keep every statement inside the `with`
+        # blocks on one line so its line numbers match this file's (nested `with` blocks are found by line).
+        nnsight.register(intrace)
+        edit_blocks, plan, inputs = intrace.edit_blocks, self._remote_plan(batch.attention_mask), self._inputs_cpu(batch)
+        envoys = self._envoys(plan)
+        decode = any(entry[-1] for entries in plan.values() for entry in entries)
+        steps, n_prompt = (max_new_tokens if decode else 1), batch.input_ids.shape[1]
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*was never reached.*")
+            with self.nn.generate(remote=remote, **kwargs) as tracer:
+                with tracer.invoke(inputs):
+                    for step in (tracer.iter[0:steps] if plan else []):
+                        edit_blocks(envoys, plan, step)
+                with tracer.invoke():
+                    ids = nnsight.save(tracer.result[:, n_prompt:].cpu())
+        return ids
+
+    def _inputs_cpu(self, batch: Batch) -> dict:
+        return {"input_ids": batch.input_ids.cpu(), "attention_mask": batch.attention_mask.cpu()}

@@ -101,7 +101,7 @@ class TransformerLensAccess(ModelAccess):
                 pass
         return saved
 
-    def forward(self, batch: Batch) -> Float[Tensor, "batch pos vocab"]:
+    def _forward(self, batch: Batch) -> Float[Tensor, "batch pos vocab"]:
         batch = batch.to(self.device)
         with self._hooked(batch.attention_mask):
             return self.bridge(batch.input_ids, attention_mask=batch.attention_mask, return_type="logits")
