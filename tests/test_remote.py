@@ -100,3 +100,14 @@ def test_simulated_server_lacks_this_package(zoo_llama, server_like):
         with nn.trace(inputs, remote="local"):
             rows = gather_rows(nn.model.layers[1].output, index).save()
     assert any(name.startswith("commandv_interp") for name in server_like.refused)
+
+
+def test_open_model_keeps_an_nnsight_model(zoo_llama, server_like):
+    """``open_model(LanguageModel(...))`` reuses the user's nnsight model (its hub id is what NDIF is asked for)."""
+    from nnsight.modeling.transformers import TransformersModel
+
+    envoy = TransformersModel(zoo_llama.torch_module, tokenizer=zoo_llama.tokenizer)
+    access = cv.open_model(envoy, name="wrapped")
+    assert access.nn is envoy and access.config_hash == zoo_llama.config_hash
+    batch = access.encode(PROMPTS[:3])
+    assert_close(access.read(batch, [4], remote="local")[4], zoo_llama.read(batch, [4])[4], atol=0, rtol=0)

@@ -37,7 +37,8 @@ def open_model(obj: object, tokenizer: object | None = None, name: str | None = 
     """Open a model for reading and editing its residual stream.
 
     Args:
-        obj: a ``ModelAccess`` (returned as is), a TransformerLens ``TransformerBridge``, a Hugging Face
+        obj: a ``ModelAccess`` (returned as is), a TransformerLens ``TransformerBridge``, an nnsight model
+            (``LanguageModel``/``TransformersModel``; the way to name a hub model for NDIF), a Hugging Face
             causal LM, or a path to a local checkpoint directory (loaded offline, no remote code).
         tokenizer: the tokenizer for a Hugging Face model object (loaded from the directory if a path
             is given and this is None).
@@ -48,6 +49,8 @@ def open_model(obj: object, tokenizer: object | None = None, name: str | None = 
     """
     if isinstance(obj, ModelAccess):
         return obj
+    if _is_nnsight_model(obj):  # an nnsight model (LanguageModel/TransformersModel): keep it, remote needs its id
+        return NNsightAccess(obj._module, tokenizer or getattr(obj, "tokenizer", None), name=name, envoy=obj)
     if type(obj).__name__ == "TransformerBridge":
         return TransformerLensAccess(obj, name=name)
     if isinstance(obj, (str, Path)):
@@ -69,3 +72,10 @@ def open_model(obj: object, tokenizer: object | None = None, name: str | None = 
         f"open_model cannot open a {type(obj).__name__}; pass a Hugging Face causal LM, a checkpoint "
         "directory or a TransformerLens TransformerBridge"
     )
+
+
+def _is_nnsight_model(obj: object) -> bool:
+    # nnsight is imported lazily: importing it mounts `.save` on every object, which must not happen before
+    # other packages (beartype) have initialised
+    is_envoy = any(c.__name__ == "Envoy" and c.__module__.startswith("nnsight") for c in type(obj).__mro__)
+    return is_envoy and isinstance(getattr(obj, "_module", None), torch.nn.Module)

@@ -16,7 +16,6 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 
-import nnsight
 import torch
 
 from commandv_interp.access import intrace
@@ -51,7 +50,10 @@ class NNsightAccess(ModelAccess):
     backend = "nnsight"
     supports_remote = True
 
-    def __init__(self, hf_model: torch.nn.Module, tokenizer: object, name: str | None = None) -> None:
+    def __init__(self, hf_model: torch.nn.Module, tokenizer: object, name: str | None = None,
+                 envoy: object | None = None) -> None:
+        """``envoy``: an nnsight model already wrapping ``hf_model`` (e.g. ``LanguageModel("org/name")``, whose hub id
+        is what a remote request names); by default the model is wrapped here."""
         from nnsight.modeling.transformers import TransformersModel
 
         super().__init__()
@@ -59,7 +61,7 @@ class NNsightAccess(ModelAccess):
             raise ValueError("the nnsight backend needs a tokenizer: open_model(model, tokenizer=...)")
         hf_model.eval()
         self._hf = hf_model
-        self.nn = TransformersModel(hf_model, tokenizer=tokenizer)
+        self.nn = envoy if envoy is not None else TransformersModel(hf_model, tokenizer=tokenizer)
         self.tokenizer = tokenizer
         self._block_path = find_block_path(hf_model)
         self.n_layers = len(hf_model.get_submodule(self._block_path))
@@ -170,6 +172,8 @@ class NNsightAccess(ModelAccess):
 
     def _read_remote(self, batches: list[Batch], layers: list[int], positions: str,
                      remote: bool | str) -> list[dict[int, Tensor]]:
+        import nnsight
+
         nnsight.register(intrace)
         hidden_of, with_hidden, last_rows, apply_edits = (intrace.hidden_of, intrace.with_hidden,
                                                           intrace.last_rows, intrace.apply_edits)
@@ -198,6 +202,8 @@ class NNsightAccess(ModelAccess):
         return [{layer: value.detach().to("cpu", torch.float32) for layer, value in r.items()} for r in results]
 
     def _forward_remote(self, batch: Batch, remote: bool | str) -> Tensor:
+        import nnsight
+
         nnsight.register(intrace)
         edit_blocks, plan, inputs = intrace.edit_blocks, self._remote_plan(batch.attention_mask), self._inputs_cpu(batch)
         envoys, nn = self._envoys(plan), self.nn
@@ -209,6 +215,8 @@ class NNsightAccess(ModelAccess):
     def _generate_ids_remote(self, batch: Batch, max_new_tokens: int, remote: bool | str) -> Tensor:
         # The server re-parses this body from its unparsed source: keep every statement inside the `with`
         # blocks on one line so its line numbers match this file's (nested `with` blocks are found by line).
+        import nnsight
+
         nnsight.register(intrace)
         edit_blocks, plan, inputs = intrace.edit_blocks, self._remote_plan(batch.attention_mask), self._inputs_cpu(batch)
         envoys = self._envoys(plan)
