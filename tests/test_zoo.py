@@ -58,6 +58,16 @@ def test_each_model_loads_offline_through_transformers_and_open_model(name):
     assert tok("user : hi")["input_ids"] == access.tokenizer("user : hi")["input_ids"]
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_each_checkpoint_tokenizes_as_its_model_was_trained(name):
+    """``AutoTokenizer`` on the checkpoint gives the ids pretraining used (transformers 5 swaps the tokenizer class
+    of some model types, e.g. Qwen2's digit splitting: a zoo model trained on other ids would be silently broken)."""
+    from commandv_interp.zoo.pretrain import tokenization_digest
+
+    tok = AutoTokenizer.from_pretrained(zoo.model_dir(name), local_files_only=True)
+    assert tokenization_digest(tok) == zoo.manifest()["models"][name]["pretrain"]["tokenization_digest"]
+
+
 def test_transformer_lens_backend_matches_nnsight_on_a_zoo_model():
     nn, tl = zoo.load_model("llama-6x128"), zoo.load_model("llama-6x128", backend="transformer_lens")
     batch = nn.encode(zoo.prompts("cot", "test")[:5], padding_side="right")
@@ -72,8 +82,8 @@ SHORT_OF_THE_BAR = {
     ("gpt2-4x96", "refusal"): "adapter refusal 0.71 with false refusal 0.19 (bar: ≥ 0.9 and ≤ 0.1)",
     ("gpt2-4x96", "cot"): "the last-token NodiReFT adapter at layers 0, 2 never learns CoT (loss stays at 2.77)",
     ("llama-6x128", "cot"): "direct answers are already 0.50 accurate, so 2× is out of reach (adapter: 0.99)",
-    ("qwen2-5x160", "refusal"): "adapter refusal 0.90 but false refusal 0.20 (bar: ≤ 0.1)",
-    ("qwen2-5x160", "cot"): "CoT is not latent: even with the cue the model never learned the step format",
+    ("qwen2-5x160", "refusal"): "adapter refusal 0.65 with false refusal 0.11 (bar: ≥ 0.9 and ≤ 0.1)",
+    ("qwen2-5x160", "cot"): "the adapter switches the step format on (0.94) but garbles the first operand: accuracy 0.14",
 }
 
 

@@ -434,7 +434,7 @@ def demo_cmd(
         help="Behavior to paste: refusal, jailbreak or cot (repeatable; default all).")] = None,
     method: Annotated[ConverterMethod, typer.Option(help="Converter method.")] = "ridge",
     match: Annotated[MatchMethod, typer.Option(help="Layer matching.")] = "depth",
-    profile_set: Annotated[Literal["profile", "profile+train"], typer.Option(
+    profile_set: Annotated[Literal["profile", "profile+train", "profile+train+cue"], typer.Option(
         help="Profile prompts: generic questions only, or with the behaviors' training prompts (no cues).")
     ] = "profile+train",
     limit: Annotated[int | None, typer.Option(min=1, help="Score only the first LIMIT test prompts.")] = None,

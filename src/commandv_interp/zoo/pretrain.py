@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
 from commandv_interp.zoo.architectures import ZOO, build_config, spec
 from commandv_interp.zoo.tokenization import build_tokenizer
@@ -48,6 +50,7 @@ class PretrainRecord:
     final_loss: float
     tokenizer: str
     world_fingerprint: str
+    tokenization_digest: str = ""  # of the ids the model was trained on (see tokenization_digest)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,7 +109,7 @@ def pretrain(name: str, seed: int = 0, steps: int | None = None, batch_size: int
     steps = STEPS[name] if steps is None else steps
     if steps < 1 or batch_size < 1 or n_docs < batch_size:
         raise ValueError(f"need steps ≥ 1 and n_docs ≥ batch_size ≥ 1, got {steps!r}, {n_docs!r}, {batch_size!r}")
-    tok = build_tokenizer(spec(name).tokenizer)  # type: ignore[arg-type]
+    tok = training_tokenizer(name)
     docs = tok(build_corpus(seed, n_docs))["input_ids"]
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(build_config(name, len(tok), tok.pad_token_id, tok.bos_token_id,
@@ -139,8 +142,33 @@ def pretrain(name: str, seed: int = 0, steps: int | None = None, batch_size: int
     tail = losses[-min(50, len(losses)):]
     record = PretrainRecord(name, seed, steps, batch_size, lr, n_docs, n_params, tokens, 6.0 * n_params * tokens,
                             round(time.perf_counter() - t0, 2), sum(tail) / len(tail), spec(name).tokenizer,
-                            world_fingerprint())
+                            world_fingerprint(), tokenization_digest(tok))
     return model.eval(), tok, record
+
+
+def training_tokenizer(name: str) -> PreTrainedTokenizerFast:
+    """The zoo tokenizer of ``name`` exactly as ``AutoTokenizer.from_pretrained`` will load it from the checkpoint.
+
+    transformers 5 swaps in its own tokenizer class for some model types whatever the checkpoint says (Qwen2 gets
+    ``Qwen2Tokenizer``, whose pre-tokenizer splits digits from the preceding space): a model must be trained on the
+    ids users will feed it, so the corpus is tokenized by the reloaded tokenizer, not the one we built.
+    """
+    tok = build_tokenizer(spec(name).tokenizer)  # type: ignore[arg-type]
+    config = build_config(name, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save_pretrained(tmp)
+        config.save_pretrained(tmp)
+        loaded = AutoTokenizer.from_pretrained(tmp, local_files_only=True, trust_remote_code=False)
+    if len(loaded) != len(tok) or loaded.pad_token_id != tok.pad_token_id:
+        raise RuntimeError(f"reloading the {name!r} tokenizer changed its vocabulary or specials")
+    return loaded
+
+
+def tokenization_digest(tokenizer: object) -> str:
+    """Hash of the ids a tokenizer gives a fixed sample of the world (prompts with and without cues, numbers):
+    equal digests mean a checkpoint's tokenizer feeds the model what it was trained on."""
+    ids = tokenizer(build_corpus(12345, 300))["input_ids"]
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
 
 
 def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, directory: str | Path,

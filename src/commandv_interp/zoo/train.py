@@ -30,7 +30,9 @@ from commandv_interp.io import read_json, write_json
 from commandv_interp.zoo.architectures import ZOO, spec
 from commandv_interp.zoo.catalog import DATA, MANIFEST, file_digest
 from commandv_interp.zoo.evaluate import behavior_table, format_behavior_table
-from commandv_interp.zoo.pretrain import RECORD_FILE, STEPS, pretrain, save_checkpoint
+from commandv_interp.zoo.tokenization import build_tokenizer
+from commandv_interp.zoo.pretrain import (RECORD_FILE, STEPS, pretrain, save_checkpoint, tokenization_digest,
+                                           training_tokenizer)
 from commandv_interp.zoo.world import BEHAVIORS, Behavior, examples, world_fingerprint
 
 __all__ = ["AdapterRecipe", "RECIPE", "QUICK", "train_zoo", "main"]
@@ -52,18 +54,24 @@ RECIPE = AdapterRecipe()
 QUICK = {"pretrain_steps": 15, "n_docs": 2000, "adapter_steps": 4, "eval_limit": 8}
 
 
-def _pretrained(name: str, out: Path, seed: int, quick: bool, reuse: bool, progress: bool) -> dict:
+def _pretrained(name: str, out: Path, seed: int, quick: bool, reuse: bool, progress: bool) -> tuple[dict, bool]:
+    """The pretraining record of ``name`` and whether it was (re)trained just now (its adapters must be too)."""
     folder = out / name
     record_path = folder / RECORD_FILE
     if reuse and record_path.is_file():
         record = read_json(record_path)
         wanted = QUICK["pretrain_steps"] if quick else STEPS[name]
-        if record["seed"] == seed and record["steps"] == wanted and record["world_fingerprint"] == world_fingerprint():
-            return record  # type: ignore[return-value]
+        # checkpoints from before the digest was recorded were trained on the tokenizer as built
+        trained_on = record.get("tokenization_digest") or tokenization_digest(build_tokenizer(spec(name).tokenizer))
+        if (record["seed"], record["steps"], record["world_fingerprint"], trained_on) \
+                == (seed, wanted, world_fingerprint(), tokenization_digest(training_tokenizer(name))):
+            record["tokenization_digest"] = trained_on
+            write_json(record_path, record)
+            return record, False
     kwargs = dict(steps=QUICK["pretrain_steps"], n_docs=QUICK["n_docs"]) if quick else {}
     model, tok, record = pretrain(name, seed=seed, progress=progress, **kwargs)
     save_checkpoint(model, tok, folder, record)
-    return record.to_dict()
+    return record.to_dict(), True
 
 
 def _adapter(name: str, behavior: Behavior, out: Path, seed: int, quick: bool, reuse: bool, progress: bool) -> dict:
@@ -71,17 +79,19 @@ def _adapter(name: str, behavior: Behavior, out: Path, seed: int, quick: bool, r
     layers = list(range(0, access.n_layers, RECIPE.layer_stride))
     steps = QUICK["adapter_steps"] if quick else RECIPE.steps
     folder = out / name / "adapters" / behavior
+    weights = file_digest(out / name / "model.safetensors")
     if reuse and folder.is_dir():
         meta = load_adapter(folder).metadata
-        if (meta.get("world_fingerprint"), meta.get("config_hash"), meta["training"]["steps"], meta["training"]["seed"]) \
-                == (world_fingerprint(), access.config_hash, steps, seed):
+        if (meta.get("world_fingerprint"), meta.get("config_hash"), meta["training"]["steps"], meta["training"]["seed"],
+                meta.get("base_weights", weights)) == (world_fingerprint(), access.config_hash, steps, seed, weights):
             return {"layers": layers, "kind": RECIPE.kind, "rank": RECIPE.rank, "positions": RECIPE.positions,
                     "training": meta["training"]}
     adapter, record = train_adapter(
         access, examples(behavior, "train"), layers, kind=RECIPE.kind, rank=RECIPE.rank,
         positions=RECIPE.positions, steps=steps,
         batch_size=RECIPE.batch_size, lr=RECIPE.lr, seed=seed, progress=progress,
-        metadata={"behavior": behavior, "zoo_model": name, "world_fingerprint": world_fingerprint()})
+        metadata={"behavior": behavior, "zoo_model": name, "world_fingerprint": world_fingerprint(),
+                  "base_weights": weights})
     save_adapter(adapter, folder)
     return {"layers": layers, "kind": RECIPE.kind, "rank": RECIPE.rank, "positions": RECIPE.positions,
             "training": record.to_dict()}
@@ -110,12 +120,12 @@ def train_zoo(out: str | Path = DATA, models: list[str] | None = None, seed: int
     timings, entries, adapters = {}, {}, {}
     for name in models:
         t0 = time.perf_counter()
-        record = _pretrained(name, out, seed, quick, reuse, progress)
+        record, fresh = _pretrained(name, out, seed, quick, reuse, progress)
         timings[f"pretrain/{name}"] = round(time.perf_counter() - t0, 1)
         entry = {"spec": spec(name).to_dict(), "pretrain": record, "adapters": {}}
         for behavior in BEHAVIORS:
             t0 = time.perf_counter()
-            entry["adapters"][behavior] = _adapter(name, behavior, out, seed, quick, reuse, progress)
+            entry["adapters"][behavior] = _adapter(name, behavior, out, seed, quick, reuse and not fresh, progress)
             timings[f"adapter/{name}/{behavior}"] = round(time.perf_counter() - t0, 1)
             adapters[(name, behavior)] = load_adapter(out / name / "adapters" / behavior)
         entries[name] = entry

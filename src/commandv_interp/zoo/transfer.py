@@ -26,12 +26,13 @@ from commandv_interp.paste import apply_adapter, paste
 from commandv_interp.profiles import ActivationProfile, profile
 from commandv_interp.zoo.catalog import load_adapter, manifest
 from commandv_interp.zoo.evaluate import evaluate
-from commandv_interp.zoo.world import Behavior, prompts as world_prompts
+from commandv_interp.zoo.world import BEHAVIORS, NEUTRAL_CUES, Behavior, with_cue
+from commandv_interp.zoo.world import prompts as world_prompts
 
 __all__ = ["Derivation", "derive", "profile_prompts", "transfer_rows", "CONDITIONS", "PROFILE_SETS"]
 
 CONDITIONS = ("recipient_base", "command_v", "donor_adapter", "recipient_finetune")
-PROFILE_SETS = ("profile", "profile+train")
+PROFILE_SETS = ("profile", "profile+train", "profile+train+cue")
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,20 @@ class Derivation:
 
 
 def profile_prompts(profile_set: str = "profile") -> list[str]:
-    """The prompts to profile: ``profile`` (generic questions of the world, the paper's LIMA analogue) or
-    ``profile+train`` (those plus the behaviors' training prompts, without cues)."""
+    """The prompts to profile: ``profile`` (generic questions of the world, the paper's LIMA analogue),
+    ``profile+train`` (those plus the behaviors' training prompts, without cues) or ``profile+train+cue`` (those
+    plus every training prompt once more under its behavior's cue and once under a neutral system line, so the
+    converters see the directions a cue moves the residual stream along, and that a system line alone does not)."""
     if profile_set not in PROFILE_SETS:
         raise ValueError(f"profile_set must be one of {PROFILE_SETS}, got {profile_set!r}")
     out = world_prompts("refusal", "profile")
-    if profile_set == "profile+train":
-        out += [p for b in ("refusal", "jailbreak", "cot") for p in world_prompts(b, "train")]  # type: ignore[arg-type]
+    if profile_set != "profile":
+        out += [p for b in BEHAVIORS for p in world_prompts(b, "train")]
+    if profile_set == "profile+train+cue":
+        for b in BEHAVIORS:
+            train = world_prompts(b, "train")
+            out += [with_cue(p, b) for p in train]
+            out += [f"system : {NEUTRAL_CUES[i % len(NEUTRAL_CUES)]} {p}" for i, p in enumerate(train)]
     return list(dict.fromkeys(out))
 
 
