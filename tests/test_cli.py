@@ -183,3 +183,18 @@ def test_console_script_help():
     assert out.returncode == 0 and "profile" in out.stdout and "zoo" in out.stdout
     for command in ("profile", "match", "derive", "paste", "compile"):
         assert "Example: commandv " + command in invoke(command, "--help").stdout
+
+
+def test_remote_local_profile_and_paste_equal_local(pipeline, server_like):
+    """``--remote local``: the same files as a local run, through nnsight's server simulation."""
+    tmp = pipeline["tmp"]
+    ok("profile", pipeline["recipient"], tmp / "prompts.txt", "--out", tmp / "remote.safetensors", "--batch-size", "16",
+       "--remote", "local")
+    local, remote = (cv.ActivationProfile.load(tmp / f) for f in ("recipient.safetensors", "remote.safetensors"))
+    assert all(torch.equal(remote[layer], local[layer]) for layer in local.layers)
+    args = ["--positions", "last+decode", "--alpha", "30", "--max-new-tokens", "4"]
+    for name, extra in (("local.jsonl", []), ("remote.jsonl", ["--remote", "local"])):
+        ok("paste", pipeline["recipient"], tmp / "adapter", tmp / "converters.safetensors", tmp / "prompts.txt",
+           "--out", tmp / name, *args, *extra)
+    assert (tmp / "remote.jsonl").read_text() == (tmp / "local.jsonl").read_text()
+    assert server_like.requests >= 2 and server_like.refused == []

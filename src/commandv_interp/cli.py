@@ -209,6 +209,15 @@ BackendOpt = Annotated[Backend, typer.Option(help="How to open MODEL.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")]
 PositionsOpt = Annotated[PastePositions, typer.Option(help="Where the edit acts (+decode: also on new tokens).")]
 AlphaOpt = Annotated[float, typer.Option(help="Scale of the pasted delta.")]
+RemoteOpt = Annotated[str | None, typer.Option(
+    help="Run through nnsight's remote execution: 'ndif' (NDIF, remote=True), 'local' (simulate the server here) "
+         "or a server URL. The nnsight backend only.")]
+
+
+def _remote(value: str | None) -> bool | str:
+    if value is None:
+        return False
+    return True if value == "ndif" else value
 
 
 @_command(app, "profile")
@@ -216,7 +225,7 @@ def profile_cmd(
     model: ModelArg, prompts: PromptsArg,
     out: Annotated[Path, typer.Option(help="Profile file to write (.safetensors).")],
     layers: Annotated[str | None, typer.Option(help="Comma-separated block indices (default: all).")] = None,
-    batch_size: BatchOpt = 32, backend: BackendOpt = "nnsight",
+    batch_size: BatchOpt = 32, backend: BackendOpt = "nnsight", remote: RemoteOpt = None,
     json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
 ) -> None:
     """Profile MODEL's block outputs at the last token of each prompt.
@@ -227,7 +236,8 @@ def profile_cmd(
 
     g = Globals(json_output, debug, zoo_root)
     texts, layer_list = _prompts(prompts), _layers(layers)  # cheap inputs first: fail before loading the model
-    prof = cv.profile(_model(g, model, backend), texts, layers=layer_list, batch_size=batch_size)
+    prof = cv.profile(_model(g, model, backend), texts, layers=layer_list, batch_size=batch_size,
+                      remote=_remote(remote))
     prof.save(out)
     result = {"out": str(out), "model": prof.model_name, "n_prompts": prof.n_prompts, "d_model": prof.d_model,
               "layers": prof.layers, "prompts_fingerprint": prof.prompts_fingerprint}
@@ -293,7 +303,7 @@ def paste_cmd(
     out: Annotated[Path, typer.Option(help="Generations to write (.jsonl, rows {prompt, output}).")],
     positions: PositionsOpt = "last", alpha: AlphaOpt = 1.0,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Greedy tokens per prompt.")] = 32,
-    batch_size: BatchOpt = 32, backend: BackendOpt = "nnsight",
+    batch_size: BatchOpt = 32, backend: BackendOpt = "nnsight", remote: RemoteOpt = None,
     score: Annotated[Behavior | None, typer.Option(help="Score the outputs as this zoo behavior.")] = None,
     json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
 ) -> None:
@@ -313,7 +323,8 @@ def paste_cmd(
     outputs: list[str] = []
     with cv.paste(access, donor_adapter, conv, positions=positions, alpha=alpha):
         for start in tqdm(range(0, len(texts), batch_size), desc=f"paste into {access.name}"):
-            outputs += access.generate(access.encode(texts[start:start + batch_size]), max_new_tokens=max_new_tokens)
+            outputs += access.generate(access.encode(texts[start:start + batch_size]), max_new_tokens=max_new_tokens,
+                                       remote=_remote(remote))
     lines = "".join(json.dumps({"prompt": p, "output": o}) + "\n" for p, o in zip(texts, outputs))
     atomic_write(out, lambda path: path.write_text(lines, encoding="utf-8"))
     result = {"out": str(out), "n": len(outputs), "positions": positions, "alpha": alpha}
