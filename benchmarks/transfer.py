@@ -7,7 +7,7 @@ held-out test prompts, with bootstrap 95% CIs, side by side in one run:
 - ``cv_paper_norm_matched`` the same converters with the norm-matched α (``commandv_interp.norm_matched_alpha``:
                            the pasted delta gets the donor delta's size relative to the residual, from profiles);
 - ``cv_best``              the library's best variant for the pair, chosen on *train* prompts among a small grid
-                           (converter method × layer matching × profile prompt set × α ∈ {1, norm-matched}),
+                           (converter method × layer matching × profile prompt set × α ∈ {1, norm-matched, 2 × norm-matched}),
                            per behavior, then scored on test (the grid search's own time is reported apart);
 - ``recipient_finetune``   the recipient with its own NodiReFT rank-8 adapter trained directly (the zoo's);
 - ``donor_adapter``        the donor with its adapter (the behavior being copied);
@@ -45,7 +45,8 @@ MAX_FALSE_REFUSAL = 0.1  # the zoo's bar for an adapter; a variant above it on t
 PAPER = ("pinv", "depth", "profile")
 GRID = [PAPER, ("ridge", "depth", "profile+train"), ("ridge", "similarity", "profile+train"),
         ("affine", "depth", "profile+train"), ("ridge", "depth", "profile"), ("ridge", "depth", "profile+train+cue"),
-        ("ridge", "similarity", "profile+train+cue")]
+        ("ridge", "similarity", "profile+train+cue"), ("procrustes", "depth", "profile+train+cue")]
+ALPHA_RULES = {"alpha=1": None, "alpha=norm": 1.0, "alpha=2norm": 2.0}  # None: α = 1; else a multiple of norm-matched α
 QUICK_PAIRS = [("llama-6x128", "qwen2-5x160"), ("gpt2-4x96", "llama-6x128")]
 
 
@@ -93,7 +94,9 @@ def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limi
     for method, match, profile_set in GRID:
         d = paper if (method, match, profile_set) == PAPER else derive(donor, recipient, profile_prompts(profile_set),
                                                                        layers, match=match, method=method)
-        for alpha_rule, alphas in (("alpha=1", {b: 1.0 for b in behaviors}), ("alpha=norm", norm_matched(adapters, d))):
+        matched = norm_matched(adapters, d)
+        for alpha_rule, mult in ALPHA_RULES.items():
+            alphas = {b: 1.0 if mult is None else mult * matched[b] for b in behaviors}
             if (method, match, profile_set) == PAPER and alpha_rule == "alpha=1":
                 continue  # the paper-exact setting is scored as a condition of its own
             scores = selection_scores(recipient, adapters, d.converters, alphas, select_limit)
