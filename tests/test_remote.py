@@ -111,3 +111,18 @@ def test_open_model_keeps_an_nnsight_model(zoo_llama, server_like):
     assert access.nn is envoy and access.config_hash == zoo_llama.config_hash
     batch = access.encode(PROMPTS[:3])
     assert_close(access.read(batch, [4], remote="local")[4], zoo_llama.read(batch, [4])[4], atol=0, rtol=0)
+
+
+def test_remote_composes_nested_edits_like_local(zoo_llama, pasted_pair, server_like):
+    """A paste inside an adapter at the same layers: both run remotely, in the local order."""
+    adapter, conv = pasted_pair
+    native = cv.compile_paste(adapter, conv, alpha=0.5)
+    batch = zoo_llama.encode(PROMPTS[:6])
+    with cv.apply_adapter(zoo_llama, native), cv.paste(zoo_llama, adapter, conv, alpha=0.5):
+        local, remote = zoo_llama.read(batch, [5])[5], zoo_llama.read(batch, [5], remote="local")[5]
+        texts = zoo_llama.generate(batch, 12), zoo_llama.generate(batch, 12, remote="local")
+    with cv.paste(zoo_llama, adapter, conv, alpha=0.5):
+        single = zoo_llama.read(batch, [5])[5]
+    assert not torch.allclose(local, single, atol=1e-3)  # the two edits really stack
+    assert_close(remote, local, atol=1e-3, rtol=1e-4)
+    assert texts[0] == texts[1]
