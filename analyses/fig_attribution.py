@@ -19,7 +19,8 @@ import torch
 from commandv_interp import analysis, plotting, zoo
 from commandv_interp.demo import CONTRAST
 from commandv_interp.zoo.evaluate import TARGETS
-from commandv_interp.zoo.transfer import derive, profile_prompts
+from commandv_interp.converters import CONVERTER_METHODS
+from commandv_interp.zoo.transfer import PROFILE_SETS, derive, profile_prompts
 
 
 def main() -> None:
@@ -28,8 +29,8 @@ def main() -> None:
     parser.add_argument("--donor", default="gpt2-4x96")
     parser.add_argument("--recipient", default="llama-6x128")
     parser.add_argument("--behavior", default="jailbreak", choices=list(zoo.BEHAVIORS))
-    parser.add_argument("--method", default="ridge", choices=["pinv", "ridge", "affine", "procrustes"])
-    parser.add_argument("--profile-set", default="profile+train", choices=["profile", "profile+train"])
+    parser.add_argument("--method", default="ridge", choices=CONVERTER_METHODS)
+    parser.add_argument("--profile-set", default="profile+train", choices=PROFILE_SETS)
     parser.add_argument("--n-prompts", type=int, default=64, help="test prompts scored per run")
     args = parser.parse_args()
     torch.manual_seed(0)

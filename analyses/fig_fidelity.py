@@ -17,7 +17,8 @@ import torch
 
 from commandv_interp import analysis, plotting, zoo
 from commandv_interp.demo import CONTRAST
-from commandv_interp.zoo.transfer import derive, profile_prompts
+from commandv_interp.converters import CONVERTER_METHODS
+from commandv_interp.zoo.transfer import PROFILE_SETS, derive, profile_prompts
 
 PANELS = {"converter": ["heldout_r2_to_donor", "heldout_r2_to_recipient", "round_trip_error_recipient", "cka"],
           "state/delta": ["state_cosine", "delta_cosine", "delta_norm_ratio", "backward_cosine",
@@ -30,8 +31,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("figures"))
     parser.add_argument("--donor", default="gpt2-4x96")
     parser.add_argument("--recipient", default="llama-6x128")
-    parser.add_argument("--method", default="ridge", choices=["pinv", "ridge", "affine", "procrustes"])
-    parser.add_argument("--profile-set", default="profile+train", choices=["profile", "profile+train"])
+    parser.add_argument("--method", default="ridge", choices=CONVERTER_METHODS)
+    parser.add_argument("--profile-set", default="profile+train", choices=PROFILE_SETS)
     parser.add_argument("--match", default="depth", choices=["depth", "similarity"])
     parser.add_argument("--n-prompts", type=int, default=64, help="test prompts per behavior")
     args = parser.parse_args()
