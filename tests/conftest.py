@@ -99,6 +99,23 @@ def tl_llama(tiny_dir, hf_llama):
     return cv.open_model(bridge, name="tiny-llama")
 
 
+def random_adapter(d_model, layers=(0, 2), kind="nodireft", seed=0, scale=0.5, rank=4):
+    """An adapter with random (frozen) weights: every parameter perturbed by ``scale``·N(0, 1)."""
+    import commandv_interp as cv
+    from commandv_interp.adapters import make_intervention
+
+    torch.manual_seed(seed)
+    ivs = {}
+    for layer in layers:
+        iv = make_intervention(kind, d_model, rank)
+        with torch.no_grad():
+            for p in iv.parameters():
+                p.add_(scale * torch.randn_like(p))
+        iv.project()
+        ivs[layer] = iv.requires_grad_(False)
+    return cv.Adapter(ivs)
+
+
 def random_prompts(n: int, seed: int = 0, min_len: int = 3, max_len: int = 9) -> list[str]:
     """Deterministic word prompts of varying length (so batches are padded)."""
     g = torch.Generator().manual_seed(seed)

@@ -1,23 +1,9 @@
 import pytest
 import torch
 
-from conftest import assert_close, random_prompts, rotated_llama
+from conftest import assert_close, random_adapter as _adapter, random_prompts, rotated_llama
 
 import commandv_interp as cv
-from commandv_interp.adapters import make_intervention
-
-
-def _adapter(d_model, layers=(0, 2), kind="nodireft", seed=0, scale=0.5):
-    torch.manual_seed(seed)
-    ivs = {}
-    for layer in layers:
-        iv = make_intervention(kind, d_model, 4)
-        with torch.no_grad():
-            for p in iv.parameters():
-                p.add_(scale * torch.randn_like(p))
-        iv.project()
-        ivs[layer] = iv.requires_grad_(False)
-    return cv.Adapter(ivs)
 
 
 @pytest.fixture(scope="module")

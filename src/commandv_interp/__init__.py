@@ -12,6 +12,7 @@ from commandv_interp.calibration import norm_matched_alpha  # noqa: E402
 from commandv_interp.compile import compile_paste  # noqa: E402
 from commandv_interp.converters import Converters, fit_converters  # noqa: E402
 from commandv_interp.correspondence import LayerMap, match_layers  # noqa: E402
+from commandv_interp.interface import fit_interface_converters  # noqa: E402
 from commandv_interp.paste import apply_adapter, paste  # noqa: E402
 from commandv_interp.profiles import ActivationProfile, profile  # noqa: E402
 from commandv_interp.prompts import load_prompts  # noqa: E402
@@ -26,6 +27,7 @@ __all__ = [
     "save_adapter",
     "train_adapter",
     "Converters",
+    "fit_interface_converters",
     "LayerMap",
     "ModelAccess",
     "__version__",

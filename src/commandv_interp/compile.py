@@ -43,6 +43,14 @@ def linear_parts(iv: Intervention) -> tuple[Float[Tensor, "rank d"], Float[Tenso
     raise ValueError(f"cannot compile intervention kind {iv.kind!r}")
 
 
+def check_adapter_pairing(adapter: Adapter, converters: Converters) -> None:
+    """Refuse converters fitted for one adapter (``method="interface"``) when pasting another."""
+    wanted = converters.extra.get("adapter_digest")
+    if wanted is not None and wanted != adapter.digest():
+        raise ValueError(f"these {converters.method!r} converters were fitted for the adapter with digest {wanted!r}, "
+                         f"not for this one ({adapter.digest()!r}); fit_interface_converters(adapter, ...) for it")
+
+
 def compile_paste(adapter: Adapter, converters: Converters, positions: str = "last", alpha: float = 1.0,
                   first_last_k: int | None = None) -> Adapter:
     """The pasted edit as a native recipient :class:`Adapter` of NodiReFT interventions (float32).
@@ -54,6 +62,7 @@ def compile_paste(adapter: Adapter, converters: Converters, positions: str = "la
     if converters.d_donor != adapter.d_model:
         raise ValueError(f"converters map a donor of width {converters.d_donor} but the adapter has "
                          f"d_model={adapter.d_model}")
+    check_adapter_pairing(adapter, converters)
     grouped: dict[int, list[tuple[str, Tensor, Tensor, Tensor]]] = {}
     for donor_layer, iv in sorted(adapter.interventions.items()):
         pair = converters.for_donor_layer(donor_layer)

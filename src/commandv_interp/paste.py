@@ -21,7 +21,7 @@ import torch
 from commandv_interp.access import EditContext, ModelAccess, open_model, prompt_position_mask
 from commandv_interp.access.intrace import LowRankEdit
 from commandv_interp.adapters import Adapter, Intervention
-from commandv_interp.compile import compile_paste, linear_parts
+from commandv_interp.compile import check_adapter_pairing, compile_paste, linear_parts
 from commandv_interp.converters import Converters, LinearConverter
 from commandv_interp.types import POSITION_RULES, Bool, Float, Tensor, check_choice
 
@@ -194,6 +194,7 @@ def pasted_deltas(recipient: ModelAccess | object, adapter: Adapter, converters:
     if adapter_hash is not None and adapter_hash != converters.donor_config_hash:
         raise ValueError(f"the adapter was trained on a model with config hash {adapter_hash!r} but the converters' "
                          f"donor has {converters.donor_config_hash!r}; profile the adapter's own donor")
+    check_adapter_pairing(adapter, converters)
     per_layer: dict[int, list[DeltaFn]] = {}
     for donor_layer, iv in sorted(adapter.interventions.items()):
         pair = converters.for_donor_layer(donor_layer)

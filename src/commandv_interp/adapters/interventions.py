@@ -9,6 +9,7 @@ pyreft's, so a pyreft ``intkey_*.bin`` loads with :meth:`Intervention.from_state
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -330,6 +331,17 @@ class Adapter:
     def rank(self) -> int:
         """The largest rank over layers."""
         return max(iv.rank for iv in self.interventions.values())
+
+    def digest(self) -> str:
+        """SHA-256 (16 hex digits) of the layers, kinds, activations and parameter values: two adapters with equal
+        digests make the same edit (converters fitted for one adapter record it)."""
+        h = hashlib.sha256()
+        for layer, iv in sorted(self.interventions.items()):
+            h.update(f"{layer}:{iv.kind}:{iv.act_name}".encode())
+            for key, value in sorted(iv.state_dict().items()):
+                h.update(key.encode())
+                h.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def delta(self, layer: int, h: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         """The edit at ``layer``; raises if the adapter has no intervention there."""

@@ -1,0 +1,130 @@
+"""Stage 4 (converters, adapter-aware): consumes a donor :class:`Adapter`, two profiles and a :class:`LayerMap`,
+produces :class:`Converters` fitted to the adapter's *interface* (``method="interface"``).
+
+A linear-source adapter (NodiReFT, DiReFT, linear LoReFT/NoReFT) touches the residual stream through two
+``r``-dimensional interfaces only: it *reads* ``z = W h + b`` (``r`` numbers) and *writes* ``δ = act(z) P``, a
+vector in the row space of ``P`` (``r × d``). A paste needs the converters right on those ``2r`` directions and
+nowhere else, so instead of mapping all ``d_R ↔ d_D`` dimensions (``fit_converters``) this fits two small
+regressions over the profile prompts:
+
+- **read** (``to_donor``): regress the donor's read coordinates ``Z = H_D Wᵀ`` on the recipient states ``H_R``
+  (centered ridge, λ from held-out error *on Z*): ``Z ≈ H_R Mᵀ + c``. Stored as ``to_donor(h) = W⁺(M h + c) +
+  (I − W⁺W) μ_D``, so that ``W · to_donor(h_R) = M h_R + c`` exactly.
+- **write** (``to_recipient``): regress the recipient states on the donor's coordinates along ``P``,
+  ``C = H_D P⁺`` (``r`` regressors): ``H_R ≈ C Gᵀ + μ``. Stored as ``to_recipient(h) = G (P⁺)ᵀ h + μ``, so a donor
+  delta ``δ_D = u P`` maps to ``G u``: how recipient states move, on the profile prompts, when the donor's state
+  moves one unit along the adapter's write directions.
+
+Why it helps. The paper's backward map ``pinv(A_D) A_R`` regresses on all ``d_D`` donor dimensions; directions of
+tiny variance (the last prompt token is the same token on every prompt) get huge coefficients, and the pasted
+delta ``δ_D`` need not avoid them, so the paste comes out 10–100× too large or points nowhere useful. The
+write regression has ``r`` well-spread regressors (``P`` was trained to move the state where it matters) and is
+an ordinary forward regression of ``H_R``: it cannot amplify a weak direction. Its cost is ``O(N r (d_R + d_D))``
+after profiling, and it is determined as soon as ``N`` exceeds ``r``: small profile sets suffice.
+
+The converters are tied to one adapter: they carry its digest and ``paste``/``compile_paste`` refuse any other.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from commandv_interp.adapters import Adapter
+from commandv_interp.compile import linear_parts
+from commandv_interp.converters import Converters, LayerConverter, LinearConverter
+from commandv_interp.correspondence import LayerMap, _check_pairing
+from commandv_interp.fitting import FitResult, fit_linear, holdout_split, scores
+from commandv_interp.profiles import ActivationProfile
+
+__all__ = ["fit_interface_converters", "INTERFACE_METHOD"]
+
+INTERFACE_METHOD = "interface"
+
+
+def _fit(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, test: torch.Tensor,
+         ridge_grid: tuple[float, ...] | None) -> tuple[FitResult, dict, torch.Tensor]:
+    """Affine ridge ``y ≈ f(x)``: the fit on all rows, its held-out report and the held-out predictions."""
+    trial = fit_linear(x[train], y[train], "affine", ridge_grid, select_on=(x[test], y[test]))
+    report = scores(trial, x[test], y[test]) | {"ridge": trial.ridge}
+    return fit_linear(x, y, "affine", fixed_ridge=trial.ridge), report, trial.predict(x[test])
+
+
+def _destretch(z: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
+    """``S = Σ_z Σ_ẑ⁻¹`` (r × r) from held-out targets and predictions: ``S ẑ`` is the classical calibration
+    estimate, whose slope on the true ``z`` is one (a regression's prediction is shrunk towards the mean by
+    ``Σ_ẑ Σ_z⁻¹``: the differences between prompts that the adapter reads come out too small)."""
+    cov = lambda a: torch.cov(a.T).reshape(a.shape[1], a.shape[1])  # noqa: E731
+    s_hat = cov(z_hat)
+    ridge = 1e-6 * float(torch.trace(s_hat)) / s_hat.shape[0] + 1e-30
+    return cov(z) @ torch.linalg.inv(s_hat + ridge * torch.eye(s_hat.shape[0], dtype=s_hat.dtype))
+
+
+def fit_interface_converters(
+    adapter: Adapter,
+    donor: ActivationProfile,
+    recipient: ActivationProfile,
+    layer_map: LayerMap,
+    holdout: float = 0.2,
+    ridge_grid: tuple[float, ...] | None = None,
+    calibrated: bool = True,
+) -> Converters:
+    """Converters for pasting ``adapter`` only: fitted on its read and write directions (see the module doc).
+
+    Args:
+        adapter: the donor adapter the converters will paste (linear-source kinds; its layers must be mapped).
+        donor, recipient: profiles over the same prompts (fingerprints must match); ``donor`` is the adapter's model.
+        layer_map: which recipient layer each donor layer maps to.
+        holdout: fraction of prompts held out to pick λ and score each regression (then refit on all).
+        ridge_grid: λ candidates as multiples of the mean eigenvalue of ``XᵀX`` (default: a log grid).
+        calibrated: undo the read regression's shrinkage towards the mean (``S = Σ_z Σ_ẑ⁻¹`` from held-out
+            predictions), so that differences between prompts reach the adapter at their donor size.
+
+    Returns:
+        :class:`Converters` with ``method="interface"``; ``fit_scores`` hold held-out R²/rel-MSE/cosine of the
+        read regression (``to_donor``, on the ``r`` read coordinates) and the write regression (``to_recipient``,
+        recipient states from the ``r`` write coordinates); ``extra["adapter_digest"]`` names the adapter.
+
+    Raises:
+        ValueError: mismatched profiles, an adapter of another width, a donor layer missing from the map, or an
+            adapter whose source is not linear (non-linear LoReFT/NoReFT: use :func:`fit_converters`).
+    """
+    _check_pairing(donor, recipient)
+    if adapter.d_model != donor.d_model:
+        raise ValueError(f"the adapter has d_model={adapter.d_model} but the donor profile {donor.model_name!r} has "
+                         f"d_model={donor.d_model}; profile the adapter's own donor")
+    adapter_hash = adapter.metadata.get("config_hash")
+    if adapter_hash is not None and adapter_hash != donor.config_hash:
+        raise ValueError(f"the adapter was trained on a model with config hash {adapter_hash!r} but the donor profile "
+                         f"{donor.model_name!r} has {donor.config_hash!r}; profile the adapter's own donor")
+    mapped = dict(layer_map.pairs)
+    missing = [layer for layer in adapter.layers if layer not in mapped]
+    if missing:
+        raise ValueError(f"the layer map has no recipient layer for donor layers {missing}; match the adapter's "
+                         f"layers (match_layers(..., donor_layers=adapter.layers))")
+    if not 0 < holdout < 1:
+        raise ValueError(f"holdout must be in (0, 1), got {holdout!r}")
+    train, test = holdout_split(donor.n_prompts, holdout)
+    pairs = []
+    for donor_layer in adapter.layers:
+        recipient_layer = mapped[donor_layer]
+        w, _, p = linear_parts(adapter.interventions[donor_layer])
+        h_d, h_r = donor[donor_layer].double(), recipient[recipient_layer].double()
+        w_pinv, p_pinv = torch.linalg.pinv(w), torch.linalg.pinv(p)  # d_D × r each
+        z = h_d @ w.T
+        read, read_report, z_hat = _fit(h_r, z, train, test, ridge_grid)
+        write, write_report, _ = _fit(h_d @ p_pinv, h_r, train, test, ridge_grid)
+        m, c = (read.left if read.right is None else read.left @ read.right), read.bias  # r × d_R, r
+        if calibrated:
+            s = _destretch(z[test], z_hat)
+            m, c = s @ m, c @ s.T + z.mean(0) @ (torch.eye(len(s), dtype=s.dtype) - s).T
+            read_report["stretch"] = float(torch.linalg.eigvals(s).real.mean())
+        outside = h_d.mean(0) - (h_d.mean(0) @ w.T) @ w_pinv.T  # (I − W⁺W) μ_D: the mean off the read directions
+        to_donor = LinearConverter(w_pinv, m, c @ w_pinv.T + outside)
+        g = write.left if write.right is None else write.left @ write.right  # d_R × r
+        to_recipient = LinearConverter(g, p_pinv.T.contiguous(), write.bias)
+        pairs.append(LayerConverter(donor_layer, recipient_layer, to_donor, to_recipient,
+                                    {"to_donor": read_report, "to_recipient": write_report, "space": "interface"}))
+    return Converters(tuple(pairs), INTERFACE_METHOD, donor.model_name, recipient.model_name, donor.config_hash,
+                      recipient.config_hash, donor.d_model, recipient.d_model, donor.prompts_fingerprint,
+                      {"layer_map_method": layer_map.method, "n_prompts": donor.n_prompts,
+                       "adapter_digest": adapter.digest(), "rank": adapter.rank})
