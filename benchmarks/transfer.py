@@ -7,8 +7,9 @@ held-out test prompts, with bootstrap 95% CIs, side by side in one run:
 - ``cv_paper_norm_matched`` the same converters with the norm-matched α (``commandv_interp.norm_matched_alpha``:
                            the pasted delta gets the donor delta's size relative to the residual, from profiles);
 - ``cv_best``              the library's best variant for the pair, chosen on *train* prompts among a small grid
-                           (converter method × layer matching × profile prompt set × α ∈ {1, norm-matched, 2 × norm-matched}),
-                           per behavior, then scored on test (the grid search's own time is reported apart);
+                           (converter method incl. adapter-aware ``interface`` × layer matching × profile prompt set
+                           incl. the small per-behavior ``task`` set × α ∈ {1, ¼, ½, 1, 2 × norm-matched}), per
+                           behavior, then scored on test (the grid search's own time is reported apart);
 - ``recipient_finetune``   the recipient with its own NodiReFT rank-8 adapter trained directly (the zoo's);
 - ``donor_adapter``        the donor with its adapter (the behavior being copied);
 - ``null_random_delta``    the best variant's pasted delta replaced by a random direction of the same norm;
@@ -39,14 +40,18 @@ import commandv_interp as cv
 from commandv_interp import analysis, plotting, zoo
 from commandv_interp.zoo.evaluate import TARGETS, evaluate_outcomes
 from commandv_interp.zoo.scoring import summarize
-from commandv_interp.zoo.transfer import derive, profile_prompts
+from commandv_interp.zoo.transfer import derive, profile_pair, profile_prompts
 
 MAX_FALSE_REFUSAL = 0.1  # the zoo's bar for an adapter; a variant above it on train prompts is not eligible
 PAPER = ("pinv", "depth", "profile")
 GRID = [PAPER, ("ridge", "depth", "profile+train"), ("ridge", "similarity", "profile+train"),
-        ("affine", "depth", "profile+train"), ("ridge", "depth", "profile"), ("ridge", "depth", "profile+train+cue"),
-        ("ridge", "similarity", "profile+train+cue"), ("procrustes", "depth", "profile+train+cue")]
-ALPHA_RULES = {"alpha=1": None, "alpha=norm": 1.0, "alpha=2norm": 2.0}  # None: α = 1; else a multiple of norm-matched α
+        ("ridge", "depth", "profile+train+cue"), ("ridge", "similarity", "profile+train+cue"),
+        ("procrustes", "depth", "profile+train+cue"), ("ridge", "depth", "task"),
+        ("interface", "depth", "task"), ("interface", "depth", "profile+train+cue"),
+        ("interface", "similarity", "profile+train+cue")]
+# None: α = 1; else a multiple of the norm-matched α (the right size is often a fraction of it: the donor's delta
+# is balanced between a constant push and a prompt-dependent part, and the recipient's threshold differs)
+ALPHA_RULES = {"alpha=1": None, "alpha=norm/4": 0.25, "alpha=norm/2": 0.5, "alpha=norm": 1.0, "alpha=2norm": 2.0}
 QUICK_PAIRS = [("llama-6x128", "qwen2-5x160"), ("gpt2-4x96", "llama-6x128")]
 
 
@@ -64,53 +69,59 @@ def bootstrap(behavior: str, records: list[dict], n_boot: int, seed: int) -> dic
     return {k: (point[k], float(np.percentile(draws[k], 2.5)), float(np.percentile(draws[k], 97.5))) for k in keys}
 
 
-def selection_scores(recipient, adapters, converters, alphas, limit: int) -> dict[str, float]:
-    """Per behavior: target rate − false refusal on *train* prompts (what picks ``cv_best``); a variant whose false
-    refusal exceeds ``MAX_FALSE_REFUSAL`` scores minus that rate."""
-    scores = {}
-    for behavior, adapter in adapters.items():
-        with cv.paste(recipient, adapter, converters, alpha=alphas[behavior]):
-            rates = summarize(behavior, evaluate_outcomes(recipient, behavior, "train", limit=limit))
-        target, side = TARGETS[behavior]
-        if side == "false_refusal" and rates[side] > MAX_FALSE_REFUSAL:
-            scores[behavior] = -rates[side]  # refusing everything is not a transfer of refusal
-        else:
-            scores[behavior] = rates[target] - (rates[side] if side == "false_refusal" else 0.0)
-    return scores
+def selection_score(recipient, behavior, adapter, converters, alpha, limit: int) -> float:
+    """Target rate − false refusal on *train* prompts (what picks ``cv_best``); a variant whose false refusal
+    exceeds ``MAX_FALSE_REFUSAL`` scores minus that rate."""
+    with cv.paste(recipient, adapter, converters, alpha=alpha):
+        rates = summarize(behavior, evaluate_outcomes(recipient, behavior, "train", limit=limit))
+    target, side = TARGETS[behavior]
+    if side == "false_refusal" and rates[side] > MAX_FALSE_REFUSAL:
+        return -rates[side]  # refusing everything is not a transfer of refusal
+    return rates[target] - (rates[side] if side == "false_refusal" else 0.0)
 
 
-def norm_matched(adapters, derivation) -> dict[str, float]:
-    return {b: cv.norm_matched_alpha(a, derivation.converters, derivation.donor_profile, derivation.recipient_profile)
-            for b, a in adapters.items()}
+def candidates(donor, recipient, adapters, select_limit: int) -> tuple[dict, object]:
+    """Every grid variant × α rule, scored per behavior on train prompts. Profiles are computed once per prompt
+    set and shared (each derivation still counts their cost); ``interface`` converters are fitted per adapter."""
+    layers = adapters[next(iter(adapters))].layers
+    pairs, derived, out = {}, {}, {b: [] for b in adapters}
+    for method, match, profile_set in GRID:
+        for behavior, adapter in adapters.items():
+            key = (profile_set, behavior if profile_set == "task" else None)
+            if key not in pairs:
+                pairs[key] = profile_pair(donor, recipient, profile_prompts(profile_set, key[1]))
+            dkey = (method, match) + key + ((behavior,) if method == "interface" else ())
+            if dkey not in derived:
+                derived[dkey] = derive(donor, recipient, pairs[key], layers, match=match, method=method,
+                                       adapter=adapter if method == "interface" else None)
+            d = derived[dkey]
+            matched = cv.norm_matched_alpha(adapter, d.converters, d.donor_profile, d.recipient_profile)
+            for alpha_rule, mult in ALPHA_RULES.items():
+                if (method, match, profile_set) == PAPER and alpha_rule in ("alpha=1", "alpha=norm"):
+                    continue  # scored as the paper conditions of their own
+                alpha = 1.0 if mult is None else mult * matched
+                score = selection_score(recipient, behavior, adapter, d.converters, alpha, select_limit)
+                out[behavior].append(("/".join((method, match, profile_set, alpha_rule)), d, alpha, score))
+    return out, derived[PAPER[:2] + ("profile", None)]
 
 
 def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limit, n_boot, seed) -> tuple[list, list]:
     donor, recipient = zoo.load_model(donor_name), zoo.load_model(recipient_name)
     adapters = {b: zoo.load_adapter(donor_name, b) for b in behaviors}
-    layers = adapters[behaviors[0]].layers
-    paper = derive(donor, recipient, profile_prompts("profile"), layers, match="depth", method="pinv")
-    paper_alphas = norm_matched(adapters, paper)
-    candidates, start = [], time.perf_counter()
-    for method, match, profile_set in GRID:
-        d = paper if (method, match, profile_set) == PAPER else derive(donor, recipient, profile_prompts(profile_set),
-                                                                       layers, match=match, method=method)
-        matched = norm_matched(adapters, d)
-        for alpha_rule, mult in ALPHA_RULES.items():
-            alphas = {b: 1.0 if mult is None else mult * matched[b] for b in behaviors}
-            if (method, match, profile_set) == PAPER and alpha_rule == "alpha=1":
-                continue  # the paper-exact setting is scored as a condition of its own
-            scores = selection_scores(recipient, adapters, d.converters, alphas, select_limit)
-            candidates.append(("/".join((method, match, profile_set, alpha_rule)), d, alphas, scores))
+    start = time.perf_counter()
+    scored, paper = candidates(donor, recipient, adapters, select_limit)
     selection_s = time.perf_counter() - start
-    chosen = {b: max(candidates, key=lambda c: c[3][b]) for b in behaviors}  # per behavior, on train prompts
+    # per behavior, on train prompts; ties go to the cheaper derivation
+    chosen = {b: max(scored[b], key=lambda c: (c[3], -c[1].flops)) for b in behaviors}
     rows, costs = [], []
     for behavior in behaviors:
-        variant, best, best_alphas, _ = chosen[behavior]
-        adapter, alpha = adapters[behavior], best_alphas[behavior]
-        shuffled = analysis.shuffled_converters(best.donor_profile, best.recipient_profile, best.converters, seed)
+        variant, best, alpha, _ = chosen[behavior]
+        adapter = adapters[behavior]
+        paper_alpha = cv.norm_matched_alpha(adapter, paper.converters, paper.donor_profile, paper.recipient_profile)
+        shuffled = analysis.shuffled_converters(best.donor_profile, best.recipient_profile, best.converters, seed,
+                                                adapter)
         runs = {"recipient_base": (recipient, None), "cv_paper": (recipient, cv.paste(recipient, adapter, paper.converters)),
-                "cv_paper_norm_matched": (recipient, cv.paste(recipient, adapter, paper.converters,
-                                                              alpha=paper_alphas[behavior])),
+                "cv_paper_norm_matched": (recipient, cv.paste(recipient, adapter, paper.converters, alpha=paper_alpha)),
                 "cv_best": (recipient, cv.paste(recipient, adapter, best.converters, alpha=alpha)),
                 "null_random_delta": (recipient, analysis.random_delta_paste(recipient, adapter, best.converters,
                                                                              alpha=alpha, seed=seed)),
@@ -129,9 +140,11 @@ def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limi
                              "ci_high": high, "n": len(records)})
         finetune = zoo.manifest()["models"][recipient_name]["adapters"][behavior]["training"]
         costs.append({"donor": donor_name, "recipient": recipient_name, "behavior": behavior,
-                      "cv_paper_s": paper.wall_s, "cv_best_s": best.wall_s, "cv_best_flops": best.flops,
+                      "cv_paper_s": paper.wall_s, "cv_paper_flops": paper.flops, "cv_best_s": best.wall_s,
+                      "cv_best_flops": best.flops, "cv_best_prompts": best.n_prompts,
                       "selection_s": selection_s, "finetune_s": finetune["wall_time_s"],
-                      "finetune_flops": finetune["flops"], "best_variant": variant, "alpha_best": alpha, "alpha_paper": paper_alphas[behavior],
+                      "finetune_flops": finetune["flops"], "best_variant": variant, "alpha_best": alpha,
+                      "alpha_paper": paper_alpha,
                       "pasted_to_residual_paper": _norm(donor, recipient, adapter, paper.converters, behavior),
                       "pasted_to_residual_best": _norm(donor, recipient, adapter, best.converters, behavior, alpha)})
     return rows, costs

@@ -110,6 +110,25 @@ def test_compile_writes_compile_paste(pipeline):
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 
+def test_derive_interface_fits_the_given_adapter(pipeline):
+    """--method interface: the file equals the API's fit for that adapter, pastes it, and needs --adapter."""
+    tmp = pipeline["tmp"]
+    out = tmp / "interface.safetensors"
+    ok("derive", tmp / "donor.safetensors", tmp / "recipient.safetensors", "--map", tmp / "map.json", "--out", out,
+       "--method", "interface", "--adapter", tmp / "adapter")
+    adapter = cv.load_adapter(tmp / "adapter")
+    want = cv.fit_interface_converters(adapter, cv.ActivationProfile.load(tmp / "donor.safetensors"),
+                                       cv.ActivationProfile.load(tmp / "recipient.safetensors"),
+                                       cv.LayerMap.load(tmp / "map.json"))
+    got = cv.Converters.load(out)
+    assert got.method == "interface" and got.extra["adapter_digest"] == adapter.digest()
+    for g, w in zip(got, want):
+        assert torch.equal(g.to_recipient.weight, w.to_recipient.weight)
+    line = user_error("derive", tmp / "donor.safetensors", tmp / "recipient.safetensors", "--map", tmp / "map.json",
+                      "--out", tmp / "x.safetensors", "--method", "interface")
+    assert "--adapter" in line
+
+
 def test_json_output_is_one_object(pipeline):
     tmp = pipeline["tmp"]
     match = json.loads(ok("match", tmp / "donor.safetensors", tmp / "recipient.safetensors",
@@ -164,12 +183,13 @@ def test_zoo_list(tmp_path):
 
 
 def test_choices_mirror_the_library():
-    from commandv_interp import converters, correspondence, similarity, types, zoo
+    from commandv_interp import converters, correspondence, interface, similarity, types, zoo
 
     assert get_args(cli.MatchMethod) == get_args(correspondence.MatchMethod)
     assert get_args(cli.Assignment) == get_args(correspondence.Assignment)
     assert get_args(cli.Metric) == get_args(similarity.Metric)
     assert get_args(cli.ConverterMethod) == converters.CONVERTER_METHODS
+    assert get_args(cli.DeriveMethod) == converters.CONVERTER_METHODS + (interface.INTERFACE_METHOD,)
     assert set(get_args(cli.PastePositions)) <= set(types.POSITION_RULES)
     assert get_args(cli.Backend) == get_args(zoo.catalog.Backend)
     assert get_args(cli.Behavior) == zoo.BEHAVIORS and get_args(cli.Split) == get_args(zoo.world.Split)

@@ -7,6 +7,7 @@ from conftest import assert_close, random_adapter, random_prompts
 
 import commandv_interp as cv
 from commandv_interp.compile import linear_parts
+from commandv_interp.interface import MAX_STRETCH
 
 
 def _profile(acts, name="m", fp="fp"):
@@ -90,6 +91,10 @@ def test_calibrated_read_undoes_the_regression_shrinkage():
         z_hat = conv.for_donor_layer(0).to_donor(h_r[n:]) @ w.T
         slope = ((z_hat - z_hat.mean(0)) * (z - z.mean(0))).sum() / (z - z.mean(0)).pow(2).sum()
         assert low < float(slope) < high, (calibrated, float(slope))
+    noise = _profile({0: torch.randn(n, d + 4, generator=g).float()}, "recipient")  # no signal at all
+    conv = cv.fit_interface_converters(adapter, fit_d, noise, lm)
+    stretch = conv.for_donor_layer(0).fit_scores["to_donor"]["stretch"]
+    assert stretch == pytest.approx(MAX_STRETCH)  # floored: a read without signal is not blown up into noise
 
 
 def test_refuses_other_adapters_mismatched_profiles_and_unmapped_layers(nn_llama, nn_gpt2):

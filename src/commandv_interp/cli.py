@@ -35,6 +35,7 @@ MatchMethod = Literal["depth", "similarity"]
 Metric = Literal["cka", "debiased_cka", "r2", "mutual_knn"]
 Assignment = Literal["argmax", "monotone"]
 ConverterMethod = Literal["pinv", "ridge", "affine", "procrustes"]
+DeriveMethod = Literal["pinv", "ridge", "affine", "procrustes", "interface"]  # + adapter-aware converters
 PastePositions = Literal["last", "last+decode", "all", "all+decode"]
 Behavior = Literal["refusal", "jailbreak", "cot"]
 Split = Literal["train", "test", "profile"]
@@ -275,21 +276,32 @@ def derive_cmd(
     donor_profile: DonorProfileArg, recipient_profile: RecipientProfileArg,
     map_file: Annotated[Path, typer.Option("--map", help="Layer map written by `commandv match`.")],
     out: Annotated[Path, typer.Option(help="Converters file to write (.safetensors).")],
-    method: Annotated[ConverterMethod, typer.Option(help="Converter fit.")] = "pinv",
-    json_output: JsonOpt = False, debug: DebugOpt = False,
+    method: Annotated[DeriveMethod, typer.Option(
+        help="Converter fit; 'interface' fits only the --adapter's read and write directions.")] = "pinv",
+    adapter: Annotated[str | None, typer.Option(
+        help="Donor adapter (folder or zoo:<model>:<behavior>) for --method interface.")] = None,
+    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
 ) -> None:
     """Fit the converters of every mapped layer pair; print their held-out fit scores.
 
     Example: commandv derive donor.safetensors recipient.safetensors --map map.json --out converters.safetensors
+
+    Example: commandv derive donor.safetensors recipient.safetensors --map map.json --out refusal.safetensors
+    --method interface --adapter zoo:llama-6x128:refusal
     """
     import commandv_interp as cv
 
-    g = Globals(json_output, debug)
+    g = Globals(json_output, debug, zoo_root)
     donor, recipient = cv.ActivationProfile.load(donor_profile), cv.ActivationProfile.load(recipient_profile)
-    converters = cv.fit_converters(donor, recipient, cv.LayerMap.load(map_file), method=method)
+    layer_map = cv.LayerMap.load(map_file)
+    if (method == "interface") != (adapter is not None):
+        raise ValueError("--method interface fits converters to one adapter: give --adapter with it (and only "
+                         f"with it); got --method {method} and --adapter {adapter!r}")
+    converters = (cv.fit_interface_converters(_adapter(g, adapter), donor, recipient, layer_map) if adapter
+                  else cv.fit_converters(donor, recipient, layer_map, method=method))
     converters.save(out)
     rows = [{"donor_layer": p.donor_layer, "recipient_layer": p.recipient_layer, "direction": direction} | scores
-            for p in converters for direction, scores in p.fit_scores.items()]
+            for p in converters for direction, scores in p.fit_scores.items() if isinstance(scores, dict)]
     _emit(g, {"out": str(out), "method": method, "fit_scores": rows},
           f"wrote {out}: {len(converters)} layer pairs ({method}); held-out fit scores:", rows)
 

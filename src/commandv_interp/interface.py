@@ -8,7 +8,9 @@ nowhere else, so instead of mapping all ``d_R ↔ d_D`` dimensions (``fit_conver
 regressions over the profile prompts:
 
 - **read** (``to_donor``): regress the donor's read coordinates ``Z = H_D Wᵀ`` on the recipient states ``H_R``
-  (centered ridge, λ from held-out error *on Z*): ``Z ≈ H_R Mᵀ + c``. Stored as ``to_donor(h) = W⁺(M h + c) +
+  (centered ridge, λ from held-out error *on Z*): ``Z ≈ H_R Mᵀ + c``, then undo the regression's shrinkage towards
+  the mean (``calibrated``: the adapter must see how prompts *differ*, e.g. harmful vs benign, at the donor's
+  scale, not a damped version that makes it treat every prompt alike). Stored as ``to_donor(h) = W⁺(M h + c) +
   (I − W⁺W) μ_D``, so that ``W · to_donor(h_R) = M h_R + c`` exactly.
 - **write** (``to_recipient``): regress the recipient states on the donor's coordinates along ``P``,
   ``C = H_D P⁺`` (``r`` regressors): ``H_R ≈ C Gᵀ + μ``. Stored as ``to_recipient(h) = G (P⁺)ᵀ h + μ``, so a donor
@@ -39,6 +41,7 @@ from commandv_interp.profiles import ActivationProfile
 __all__ = ["fit_interface_converters", "INTERFACE_METHOD"]
 
 INTERFACE_METHOD = "interface"
+MAX_STRETCH = 4.0  # the calibrated read amplifies a held-out difference at most this much
 
 
 def _fit(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, test: torch.Tensor,
@@ -50,13 +53,16 @@ def _fit(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, test: torch.Tens
 
 
 def _destretch(z: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
-    """``S = Σ_z Σ_ẑ⁻¹`` (r × r) from held-out targets and predictions: ``S ẑ`` is the classical calibration
-    estimate, whose slope on the true ``z`` is one (a regression's prediction is shrunk towards the mean by
-    ``Σ_ẑ Σ_z⁻¹``: the differences between prompts that the adapter reads come out too small)."""
-    cov = lambda a: torch.cov(a.T).reshape(a.shape[1], a.shape[1])  # noqa: E731
-    s_hat = cov(z_hat)
-    ridge = 1e-6 * float(torch.trace(s_hat)) / s_hat.shape[0] + 1e-30
-    return cov(z) @ torch.linalg.inv(s_hat + ridge * torch.eye(s_hat.shape[0], dtype=s_hat.dtype))
+    """``S = K⁻¹`` for the held-out attenuation ``K`` (the slope of the predictions ``ẑ`` on the truth ``z``, r × r):
+    a regression's predictions shrink towards the mean (``K < I``), so the differences between prompts that the
+    adapter reads come out too small; ``S ẑ`` has slope one. ``K``'s singular values are floored at
+    ``1 / MAX_STRETCH`` so that a read with no signal (``K ≈ 0``) is not blown up into noise."""
+    zc, hc = z - z.mean(0), z_hat - z_hat.mean(0)
+    cov_z = zc.T @ zc
+    guard = 1e-9 * float(torch.trace(cov_z)) / cov_z.shape[0] + 1e-30
+    k = (hc.T @ zc) @ torch.linalg.inv(cov_z + guard * torch.eye(cov_z.shape[0], dtype=cov_z.dtype))
+    u, sig, vh = torch.linalg.svd(k)
+    return vh.T @ torch.diag(1.0 / sig.clamp_min(1.0 / MAX_STRETCH)) @ u.T
 
 
 def fit_interface_converters(
@@ -76,8 +82,9 @@ def fit_interface_converters(
         layer_map: which recipient layer each donor layer maps to.
         holdout: fraction of prompts held out to pick λ and score each regression (then refit on all).
         ridge_grid: λ candidates as multiples of the mean eigenvalue of ``XᵀX`` (default: a log grid).
-        calibrated: undo the read regression's shrinkage towards the mean (``S = Σ_z Σ_ẑ⁻¹`` from held-out
-            predictions), so that differences between prompts reach the adapter at their donor size.
+        calibrated: undo the read regression's shrinkage towards the mean (``S = K⁻¹``, ``K`` the held-out slope of
+            the predictions on the truth, at most ``MAX_STRETCH``), so that differences between prompts reach the
+            adapter at their donor size.
 
     Returns:
         :class:`Converters` with ``method="interface"``; ``fit_scores`` hold held-out R²/rel-MSE/cosine of the
@@ -117,7 +124,7 @@ def fit_interface_converters(
         if calibrated:
             s = _destretch(z[test], z_hat)
             m, c = s @ m, c @ s.T + z.mean(0) @ (torch.eye(len(s), dtype=s.dtype) - s).T
-            read_report["stretch"] = float(torch.linalg.eigvals(s).real.mean())
+            read_report["stretch"] = float(torch.linalg.matrix_norm(s, 2))  # the largest amplification
         outside = h_d.mean(0) - (h_d.mean(0) @ w.T) @ w_pinv.T  # (I − W⁺W) μ_D: the mean off the read directions
         to_donor = LinearConverter(w_pinv, m, c @ w_pinv.T + outside)
         g = write.left if write.right is None else write.left @ write.right  # d_R × r

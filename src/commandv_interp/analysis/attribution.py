@@ -26,6 +26,7 @@ from commandv_interp.adapters import Adapter
 from commandv_interp.analysis.downstream import logit_difference
 from commandv_interp.converters import Converters, fit_converters
 from commandv_interp.correspondence import LayerMap
+from commandv_interp.interface import INTERFACE_METHOD, fit_interface_converters
 from commandv_interp.paste import DeltaFn, delta_edit, paste, pasted_deltas
 from commandv_interp.profiles import ActivationProfile
 
@@ -125,13 +126,18 @@ def random_delta_paste(recipient: ModelAccess | object, adapter: Adapter, conver
 
 
 def shuffled_converters(donor: ActivationProfile, recipient: ActivationProfile, converters: Converters,
-                        seed: int = 0) -> Converters:
+                        seed: int = 0, adapter: Adapter | None = None) -> Converters:
     """Converters of the same method and layer map, fitted after shuffling which donor row pairs with which
-    recipient row: the null that keeps both activation distributions but breaks the prompt correspondence."""
+    recipient row: the null that keeps both activation distributions but breaks the prompt correspondence.
+    ``interface`` converters are refitted for ``adapter`` (required for them)."""
     perm = torch.randperm(donor.n_prompts, generator=torch.Generator().manual_seed(seed))
     shuffled = donor.subset(perm, fingerprint=donor.prompts_fingerprint)
     layer_map = LayerMap(tuple(sorted(converters.layer_map().items())), tuple(float("nan") for _ in converters),
                          "given")
+    if converters.method == INTERFACE_METHOD:
+        if adapter is None:
+            raise ValueError("interface converters are fitted to one adapter: pass adapter= to refit them shuffled")
+        return fit_interface_converters(adapter, shuffled, recipient, layer_map)
     return fit_converters(shuffled, recipient, layer_map, method=converters.method)
 
 
@@ -160,7 +166,7 @@ def null_baselines(recipient: ModelAccess | object, adapter: Adapter, converters
         ("random_delta", adapter, random_delta_paste(access, adapter, converters, positions, alpha, seed))]
     if profiles is not None:
         runs.append(("shuffled_converters", adapter,
-                     paste(access, adapter, shuffled_converters(*profiles, converters, seed), positions, alpha)))
+                     paste(access, adapter, shuffled_converters(*profiles, converters, seed, adapter), positions, alpha)))
     for name, other in (other_adapters or {}).items():
         runs.append((f"other_behavior:{name}", other, paste(access, other, converters, positions, alpha)))
     rows = []

@@ -9,6 +9,7 @@ direct-finetune cost).
 
 Cost of Command-V = profiling both models + matching + fitting: wall time and a FLOPs estimate of
 ``2 · n_params · tokens`` per profiled model (forward passes only) plus ``4 · N · d_in · d_out`` per fitted map.
+Several derivations may share one :class:`ProfilePair`; each still counts the profiling it needs.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from dataclasses import dataclass
 import pandas as pd
 
 from commandv_interp.access import ModelAccess, open_model
+from commandv_interp.adapters import Adapter
 from commandv_interp.converters import Converters, fit_converters
 from commandv_interp.correspondence import LayerMap, match_layers
+from commandv_interp.interface import INTERFACE_METHOD, fit_interface_converters
 from commandv_interp.paste import apply_adapter, paste
 from commandv_interp.profiles import ActivationProfile, profile
 from commandv_interp.zoo.catalog import load_adapter, manifest
@@ -29,10 +32,23 @@ from commandv_interp.zoo.evaluate import evaluate
 from commandv_interp.zoo.world import BEHAVIORS, NEUTRAL_CUES, Behavior, with_cue
 from commandv_interp.zoo.world import prompts as world_prompts
 
-__all__ = ["Derivation", "derive", "profile_prompts", "transfer_rows", "CONDITIONS", "PROFILE_SETS"]
+__all__ = ["Derivation", "ProfilePair", "derive", "profile_pair", "profile_prompts", "transfer_rows", "CONDITIONS",
+           "PROFILE_SETS", "TASK_SIZE"]
 
 CONDITIONS = ("recipient_base", "command_v", "donor_adapter", "recipient_finetune")
-PROFILE_SETS = ("profile", "profile+train", "profile+train+cue")
+PROFILE_SETS = ("profile", "profile+train", "profile+train+cue", "task")
+TASK_SIZE = 32  # prompts per form in the behavior-specific ``task`` set
+
+
+@dataclass(frozen=True)
+class ProfilePair:
+    """Both models' profiles over the same prompts, and what profiling them cost."""
+
+    donor_profile: ActivationProfile
+    recipient_profile: ActivationProfile
+    wall_s: float
+    flops: float
+    n_prompts: int
 
 
 @dataclass(frozen=True)
@@ -48,13 +64,23 @@ class Derivation:
     n_prompts: int
 
 
-def profile_prompts(profile_set: str = "profile") -> list[str]:
+def profile_prompts(profile_set: str = "profile", behavior: Behavior | None = None) -> list[str]:
     """The prompts to profile: ``profile`` (generic questions of the world, the paper's LIMA analogue),
-    ``profile+train`` (those plus the behaviors' training prompts, without cues) or ``profile+train+cue`` (those
+    ``profile+train`` (those plus the behaviors' training prompts, without cues), ``profile+train+cue`` (those
     plus every training prompt once more under its behavior's cue and once under a neutral system line, so the
-    converters see the directions a cue moves the residual stream along, and that a system line alone does not)."""
+    converters see the directions a cue moves the residual stream along, and that a system line alone does not)
+    or ``task`` (small and behavior-specific: ``TASK_SIZE`` training prompts of ``behavior`` plain, under its cue
+    and under a neutral system line, plus ``TASK_SIZE`` generic ones). Prompts only: no response is used."""
     if profile_set not in PROFILE_SETS:
         raise ValueError(f"profile_set must be one of {PROFILE_SETS}, got {profile_set!r}")
+    if profile_set == "task":
+        if behavior not in BEHAVIORS:
+            raise ValueError(f"the 'task' profile set is per behavior: pass behavior= one of {BEHAVIORS}, "
+                             f"got {behavior!r}")
+        train = world_prompts(behavior, "train")[:TASK_SIZE]
+        return list(dict.fromkeys(train + [with_cue(p, behavior) for p in train]
+                                  + [f"system : {NEUTRAL_CUES[i % len(NEUTRAL_CUES)]} {p}" for i, p in enumerate(train)]
+                                  + world_prompts(behavior, "profile")[:TASK_SIZE]))
     out = world_prompts("refusal", "profile")
     if profile_set != "profile":
         out += [p for b in BEHAVIORS for p in world_prompts(b, "train")]
@@ -74,27 +100,47 @@ def _tokens(access: ModelAccess, prompts: Sequence[str]) -> int:
     return sum(len(ids) for ids in access.tokenizer(list(prompts))["input_ids"])
 
 
-def derive(donor: ModelAccess | object, recipient: ModelAccess | object, prompts: Sequence[str],
-           donor_layers: Sequence[int], match: str = "depth", method: str = "ridge", metric: str = "cka",
-           progress: bool = False) -> Derivation:
-    """Profile both models, match the donor's layers and fit converters, timing all of it.
-
-    Args:
-        donor, recipient: the two models.
-        prompts: profile prompts (the same for both).
-        donor_layers: the adapter's donor layers to map.
-        match: ``depth`` or ``similarity``; method: converter method; metric: similarity metric.
-    """
+def profile_pair(donor: ModelAccess | object, recipient: ModelAccess | object, prompts: Sequence[str],
+                 progress: bool = False) -> ProfilePair:
+    """Profile both models on ``prompts``, with the wall time and the forward FLOPs (``2 · n_params · tokens``)."""
     donor, recipient = open_model(donor), open_model(recipient)
     start = time.perf_counter()
     p_donor = profile(donor, prompts, progress=progress)
     p_recipient = profile(recipient, prompts, progress=progress)
-    layer_map = match_layers(p_donor, p_recipient, method=match, donor_layers=donor_layers, metric=metric)  # type: ignore[arg-type]
-    converters = fit_converters(p_donor, p_recipient, layer_map, method=method)  # type: ignore[arg-type]
-    wall = time.perf_counter() - start
     flops = 2.0 * (_n_params(donor) * _tokens(donor, prompts) + _n_params(recipient) * _tokens(recipient, prompts))
-    flops += 2 * 4.0 * len(prompts) * donor.d_model * recipient.d_model * len(layer_map.pairs)
-    return Derivation(p_donor, p_recipient, layer_map, converters, wall, flops, len(prompts))
+    return ProfilePair(p_donor, p_recipient, time.perf_counter() - start, flops, len(prompts))
+
+
+def derive(donor: ModelAccess | object, recipient: ModelAccess | object, prompts: Sequence[str] | ProfilePair,
+           donor_layers: Sequence[int], match: str = "depth", method: str = "ridge", metric: str = "cka",
+           adapter: Adapter | None = None, progress: bool = False) -> Derivation:
+    """Profile both models (or reuse a :class:`ProfilePair`), match the donor's layers and fit converters, timing
+    all of it (a reused profile pair's cost is counted too).
+
+    Args:
+        donor, recipient: the two models.
+        prompts: profile prompts (the same for both), or their profiles from :func:`profile_pair`.
+        donor_layers: the adapter's donor layers to map.
+        match: ``depth`` or ``similarity``; method: a converter method or ``interface`` (needs ``adapter``);
+        metric: similarity metric.
+        adapter: the donor adapter, for ``method="interface"`` (converters fitted to its read/write directions).
+    """
+    if method == INTERFACE_METHOD and adapter is None:
+        raise ValueError("method='interface' fits converters to one adapter: pass adapter=")
+    pair = prompts if isinstance(prompts, ProfilePair) else profile_pair(donor, recipient, prompts, progress)
+    donor, recipient = open_model(donor), open_model(recipient)
+    start = time.perf_counter()
+    p_donor, p_recipient = pair.donor_profile, pair.recipient_profile
+    layer_map = match_layers(p_donor, p_recipient, method=match, donor_layers=donor_layers, metric=metric)  # type: ignore[arg-type]
+    if method == INTERFACE_METHOD:
+        converters = fit_interface_converters(adapter, p_donor, p_recipient, layer_map)  # type: ignore[arg-type]
+        width = 2 * adapter.rank * (donor.d_model + recipient.d_model)  # type: ignore[union-attr]
+    else:
+        converters = fit_converters(p_donor, p_recipient, layer_map, method=method)  # type: ignore[arg-type]
+        width = 2 * donor.d_model * recipient.d_model
+    wall = pair.wall_s + time.perf_counter() - start
+    flops = pair.flops + 4.0 * pair.n_prompts * width * len(layer_map.pairs)
+    return Derivation(p_donor, p_recipient, layer_map, converters, wall, flops, pair.n_prompts)
 
 
 def _manifest_rates(model: str, behavior: str, condition: str) -> dict[str, float]:
