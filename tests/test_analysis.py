@@ -189,3 +189,25 @@ def test_plots_come_from_frames_and_save_png_and_pdf(identity, nn_llama, tmp_pat
         plotting.plot_fidelity(attr)
     with pytest.raises(ValueError, match="similarity"):
         analysis.similarity_frame(dataclasses.replace(layer_map, similarity=None))
+
+
+def test_contrast_fidelity_is_one_for_identity_and_halved_by_a_shrunk_read(nn_llama, identity):
+    """Identity converters carry the between-group difference exactly; a read that shrinks every state halfway to
+    the profile mean (what a ridge fit does to weak signals) halves the contrast but keeps the mean delta."""
+    p, _, conv = identity
+    adapter = _adapter(nn_llama.d_model, layers=(1,), scale=0.5)
+    group_a, group_b = random_prompts(8, seed=21, max_len=4), random_prompts(8, seed=22, min_len=8, max_len=12)
+    frame = analysis.contrast_fidelity(nn_llama, nn_llama, adapter, conv, group_a, group_b)
+    v = _values(frame, donor_layer=1)
+    assert v["contrast_ratio"] == pytest.approx(1, abs=1e-4) and v["contrast_cosine"] == pytest.approx(1, abs=1e-4)
+    assert v["mean_delta_ratio"] == pytest.approx(1, abs=1e-4)
+    assert v["contrast_share_pasted"] == pytest.approx(v["contrast_share_donor"], rel=1e-3)
+    # h ↦ ½ h + ½ μ: an affine read that halves every difference; the NodiReFT read is linear, so the contrast halves
+    pair = conv.for_donor_layer(1)
+    mu = p[1].double().mean(0)
+    shrunk = cv.converters.LinearConverter(0.5 * torch.eye(nn_llama.d_model, dtype=torch.float64), None, 0.5 * mu)
+    half = dataclasses.replace(conv, pairs=(dataclasses.replace(pair, to_donor=shrunk),))
+    frame = analysis.contrast_fidelity(nn_llama, nn_llama, adapter, half, group_a, group_b)
+    assert _values(frame, donor_layer=1)["contrast_ratio"] == pytest.approx(0.5, abs=0.02)
+    with pytest.raises(ValueError, match="both prompt groups"):
+        analysis.contrast_fidelity(nn_llama, nn_llama, adapter, conv, group_a, [])

@@ -16,7 +16,13 @@ from commandv_interp.analysis.attribution import (
 )
 from commandv_interp.analysis.capture import last_logits, last_states, recording
 from commandv_interp.analysis.downstream import downstream_fidelity, logit_difference
-from commandv_interp.analysis.fidelity import converter_fidelity, paste_states, similarity_frame, state_delta_fidelity
+from commandv_interp.analysis.fidelity import (
+    contrast_fidelity,
+    converter_fidelity,
+    paste_states,
+    similarity_frame,
+    state_delta_fidelity,
+)
 from commandv_interp.analysis.metrics import (
     effective_rank,
     kl_divergence,
@@ -28,6 +34,7 @@ from commandv_interp.analysis.metrics import (
 )
 
 __all__ = [
+    "contrast_fidelity",
     "ATTRIBUTION_MODES", "BehaviorScore", "converter_fidelity", "downstream_fidelity", "effective_rank",
     "kl_divergence", "last_logits", "last_states", "layer_attribution", "layer_subsets", "logit_difference",
     "mean_cosine", "norm_ratio", "null_baselines", "paste_states", "r2", "random_delta_paste", "recording",

@@ -15,6 +15,14 @@ Two questions, layer pair by layer pair (``l_D ↦ l_R``):
    ``backward_cosine``/``backward_norm_ratio`` (``to_donor.linear(δ_R/α)`` vs δ̂: how much of the delta survives
    the map back) · ``pasted_to_residual_norm`` (‖δ_R‖/‖h_R‖) beside ``donor_to_residual_norm`` (‖δ_D‖/‖h_D‖).
 
+3. **Contrast fidelity** (same runs, two prompt groups ``a`` and ``b``, e.g. harmful and benign): does the pasted
+   adapter see how the groups *differ*? A conditional behavior (refuse harmful, comply benign) lives in the
+   difference of the adapter's output between groups, not in its mean; a converter that shrinks differences
+   towards the mean makes the adapter treat every prompt alike. ``contrast_ratio``/``contrast_cosine`` compare
+   ``mean_a δ̂ − mean_b δ̂`` with the donor's ``mean_a δ_D − mean_b δ_D``; ``mean_delta_ratio`` compares the
+   means over both groups; ``contrast_share_donor``/``contrast_share_pasted`` are the contrast's norm over the
+   mean delta's norm, in the donor and in the recipient (after the map back, ``δ_R``).
+
 For an identity paste (donor = recipient, identity converters) every fidelity is 1 and every error 0.
 """
 
@@ -36,7 +44,8 @@ from commandv_interp.paste import apply_adapter, paste
 from commandv_interp.profiles import ActivationProfile
 from commandv_interp.similarity import linear_cka
 
-__all__ = ["converter_fidelity", "paste_states", "state_delta_fidelity", "similarity_frame", "PAIR_COLUMNS"]
+__all__ = ["converter_fidelity", "paste_states", "state_delta_fidelity", "contrast_fidelity", "similarity_frame",
+           "PAIR_COLUMNS"]
 
 PAIR_COLUMNS = ["donor_layer", "recipient_layer", "metric", "value", "split"]
 
@@ -130,6 +139,43 @@ def state_delta_fidelity(donor: ModelAccess | object, recipient: ModelAccess | o
                       "backward_norm_ratio": norm_ratio(back, delta_hat),
                       "pasted_to_residual_norm": norm_ratio(alpha * delta_r, h_r),
                       "donor_to_residual_norm": norm_ratio(alpha * delta_d, h_d)}
+            rows += _rows((layer, pair.recipient_layer), values, split)
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS)
+
+
+def contrast_fidelity(donor: ModelAccess | object, recipient: ModelAccess | object, adapter: Adapter,
+                      converters: Converters, group_a: Sequence[str], group_b: Sequence[str], split: str = "test",
+                      positions: str = "last", alpha: float = 1.0, batch_size: int = 32) -> pd.DataFrame:
+    """How faithfully the paste carries the *difference* the adapter makes between two prompt groups, per layer.
+
+    Args:
+        donor, recipient, adapter, converters: as for :func:`state_delta_fidelity`.
+        group_a, group_b: two non-empty prompt groups (e.g. harmful and benign requests).
+
+    Returns:
+        Tidy rows ``donor_layer, recipient_layer, metric, value, split`` (metrics in the module docstring).
+    """
+    if not group_a or not group_b:
+        raise ValueError(f"both prompt groups need prompts, got {len(group_a)} and {len(group_b)}")
+    n_a = len(group_a)
+    h_donor, h_recipient = paste_states(donor, recipient, adapter, converters, list(group_a) + list(group_b),
+                                        positions, alpha, batch_size)
+    rows = []
+    with torch.no_grad():
+        for layer in adapter.layers:
+            pair = converters.for_donor_layer(layer)
+            iv = copy.deepcopy(adapter.interventions[layer]).double()
+            to_d, to_r = pair.to_donor.to(dtype=torch.float64), pair.to_recipient.to(dtype=torch.float64)
+            delta_d = iv.delta(h_donor[layer].double())
+            delta_hat = iv.delta(to_d(h_recipient[pair.recipient_layer].double()))
+            delta_r = to_r.linear(delta_hat)
+            contrast = lambda x: x[:n_a].mean(0) - x[n_a:].mean(0)  # noqa: E731
+            c_d, c_hat, c_r = contrast(delta_d), contrast(delta_hat), contrast(delta_r)
+            values = {"contrast_ratio": float(c_hat.norm() / c_d.norm().clamp_min(1e-30)),
+                      "contrast_cosine": float(torch.nn.functional.cosine_similarity(c_hat, c_d, dim=0)),
+                      "mean_delta_ratio": float(delta_hat.mean(0).norm() / delta_d.mean(0).norm().clamp_min(1e-30)),
+                      "contrast_share_donor": float(c_d.norm() / delta_d.mean(0).norm().clamp_min(1e-30)),
+                      "contrast_share_pasted": float(c_r.norm() / delta_r.mean(0).norm().clamp_min(1e-30))}
             rows += _rows((layer, pair.recipient_layer), values, split)
     return pd.DataFrame(rows, columns=PAIR_COLUMNS)
 
