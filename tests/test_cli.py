@@ -184,6 +184,7 @@ def test_zoo_list(tmp_path):
 
 def test_choices_mirror_the_library():
     from commandv_interp import converters, correspondence, interface, similarity, types, zoo
+    from commandv_interp.zoo.transfer import PROFILE_SETS
 
     assert get_args(cli.MatchMethod) == get_args(correspondence.MatchMethod)
     assert get_args(cli.Assignment) == get_args(correspondence.Assignment)
@@ -192,6 +193,7 @@ def test_choices_mirror_the_library():
     assert get_args(cli.DeriveMethod) == converters.CONVERTER_METHODS + (interface.INTERFACE_METHOD,)
     assert set(get_args(cli.PastePositions)) <= set(types.POSITION_RULES)
     assert get_args(cli.Backend) == get_args(zoo.catalog.Backend)
+    assert get_args(cli.ProfileSet) == PROFILE_SETS
     assert get_args(cli.Behavior) == zoo.BEHAVIORS and get_args(cli.Split) == get_args(zoo.world.Split)
 
 

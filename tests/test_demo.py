@@ -44,6 +44,16 @@ def test_demo_writes_report_and_figures(demo):
             assert f"]({name})" in report
 
 
+def test_demo_with_interface_converters_fits_one_per_behavior(tmp_path):
+    """--method interface --profile-set task: each behavior gets converters fitted to its own adapter on its own
+    small prompt set, so each has its own Command-V cost."""
+    table = run_demo(behaviors=("jailbreak", "cot"), method="interface", profile_set="task", limit=8, out=tmp_path,
+                     progress=False)
+    cost = table[(table.condition == "command_v") & (table.metric == "flops")].set_index("behavior")["value"]
+    assert cost["jailbreak"] != cost["cot"] and (cost > 0).all()
+    assert "`interface`" in (tmp_path / "report.md").read_text()
+
+
 def test_demo_refuses_a_pair_of_one_model(tmp_path):
     with pytest.raises(ValueError, match="different"):
         run_demo("gpt2-4x96", "gpt2-4x96", out=tmp_path)

@@ -38,6 +38,7 @@ ConverterMethod = Literal["pinv", "ridge", "affine", "procrustes"]
 DeriveMethod = Literal["pinv", "ridge", "affine", "procrustes", "interface"]  # + adapter-aware converters
 PastePositions = Literal["last", "last+decode", "all", "all+decode"]
 Behavior = Literal["refusal", "jailbreak", "cot"]
+ProfileSet = Literal["profile", "profile+train", "profile+train+cue", "task"]
 Split = Literal["train", "test", "profile"]
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
@@ -455,11 +456,12 @@ def demo_cmd(
     recipient: Annotated[str, typer.Option(help="Recipient zoo model (another architecture).")] = "llama-6x128",
     behavior: Annotated[list[str] | None, typer.Option(
         help="Behavior to paste: refusal, jailbreak or cot (repeatable; default all).")] = None,
-    method: Annotated[ConverterMethod, typer.Option(help="Converter method.")] = "ridge",
+    method: Annotated[DeriveMethod, typer.Option(
+        help="Converter method ('interface': fitted to each behavior's adapter).")] = "ridge",
     match: Annotated[MatchMethod, typer.Option(help="Layer matching.")] = "depth",
-    profile_set: Annotated[Literal["profile", "profile+train", "profile+train+cue"], typer.Option(
-        help="Profile prompts: generic questions only, or with the behaviors' training prompts (no cues).")
-    ] = "profile+train",
+    profile_set: Annotated[ProfileSet, typer.Option(
+        help="Profile prompts: generic questions; + the behaviors' training prompts; + those under cues and "
+             "neutral system lines; or 'task', a small per-behavior set.")] = "profile+train",
     limit: Annotated[int | None, typer.Option(min=1, help="Score only the first LIMIT test prompts.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for report.md, CSVs and figures.")] = Path("commandv_demo"),
     json_output: JsonOpt = False, debug: DebugOpt = False,

@@ -18,6 +18,7 @@ from commandv_interp import analysis, plotting
 from commandv_interp.io import atomic_write
 from commandv_interp.zoo import load_adapter, load_model, prompts
 from commandv_interp.zoo.evaluate import TARGETS
+from commandv_interp.interface import INTERFACE_METHOD
 from commandv_interp.zoo.transfer import CONDITIONS, derive, profile_prompts, transfer_rows
 from commandv_interp.zoo.world import Behavior
 
@@ -45,8 +46,8 @@ def format_transfer_tables(table: pd.DataFrame) -> str:
         cost = group[group.metric.isin(["wall_s", "flops"])].set_index(["condition", "metric"])["value"]
         cv_s, ft_s = cost[("command_v", "wall_s")], cost[("recipient_finetune", "wall_s")]
         cv_f, ft_f = cost[("command_v", "flops")], cost[("recipient_finetune", "flops")]
-        out += ["", f"compute: Command-V {cv_s:.1f} s / {cv_f:.2e} FLOPs (profile + match + fit, shared by all "
-                    f"behaviors) vs direct finetune {ft_s:.1f} s / {ft_f:.2e} FLOPs → ratio "
+        out += ["", f"compute: Command-V {cv_s:.1f} s / {cv_f:.2e} FLOPs (profile + match + fit) vs direct "
+                    f"finetune {ft_s:.1f} s / {ft_f:.2e} FLOPs → ratio "
                     f"{cv_s / ft_s:.3f} (time), {cv_f / ft_f:.4f} (FLOPs)", ""]
     return "\n".join(out)
 
@@ -60,8 +61,9 @@ def run_demo(donor: str = DEFAULT_PAIR[0], recipient: str = DEFAULT_PAIR[1],
     Args:
         donor, recipient: zoo model names (must differ).
         behaviors: which behaviors to paste.
-        method: converter method; match: ``depth`` or ``similarity``; profile_set: see
-            :func:`commandv_interp.zoo.transfer.profile_prompts`.
+        method: converter method or ``interface`` (adapter-aware, fitted per behavior); match: ``depth`` or
+            ``similarity``; profile_set: see :func:`commandv_interp.zoo.transfer.profile_prompts` (``task`` is
+            per behavior).
         limit: score only the first ``limit`` test prompts of each behavior.
 
     Returns:
@@ -74,15 +76,22 @@ def run_demo(donor: str = DEFAULT_PAIR[0], recipient: str = DEFAULT_PAIR[1],
     out.mkdir(parents=True, exist_ok=True)
     donor_tl = load_model(donor, backend="transformer_lens")  # profiled through TransformerLens hook points
     donor_nn, recipient_nn = load_model(donor), load_model(recipient)
-    layers = load_adapter(donor, behaviors[0]).layers
-    derivation = derive(donor_tl, recipient_nn, profile_prompts(profile_set), layers, match=match, method=method,
+    adapters = {b: load_adapter(donor, b) for b in behaviors}
+    layers = adapters[behaviors[0]].layers
+    if method == INTERFACE_METHOD or profile_set == "task":  # converters or profile prompts per behavior
+        derivations = {b: derive(donor_tl, recipient_nn, profile_prompts(profile_set, b), layers, match=match,
+                                 method=method, adapter=adapters[b], progress=progress) for b in behaviors}
+    else:
+        shared = derive(donor_tl, recipient_nn, profile_prompts(profile_set), layers, match=match, method=method,
                         progress=progress)
-    table = transfer_rows(donor_nn, recipient_nn, derivation, behaviors, limit=limit)
+        derivations = {b: shared for b in behaviors}
+    table = transfer_rows(donor_nn, recipient_nn, derivations, behaviors, limit=limit)
     atomic_write(out / "transfer.csv", lambda p: table.to_csv(p, index=False))
-    faith, figures = _faithfulness(donor_nn, recipient_nn, derivation, behaviors, out)
+    faith, figures = _faithfulness(donor_nn, recipient_nn, derivations, behaviors, out)
+    first = derivations[behaviors[0]]
     report = [f"# Command-V demo: {donor} → {recipient}", "",
               f"Converters: `{method}`; layer matching: `{match}`; profile prompts: `{profile_set}` "
-              f"({derivation.n_prompts}); layer map {derivation.layer_map.as_dict()}; test prompts per behavior: "
+              f"({first.n_prompts}); layer map {first.layer_map.as_dict()}; test prompts per behavior: "
               f"{limit or 'all'}.", "", format_transfer_tables(table), "", "## Per-layer faithfulness", ""]
     report += [f"![{f.stem}]({f.name})" for f in figures]
     report += ["", f"Total demo time: {time.perf_counter() - start:.0f} s."]
@@ -90,18 +99,20 @@ def run_demo(donor: str = DEFAULT_PAIR[0], recipient: str = DEFAULT_PAIR[1],
     return table
 
 
-def _faithfulness(donor, recipient, derivation, behaviors, out: Path) -> tuple[pd.DataFrame, list[Path]]:
-    frames = [analysis.converter_fidelity(derivation.converters, derivation.donor_profile,
-                                          derivation.recipient_profile).assign(behavior="all")]
+def _faithfulness(donor, recipient, derivations, behaviors, out: Path) -> tuple[pd.DataFrame, list[Path]]:
+    frames = []
     for behavior in behaviors:
+        d = derivations[behavior]
+        frames.append(analysis.converter_fidelity(d.converters, d.donor_profile, d.recipient_profile)
+                      .assign(behavior=behavior))
         frame = analysis.state_delta_fidelity(donor, recipient, load_adapter(donor.name, behavior),
-                                              derivation.converters, prompts(behavior, "test")[:64])
+                                              d.converters, prompts(behavior, "test")[:64])
         frames.append(frame.assign(behavior=behavior))
     faith = pd.concat(frames, ignore_index=True)
     atomic_write(out / "faithfulness.csv", lambda p: faith.to_csv(p, index=False))
     figures = []
-    if derivation.layer_map.similarity is not None:
-        fig = plotting.plot_similarity(analysis.similarity_frame(derivation.layer_map))
+    if derivations[behaviors[0]].layer_map.similarity is not None:
+        fig = plotting.plot_similarity(analysis.similarity_frame(derivations[behaviors[0]].layer_map))
         figures.append(plotting.save_figure(fig, out / "similarity")[0])
     for behavior in behaviors:
         fig = plotting.plot_fidelity(faith[faith.behavior == behavior],

@@ -15,7 +15,7 @@ Several derivations may share one :class:`ProfilePair`; each still counts the pr
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -148,14 +148,15 @@ def _manifest_rates(model: str, behavior: str, condition: str) -> dict[str, floa
             if (r["model"], r["behavior"], r["condition"]) == (model, behavior, condition)}
 
 
-def transfer_rows(donor: ModelAccess, recipient: ModelAccess, derivation: Derivation,
+def transfer_rows(donor: ModelAccess, recipient: ModelAccess, derivation: Derivation | Mapping[str, Derivation],
                   behaviors: Sequence[Behavior] = ("refusal", "jailbreak", "cot"), positions: str = "last",
                   alpha: float = 1.0, limit: int | None = None, recompute: bool = False) -> pd.DataFrame:
     """Score the four conditions for each behavior (test split, no cue).
 
     Args:
         donor, recipient: zoo models (their ``name`` is the zoo name).
-        derivation: from :func:`derive` for these two models.
+        derivation: from :func:`derive` for these two models, one for all behaviors or one per behavior
+            (``interface`` converters and the ``task`` profile set are per behavior).
         limit: score only the first ``limit`` test prompts (then every condition is recomputed).
         recompute: recompute ``donor_adapter`` and ``recipient_finetune`` instead of reading the manifest.
 
@@ -169,10 +170,14 @@ def transfer_rows(donor: ModelAccess, recipient: ModelAccess, derivation: Deriva
         rows.extend({"donor": donor.name, "recipient": recipient.name, "behavior": behavior, "condition": condition,
                      "metric": k, "value": float(v)} for k, v in rates.items())
 
+    per_behavior = derivation if isinstance(derivation, Mapping) else {b: derivation for b in behaviors}
+    missing = [b for b in behaviors if b not in per_behavior]
+    if missing:
+        raise ValueError(f"no derivation for behaviors {missing}; pass one per behavior or a single Derivation")
     for behavior in behaviors:
-        adapter = load_adapter(donor.name, behavior)
+        adapter, d = load_adapter(donor.name, behavior), per_behavior[behavior]
         add(behavior, "recipient_base", evaluate(recipient, behavior, limit=limit))
-        with paste(recipient, adapter, derivation.converters, positions=positions, alpha=alpha):
+        with paste(recipient, adapter, d.converters, positions=positions, alpha=alpha):
             add(behavior, "command_v", evaluate(recipient, behavior, limit=limit))
         if recompute or limit is not None:
             with apply_adapter(donor, adapter):
@@ -183,6 +188,6 @@ def transfer_rows(donor: ModelAccess, recipient: ModelAccess, derivation: Deriva
             add(behavior, "donor_adapter", _manifest_rates(donor.name, behavior, "adapter"))
             add(behavior, "recipient_finetune", _manifest_rates(recipient.name, behavior, "adapter"))
         cost = manifest()["models"][recipient.name]["adapters"][behavior]["training"]
-        add(behavior, "command_v", {"wall_s": derivation.wall_s, "flops": derivation.flops})
+        add(behavior, "command_v", {"wall_s": d.wall_s, "flops": d.flops})
         add(behavior, "recipient_finetune", {"wall_s": cost["wall_time_s"], "flops": cost["flops"]})
     return pd.DataFrame(rows)
