@@ -17,7 +17,7 @@ held-out test prompts, with bootstrap 95% CIs, side by side in one run:
 
 Compute: wall time and FLOPs of profile + match + fit (Command-V) vs the direct finetune's training record.
 
-    python benchmarks/transfer.py --quick          # 2 pairs, 48 test prompts per behavior: a few minutes
+    python benchmarks/transfer.py --quick          # 2 pairs, 48 test prompts, QUICK_GRID: a few minutes
     python benchmarks/transfer.py                  # all 6 pairs, all 160 test prompts
 
 Writes ``<out>/transfer.csv``, ``<out>/transfer_summary.csv`` and ``<out>/transfer.png``/``.pdf``.
@@ -53,6 +53,8 @@ GRID = [PAPER, ("ridge", "depth", "profile+train"), ("ridge", "similarity", "pro
 # is balanced between a constant push and a prompt-dependent part, and the recipient's threshold differs)
 ALPHA_RULES = {"alpha=1": None, "alpha=norm/4": 0.25, "alpha=norm/2": 0.5, "alpha=norm": 1.0, "alpha=2norm": 2.0}
 QUICK_PAIRS = [("llama-6x128", "qwen2-5x160"), ("gpt2-4x96", "llama-6x128")]
+QUICK_GRID = [PAPER, ("ridge", "depth", "profile+train"), ("procrustes", "depth", "profile+train+cue"),
+              ("interface", "depth", "task"), ("interface", "depth", "profile+train+cue")]
 
 
 def bootstrap(behavior: str, records: list[dict], n_boot: int, seed: int) -> dict[str, tuple[float, float, float]]:
@@ -80,12 +82,12 @@ def selection_score(recipient, behavior, adapter, converters, alpha, limit: int)
     return rates[target] - (rates[side] if side == "false_refusal" else 0.0)
 
 
-def candidates(donor, recipient, adapters, select_limit: int) -> tuple[dict, object]:
+def candidates(donor, recipient, adapters, select_limit: int, grid=GRID) -> tuple[dict, object]:
     """Every grid variant × α rule, scored per behavior on train prompts. Profiles are computed once per prompt
     set and shared (each derivation still counts their cost); ``interface`` converters are fitted per adapter."""
     layers = adapters[next(iter(adapters))].layers
     pairs, derived, out = {}, {}, {b: [] for b in adapters}
-    for method, match, profile_set in GRID:
+    for method, match, profile_set in grid:
         for behavior, adapter in adapters.items():
             key = (profile_set, behavior if profile_set == "task" else None)
             if key not in pairs:
@@ -105,11 +107,12 @@ def candidates(donor, recipient, adapters, select_limit: int) -> tuple[dict, obj
     return out, derived[PAPER[:2] + ("profile", None)]
 
 
-def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limit, n_boot, seed) -> tuple[list, list]:
+def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limit, n_boot, seed,
+             grid=GRID) -> tuple[list, list]:
     donor, recipient = zoo.load_model(donor_name), zoo.load_model(recipient_name)
     adapters = {b: zoo.load_adapter(donor_name, b) for b in behaviors}
     start = time.perf_counter()
-    scored, paper = candidates(donor, recipient, adapters, select_limit)
+    scored, paper = candidates(donor, recipient, adapters, select_limit, grid)
     selection_s = time.perf_counter() - start
     # per behavior, on train prompts; ties go to the cheaper derivation
     chosen = {b: max(scored[b], key=lambda c: (c[3], -c[1].flops)) for b in behaviors}
@@ -211,7 +214,8 @@ def figure(table: pd.DataFrame, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 pairs, 48 test prompts per behavior")
+    parser.add_argument("--quick", action="store_true",
+                        help="2 pairs, 48 test prompts per behavior, 5 of the grid's variants")
     parser.add_argument("--limit", type=int, default=None, help="test prompts per behavior (default: all)")
     parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--out", type=Path, default=Path("results"))
@@ -225,7 +229,8 @@ def main() -> None:
     start = time.perf_counter()
     rows, costs = [], []
     for donor, recipient in tqdm(pairs, desc="pairs"):
-        r, c = run_pair(donor, recipient, list(zoo.BEHAVIORS), limit, 32, args.boot, args.seed)
+        r, c = run_pair(donor, recipient, list(zoo.BEHAVIORS), limit, 32, args.boot, args.seed,
+                        QUICK_GRID if args.quick else GRID)
         rows += r
         costs += c
     table, cost = pd.DataFrame(rows), pd.DataFrame(costs)
