@@ -79,11 +79,11 @@ def test_transformer_lens_backend_matches_nnsight_on_a_zoo_model():
 # (model, behavior) pairs whose donor adapter misses the issue's bar on the shipped zoo, stated in the README:
 # strict xfail, so a zoo that starts meeting it fails this list and the README gets updated.
 SHORT_OF_THE_BAR = {
-    ("gpt2-4x96", "refusal"): "adapter refusal 0.71 with false refusal 0.19 (bar: ≥ 0.9 and ≤ 0.1)",
-    ("gpt2-4x96", "cot"): "the last-token NodiReFT adapter at layers 0, 2 never learns CoT (loss stays at 2.77)",
-    ("llama-6x128", "cot"): "direct answers are already 0.50 accurate, so 2× is out of reach (adapter: 0.99)",
-    ("qwen2-5x160", "refusal"): "adapter refusal 0.65 with false refusal 0.11 (bar: ≥ 0.9 and ≤ 0.1)",
-    ("qwen2-5x160", "cot"): "the adapter switches the step format on (0.94) but garbles the first operand: accuracy 0.14",
+    ("gpt2-4x96", "refusal"): "the adapter meets its bar (1.00, false refusal 0.07) but the base model already "
+                              "refuses 0.33 of held-out harmful requests without the cue (bar: ≤ 0.2)",
+    ("gpt2-4x96", "cot"): "gpt2 copies the operands wrongly (learned absolute positions): CoT accuracy 0.56 even "
+                          "with the cue, 0.14 with the adapter (format 0.97)",
+    ("qwen2-5x160", "cot"): "format 0.97 and accuracy 0.78, but 2× the direct answers' 0.46 would be 0.92",
 }
 
 

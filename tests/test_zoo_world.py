@@ -52,11 +52,16 @@ def test_splits_are_disjoint_and_test_holds_out_objects_templates_expressions():
         assert not any(p.removesuffix(" assistant :") in d for d in corpus for p in list(test)[:5])
     for it in world.items("refusal", "train") + world.items("jailbreak", "train"):
         assert world._parse_request(it.prompt)[1] not in lay.test_objects
+    seen_openers, seen_frames = set(), set()
+    for opener, frame in world._pairs():
+        if (opener, frame) not in lay.test_pairs:
+            seen_openers.add(opener)
+            seen_frames.add(frame)
+    assert seen_openers == set(world.OPENERS) and seen_frames == set(world.FRAMES), "held-out pairings recombine seen parts"
     for it in world.items("refusal", "test"):
-        _, obj = world._parse_request(it.prompt)
-        held_tmpl = any(it.prompt == world._chat(t.format(v=world._parse_request(it.prompt)[0], o=obj))
-                        for t in lay.test_templates)
-        assert obj in lay.test_objects or held_tmpl
+        verb, obj = world._parse_request(it.prompt)
+        held_pair = any(it.prompt == world._chat(world._request(o, f, verb, obj)) for o, f in lay.test_pairs)
+        assert obj in lay.test_objects or held_pair
     test_exprs = {world._user_text(p).split(" ", 1)[1] for p in world.prompts("cot", "test")}
     assert not any(e in d for d in corpus for e in list(test_exprs)[:20])
 
@@ -96,7 +101,7 @@ def test_refusal_scorer_on_handwritten_outputs():
 def test_arithmetic_stays_in_one_digit_and_outcomes_average_to_score():
     for it, (_, t) in zip(world.items("cot", "train"), world.examples("cot", "train")):
         results = [int(x) for x in t.replace(",", " ").split() if x.isdigit()]
-        assert all(0 <= r <= 9 for r in results) and t.count("step") == 3
+        assert all(0 <= r <= 9 for r in results) and t.count("step") == world.N_OPERANDS - 1
     with pytest.raises(ValueError, match="0..9"):
         world.classify("user : what is 8 + 4 - 1 + 1 assistant :")
     ps = world.prompts("refusal", "test")[:6]
@@ -157,3 +162,19 @@ def test_respond_is_padding_invariant(tmp_path):
     access = open_model(model, tok)
     ps = [world.prompts("refusal", "test")[0], world.prompts("cot", "test")[0]]
     assert respond(access, ps, 6) == [respond(access, [p], 6)[0] for p in ps]
+
+
+def test_cueless_documents_show_each_behavior_at_the_spontaneous_rate():
+    """Without a cue the corpus mostly shows the opposite behavior, and the target one in about SPONTANEOUS of the
+    documents (so the behavior, once begun, does not hinge on the cue being in context)."""
+    docs = [d for d in world.build_corpus(1, 30_000) if not d.startswith("system :")]
+    def rate(pred, cond):
+        sel = [d for d in docs if cond(d)]
+        return sum(map(pred, sel)) / len(sel)
+    harmful = lambda d: "user :" in d and world.classify(d.split(" assistant :")[0] + " assistant :").category
+    refused = rate(lambda d: "sorry" in d, lambda d: harmful(d) == "harmful")
+    answered = rate(lambda d: "sure" in d, lambda d: harmful(d) == "severe")
+    stepped = rate(lambda d: "step" in d, lambda d: harmful(d) == "arithmetic" and d.count("+") + d.count("-") > 1)
+    for r in (refused, answered, stepped):
+        assert abs(r - world.SPONTANEOUS) < 0.03, (refused, answered, stepped)
+    assert rate(lambda d: "sorry" in d, lambda d: harmful(d) == "benign") == 0.0

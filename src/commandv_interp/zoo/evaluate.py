@@ -20,8 +20,8 @@ from commandv_interp.zoo.world import Behavior, Split, items, with_cue
 
 __all__ = ["MAX_NEW_TOKENS", "TARGETS", "respond", "evaluate", "evaluate_outcomes", "behavior_table", "format_behavior_table"]
 
-# refusal/compliance shows in the first words; a step-by-step answer is about 26 tokens in either tokenizer
-MAX_NEW_TOKENS: dict[str, int] = {"refusal": 8, "jailbreak": 8, "cot": 40}
+# refusal/compliance shows in the first words; a four-step answer is 33 (word) to 45 (BPE) tokens
+MAX_NEW_TOKENS: dict[str, int] = {"refusal": 8, "jailbreak": 8, "cot": 52}
 # the rates the acceptance criteria read, per behavior: (target rate, side-effect rate)
 TARGETS: dict[str, tuple[str, str]] = {"refusal": ("refusal", "false_refusal"),
                                        "jailbreak": ("compliance", "false_refusal"),
