@@ -10,6 +10,8 @@ held-out test prompts, with bootstrap 95% CIs, side by side in one run:
                            (converter method incl. adapter-aware ``interface`` × layer matching × profile prompt set
                            incl. the small per-behavior ``task`` set × α ∈ {1, ¼, ½, 1, 2 × norm-matched}), per
                            behavior, then scored on test (the grid search's own time is reported apart);
+- ``cv_budget``            the same choice restricted to variants whose profile + derive FLOPs are at most
+                           ``BUDGET`` (1%) of the direct finetune's: the issue's compute target;
 - ``recipient_finetune``   the recipient with its own NodiReFT rank-8 adapter trained directly (the zoo's);
 - ``donor_adapter``        the donor with its adapter (the behavior being copied);
 - ``null_random_delta``    the best variant's pasted delta replaced by a random direction of the same norm;
@@ -52,6 +54,7 @@ GRID = [PAPER, ("ridge", "depth", "profile+train"), ("ridge", "similarity", "pro
 # None: α = 1; else a multiple of the norm-matched α (the right size is often a fraction of it: the donor's delta
 # is balanced between a constant push and a prompt-dependent part, and the recipient's threshold differs)
 ALPHA_RULES = {"alpha=1": None, "alpha=norm/4": 0.25, "alpha=norm/2": 0.5, "alpha=norm": 1.0, "alpha=2norm": 2.0}
+BUDGET = 0.01  # cv_budget: derivation FLOPs ≤ BUDGET × the direct finetune's
 QUICK_PAIRS = [("llama-6x128", "qwen2-5x160"), ("gpt2-4x96", "llama-6x128")]
 QUICK_GRID = [PAPER, ("ridge", "depth", "profile+train"), ("procrustes", "depth", "profile+train+cue"),
               ("interface", "depth", "task"), ("interface", "depth", "profile+train+cue")]
@@ -115,10 +118,15 @@ def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limi
     scored, paper = candidates(donor, recipient, adapters, select_limit, grid)
     selection_s = time.perf_counter() - start
     # per behavior, on train prompts; ties go to the cheaper derivation
-    chosen = {b: max(scored[b], key=lambda c: (c[3], -c[1].flops)) for b in behaviors}
+    pick = lambda cands: max(cands, key=lambda c: (c[3], -c[1].flops))  # noqa: E731
+    chosen = {b: pick(scored[b]) for b in behaviors}
+    finetunes = {b: zoo.manifest()["models"][recipient_name]["adapters"][b]["training"] for b in behaviors}
+    cheap = {b: [c for c in scored[b] if c[1].flops <= BUDGET * finetunes[b]["flops"]] for b in behaviors}
+    budget = {b: pick(cheap[b]) if cheap[b] else None for b in behaviors}
     rows, costs = [], []
     for behavior in behaviors:
         variant, best, alpha, _ = chosen[behavior]
+        budget_variant, budget_d, budget_alpha, _ = budget[behavior] or ("none", None, 1.0, None)
         adapter = adapters[behavior]
         paper_alpha = cv.norm_matched_alpha(adapter, paper.converters, paper.donor_profile, paper.recipient_profile)
         shuffled = analysis.shuffled_converters(best.donor_profile, best.recipient_profile, best.converters, seed,
@@ -126,6 +134,8 @@ def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limi
         runs = {"recipient_base": (recipient, None), "cv_paper": (recipient, cv.paste(recipient, adapter, paper.converters)),
                 "cv_paper_norm_matched": (recipient, cv.paste(recipient, adapter, paper.converters, alpha=paper_alpha)),
                 "cv_best": (recipient, cv.paste(recipient, adapter, best.converters, alpha=alpha)),
+                **({"cv_budget": (recipient, cv.paste(recipient, adapter, budget_d.converters, alpha=budget_alpha))}
+                   if budget_d is not None else {}),
                 "null_random_delta": (recipient, analysis.random_delta_paste(recipient, adapter, best.converters,
                                                                              alpha=alpha, seed=seed)),
                 "null_shuffled": (recipient, cv.paste(recipient, adapter, shuffled, alpha=alpha)),
@@ -141,12 +151,14 @@ def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limi
                 rows.append({"donor": donor_name, "recipient": recipient_name, "behavior": behavior,
                              "condition": condition, "metric": metric, "value": value, "ci_low": low,
                              "ci_high": high, "n": len(records)})
-        finetune = zoo.manifest()["models"][recipient_name]["adapters"][behavior]["training"]
+        finetune = finetunes[behavior]
         costs.append({"donor": donor_name, "recipient": recipient_name, "behavior": behavior,
                       "cv_paper_s": paper.wall_s, "cv_paper_flops": paper.flops, "cv_best_s": best.wall_s,
                       "cv_best_flops": best.flops, "cv_best_prompts": best.n_prompts,
                       "selection_s": selection_s, "finetune_s": finetune["wall_time_s"],
                       "finetune_flops": finetune["flops"], "best_variant": variant, "alpha_best": alpha,
+                      "budget_variant": budget_variant,
+                      "cv_budget_flops": budget_d.flops if budget_d is not None else float("nan"),
                       "alpha_paper": paper_alpha,
                       "pasted_to_residual_paper": _norm(donor, recipient, adapter, paper.converters, behavior),
                       "pasted_to_residual_best": _norm(donor, recipient, adapter, best.converters, behavior, alpha)})
@@ -173,10 +185,20 @@ def summarize_pairs(table: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
         ok = [val[(d, r, "cv_best", target)] >= 0.9 * val[(d, r, "recipient_finetune", target)]
               and (side != "false_refusal" or val[(d, r, "cv_best", side)] <= val[(d, r, "recipient_finetune", side)])
               for d, r in pairs]
+        at_budget = [val.get((d, r, "cv_budget", target), 0.0) for d, r in pairs]
+        ok_budget = [b >= 0.9 * val[(d, r, "recipient_finetune", target)]
+                     and (side != "false_refusal"
+                          or val.get((d, r, "cv_budget", side), 1.0) <= val[(d, r, "recipient_finetune", side)])
+                     for b, (d, r) in zip(at_budget, pairs)]
         rows.append({"behavior": behavior, "target": target, "pairs": len(pairs), "pairs_meeting_target": sum(ok),
+                     "pairs_meeting_target_within_budget": sum(ok_budget),
                      "median_best_over_finetune": float(np.median(ratios)),
+                     "median_budget_over_finetune": float(np.median(
+                         [b / max(val[(d, r, "recipient_finetune", target)], 1e-9)
+                          for b, (d, r) in zip(at_budget, pairs)])),
                      "median_paper_over_finetune": float(np.median(paper)),
                      "median_compute_ratio_flops": float(np.median(c.cv_best_flops / c.finetune_flops)),
+                     "median_compute_ratio_flops_budget": float(np.median(c.cv_budget_flops / c.finetune_flops)),
                      "median_compute_ratio_time": float(np.median(c.cv_best_s / c.finetune_s)),
                      "median_compute_ratio_time_with_selection": float(np.median((c.cv_best_s + c.selection_s)
                                                                                  / c.finetune_s)),
@@ -190,7 +212,7 @@ def summarize_pairs(table: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
 def figure(table: pd.DataFrame, out: Path) -> None:
     import matplotlib.pyplot as plt
 
-    conditions = ["recipient_base", "cv_paper", "cv_paper_norm_matched", "cv_best", "recipient_finetune",
+    conditions = ["recipient_base", "cv_paper", "cv_paper_norm_matched", "cv_best", "cv_budget", "recipient_finetune",
                   "donor_adapter", "null_random_delta", "null_shuffled"]
     behaviors = list(dict.fromkeys(table.behavior))
     fig, axes = plt.subplots(1, len(behaviors), figsize=(5 * len(behaviors), 4), squeeze=False)
@@ -201,7 +223,7 @@ def figure(table: pd.DataFrame, out: Path) -> None:
         lows = [m - sub[sub.condition == c].ci_low.mean() for c, m in zip(conditions, means)]
         highs = [sub[sub.condition == c].ci_high.mean() - m for c, m in zip(conditions, means)]
         ax.bar(range(len(conditions)), means, yerr=[lows, highs], capsize=3,
-               color=["gray", "tab:orange", "tab:blue", "tab:cyan", "tab:green", "tab:purple", "lightgray",
+               color=["gray", "tab:orange", "tab:blue", "tab:cyan", "teal", "tab:green", "tab:purple", "lightgray",
                       "lightgray"])
         ax.set_xticks(range(len(conditions)), conditions, rotation=45, ha="right")
         ax.set_ylim(0, 1.05)
