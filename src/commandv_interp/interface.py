@@ -114,7 +114,7 @@ def fit_interface_converters(
     pairs = []
     for donor_layer in adapter.layers:
         recipient_layer = mapped[donor_layer]
-        w, _, p = linear_parts(adapter.interventions[donor_layer])
+        w, _, p = (t.detach() for t in linear_parts(adapter.interventions[donor_layer]))
         h_d, h_r = donor[donor_layer].double(), recipient[recipient_layer].double()
         w_pinv, p_pinv = torch.linalg.pinv(w), torch.linalg.pinv(p)  # d_D × r each
         z = h_d @ w.T
