@@ -457,18 +457,18 @@ def demo_cmd(
     behavior: Annotated[list[str] | None, typer.Option(
         help="Behavior to paste: refusal, jailbreak or cot (repeatable; default all).")] = None,
     method: Annotated[DeriveMethod, typer.Option(
-        help="Converter method ('interface': fitted to each behavior's adapter).")] = "ridge",
+        help="Converter method ('interface': fitted to each behavior's adapter).")] = "interface",
     match: Annotated[MatchMethod, typer.Option(help="Layer matching.")] = "depth",
     profile_set: Annotated[ProfileSet, typer.Option(
         help="Profile prompts: generic questions; + the behaviors' training prompts; + those under cues and "
-             "neutral system lines; or 'task', a small per-behavior set.")] = "profile+train",
+             "neutral system lines; or 'task', a small per-behavior set.")] = "task",
     limit: Annotated[int | None, typer.Option(min=1, help="Score only the first LIMIT test prompts.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for report.md, CSVs and figures.")] = Path("commandv_demo"),
     json_output: JsonOpt = False, debug: DebugOpt = False,
 ) -> None:
     """Offline demo on the embedded zoo: profile, match, derive, paste each behavior, print the tables.
 
-    Example: commandv demo --donor gpt2-4x96 --recipient llama-6x128 --method ridge --out demo/
+    Example: commandv demo --donor gpt2-4x96 --recipient llama-6x128 --method interface --out demo/
     """
     from commandv_interp.demo import format_transfer_tables, run_demo
 

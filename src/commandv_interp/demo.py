@@ -53,8 +53,8 @@ def format_transfer_tables(table: pd.DataFrame) -> str:
 
 
 def run_demo(donor: str = DEFAULT_PAIR[0], recipient: str = DEFAULT_PAIR[1],
-             behaviors: Sequence[Behavior] = ("refusal", "jailbreak", "cot"), method: str = "ridge",
-             match: str = "depth", profile_set: str = "profile+train", out: str | Path = "commandv_demo",
+             behaviors: Sequence[Behavior] = ("refusal", "jailbreak", "cot"), method: str = "interface",
+             match: str = "depth", profile_set: str = "task", out: str | Path = "commandv_demo",
              limit: int | None = None, progress: bool = True) -> pd.DataFrame:
     """Run the demo and write ``report.md``, ``transfer.csv``, ``faithfulness.csv`` and figures into ``out``.
 
