@@ -19,10 +19,11 @@ regressions over the profile prompts:
 
 Why it helps. The paper's backward map ``pinv(A_D) A_R`` regresses on all ``d_D`` donor dimensions; directions of
 tiny variance (the last prompt token is the same token on every prompt) get huge coefficients, and the pasted
-delta ``δ_D`` need not avoid them, so the paste comes out 10–100× too large or points nowhere useful. The
-write regression has ``r`` well-spread regressors (``P`` was trained to move the state where it matters) and is
-an ordinary forward regression of ``H_R``: it cannot amplify a weak direction. Its cost is ``O(N r (d_R + d_D))``
-after profiling, and it is determined as soon as ``N`` exceeds ``r``: small profile sets suffice.
+delta ``δ_D`` need not avoid them, so the paste comes out too large (7–55× the residual on the zoo) and points
+nowhere useful. The write regression has ``r`` well-spread regressors (``P`` was trained to move the state where
+it matters) and is an ordinary forward regression of ``H_R``: it cannot amplify a weak direction. Its cost is
+``O(N r (d_R + d_D))`` after profiling, and it is determined as soon as ``N`` exceeds ``r``: small profile sets
+suffice.
 
 The converters are tied to one adapter: they carry its digest and ``paste``/``compile_paste`` refuse any other.
 """
@@ -38,7 +39,7 @@ from commandv_interp.correspondence import LayerMap, _check_pairing
 from commandv_interp.fitting import FitResult, fit_linear, holdout_split, scores
 from commandv_interp.profiles import ActivationProfile
 
-__all__ = ["fit_interface_converters", "INTERFACE_METHOD"]
+__all__ = ["fit_interface_converters", "INTERFACE_METHOD", "MAX_STRETCH"]
 
 INTERFACE_METHOD = "interface"
 MAX_STRETCH = 4.0  # the calibrated read amplifies a held-out difference at most this much
