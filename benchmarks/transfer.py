@@ -8,7 +8,7 @@ held-out test prompts, with bootstrap 95% CIs, side by side in one run:
                            the pasted delta gets the donor delta's size relative to the residual, from profiles);
 - ``cv_best``              the library's best variant for the pair, chosen on *train* prompts among a small grid
                            (converter method incl. adapter-aware ``interface`` × layer matching × profile prompt set
-                           incl. the small per-behavior ``task`` set × α ∈ {1, ¼, ½, 1, 2 × norm-matched}), per
+                           incl. the small per-behavior ``task`` set × α = 1 or {¼, ½, 1, 2, 3} × norm-matched), per
                            behavior, then scored on test (the grid search's own time is reported apart);
 - ``cv_budget``            the same choice restricted to variants whose profile + derive FLOPs are at most
                            ``BUDGET`` (1%) of the direct finetune's: the issue's compute target;
@@ -53,7 +53,8 @@ GRID = [PAPER, ("ridge", "depth", "profile+train"), ("ridge", "similarity", "pro
         ("interface", "similarity", "profile+train+cue")]
 # None: α = 1; else a multiple of the norm-matched α (the right size is often a fraction of it: the donor's delta
 # is balanced between a constant push and a prompt-dependent part, and the recipient's threshold differs)
-ALPHA_RULES = {"alpha=1": None, "alpha=norm/4": 0.25, "alpha=norm/2": 0.5, "alpha=norm": 1.0, "alpha=2norm": 2.0}
+ALPHA_RULES = {"alpha=1": None, "alpha=norm/4": 0.25, "alpha=norm/2": 0.5, "alpha=norm": 1.0, "alpha=2norm": 2.0,
+               "alpha=3norm": 3.0}
 BUDGET = 0.01  # cv_budget: derivation FLOPs ≤ BUDGET × the direct finetune's
 QUICK_PAIRS = [("llama-6x128", "qwen2-5x160"), ("gpt2-4x96", "llama-6x128")]
 QUICK_GRID = [PAPER, ("ridge", "depth", "profile+train"), ("procrustes", "depth", "profile+train+cue"),
