@@ -151,7 +151,7 @@ def test_kind_state_dict_is_pyreft_layout_and_round_trips(kind, dtype, tmp_path)
 def test_pyreft_parametrized_direft_loads_as_torch_evaluates_it():
     """A DiReFT saved by pyreft after training (generic ``original``) gives torch's parametrized weight."""
     holder = torch.nn.Module()
-    holder.weight = torch.nn.Parameter(torch.empty(16, 4))
+    holder.weight = torch.nn.Parameter(torch.randn(16, 4))  # not torch.empty: uninitialized memory made it flaky
     holder = torch.nn.utils.parametrizations.orthogonal(holder)
     with torch.no_grad():
         # training moves only the strictly lower part; the diagonal holds the ±1 signs
