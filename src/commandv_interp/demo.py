@@ -19,7 +19,7 @@ from commandv_interp.io import atomic_write
 from commandv_interp.zoo import load_adapter, load_model, prompts
 from commandv_interp.zoo.evaluate import TARGETS
 from commandv_interp.interface import INTERFACE_METHOD
-from commandv_interp.zoo.transfer import CONDITIONS, derive, profile_prompts, transfer_rows
+from commandv_interp.zoo.transfer import CONDITIONS, ProfilePair, derive, profile_pair, profile_prompts, transfer_rows
 from commandv_interp.zoo.world import Behavior
 
 __all__ = ["run_demo", "format_transfer_tables", "DEFAULT_PAIR", "CONTRAST"]
@@ -79,8 +79,14 @@ def run_demo(donor: str = DEFAULT_PAIR[0], recipient: str = DEFAULT_PAIR[1],
     adapters = {b: load_adapter(donor, b) for b in behaviors}
     layers = adapters[behaviors[0]].layers
     if method == INTERFACE_METHOD or profile_set == "task":  # converters or profile prompts per behavior
-        derivations = {b: derive(donor_tl, recipient_nn, profile_prompts(profile_set, b), layers, match=match,
-                                 method=method, adapter=adapters[b], progress=progress) for b in behaviors}
+        pairs: dict[str | None, ProfilePair] = {}  # profiled once per prompt set, shared across behaviors
+        derivations = {}
+        for b in behaviors:
+            key = b if profile_set == "task" else None
+            if key not in pairs:
+                pairs[key] = profile_pair(donor_tl, recipient_nn, profile_prompts(profile_set, key), progress)
+            derivations[b] = derive(donor_tl, recipient_nn, pairs[key], layers, match=match, method=method,
+                                    adapter=adapters[b] if method == INTERFACE_METHOD else None)
     else:
         shared = derive(donor_tl, recipient_nn, profile_prompts(profile_set), layers, match=match, method=method,
                         progress=progress)
