@@ -19,7 +19,8 @@ from commandv_interp.io import atomic_write
 from commandv_interp.zoo import load_adapter, load_model, prompts
 from commandv_interp.zoo.evaluate import TARGETS
 from commandv_interp.interface import INTERFACE_METHOD
-from commandv_interp.zoo.transfer import CONDITIONS, ProfilePair, derive, profile_pair, profile_prompts, transfer_rows
+from commandv_interp.zoo.transfer import (CONDITIONS, ProfilePair, derive, profile_pair, profile_prompts,
+                                          transfer_rows)
 from commandv_interp.zoo.world import Behavior
 
 __all__ = ["run_demo", "format_transfer_tables", "DEFAULT_PAIR", "CONTRAST"]
