@@ -22,7 +22,8 @@ Compute: wall time and FLOPs of profile + match + fit (Command-V) vs the direct 
     python benchmarks/transfer.py --quick          # 2 pairs, 48 test prompts, QUICK_GRID: a few minutes
     python benchmarks/transfer.py                  # all 6 pairs, all 160 test prompts
 
-Writes ``<out>/transfer.csv``, ``<out>/transfer_summary.csv`` and ``<out>/transfer.png``/``.pdf``.
+Writes ``<out>/transfer.csv``, ``transfer_costs.csv``, ``transfer_summary.csv``, ``transfer.md`` (the README's
+tables) and ``transfer.png``/``.pdf``.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ PAPER = ("pinv", "depth", "profile")
 GRID = [PAPER, ("ridge", "depth", "profile+train"), ("ridge", "similarity", "profile+train"),
         ("ridge", "depth", "profile+train+cue"), ("ridge", "similarity", "profile+train+cue"),
         ("procrustes", "depth", "profile+train+cue"), ("ridge", "depth", "task"),
-        ("interface", "depth", "task"), ("interface", "depth", "profile+train+cue"),
-        ("interface", "similarity", "profile+train+cue")]
+        ("interface", "depth", "task"), ("interface", "similarity", "task"), ("procrustes", "depth", "task"),
+        ("interface", "depth", "profile+train+cue"), ("interface", "similarity", "profile+train+cue")]
 # None: α = 1; else a multiple of the norm-matched α (the right size is often a fraction of it: the donor's delta
 # is balanced between a constant push and a prompt-dependent part, and the recipient's threshold differs)
 ALPHA_RULES = {"alpha=1": None, "alpha=norm/4": 0.25, "alpha=norm/2": 0.5, "alpha=norm": 1.0, "alpha=2norm": 2.0,
@@ -210,6 +211,43 @@ def summarize_pairs(table: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def markdown(table: pd.DataFrame, costs: pd.DataFrame, summary: pd.DataFrame) -> str:
+    """The README's two tables: one row per pair × behavior (target / side metric per condition), then the summary."""
+    val = table.set_index(["donor", "recipient", "behavior", "condition", "metric"])
+    short = lambda name: name.split("-")[0]  # noqa: E731
+
+    def cell(d, r, b, condition):
+        target, side = TARGETS[b]
+        if (d, r, b, condition, target) not in val.index:
+            return "–"
+        return f"{val.loc[(d, r, b, condition, target)].value:.2f} / {val.loc[(d, r, b, condition, side)].value:.2f}"
+
+    lines = ["| donor → recipient | behavior | paper-exact | paper + norm α | best variant [95% CI] | within 1% FLOPs "
+             "| direct finetune | donor + adapter | nulls (random / shuffled) | variant chosen on train prompts |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (d, r), _ in table.groupby(["donor", "recipient"], sort=True):
+        for b in zoo.BEHAVIORS:
+            target = TARGETS[b][0]
+            best = val.loc[(d, r, b, "cv_best", target)]
+            c = costs[(costs.donor == d) & (costs.recipient == r) & (costs.behavior == b)].iloc[0]
+            nulls = [val.loc[(d, r, b, n, target)].value for n in ("null_random_delta", "null_shuffled")]
+            lines.append(
+                f"| {short(d)} → {short(r)} | {b} | {cell(d, r, b, 'cv_paper')} | "
+                f"{cell(d, r, b, 'cv_paper_norm_matched')} | **{cell(d, r, b, 'cv_best')}** "
+                f"[{best.ci_low:.2f}, {best.ci_high:.2f}] | {cell(d, r, b, 'cv_budget')} | "
+                f"{cell(d, r, b, 'recipient_finetune')} | {cell(d, r, b, 'donor_adapter')} | "
+                f"{nulls[0]:.2f} / {nulls[1]:.2f} | `{c.best_variant}` ({c.cv_best_flops / c.finetune_flops:.3f}) |")
+    lines += ["", "| behavior | pairs ≥ 0.9 × finetune (FR ≤ finetune's) | median best / finetune | median "
+              "paper-exact / finetune | compute ratio, FLOPs (median) | within 1% FLOPs: pairs / median ratio | wall "
+              "time without / with the search |", "|---|---|---|---|---|---|---|"]
+    for _, x in summary.iterrows():
+        lines.append(f"| {x.behavior} | {x.pairs_meeting_target} of {x.pairs} | {x.median_best_over_finetune:.2f} | "
+                     f"{x.median_paper_over_finetune:.2f} | {x.median_compute_ratio_flops:.3f} | "
+                     f"{x.pairs_meeting_target_within_budget} of {x.pairs} / {x.median_budget_over_finetune:.2f} | "
+                     f"{x.median_compute_ratio_time:.3f} / {x.median_compute_ratio_time_with_selection:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def figure(table: pd.DataFrame, out: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -241,6 +279,7 @@ def main() -> None:
                         help="2 pairs, 48 test prompts per behavior, 5 of the grid's variants")
     parser.add_argument("--limit", type=int, default=None, help="test prompts per behavior (default: all)")
     parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--select-limit", type=int, default=32, help="train prompts that score each variant")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -252,7 +291,7 @@ def main() -> None:
     start = time.perf_counter()
     rows, costs = [], []
     for donor, recipient in tqdm(pairs, desc="pairs"):
-        r, c = run_pair(donor, recipient, list(zoo.BEHAVIORS), limit, 32, args.boot, args.seed,
+        r, c = run_pair(donor, recipient, list(zoo.BEHAVIORS), limit, args.select_limit, args.boot, args.seed,
                         QUICK_GRID if args.quick else GRID)
         rows += r
         costs += c
@@ -262,6 +301,7 @@ def main() -> None:
     table.to_csv(args.out / "transfer.csv", index=False)
     cost.to_csv(args.out / "transfer_costs.csv", index=False)
     summary.to_csv(args.out / "transfer_summary.csv", index=False)
+    (args.out / "transfer.md").write_text(markdown(table, cost, summary))
     figure(table, args.out)
     pd.set_option("display.width", 200)
     for behavior in zoo.BEHAVIORS:
