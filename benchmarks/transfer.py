@@ -56,6 +56,7 @@ GRID = [PAPER, ("ridge", "depth", "profile+train"), ("ridge", "similarity", "pro
 # is balanced between a constant push and a prompt-dependent part, and the recipient's threshold differs)
 ALPHA_RULES = {"alpha=1": None, "alpha=norm/4": 0.25, "alpha=norm/2": 0.5, "alpha=norm": 1.0, "alpha=2norm": 2.0,
                "alpha=3norm": 3.0}
+_TOL = 1e-9  # rates are counts over n prompts: 0.9 × 0.8 must not fail 0.72 by a rounding error
 BUDGET = 0.01  # cv_budget: derivation FLOPs ≤ BUDGET × the direct finetune's
 QUICK_PAIRS = [("llama-6x128", "qwen2-5x160"), ("gpt2-4x96", "llama-6x128")]
 QUICK_GRID = [PAPER, ("ridge", "depth", "profile+train"), ("procrustes", "depth", "profile+train+cue"),
@@ -184,11 +185,11 @@ def summarize_pairs(table: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
         paper = [val[(d, r, "cv_paper", target)] / max(val[(d, r, "recipient_finetune", target)], 1e-9)
                  for d, r in pairs]
         c = costs[costs.behavior == behavior]
-        ok = [val[(d, r, "cv_best", target)] >= 0.9 * val[(d, r, "recipient_finetune", target)]
+        ok = [val[(d, r, "cv_best", target)] >= 0.9 * val[(d, r, "recipient_finetune", target)] - _TOL
               and (side != "false_refusal" or val[(d, r, "cv_best", side)] <= val[(d, r, "recipient_finetune", side)])
               for d, r in pairs]
         at_budget = [val.get((d, r, "cv_budget", target), 0.0) for d, r in pairs]
-        ok_budget = [b >= 0.9 * val[(d, r, "recipient_finetune", target)]
+        ok_budget = [b >= 0.9 * val[(d, r, "recipient_finetune", target)] - _TOL
                      and (side != "false_refusal"
                           or val.get((d, r, "cv_budget", side), 1.0) <= val[(d, r, "recipient_finetune", side)])
                      for b, (d, r) in zip(at_budget, pairs)]
@@ -226,7 +227,7 @@ def markdown(table: pd.DataFrame, costs: pd.DataFrame, summary: pd.DataFrame) ->
              "| direct finetune | donor + adapter | nulls (random / shuffled) | variant chosen on train prompts |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (d, r), _ in table.groupby(["donor", "recipient"], sort=True):
-        for b in zoo.BEHAVIORS:
+        for b in [b for b in zoo.BEHAVIORS if b in set(table.behavior)]:
             target = TARGETS[b][0]
             best = val.loc[(d, r, b, "cv_best", target)]
             c = costs[(costs.donor == d) & (costs.recipient == r) & (costs.behavior == b)].iloc[0]
