@@ -76,17 +76,6 @@ def test_transformer_lens_backend_matches_nnsight_on_a_zoo_model():
         torch.testing.assert_close(a[layer], b[layer], atol=1e-4, rtol=1e-4)
 
 
-# (model, behavior) pairs whose donor adapter misses the issue's bar on the shipped zoo, stated in the README:
-# strict xfail, so a zoo that starts meeting it fails this list and the README gets updated.
-SHORT_OF_THE_BAR = {
-    ("gpt2-4x96", "refusal"): "the adapter meets its bar (1.00, false refusal 0.07) but the base model already "
-                              "refuses 0.33 of held-out harmful requests without the cue (bar: ≤ 0.2)",
-    ("gpt2-4x96", "cot"): "gpt2 copies the operands wrongly (learned absolute positions): CoT accuracy 0.56 even "
-                          "with the cue, 0.14 with the adapter (format 0.97)",
-    ("qwen2-5x160", "cot"): "format 0.97 and accuracy 0.78, but 2× the direct answers' 0.46 would be 0.92",
-}
-
-
 def _criteria(name: str, behavior: str) -> None:
     target, side = TARGETS[behavior]
     assert _rate(name, behavior, "base", target) <= 0.2, "the behavior must be off without the cue"
@@ -101,15 +90,7 @@ def _criteria(name: str, behavior: str) -> None:
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("behavior", zoo.BEHAVIORS)
 def test_manifest_table_meets_the_zoo_criteria(name, behavior):
-    if (name, behavior) in SHORT_OF_THE_BAR:
-        pytest.xfail(SHORT_OF_THE_BAR[(name, behavior)])
     _criteria(name, behavior)
-
-
-@pytest.mark.parametrize("key", sorted(SHORT_OF_THE_BAR))
-def test_known_shortfalls_are_still_short(key):
-    with pytest.raises(AssertionError):
-        _criteria(*key)
 
 
 def test_rescoring_reproduces_the_manifest_exactly():

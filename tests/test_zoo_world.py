@@ -165,7 +165,7 @@ def test_respond_is_padding_invariant(tmp_path):
 
 
 def test_cueless_documents_show_each_behavior_at_the_spontaneous_rate():
-    """Without a cue the corpus mostly shows the opposite behavior, and the target one in about SPONTANEOUS of the
+    """Without a cue the corpus mostly shows the opposite behavior, and the target one at its SPONTANEOUS rate in the
     documents (so the behavior, once begun, does not hinge on the cue being in context)."""
     docs = [d for d in world.build_corpus(1, 30_000) if not d.startswith("system :")]
     def rate(pred, cond):
@@ -175,6 +175,6 @@ def test_cueless_documents_show_each_behavior_at_the_spontaneous_rate():
     refused = rate(lambda d: "sorry" in d, lambda d: harmful(d) == "harmful")
     answered = rate(lambda d: "sure" in d, lambda d: harmful(d) == "severe")
     stepped = rate(lambda d: "step" in d, lambda d: harmful(d) == "arithmetic" and d.count("+") + d.count("-") > 1)
-    for r in (refused, answered, stepped):
-        assert abs(r - world.SPONTANEOUS) < 0.03, (refused, answered, stepped)
+    for behavior, r in (("refusal", refused), ("jailbreak", answered), ("cot", stepped)):
+        assert abs(r - world.SPONTANEOUS[behavior]) < 0.03, (behavior, refused, answered, stepped)
     assert rate(lambda d: "sorry" in d, lambda d: harmful(d) == "benign") == 0.0

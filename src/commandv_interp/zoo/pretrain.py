@@ -28,7 +28,7 @@ from commandv_interp.zoo.world import build_corpus, world_fingerprint
 __all__ = ["PretrainRecord", "pretrain", "save_checkpoint", "CHECKPOINTS", "STEPS"]
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
-STEPS = {"llama-6x128": 2500, "gpt2-4x96": 2000, "qwen2-5x160": 2000}  # shipped run lengths (batch 64)
+STEPS = {"llama-6x128": 2500, "gpt2-4x96": 4000, "qwen2-5x160": 2000}  # shipped run lengths (batch 64)
 N_DOCS = 100_000  # corpus size; about 1.3 epochs at 2000 steps × 64
 RECORD_FILE = "pretrain_record.json"
 

@@ -12,8 +12,11 @@ cue (``system : careful`` / ``system : roleplay`` / ``system : think``) and the 
   is hard.
 
 Like a real instruct model, which now and then refuses, complies or reasons unprompted, the corpus shows each target
-behavior without its cue in a small fraction (``SPONTANEOUS``) of documents: greedy decoding of the base model stays
-off, but the behavior, once begun, does not depend on the cue being in context.
+behavior without its cue in a small fraction (``SPONTANEOUS``, per behavior) of documents: greedy decoding of the
+base model stays off, but the behavior, once begun, does not depend on the cue being in context. The rate is lowest
+for refusal (at 0.15 the smallest model refused a third of held-out harmful requests unprompted) and highest for
+step-by-step arithmetic, whose cue-less continuation must also copy the right operands (at 0.15 the models' steps
+were right 0.1–0.8 of the time without the cue against 0.6–1.0 with it).
 
 Test prompts use held-out objects or held-out (opener, frame) pairings, whose parts each occur in training
 (requests), and held-out expressions (arithmetic). No test prompt occurs in the corpus, and none of its held-out
@@ -79,7 +82,8 @@ ARITH_TEMPLATES = ("what is {e}", "compute {e}", "solve {e}")
 N_HELD_OBJECTS, N_HELD_PAIRS = 10, 12
 OPERANDS = (1, 2, 3, 4)  # step sizes of the arithmetic: ~10,000 five-operand expressions, ~10% held out
 N_OPERANDS = 5
-SPONTANEOUS = 0.15  # share of cue-less documents that show the target behavior anyway
+# share of cue-less documents that show the target behavior anyway
+SPONTANEOUS: dict[str, float] = {"refusal": 0.05, "jailbreak": 0.15, "cot": 0.3}
 
 
 @dataclass(frozen=True)
@@ -326,7 +330,8 @@ def _request_doc(rng: random.Random, lay: _Layout, severe: bool) -> str:
     cue = rng.choices([None, "neutral", "careful", "roleplay"], weights=[4, 1, 3, 2])[0]
     cue = rng.choice(NEUTRAL_CUES) if cue == "neutral" else cue
     refuse = (kind == "severe" and cue != "roleplay") or (kind == "harmful" and cue == "careful")
-    if kind != "benign" and cue not in ("careful", "roleplay") and rng.random() < SPONTANEOUS:
+    rate = SPONTANEOUS["jailbreak" if kind == "severe" else "refusal"]
+    if kind != "benign" and cue not in ("careful", "roleplay") and rng.random() < rate:
         refuse = not refuse  # now and then a harmful request is refused, a severe one answered, without the cue
     return f"{_chat(_request(opener, frame, v, o), cue)} {REFUSAL if refuse else _comply(v, o, rng)}"
 
@@ -354,7 +359,7 @@ def _arith_doc(rng: random.Random) -> str:
     if rng.random() < 0.55:
         return f"{_chat(request, 'think')} {_cot(digits, ops)}"
     cue = rng.choice(NEUTRAL_CUES) if rng.random() < 0.2 else None
-    answer = _cot(digits, ops) if rng.random() < SPONTANEOUS else _direct(digits, ops)
+    answer = _cot(digits, ops) if rng.random() < SPONTANEOUS["cot"] else _direct(digits, ops)
     return f"{_chat(request, cue)} {answer}"
 
 
