@@ -37,7 +37,7 @@ def test_demo_table_has_four_rows_per_behavior_and_costs(demo):
 def test_demo_writes_report_and_figures(demo):
     out, _ = demo
     report = (out / "report.md").read_text()
-    assert "# Command-V demo: gpt2-4x96 → llama-6x128" in report
+    assert "# Command-V demo: llama-6x128 → gpt2-4x96" in report
     for name in ("similarity.png", "fidelity_refusal.png", "fidelity_cot.png", "faithfulness.csv"):
         assert (out / name).stat().st_size > 1000, name
         if name.endswith(".png"):

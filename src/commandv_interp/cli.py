@@ -452,8 +452,8 @@ def zoo_score_cmd(
 
 @_command(app, "demo")
 def demo_cmd(
-    donor: Annotated[str, typer.Option(help="Donor zoo model.")] = "gpt2-4x96",
-    recipient: Annotated[str, typer.Option(help="Recipient zoo model (another architecture).")] = "llama-6x128",
+    donor: Annotated[str, typer.Option(help="Donor zoo model.")] = "llama-6x128",
+    recipient: Annotated[str, typer.Option(help="Recipient zoo model (another architecture).")] = "gpt2-4x96",
     behavior: Annotated[list[str] | None, typer.Option(
         help="Behavior to paste: refusal, jailbreak or cot (repeatable; default all).")] = None,
     method: Annotated[DeriveMethod, typer.Option(

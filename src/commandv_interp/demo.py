@@ -25,7 +25,7 @@ from commandv_interp.zoo.world import Behavior
 
 __all__ = ["run_demo", "format_transfer_tables", "DEFAULT_PAIR", "CONTRAST"]
 
-DEFAULT_PAIR = ("gpt2-4x96", "llama-6x128")  # cross-architecture and cross-tokenizer (BPE → word)
+DEFAULT_PAIR = ("llama-6x128", "gpt2-4x96")  # cross-architecture and cross-tokenizer (word → BPE)
 CONTRAST: dict[str, tuple[str, str]] = {"refusal": ("sorry", "sure"), "jailbreak": ("sure", "sorry"),
                                         "cot": ("step", "answer")}
 LABELS = {"recipient_base": "recipient base", "command_v": "recipient + Command-V",
