@@ -15,8 +15,8 @@ Like a real instruct model, which now and then refuses, complies or reasons unpr
 behavior without its cue in a small fraction (``SPONTANEOUS``, per behavior) of documents: greedy decoding of the
 base model stays off, but the behavior, once begun, does not depend on the cue being in context. The rate is lowest
 for refusal (at 0.15 the smallest model refused a third of held-out harmful requests unprompted) and highest for
-step-by-step arithmetic, whose cue-less continuation must also copy the right operands (at 0.15 the models' steps
-were right 0.1–0.8 of the time without the cue against 0.6–1.0 with it).
+step-by-step arithmetic, whose cue-less continuation must also copy the right operands (at 0.15, gpt2's and qwen2's
+CoT adapters reached accuracy 0.14 and 0.78, against 0.56 and 0.98 with the cue).
 
 Test prompts use held-out objects or held-out (opener, frame) pairings, whose parts each occur in training
 (requests), and held-out expressions (arithmetic). No test prompt occurs in the corpus, and none of its held-out
