@@ -7,7 +7,8 @@ held-out test prompts, with bootstrap 95% CIs, side by side in one run:
 - ``cv_paper_norm_matched`` the same converters with the norm-matched α (``commandv_interp.norm_matched_alpha``:
                            the pasted delta gets the donor delta's size relative to the residual, from profiles);
 - ``cv_best``              the library's best variant for the pair, chosen on *train* prompts among a small grid
-                           (converter method incl. adapter-aware ``interface`` × layer matching × profile prompt set
+                           (converter method incl. adapter-aware ``interface``, plain or chained layer after layer
+                           under the paste, × layer matching × profile prompt set
                            incl. the small per-behavior ``task`` set × α = 1 or {¼, ½, 1, 2, 3} × norm-matched), per
                            behavior, then scored on test (the grid search's own time is reported apart);
 - ``cv_budget``            the same choice restricted to variants whose profile + derive FLOPs are at most
@@ -47,11 +48,13 @@ from commandv_interp.zoo.transfer import derive, profile_pair, profile_prompts
 
 MAX_FALSE_REFUSAL = 0.1  # the zoo's bar for an adapter; a variant above it on train prompts is not eligible
 PAPER = ("pinv", "depth", "profile")
+CHAINED = "interface-chained"  # interface converters fitted layer after layer under the paste at the variant's α
 GRID = [PAPER, ("ridge", "depth", "profile+train"), ("ridge", "similarity", "profile+train"),
         ("ridge", "depth", "profile+train+cue"), ("ridge", "similarity", "profile+train+cue"),
         ("procrustes", "depth", "profile+train+cue"), ("ridge", "depth", "task"),
         ("interface", "depth", "task"), ("interface", "similarity", "task"), ("procrustes", "depth", "task"),
-        ("interface", "depth", "profile+train+cue"), ("interface", "similarity", "profile+train+cue")]
+        ("interface", "depth", "profile+train+cue"), ("interface", "similarity", "profile+train+cue"),
+        (CHAINED, "depth", "task"), (CHAINED, "similarity", "task")]
 # None: α = 1; else a multiple of the norm-matched α (the right size is often a fraction of it: the donor's delta
 # is balanced between a constant push and a prompt-dependent part, and the recipient's threshold differs)
 ALPHA_RULES = {"alpha=1": None, "alpha=norm/4": 0.25, "alpha=norm/2": 0.5, "alpha=norm": 1.0, "alpha=2norm": 2.0,
@@ -60,7 +63,7 @@ _TOL = 1e-9  # rates are counts over n prompts: 0.9 × 0.8 must not fail 0.72 by
 BUDGET = 0.01  # cv_budget: derivation FLOPs ≤ BUDGET × the direct finetune's
 QUICK_PAIRS = [("llama-6x128", "qwen2-5x160"), ("gpt2-4x96", "llama-6x128")]
 QUICK_GRID = [PAPER, ("ridge", "depth", "profile+train"), ("procrustes", "depth", "profile+train+cue"),
-              ("interface", "depth", "task"), ("interface", "depth", "profile+train+cue")]
+              ("interface", "depth", "task"), ("interface", "depth", "profile+train+cue"), (CHAINED, "depth", "task")]
 
 
 def bootstrap(behavior: str, records: list[dict], n_boot: int, seed: int) -> dict[str, tuple[float, float, float]]:
@@ -98,16 +101,20 @@ def candidates(donor, recipient, adapters, select_limit: int, grid=GRID) -> tupl
             key = (profile_set, behavior if profile_set == "task" else None)
             if key not in pairs:
                 pairs[key] = profile_pair(donor, recipient, profile_prompts(profile_set, key[1]))
-            dkey = (method, match) + key + ((behavior,) if method == "interface" else ())
+            fitted = "interface" if method == CHAINED else method
+            dkey = (fitted, match) + key + ((behavior,) if fitted == "interface" else ())
             if dkey not in derived:
-                derived[dkey] = derive(donor, recipient, pairs[key], layers, match=match, method=method,
-                                       adapter=adapter if method == "interface" else None)
+                derived[dkey] = derive(donor, recipient, pairs[key], layers, match=match, method=fitted,
+                                       adapter=adapter if fitted == "interface" else None)
             d = derived[dkey]
             matched = cv.norm_matched_alpha(adapter, d.converters, d.donor_profile, d.recipient_profile)
             for alpha_rule, mult in ALPHA_RULES.items():
                 if (method, match, profile_set) == PAPER and alpha_rule in ("alpha=1", "alpha=norm"):
                     continue  # scored as the paper conditions of their own
-                alpha = 1.0 if mult is None else mult * matched
+                alpha = 1.0 if mult is None else mult * matched  # chained: α × the plain interface fit's norm-matched
+                if method == CHAINED:
+                    d = derive(donor, recipient, pairs[key], layers, match=match, method="interface", adapter=adapter,
+                               chain_alpha=alpha)
                 score = selection_score(recipient, behavior, adapter, d.converters, alpha, select_limit)
                 out[behavior].append(("/".join((method, match, profile_set, alpha_rule)), d, alpha, score))
     return out, derived[PAPER[:2] + ("profile", None)]

@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 from commandv_interp.access import ModelAccess, open_model  # noqa: E402
 from commandv_interp.adapters import Adapter, load_adapter, save_adapter, train_adapter  # noqa: E402
 from commandv_interp.calibration import norm_matched_alpha  # noqa: E402
+from commandv_interp.chaining import fit_chained_interface_converters  # noqa: E402
 from commandv_interp.compile import compile_paste  # noqa: E402
 from commandv_interp.converters import Converters, fit_converters  # noqa: E402
 from commandv_interp.correspondence import LayerMap, match_layers  # noqa: E402
@@ -27,6 +28,7 @@ __all__ = [
     "save_adapter",
     "train_adapter",
     "Converters",
+    "fit_chained_interface_converters",
     "fit_interface_converters",
     "LayerMap",
     "ModelAccess",

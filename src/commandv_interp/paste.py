@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -145,7 +147,8 @@ def paste(
         converters: fitted between the adapter's donor and this recipient.
         positions: ``last`` (paper: last prompt token, prompt pass only), ``last+decode``, ``all``,
             ``all+decode`` or ``first_last``.
-        alpha: scale factor of the pasted delta.
+        alpha: scale factor of the pasted delta (converters from a chained fit warn unless it is their
+            ``chain_alpha``).
         first_last_k: ``k`` for ``first_last``.
 
     Example:
@@ -156,6 +159,11 @@ def paste(
     _check_positions(positions, first_last_k)
     if not torch.isfinite(torch.tensor(alpha)):
         raise ValueError(f"alpha must be finite, got {alpha!r}")
+    chain_alpha = converters.extra.get("chain_alpha")
+    if chain_alpha is not None and not math.isclose(alpha, chain_alpha, rel_tol=1e-6):
+        warnings.warn(f"these converters were chained at alpha={chain_alpha:g} but are pasted at alpha={alpha:g}: "
+                      "later layers read states their converters were not fitted on; refit with "
+                      f"fit_chained_interface_converters(..., alpha={alpha:g})", stacklevel=3)
     per_layer = pasted_deltas(access, adapter, converters)
     edits = {layer: delta_edit(fns, positions, first_last_k, alpha) for layer, fns in per_layer.items()}
     for layer, form in _compiled_forms(adapter, converters, positions, alpha, first_last_k).items():

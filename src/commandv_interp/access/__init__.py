@@ -15,6 +15,7 @@ import torch
 from commandv_interp.access.base import Batch, EditContext, EditFn, ModelAccess, StopForward
 from commandv_interp.access.nnsight_backend import NNsightAccess
 from commandv_interp.access.positions import gather_rows, last_token_index, prompt_position_mask
+from commandv_interp.access.recording import batches, recording
 from commandv_interp.access.tl_backend import TransformerLensAccess, hook_name
 
 __all__ = [
@@ -25,11 +26,13 @@ __all__ = [
     "NNsightAccess",
     "StopForward",
     "TransformerLensAccess",
+    "batches",
     "gather_rows",
     "hook_name",
     "last_token_index",
     "open_model",
     "prompt_position_mask",
+    "recording",
 ]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -348,6 +348,18 @@ class Adapter:
         if layer not in self.interventions:
             raise ValueError(f"adapter has no intervention at layer {layer!r}; its layers are {self.layers}")
         return self.interventions[layer].delta(h)
+
+    def restricted(self, layers: Sequence[int]) -> Adapter:
+        """The same adapter at ``layers`` only (modules shared, not copied): e.g. to paste a subset of its layers.
+
+        >>> Adapter({0: NodiReFT(4, 1), 2: NodiReFT(4, 1)}).restricted([2]).layers
+        [2]
+        """
+        missing = [layer for layer in layers if layer not in self.interventions]
+        if missing:
+            raise ValueError(f"adapter has no intervention at layers {missing}; its layers are {self.layers}")
+        return Adapter({layer: self.interventions[layer] for layer in layers}, self.positions, self.first_last_k,
+                       copy.deepcopy(self.metadata))
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Adapter:
         """A new Adapter with deep-copied interventions moved to ``device``/cast to ``dtype``; ``self`` is unchanged."""

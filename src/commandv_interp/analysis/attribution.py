@@ -15,7 +15,6 @@ converters).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 
 import pandas as pd
@@ -96,7 +95,7 @@ def layer_attribution(recipient: ModelAccess | object, adapter: Adapter, convert
     access = open_model(recipient)
     rows = _rows("none", (), _scores(access, prompts, contrast, behavior_score, batch_size), split)
     for mode, layers in [("all", tuple(adapter.layers))] + layer_subsets(adapter.layers, modes):
-        sub = dataclasses.replace(adapter, interventions={layer: adapter.interventions[layer] for layer in layers})
+        sub = adapter.restricted(layers)
         with paste(access, sub, converters, positions, alpha):
             rows += _rows(mode, layers, _scores(access, prompts, contrast, behavior_score, batch_size), split)
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -22,6 +22,7 @@ import pandas as pd
 
 from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.adapters import Adapter
+from commandv_interp.chaining import fit_chained_interface_converters
 from commandv_interp.converters import Converters, fit_converters
 from commandv_interp.correspondence import LayerMap, match_layers
 from commandv_interp.interface import INTERFACE_METHOD, fit_interface_converters
@@ -49,6 +50,7 @@ class ProfilePair:
     wall_s: float
     flops: float
     n_prompts: int
+    prompts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,12 +110,12 @@ def profile_pair(donor: ModelAccess | object, recipient: ModelAccess | object, p
     p_donor = profile(donor, prompts, progress=progress)
     p_recipient = profile(recipient, prompts, progress=progress)
     flops = 2.0 * (_n_params(donor) * _tokens(donor, prompts) + _n_params(recipient) * _tokens(recipient, prompts))
-    return ProfilePair(p_donor, p_recipient, time.perf_counter() - start, flops, len(prompts))
+    return ProfilePair(p_donor, p_recipient, time.perf_counter() - start, flops, len(prompts), tuple(prompts))
 
 
 def derive(donor: ModelAccess | object, recipient: ModelAccess | object, prompts: Sequence[str] | ProfilePair,
            donor_layers: Sequence[int], match: str = "depth", method: str = "ridge", metric: str = "cka",
-           adapter: Adapter | None = None, progress: bool = False) -> Derivation:
+           adapter: Adapter | None = None, chain_alpha: float | None = None, progress: bool = False) -> Derivation:
     """Profile both models (or reuse a :class:`ProfilePair`), match the donor's layers and fit converters, timing
     all of it (a reused profile pair's cost is counted too).
 
@@ -124,22 +126,35 @@ def derive(donor: ModelAccess | object, recipient: ModelAccess | object, prompts
         match: ``depth`` or ``similarity``; method: a converter method or ``interface`` (needs ``adapter``);
         metric: similarity metric.
         adapter: the donor adapter, for ``method="interface"`` (converters fitted to its read/write directions).
+        chain_alpha: with ``method="interface"``, fit the converters layer after layer under the paste at this
+            ``α`` (:func:`~commandv_interp.chaining.fit_chained_interface_converters`); the cost then adds one donor
+            pass with its adapter and one recipient pass per further mapped recipient layer.
     """
     if method == INTERFACE_METHOD and adapter is None:
         raise ValueError("method='interface' fits converters to one adapter: pass adapter=")
+    if chain_alpha is not None and method != INTERFACE_METHOD:
+        raise ValueError(f"chain_alpha chains interface converters; method is {method!r}: pass method='interface'")
     pair = prompts if isinstance(prompts, ProfilePair) else profile_pair(donor, recipient, prompts, progress)
     donor, recipient = open_model(donor), open_model(recipient)
     start = time.perf_counter()
     p_donor, p_recipient = pair.donor_profile, pair.recipient_profile
     layer_map = match_layers(p_donor, p_recipient, method=match, donor_layers=donor_layers, metric=metric)  # type: ignore[arg-type]
-    if method == INTERFACE_METHOD:
+    passes = 0.0  # forward FLOPs beyond the two profiles
+    if method == INTERFACE_METHOD and chain_alpha is not None:
+        converters = fit_chained_interface_converters(donor, recipient, adapter, pair.prompts, p_donor, p_recipient,  # type: ignore[arg-type]
+                                                      layer_map, alpha=chain_alpha)
+        further = len({r for _, r in layer_map.pairs}) - 1
+        passes = 2.0 * (_n_params(donor) * _tokens(donor, pair.prompts)
+                        + further * _n_params(recipient) * _tokens(recipient, pair.prompts))
+        width = 2 * 2 * adapter.rank * (donor.d_model + recipient.d_model)  # type: ignore[union-attr]  # fitted twice
+    elif method == INTERFACE_METHOD:
         converters = fit_interface_converters(adapter, p_donor, p_recipient, layer_map)  # type: ignore[arg-type]
         width = 2 * adapter.rank * (donor.d_model + recipient.d_model)  # type: ignore[union-attr]
     else:
         converters = fit_converters(p_donor, p_recipient, layer_map, method=method)  # type: ignore[arg-type]
         width = 2 * donor.d_model * recipient.d_model
     wall = pair.wall_s + time.perf_counter() - start
-    flops = pair.flops + 4.0 * pair.n_prompts * width * len(layer_map.pairs)
+    flops = pair.flops + passes + 4.0 * pair.n_prompts * width * len(layer_map.pairs)
     return Derivation(p_donor, p_recipient, layer_map, converters, wall, flops, pair.n_prompts)
 
 

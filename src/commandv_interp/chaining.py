@@ -1,0 +1,123 @@
+"""Stage 5 (paste): consumes a donor and a recipient model, the donor's :class:`Adapter`, both models' profiles over
+some prompts and a :class:`LayerMap`, produces adapter-aware (``interface``) :class:`Converters` fitted layer after
+layer on the states each pasted intervention actually reads: a *chained* fit.
+
+Why. An adapter on several layers is a circuit: at donor layer ``l_j`` its intervention reads a state that the
+interventions at the layers below have already moved. On the zoo the layers only work together: gpt2's refusal
+adapter refuses 0.00 of harmful test requests with its layer 0 alone, 0.08 with its layer 2 alone and 1.00 with
+both. :func:`~commandv_interp.interface.fit_interface_converters` fits every layer on *unedited* profiles, so
+a later layer's read converter meets, at paste time, states it was never fitted on: those the earlier pasted
+layers moved. The chained fit refits the converters of each mapped recipient layer ``r`` (in ascending order) on
+
+- the donor's states at its layers mapped to ``r``, recorded with the donor's own adapter active (each state
+  before the edit at its own layer, after the edits below it), and
+- the recipient's states at ``r`` with the paste of the donor layers mapped below ``r`` active, through the
+  converters chained so far, at the ``alpha`` the converters will be pasted with.
+
+The first mapped recipient layer keeps the plain interface fit. The converters record ``chain_alpha``;
+:func:`~commandv_interp.paste.paste` warns when they are pasted at another ``alpha``.
+
+Cost on top of the two profiles: one donor forward pass over the prompts with its adapter, and one recipient pass
+per further mapped recipient layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import torch
+
+from commandv_interp.access import ModelAccess, batches, open_model, recording
+from commandv_interp.adapters import Adapter
+from commandv_interp.converters import Converters
+from commandv_interp.correspondence import LayerMap
+from commandv_interp.interface import fit_interface_converters
+from commandv_interp.paste import apply_adapter, paste
+from commandv_interp.profiles import ActivationProfile
+from commandv_interp.prompts import prompts_fingerprint
+
+__all__ = ["fit_chained_interface_converters"]
+
+
+def _record(access: ModelAccess, layers: Sequence[int], prompts: Sequence[str], edit, batch_size: int
+            ) -> dict[int, torch.Tensor]:
+    """Last-prompt-token states at ``layers`` under ``edit`` (recorded before the edit acts at each layer)."""
+    with torch.no_grad(), recording(access, layers) as states, edit:
+        for batch in batches(access, prompts, batch_size):
+            access.forward(batch)
+    return {layer: torch.cat(parts) for layer, parts in states.items()}
+
+
+def _for_adapter(converters: Converters, pairs: dict, adapter: Adapter) -> Converters:
+    """``converters`` narrowed to ``adapter``'s layers, with the chained ``pairs`` and that adapter's digest."""
+    return dataclasses.replace(converters, pairs=tuple(pairs[layer] for layer in adapter.layers),
+                               extra={**converters.extra, "adapter_digest": adapter.digest()})
+
+
+def fit_chained_interface_converters(
+    donor: ModelAccess | object,
+    recipient: ModelAccess | object,
+    adapter: Adapter,
+    prompts: Sequence[str],
+    donor_profile: ActivationProfile,
+    recipient_profile: ActivationProfile,
+    layer_map: LayerMap,
+    alpha: float = 1.0,
+    positions: str = "last",
+    batch_size: int = 32,
+    **fit_kwargs,
+) -> Converters:
+    """Interface converters for ``adapter``, each mapped recipient layer fitted under the paste of those below it.
+
+    Args:
+        donor, recipient: the two models (``ModelAccess`` or anything ``open_model`` accepts).
+        adapter: the donor's adapter (linear-source kinds, as for ``fit_interface_converters``).
+        prompts: the exact texts both profiles were taken on (their fingerprint must match the profiles').
+        donor_profile, recipient_profile: the unedited profiles over ``prompts``.
+        layer_map: which recipient layer each of the adapter's donor layers maps to.
+        alpha: the scale the converters will be pasted with (the chain is fitted under it).
+        positions: where the donor's adapter and the paste act while the chain is recorded.
+        batch_size: prompts per forward pass.
+        **fit_kwargs: passed on to :func:`fit_interface_converters` (``holdout``, ``ridge_grid``, ``calibrated``).
+
+    Returns:
+        :class:`Converters` with ``method="interface"`` and ``extra["chained"] = True``,
+        ``extra["chain_alpha"] = alpha``.
+
+    Raises:
+        ValueError: profiles not taken on ``prompts``, a non-finite ``alpha``, and everything
+            ``fit_interface_converters`` refuses.
+    """
+    donor, recipient = open_model(donor), open_model(recipient)
+    prompts = list(prompts)
+    fingerprint = prompts_fingerprint(prompts)
+    for side, prof in (("donor", donor_profile), ("recipient", recipient_profile)):
+        if prof.prompts_fingerprint != fingerprint:
+            raise ValueError(f"the {side} profile was taken on other prompts (fingerprint "
+                             f"{prof.prompts_fingerprint[:12]!r}, these prompts give {fingerprint[:12]!r}); pass the "
+                             "exact texts it was profiled on (after any chat template)")
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha must be finite, got {alpha!r}")
+    plain = fit_interface_converters(adapter, donor_profile, recipient_profile, layer_map, **fit_kwargs)
+    mapped = plain.layer_map()
+    donor_states = _record(donor, adapter.layers, prompts, apply_adapter(donor, adapter, positions), batch_size)
+    pairs: dict = {}
+    for r_layer in sorted(set(mapped.values())):
+        group = adapter.restricted([layer for layer in adapter.layers if mapped[layer] == r_layer])
+        below = [layer for layer in adapter.layers if mapped[layer] < r_layer]
+        if below:
+            earlier = adapter.restricted(below)
+            edit = paste(recipient, earlier, _for_adapter(plain, pairs, earlier), positions=positions, alpha=alpha)
+            h_r = _record(recipient, [r_layer], prompts, edit, batch_size)[r_layer]
+        else:
+            h_r = recipient_profile[r_layer]
+        p_donor = dataclasses.replace(donor_profile, activations={
+            **donor_profile.activations, **{layer: donor_states[layer] for layer in group.layers}})
+        p_recipient = dataclasses.replace(recipient_profile, activations={**recipient_profile.activations,
+                                                                          r_layer: h_r})
+        fitted = fit_interface_converters(group, p_donor, p_recipient, layer_map, **fit_kwargs)
+        pairs.update({pair.donor_layer: pair for pair in fitted.pairs})
+    chained = _for_adapter(plain, pairs, adapter)
+    return dataclasses.replace(chained, extra={**chained.extra, "chained": True, "chain_alpha": float(alpha)})

@@ -1,0 +1,108 @@
+"""Chained interface converters: each layer refitted on the states the paste feeds it (an independent recording
+through ``analysis.paste_states`` is the oracle), the plain fit where nothing is chained, the α bookkeeping, and
+the zoo pair the chain fixes."""
+
+import warnings
+
+import pytest
+import torch
+
+from conftest import assert_close, random_adapter, random_prompts
+
+import commandv_interp as cv
+from commandv_interp import analysis, zoo
+from commandv_interp.correspondence import LayerMap
+from commandv_interp.zoo.evaluate import evaluate
+from commandv_interp.zoo.transfer import derive, profile_pair, profile_prompts
+
+
+@pytest.fixture(scope="module")
+def setup(nn_llama, nn_gpt2):
+    prompts = random_prompts(64, seed=21)
+    donor_profile = cv.profile(nn_llama, prompts, progress=False)
+    recipient_profile = cv.profile(nn_gpt2, prompts, progress=False)
+    adapter = random_adapter(nn_llama.d_model, layers=(0, 2), seed=7, scale=1.0)
+    layer_map = LayerMap(((0, 0), (2, 1)), (float("nan"),) * 2, "manual")
+    return prompts, donor_profile, recipient_profile, adapter, layer_map
+
+
+def _same_pair(a, b, atol=1e-4):
+    assert (a.donor_layer, a.recipient_layer) == (b.donor_layer, b.recipient_layer)
+    for conv_a, conv_b in ((a.to_donor, b.to_donor), (a.to_recipient, b.to_recipient)):
+        assert_close(conv_a.weight.double(), conv_b.weight.double(), atol=atol, rtol=1e-3)
+        assert_close(conv_a.bias.double(), conv_b.bias.double(), atol=atol, rtol=1e-3)
+
+
+def test_each_layer_is_fitted_on_the_states_the_paste_feeds_it(nn_llama, nn_gpt2, setup):
+    """Layer 2's converters equal a plain interface fit on (the donor's states under its own adapter, the
+    recipient's states under the chained paste at α) — recorded independently by ``analysis.paste_states``;
+    layer 0, below every edit, keeps the plain fit; and the chained layer 2 differs from the plain one."""
+    prompts, p_donor, p_recipient, adapter, layer_map = setup
+    alpha = 0.7
+    chained = cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts, p_donor, p_recipient,
+                                                  layer_map, alpha=alpha)
+    plain = cv.fit_interface_converters(adapter, p_donor, p_recipient, layer_map)
+    assert chained.extra["chained"] and chained.extra["chain_alpha"] == alpha
+    assert chained.extra["adapter_digest"] == adapter.digest() and chained.method == "interface"
+    _same_pair(chained.for_donor_layer(0), plain.for_donor_layer(0))
+
+    with pytest.warns(UserWarning, match="chained at alpha=0.7"):  # the donor under its own adapter (α = 1)
+        donor_states, _ = analysis.paste_states(nn_llama, nn_gpt2, adapter, chained, prompts, alpha=1.0)
+    _, recipient_states = analysis.paste_states(nn_llama, nn_gpt2, adapter, chained, prompts, alpha=alpha)
+    refit_donor = cv.ActivationProfile({**p_donor.activations, 2: donor_states[2]}, p_donor.model_name,
+                                       p_donor.config_hash, p_donor.n_layers, p_donor.d_model, p_donor.dtype,
+                                       p_donor.prompts_fingerprint)
+    refit_recipient = cv.ActivationProfile({**p_recipient.activations, 1: recipient_states[1]},
+                                           p_recipient.model_name, p_recipient.config_hash, p_recipient.n_layers,
+                                           p_recipient.d_model, p_recipient.dtype, p_recipient.prompts_fingerprint)
+    oracle = cv.fit_interface_converters(adapter.restricted([2]), refit_donor, refit_recipient, layer_map)
+    _same_pair(chained.for_donor_layer(2), oracle.for_donor_layer(2))
+    moved = chained.for_donor_layer(2).to_donor.weight - plain.for_donor_layer(2).to_donor.weight
+    assert float(moved.norm()) > 1e-2 * float(plain.for_donor_layer(2).to_donor.weight.norm())
+    assert not nn_llama.active_edits and not nn_gpt2.active_edits
+
+
+def test_one_recipient_layer_chains_nothing(nn_llama, nn_gpt2, setup):
+    prompts, p_donor, p_recipient, adapter, _ = setup
+    single = adapter.restricted([2])
+    layer_map = LayerMap(((2, 1),), (float("nan"),), "manual")
+    chained = cv.fit_chained_interface_converters(nn_llama, nn_gpt2, single, prompts, p_donor, p_recipient, layer_map)
+    _same_pair(chained.for_donor_layer(2), cv.fit_interface_converters(single, p_donor, p_recipient,
+                                                                       layer_map).for_donor_layer(2))
+
+
+def test_paste_warns_off_the_chain_alpha_and_the_fit_refuses_foreign_prompts(nn_llama, nn_gpt2, setup):
+    prompts, p_donor, p_recipient, adapter, layer_map = setup
+    chained = cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts, p_donor, p_recipient,
+                                                  layer_map, alpha=0.5)
+    batch = nn_gpt2.encode(random_prompts(3, seed=5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with cv.paste(nn_gpt2, adapter, chained, alpha=0.5):
+            nn_gpt2.forward(batch)
+    with pytest.warns(UserWarning, match=r"alpha=0.5 but are pasted at alpha=1.*alpha=1\)"):
+        with cv.paste(nn_gpt2, adapter, chained, alpha=1.0):
+            nn_gpt2.forward(batch)
+    with pytest.raises(ValueError, match="taken on other prompts"):
+        cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts[:-1], p_donor, p_recipient, layer_map)
+    with pytest.raises(ValueError, match="alpha must be finite"):
+        cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts, p_donor, p_recipient, layer_map,
+                                            alpha=float("nan"))
+    assert not nn_gpt2.active_edits
+
+
+def test_chained_fit_transfers_refusal_where_the_plain_fit_does_not(zoo_gpt2):
+    """The zoo pair the chain was built for: qwen2 → gpt2 refusal (depth, ``task`` profile set). Measured on all
+    160 test prompts: plain interface 0.00 at α = 1 and at ¼ × norm-matched, chained at α = 0.25 1.00 with
+    false refusal 0.00 (the direct finetune: 1.00 / 0.00)."""
+    donor = zoo.load_model("qwen2-5x160")
+    adapter = zoo.load_adapter("qwen2-5x160", "refusal")
+    pair = profile_pair(donor, zoo_gpt2, profile_prompts("task", "refusal"))
+    plain = derive(donor, zoo_gpt2, pair, adapter.layers, method="interface", adapter=adapter)
+    chained = derive(donor, zoo_gpt2, pair, adapter.layers, method="interface", adapter=adapter, chain_alpha=0.25)
+    assert chained.flops > plain.flops  # one donor pass and two recipient passes more
+    with cv.paste(zoo_gpt2, adapter, plain.converters):
+        assert evaluate(zoo_gpt2, "refusal", limit=40)["refusal"] <= 0.1
+    with cv.paste(zoo_gpt2, adapter, chained.converters, alpha=0.25):
+        rates = evaluate(zoo_gpt2, "refusal", limit=40)
+    assert rates["refusal"] >= 0.9 and rates["false_refusal"] <= 0.05
