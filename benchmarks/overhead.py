@@ -15,11 +15,13 @@ Generation (greedy, the same prompts × new tokens, left-padded, every row decod
 
 The script asserts that ``paste``, ``compiled`` and ``naive`` produce the same generations. Profiling compares
 ``cv.profile`` with a plain forward ``model(**batch)`` over the same prompts and batch size (both tokenize inside the
-timed loop). Each mode runs once as warmup, then ``--repeats`` times round-robin; the tables show medians.
+timed loop). Each mode runs once as warmup, then ``--repeats`` rounds, every round in a fresh random order. The
+ratio of a mode is the median over rounds of its time over the baseline's time in the *same* round (paired: on a
+shared machine a slow spell hits both), with its quartiles; the ratio of the median times is printed beside it.
 
-Run (about 1.5 minutes by default with one thread, ~20 s with ``--quick``)::
+Run (about 3 minutes by default with one thread, ~20 s with ``--quick``)::
 
-    HF_HUB_OFFLINE=1 python benchmarks/overhead.py [--quick] [--repeats 7] [--threads 1] [--csv overhead.csv]
+    HF_HUB_OFFLINE=1 python benchmarks/overhead.py [--quick] [--repeats 15] [--threads 1] [--csv overhead.csv]
 
 ``--threads`` defaults to 1: on a 2-core machine shared with other jobs, two OpenMP threads spin against each
 other's time slices and made one generation 20× slower in our runs.
@@ -111,14 +113,19 @@ def naive_hooks(hf_model, adapter: Adapter, converters: cv.Converters, prompt_le
             handle.remove()
 
 
-def time_round_robin(modes: dict[str, Callable[[], object]], repeats: int) -> tuple[dict[str, list[float]], dict]:
-    """One warmup call per mode, then ``repeats`` rounds over all modes; returns (times, warmup outputs)."""
+def time_round_robin(modes: dict[str, Callable[[], object]], repeats: int, seed: int = 0
+                     ) -> tuple[dict[str, list[float]], dict]:
+    """One warmup call per mode, then ``repeats`` rounds over all modes, each round in a fresh random order (so no
+    mode always runs first or right after another); returns (times, warmup outputs). ``times[m][i]`` is round i."""
     outputs = {name: fn() for name, fn in modes.items()}
     times: dict[str, list[float]] = {name: [] for name in modes}
+    order = list(modes)
+    rng = random.Random(seed)
     for _ in range(repeats):
-        for name, fn in modes.items():
+        rng.shuffle(order)
+        for name in order:
             start = time.perf_counter()
-            fn()
+            modes[name]()
             times[name].append(time.perf_counter() - start)
     return times, outputs
 
@@ -171,37 +178,48 @@ def check_generations(outputs: dict[str, list[str]]) -> int:
 
 
 def rows_for(benchmark: str, times: dict[str, list[float]], baseline: str, work: float, unit: str) -> list[dict]:
-    """One row per mode; ``ratio`` of medians (``ratio_min`` of minima), as throughput ratio for profiling."""
+    """One row per mode. ``ratio``: the median over rounds of the mode's time over the baseline's time *in the same
+    round* (paired, so a slow spell of a shared machine hits both), inverted to a throughput ratio for profiling;
+    ``ratio_q25``/``ratio_q75`` its quartiles; ``ratio_of_medians`` and ``ratio_min`` (of minima) for reference."""
     base, base_min = statistics.median(times[baseline]), min(times[baseline])
     rows = []
     for name, ts in times.items():
         med = statistics.median(ts)
-        ratio, ratio_min = (base / med, base_min / min(ts)) if unit == "prompts/s" else (med / base, min(ts) / base_min)
+        paired = [t / b for t, b in zip(ts, times[baseline])]
+        if unit == "prompts/s":
+            paired = [1 / x for x in paired]
+            of_medians, of_minima = base / med, base_min / min(ts)
+        else:
+            of_medians, of_minima = med / base, min(ts) / base_min
+        q25, _, q75 = statistics.quantiles(paired, n=4) if len(paired) > 1 else (paired[0],) * 3
         rows.append({"benchmark": benchmark, "mode": name, "median_s": med, "min_s": min(ts),
-                     "rate": work / med, "unit": unit, "ratio": ratio, "ratio_min": ratio_min,
+                     "rate": work / med, "unit": unit, "ratio": statistics.median(paired), "ratio_q25": q25,
+                     "ratio_q75": q75, "ratio_of_medians": of_medians, "ratio_min": of_minima,
                      "target": TARGETS.get(name, ""), "repeats": len(ts)})
     return rows
 
 
 def print_table(title: str, rows: list[dict], ratio_label: str) -> None:
     print(f"\n{title}")
-    print(f"{'mode':<10} {'median s':>9} {'min s':>8} {'rate':>18} {ratio_label:>13} {'(of minima)':>12} {'target':>8}")
+    print(f"{'mode':<10} {'median s':>9} {'min s':>8} {'rate':>18} {ratio_label:>13} {'quartiles':>15} "
+          f"{'of medians':>11} {'target':>8}")
     for r in rows:
         rate = f"{r['rate']:.1f} {r['unit']}"
+        quartiles = f"[{r['ratio_q25']:.3f}, {r['ratio_q75']:.3f}]"
         print(f"{r['mode']:<10} {r['median_s']:>9.3f} {r['min_s']:>8.3f} {rate:>18} {r['ratio']:>13.3f} "
-              f"{r['ratio_min']:>12.3f} {r['target']:>8}")
+              f"{quartiles:>15} {r['ratio_of_medians']:>11.3f} {r['target']:>8}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller models, fewer prompts and tokens")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per mode (default 7, quick 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 15, quick 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, see above)")
     parser.add_argument("--csv", default=None, help="write the numbers to this CSV file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     d_recipient, d_donor, n_profile, n_gen, new_tokens = (128, 96, 64, 16, 8) if args.quick else (256, 192, 128, 64, 32)
-    repeats = args.repeats or (3 if args.quick else 7)
+    repeats = args.repeats or (3 if args.quick else 15)
 
     tokenizer = word_tokenizer()
     hf_recipient = random_llama(tokenizer, 6, d_recipient, seed=1)
@@ -230,8 +248,10 @@ def main() -> None:
     times, _ = time_round_robin(profile_modes(recipient, hf_recipient, profile_prompts, 32), repeats)
     prof_rows = rows_for("profiling", times, "forward", n_profile, "prompts/s")
 
-    print_table("generation (ratio = median time / median plain HF generate)", gen_rows, "time / plain")
-    print_table("profiling (ratio = profile throughput / forward throughput)", prof_rows, "thru / fwd")
+    print_table("generation (ratio = median over rounds of time / plain HF generate's time in that round)", gen_rows,
+                "time / plain")
+    print_table("profiling (ratio = median over rounds of profile throughput / forward throughput)", prof_rows,
+                "thru / fwd")
     if args.csv:
         config = {"quick": args.quick, "threads": args.threads, "d_recipient": d_recipient, "d_donor": d_donor,
                   "n_gen": n_gen, "new_tokens": new_tokens, "n_profile": n_profile}
