@@ -57,6 +57,28 @@ def test_demo_with_interface_converters_fits_one_per_behavior(tmp_path):
 def test_demo_refuses_a_pair_of_one_model(tmp_path):
     with pytest.raises(ValueError, match="different"):
         run_demo("gpt2-4x96", "gpt2-4x96", out=tmp_path)
+    with pytest.raises(ValueError, match="chain=True chains interface converters"):
+        run_demo("qwen2-5x160", "gpt2-4x96", method="ridge", chain=True, out=tmp_path)
+
+
+def test_cli_demo_chained_refusal_from_qwen2(tmp_path):
+    """`--chain --alpha 0.25` (the CLI end to end): qwen2 → gpt2 refusal, which plain interface converters do not
+    transfer at α = 1 (0.00 on these prompts), pasted with chained converters at α = 0.25."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from commandv_interp.cli import app
+
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--donor", "qwen2-5x160", "--behavior", "refusal", "--chain",
+                                      "--alpha", "0.25", "--limit", "32", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = pd.DataFrame(json.loads(result.stdout)["rows"])
+    rate = rows.set_index(["condition", "metric"])["value"]
+    assert rate[("command_v", "refusal")] >= 0.9 and rate[("command_v", "false_refusal")] <= 0.05
+    assert rate[("recipient_base", "refusal")] <= 0.1
+    assert "`interface` (chained); α = 0.25" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("script", ["fig_similarity.py"])

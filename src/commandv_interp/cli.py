@@ -463,18 +463,23 @@ def demo_cmd(
         help="Profile prompts: generic questions; + the behaviors' training prompts; + those under cues and "
              "neutral system lines; or 'task', a small per-behavior set.")] = "task",
     limit: Annotated[int | None, typer.Option(min=1, help="Score only the first LIMIT test prompts.")] = None,
+    alpha: Annotated[float, typer.Option(help="Paste scale.")] = 1.0,
+    chain: Annotated[bool, typer.Option(
+        help="Fit interface converters layer after layer under the paste at --alpha.")] = False,
     out: Annotated[Path, typer.Option(help="Folder for report.md, CSVs and figures.")] = Path("commandv_demo"),
     json_output: JsonOpt = False, debug: DebugOpt = False,
 ) -> None:
     """Offline demo on the embedded zoo: profile, match, derive, paste each behavior, print the tables.
 
     Example: commandv demo --donor gpt2-4x96 --recipient llama-6x128 --method interface --out demo/
+
+    Example: commandv demo --donor qwen2-5x160 --behavior refusal --chain --alpha 0.25
     """
     from commandv_interp.demo import format_transfer_tables, run_demo
 
     g = Globals(json_output, debug)
     table = run_demo(donor, recipient, tuple(behavior or ("refusal", "jailbreak", "cot")), method, match,
-                     profile_set, out=out, limit=limit, progress=not g.json)
+                     profile_set, out=out, limit=limit, progress=not g.json, alpha=alpha, chain=chain)
     if g.json:
         _emit(g, {"out": str(out), "rows": table.to_dict(orient="records")})
     else:

@@ -56,7 +56,8 @@ def format_transfer_tables(table: pd.DataFrame) -> str:
 def run_demo(donor: str = DEFAULT_PAIR[0], recipient: str = DEFAULT_PAIR[1],
              behaviors: Sequence[Behavior] = ("refusal", "jailbreak", "cot"), method: str = "interface",
              match: str = "depth", profile_set: str = "task", out: str | Path = "commandv_demo",
-             limit: int | None = None, progress: bool = True) -> pd.DataFrame:
+             limit: int | None = None, progress: bool = True, alpha: float = 1.0, chain: bool = False
+             ) -> pd.DataFrame:
     """Run the demo and write ``report.md``, ``transfer.csv``, ``faithfulness.csv`` and figures into ``out``.
 
     Args:
@@ -66,12 +67,17 @@ def run_demo(donor: str = DEFAULT_PAIR[0], recipient: str = DEFAULT_PAIR[1],
             ``similarity``; profile_set: see :func:`commandv_interp.zoo.transfer.profile_prompts` (``task`` is
             per behavior).
         limit: score only the first ``limit`` test prompts of each behavior.
+        alpha: the paste scale.
+        chain: fit ``interface`` converters layer after layer under the paste at ``alpha``
+            (:func:`~commandv_interp.chaining.fit_chained_interface_converters`).
 
     Returns:
         The tidy transfer table (also in ``transfer.csv``).
     """
     if donor == recipient:
         raise ValueError(f"donor and recipient must be different zoo models, got {donor!r} twice")
+    if chain and method != INTERFACE_METHOD:
+        raise ValueError(f"chain=True chains interface converters; method is {method!r}: use method='interface'")
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,17 +93,19 @@ def run_demo(donor: str = DEFAULT_PAIR[0], recipient: str = DEFAULT_PAIR[1],
             if key not in pairs:
                 pairs[key] = profile_pair(donor_tl, recipient_nn, profile_prompts(profile_set, key), progress)
             derivations[b] = derive(donor_tl, recipient_nn, pairs[key], layers, match=match, method=method,
-                                    adapter=adapters[b] if method == INTERFACE_METHOD else None)
+                                    adapter=adapters[b] if method == INTERFACE_METHOD else None,
+                                    chain_alpha=alpha if chain else None)
     else:
         shared = derive(donor_tl, recipient_nn, profile_prompts(profile_set), layers, match=match, method=method,
                         progress=progress)
         derivations = {b: shared for b in behaviors}
-    table = transfer_rows(donor_nn, recipient_nn, derivations, behaviors, limit=limit)
+    table = transfer_rows(donor_nn, recipient_nn, derivations, behaviors, alpha=alpha, limit=limit)
     atomic_write(out / "transfer.csv", lambda p: table.to_csv(p, index=False))
-    faith, figures = _faithfulness(donor_nn, recipient_nn, derivations, behaviors, out)
+    faith, figures = _faithfulness(donor_nn, recipient_nn, derivations, behaviors, out, alpha)
     first = derivations[behaviors[0]]
     report = [f"# Command-V demo: {donor} → {recipient}", "",
-              f"Converters: `{method}`; layer matching: `{match}`; profile prompts: `{profile_set}` "
+              f"Converters: `{method}`{' (chained)' if chain else ''}; α = {alpha:g}; layer matching: `{match}`; "
+              f"profile prompts: `{profile_set}` "
               f"({first.n_prompts}); layer map {first.layer_map.as_dict()}; test prompts per behavior: "
               f"{limit or 'all'}.", "", format_transfer_tables(table), "", "## Per-layer faithfulness", ""]
     report += [f"![{f.stem}]({f.name})" for f in figures]
@@ -106,14 +114,15 @@ def run_demo(donor: str = DEFAULT_PAIR[0], recipient: str = DEFAULT_PAIR[1],
     return table
 
 
-def _faithfulness(donor, recipient, derivations, behaviors, out: Path) -> tuple[pd.DataFrame, list[Path]]:
+def _faithfulness(donor, recipient, derivations, behaviors, out: Path, alpha: float
+                  ) -> tuple[pd.DataFrame, list[Path]]:
     frames = []
     for behavior in behaviors:
         d = derivations[behavior]
         frames.append(analysis.converter_fidelity(d.converters, d.donor_profile, d.recipient_profile)
                       .assign(behavior=behavior))
         frame = analysis.state_delta_fidelity(donor, recipient, load_adapter(donor.name, behavior),
-                                              d.converters, prompts(behavior, "test")[:64])
+                                              d.converters, prompts(behavior, "test")[:64], alpha=alpha)
         frames.append(frame.assign(behavior=behavior))
     faith = pd.concat(frames, ignore_index=True)
     atomic_write(out / "faithfulness.csv", lambda p: faith.to_csv(p, index=False))
