@@ -140,16 +140,17 @@ def derive(donor: ModelAccess | object, recipient: ModelAccess | object, prompts
     p_donor, p_recipient = pair.donor_profile, pair.recipient_profile
     layer_map = match_layers(p_donor, p_recipient, method=match, donor_layers=donor_layers, metric=metric)  # type: ignore[arg-type]
     passes = 0.0  # forward FLOPs beyond the two profiles
-    if method == INTERFACE_METHOD and chain_alpha is not None:
-        converters = fit_chained_interface_converters(donor, recipient, adapter, pair.prompts, p_donor, p_recipient,  # type: ignore[arg-type]
-                                                      layer_map, alpha=chain_alpha)
-        further = len({r for _, r in layer_map.pairs}) - 1
-        passes = 2.0 * (_n_params(donor) * _tokens(donor, pair.prompts)
-                        + further * _n_params(recipient) * _tokens(recipient, pair.prompts))
-        width = 2 * 2 * adapter.rank * (donor.d_model + recipient.d_model)  # type: ignore[union-attr]  # fitted twice
-    elif method == INTERFACE_METHOD:
-        converters = fit_interface_converters(adapter, p_donor, p_recipient, layer_map)  # type: ignore[arg-type]
+    if method == INTERFACE_METHOD:
         width = 2 * adapter.rank * (donor.d_model + recipient.d_model)  # type: ignore[union-attr]
+        if chain_alpha is None:
+            converters = fit_interface_converters(adapter, p_donor, p_recipient, layer_map)  # type: ignore[arg-type]
+        else:
+            converters = fit_chained_interface_converters(donor, recipient, adapter, pair.prompts, p_donor,  # type: ignore[arg-type]
+                                                          p_recipient, layer_map, alpha=chain_alpha)
+            further = len({r for _, r in layer_map.pairs}) - 1  # recipient passes under the paste below
+            passes = 2.0 * (_n_params(donor) * _tokens(donor, pair.prompts)
+                            + further * _n_params(recipient) * _tokens(recipient, pair.prompts))
+            width *= 2  # the plain fit, then each layer's refit
     else:
         converters = fit_converters(p_donor, p_recipient, layer_map, method=method)  # type: ignore[arg-type]
         width = 2 * donor.d_model * recipient.d_model
