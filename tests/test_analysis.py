@@ -144,6 +144,22 @@ def test_attribution_of_a_null_layer_is_zero_and_all_equals_paste(nn_llama, iden
     assert v[("cumulative_first", "0")] == pytest.approx(direct, abs=1e-5)
 
 
+def test_native_attribution_equals_a_paste_through_identity_converters(nn_llama, nn_gpt2, identity):
+    """converters=None applies the subsets to the adapter's own model: every row equals pasting them into the donor
+    through identity converters; an adapter of another width is refused."""
+    _, _, conv = identity
+    adapter = _adapter(nn_llama.d_model, layers=(0, 2))
+    evals = random_prompts(8, seed=4)
+    native = analysis.layer_attribution(nn_llama, adapter, None, evals, contrast=("w1", "w2"))
+    pasted = analysis.layer_attribution(nn_llama, adapter, conv, evals, contrast=("w1", "w2"))
+    assert native[["condition", "layers"]].equals(pasted[["condition", "layers"]])
+    assert native.value.tolist() == pytest.approx(pasted.value.tolist(), abs=1e-4)
+    assert native.value.nunique() > 2  # the subsets score differently: the comparison is not vacuous
+    with pytest.raises(ValueError, match="applies the adapter natively"):
+        analysis.layer_attribution(nn_gpt2, adapter, None, evals, contrast=("w1", "w2"))
+    assert not nn_llama.active_edits
+
+
 def test_null_baselines_report_every_condition(nn_llama, identity):
     p, _, conv = identity
     adapter, other = _adapter(nn_llama.d_model), _adapter(nn_llama.d_model, seed=5)

@@ -26,7 +26,7 @@ from commandv_interp.analysis.downstream import logit_difference
 from commandv_interp.converters import Converters, fit_converters
 from commandv_interp.correspondence import LayerMap
 from commandv_interp.interface import INTERFACE_METHOD, fit_interface_converters
-from commandv_interp.paste import DeltaFn, delta_edit, paste, pasted_deltas
+from commandv_interp.paste import DeltaFn, apply_adapter, delta_edit, paste, pasted_deltas
 from commandv_interp.profiles import ActivationProfile
 
 __all__ = ["BehaviorScore", "layer_subsets", "layer_attribution", "random_delta_paste", "shuffled_converters",
@@ -81,22 +81,32 @@ def _check_scorers(contrast: tuple[str, str] | None, behavior_score: BehaviorSco
         raise ValueError("pass contrast=(positive_word, negative_word) and/or behavior_score to score the runs")
 
 
-def layer_attribution(recipient: ModelAccess | object, adapter: Adapter, converters: Converters,
+def layer_attribution(recipient: ModelAccess | object, adapter: Adapter, converters: Converters | None,
                       prompts: Sequence[str], contrast: tuple[str, str] | None = None,
                       behavior_score: BehaviorScore | None = None, modes: Sequence[str] = ATTRIBUTION_MODES,
                       split: str = "test", positions: str = "last", alpha: float = 1.0,
                       batch_size: int = 32) -> pd.DataFrame:
     """Paste subsets of the adapter's layers and score each run.
 
+    With ``converters=None`` the subsets are applied natively to ``recipient``, which must then be the adapter's
+    own model: which of the donor's adapter layers carry the behavior, alone and together. A behavior that only
+    appears with several layers (an adapter that is a circuit) is the case for
+    :func:`~commandv_interp.chaining.fit_chained_interface_converters`.
+
     Returns:
         Tidy rows ``condition (none|all|<mode>), layers ("0,2"), n_pairs, metric, value, split``.
     """
     _check_scorers(contrast, behavior_score)
     access = open_model(recipient)
+    if converters is None and adapter.d_model != access.d_model:
+        raise ValueError(f"converters=None applies the adapter natively, but it has d_model={adapter.d_model} and "
+                         f"{access.name!r} has {access.d_model}; pass its own model, or converters to paste it")
     rows = _rows("none", (), _scores(access, prompts, contrast, behavior_score, batch_size), split)
     for mode, layers in [("all", tuple(adapter.layers))] + layer_subsets(adapter.layers, modes):
         sub = adapter.restricted(layers)
-        with paste(access, sub, converters, positions, alpha):
+        edit = (apply_adapter(access, sub, positions, alpha) if converters is None
+                else paste(access, sub, converters, positions, alpha))
+        with edit:
             rows += _rows(mode, layers, _scores(access, prompts, contrast, behavior_score, batch_size), split)
     return pd.DataFrame(rows, columns=COLUMNS)
 
