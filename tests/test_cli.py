@@ -129,6 +129,32 @@ def test_derive_interface_fits_the_given_adapter(pipeline):
     assert "--adapter" in line
 
 
+def test_derive_chain_alpha_equals_the_chained_fit(pipeline):
+    """--chain-alpha: the file equals fit_chained_interface_converters on the same models, prompts and profiles,
+    records its alpha, and needs both models and the prompts."""
+    tmp = pipeline["tmp"]
+    out = tmp / "chained.safetensors"
+    common = [tmp / "donor.safetensors", tmp / "recipient.safetensors", "--map", tmp / "map.json", "--method",
+              "interface", "--adapter", tmp / "adapter", "--chain-alpha", "0.5"]
+    ok("derive", *common, "--out", out, "--donor-model", pipeline["donor"], "--recipient-model",
+       pipeline["recipient"], "--prompts", tmp / "prompts.txt")
+    adapter = cv.load_adapter(tmp / "adapter")
+    want = cv.fit_chained_interface_converters(
+        cv.open_model(pipeline["donor"]), cv.open_model(pipeline["recipient"]), adapter, pipeline["prompts"],
+        cv.ActivationProfile.load(tmp / "donor.safetensors"), cv.ActivationProfile.load(tmp / "recipient.safetensors"),
+        cv.LayerMap.load(tmp / "map.json"), alpha=0.5)
+    got = cv.Converters.load(out)
+    assert got.extra["chained"] and got.extra["chain_alpha"] == 0.5
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.to_donor.weight, w.to_donor.weight)
+        torch.testing.assert_close(g.to_recipient.weight, w.to_recipient.weight)
+    line = user_error("derive", *common, "--out", tmp / "x.safetensors", "--donor-model", pipeline["donor"])
+    assert "--recipient-model" in line and "--prompts" in line
+    line = user_error("derive", *common, "--out", tmp / "x.safetensors", "--donor-model", pipeline["donor"],
+                      "--recipient-model", pipeline["recipient"], "--prompts", tmp / "other.txt")
+    assert "taken on other prompts" in line
+
+
 def test_json_output_is_one_object(pipeline):
     tmp = pipeline["tmp"]
     match = json.loads(ok("match", tmp / "donor.safetensors", tmp / "recipient.safetensors",

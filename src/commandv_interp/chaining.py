@@ -38,7 +38,7 @@ from commandv_interp.paste import apply_adapter, paste
 from commandv_interp.profiles import ActivationProfile
 from commandv_interp.prompts import prompts_fingerprint
 
-__all__ = ["fit_chained_interface_converters"]
+__all__ = ["fit_chained_interface_converters", "check_profiled_prompts"]
 
 
 def _record(access: ModelAccess, layers: Sequence[int], prompts: Sequence[str], edit, batch_size: int
@@ -54,6 +54,16 @@ def _for_adapter(converters: Converters, pairs: dict, adapter: Adapter) -> Conve
     """``converters`` narrowed to ``adapter``'s layers, with the chained ``pairs`` and that adapter's digest."""
     return dataclasses.replace(converters, pairs=tuple(pairs[layer] for layer in adapter.layers),
                                extra={**converters.extra, "adapter_digest": adapter.digest()})
+
+
+def check_profiled_prompts(prompts: Sequence[str], *profiles: ActivationProfile) -> None:
+    """Refuse ``prompts`` that are not the exact texts ``profiles`` were taken on (fingerprints named)."""
+    fingerprint = prompts_fingerprint(list(prompts))
+    for prof in profiles:
+        if prof.prompts_fingerprint != fingerprint:
+            raise ValueError(f"the profile of {prof.model_name!r} was taken on other prompts (fingerprint "
+                             f"{prof.prompts_fingerprint[:12]!r}, these prompts give {fingerprint[:12]!r}); pass the "
+                             "exact texts it was profiled on (after any chat template)")
 
 
 def fit_chained_interface_converters(
@@ -90,14 +100,9 @@ def fit_chained_interface_converters(
         ValueError: profiles not taken on ``prompts``, a non-finite ``alpha``, and everything
             ``fit_interface_converters`` refuses.
     """
-    donor, recipient = open_model(donor), open_model(recipient)
     prompts = list(prompts)
-    fingerprint = prompts_fingerprint(prompts)
-    for side, prof in (("donor", donor_profile), ("recipient", recipient_profile)):
-        if prof.prompts_fingerprint != fingerprint:
-            raise ValueError(f"the {side} profile was taken on other prompts (fingerprint "
-                             f"{prof.prompts_fingerprint[:12]!r}, these prompts give {fingerprint[:12]!r}); pass the "
-                             "exact texts it was profiled on (after any chat template)")
+    check_profiled_prompts(prompts, donor_profile, recipient_profile)
+    donor, recipient = open_model(donor), open_model(recipient)
     if not math.isfinite(alpha):
         raise ValueError(f"alpha must be finite, got {alpha!r}")
     plain = fit_interface_converters(adapter, donor_profile, recipient_profile, layer_map, **fit_kwargs)

@@ -281,6 +281,15 @@ def derive_cmd(
         help="Converter fit; 'interface' fits only the --adapter's read and write directions.")] = "pinv",
     adapter: Annotated[str | None, typer.Option(
         help="Donor adapter (folder or zoo:<model>:<behavior>) for --method interface.")] = None,
+    chain_alpha: Annotated[float | None, typer.Option(
+        help="Chain the interface fit layer after layer under the paste at this alpha (needs --donor-model, "
+             "--recipient-model and --prompts).")] = None,
+    donor_model: Annotated[str | None, typer.Option(help="Donor checkpoint dir or zoo model, for --chain-alpha.")] = None,
+    recipient_model: Annotated[str | None, typer.Option(
+        help="Recipient checkpoint dir or zoo model, for --chain-alpha.")] = None,
+    prompts: Annotated[str | None, typer.Option(
+        help="The prompts both profiles were taken on (file or zoo:<behavior>:<split>), for --chain-alpha.")] = None,
+    backend: BackendOpt = "nnsight",
     json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
 ) -> None:
     """Fit the converters of every mapped layer pair; print their held-out fit scores.
@@ -289,6 +298,10 @@ def derive_cmd(
 
     Example: commandv derive donor.safetensors recipient.safetensors --map map.json --out refusal.safetensors
     --method interface --adapter zoo:llama-6x128:refusal
+
+    Example: commandv derive donor.safetensors recipient.safetensors --map map.json --out refusal.safetensors
+    --method interface --adapter zoo:qwen2-5x160:refusal --chain-alpha 0.25 --donor-model qwen2-5x160
+    --recipient-model gpt2-4x96 --prompts zoo:refusal:train
     """
     import commandv_interp as cv
 
@@ -298,8 +311,23 @@ def derive_cmd(
     if (method == "interface") != (adapter is not None):
         raise ValueError("--method interface fits converters to one adapter: give --adapter with it (and only "
                          f"with it); got --method {method} and --adapter {adapter!r}")
-    converters = (cv.fit_interface_converters(_adapter(g, adapter), donor, recipient, layer_map) if adapter
-                  else cv.fit_converters(donor, recipient, layer_map, method=method))
+    chain_inputs = {"--donor-model": donor_model, "--recipient-model": recipient_model, "--prompts": prompts}
+    if chain_alpha is not None:
+        missing = [name for name, value in chain_inputs.items() if value is None]
+        if method != "interface" or missing:
+            raise ValueError(f"--chain-alpha chains an interface fit: it needs --method interface and "
+                             f"{', '.join(chain_inputs)}; missing: {missing or '--method interface'}")
+        from commandv_interp.chaining import check_profiled_prompts
+
+        texts = _prompts(prompts)
+        check_profiled_prompts(texts, donor, recipient)  # cheap inputs first: fail before loading the models
+        converters = cv.fit_chained_interface_converters(
+            _model(g, donor_model, backend), _model(g, recipient_model, backend), _adapter(g, adapter), texts,
+            donor, recipient, layer_map, alpha=chain_alpha)
+    elif adapter:
+        converters = cv.fit_interface_converters(_adapter(g, adapter), donor, recipient, layer_map)
+    else:
+        converters = cv.fit_converters(donor, recipient, layer_map, method=method)
     converters.save(out)
     rows = [{"donor_layer": p.donor_layer, "recipient_layer": p.recipient_layer, "direction": direction} | scores
             for p in converters for direction, scores in p.fit_scores.items() if isinstance(scores, dict)]
