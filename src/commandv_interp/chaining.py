@@ -27,9 +27,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-import torch
-
-from commandv_interp.access import ModelAccess, batches, open_model, recording
+from commandv_interp.access import ModelAccess, open_model, recorded_states
 from commandv_interp.adapters import Adapter
 from commandv_interp.converters import Converters
 from commandv_interp.correspondence import LayerMap
@@ -39,15 +37,6 @@ from commandv_interp.profiles import ActivationProfile
 from commandv_interp.prompts import prompts_fingerprint
 
 __all__ = ["fit_chained_interface_converters", "check_profiled_prompts"]
-
-
-def _record(access: ModelAccess, layers: Sequence[int], prompts: Sequence[str], edit, batch_size: int
-            ) -> dict[int, torch.Tensor]:
-    """Last-prompt-token states at ``layers`` under ``edit`` (recorded before the edit acts at each layer)."""
-    with torch.no_grad(), recording(access, layers) as states, edit:
-        for batch in batches(access, prompts, batch_size):
-            access.forward(batch)
-    return {layer: torch.cat(parts) for layer, parts in states.items()}
 
 
 def _for_adapter(converters: Converters, pairs: dict, adapter: Adapter) -> Converters:
@@ -107,7 +96,8 @@ def fit_chained_interface_converters(
         raise ValueError(f"alpha must be finite, got {alpha!r}")
     plain = fit_interface_converters(adapter, donor_profile, recipient_profile, layer_map, **fit_kwargs)
     mapped = plain.layer_map()
-    donor_states = _record(donor, adapter.layers, prompts, apply_adapter(donor, adapter, positions), batch_size)
+    donor_states = recorded_states(donor, adapter.layers, prompts, apply_adapter(donor, adapter, positions),
+                                   batch_size)
     pairs: dict = {}
     for r_layer in sorted(set(mapped.values())):
         group = adapter.restricted([layer for layer in adapter.layers if mapped[layer] == r_layer])
@@ -115,7 +105,7 @@ def fit_chained_interface_converters(
         if below:
             earlier = adapter.restricted(below)
             edit = paste(recipient, earlier, _for_adapter(plain, pairs, earlier), positions=positions, alpha=alpha)
-            h_r = _record(recipient, [r_layer], prompts, edit, batch_size)[r_layer]
+            h_r = recorded_states(recipient, [r_layer], prompts, edit, batch_size)[r_layer]
         else:
             h_r = recipient_profile[r_layer]
         p_donor = dataclasses.replace(donor_profile, activations={

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -20,7 +21,7 @@ from commandv_interp.access.base import Batch, EditContext, ModelAccess
 from commandv_interp.access.positions import gather_rows, last_token_index
 from commandv_interp.types import Tensor
 
-__all__ = ["recording", "batches"]
+__all__ = ["recording", "batches", "recorded_states"]
 
 
 @contextlib.contextmanager
@@ -52,3 +53,13 @@ def batches(access: ModelAccess, prompts: Sequence[str], batch_size: int) -> Ite
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     for start in range(0, len(prompts), batch_size):
         yield access.encode(list(prompts[start:start + batch_size]), padding_side="left")
+
+
+def recorded_states(access: ModelAccess, layers: Sequence[int], prompts: Sequence[str],
+                    edit: AbstractContextManager | None = None, batch_size: int = 32) -> dict[int, Tensor]:
+    """Run ``prompts`` through ``access`` under ``edit`` (e.g. a ``paste``) and return each layer's last-prompt-token
+    states as one ``n × d_model`` float32 tensor, recorded before the edit acts at that layer."""
+    with torch.no_grad(), recording(access, layers) as states, edit or nullcontext():
+        for batch in batches(access, prompts, batch_size):
+            access.forward(batch)
+    return {layer: torch.cat(parts) for layer, parts in states.items()}

@@ -34,9 +34,8 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from commandv_interp.access import ModelAccess, open_model
+from commandv_interp.access import ModelAccess, open_model, recorded_states
 from commandv_interp.adapters import Adapter
-from commandv_interp.analysis.capture import batches, recording
 from commandv_interp.analysis.metrics import effective_rank, mean_cosine, norm_ratio, r2, relative_error
 from commandv_interp.converters import Converters
 from commandv_interp.correspondence import LayerMap
@@ -94,15 +93,10 @@ def paste_states(donor: ModelAccess | object, recipient: ModelAccess | object, a
     """
     donor, recipient = open_model(donor), open_model(recipient)
     r_layers = sorted({converters.for_donor_layer(layer).recipient_layer for layer in adapter.layers})
-    with torch.no_grad():
-        with recording(donor, adapter.layers) as d_states, apply_adapter(donor, adapter, positions, alpha):
-            for b in batches(donor, prompts, batch_size):
-                donor.forward(b)
-        with recording(recipient, r_layers) as r_states, paste(recipient, adapter, converters, positions, alpha):
-            for b in batches(recipient, prompts, batch_size):
-                recipient.forward(b)
-    cat = lambda states: {layer: torch.cat(parts) for layer, parts in states.items()}  # noqa: E731
-    return cat(d_states), cat(r_states)
+    return (recorded_states(donor, adapter.layers, prompts, apply_adapter(donor, adapter, positions, alpha),
+                            batch_size),
+            recorded_states(recipient, r_layers, prompts, paste(recipient, adapter, converters, positions, alpha),
+                            batch_size))
 
 
 def state_delta_fidelity(donor: ModelAccess | object, recipient: ModelAccess | object, adapter: Adapter,
