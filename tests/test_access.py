@@ -95,3 +95,48 @@ def test_open_model_errors(tmp_path):
         cv.open_model(tmp_path)
     with pytest.raises(ValueError, match="cannot open"):
         cv.open_model(42)
+
+
+@pytest.mark.parametrize("fixture", ["nn_llama", "tl_llama"])
+def test_recorded_states_stop_early_and_equal_a_full_forward(fixture, request):
+    """``recorded_states`` stops each pass after its deepest layer; what it records (under an edit, before the edit
+    at its own layer) equals what a full forward records, and the edits are gone afterwards."""
+    from commandv_interp.access import batches, recorded_states, recording
+
+    model = request.getfixturevalue(fixture)
+    prompts = random_prompts(10, seed=3)
+    shift = torch.randn(model.d_model)
+
+    def edit():
+        return model.edited({0: lambda hidden, ctx: hidden + shift, 2: lambda hidden, ctx: hidden * 2.0})
+
+    got = recorded_states(model, [0, 2], prompts, edit(), batch_size=4)
+    with torch.no_grad(), recording(model, [0, 2]) as states, edit():
+        for batch in batches(model, prompts, 4):
+            model.forward(batch)
+    plain = model.read(model.encode(prompts), [0, 2])
+    for layer in (0, 2):
+        assert got[layer].shape == (10, model.d_model)
+        assert_close(got[layer], torch.cat(states[layer]), atol=1e-5)
+    assert_close(got[0], plain[0], atol=1e-5)  # recorded before the edit at its own layer
+    assert not torch.allclose(got[2], plain[2], atol=1e-3)  # after the edit at layer 0
+    assert not model.active_edits
+    with pytest.raises(ValueError, match="at least one layer"):
+        recorded_states(model, [], prompts)
+
+
+def test_forward_flops_count_the_blocks_a_pass_runs(nn_llama, hf_llama):
+    """Closed form: ``2 · tokens · params``, with the blocks above ``through_layer`` and the untied head left out."""
+    from commandv_interp.access import forward_flops
+
+    prompts = random_prompts(5, seed=4)
+    tokens = sum(len(ids) for ids in nn_llama.tokenizer(prompts)["input_ids"])
+    model = hf_llama[0]
+    total = sum(p.numel() for p in model.parameters())
+    block = sum(p.numel() for p in model.model.layers[0].parameters())
+    head = model.lm_head.weight.numel()
+    assert forward_flops(nn_llama, prompts) == 2.0 * total * tokens
+    assert forward_flops(nn_llama, prompts, nn_llama.n_layers - 1) == 2.0 * (total - head) * tokens
+    assert forward_flops(nn_llama, prompts, 1) == 2.0 * (total - head - 2 * block) * tokens
+    with pytest.raises(ValueError, match="through_layer=4 out of range"):
+        forward_flops(nn_llama, prompts, 4)

@@ -106,3 +106,26 @@ def test_chained_fit_transfers_refusal_where_the_plain_fit_does_not(zoo_gpt2):
     with cv.paste(zoo_gpt2, adapter, chained.converters, alpha=0.25):
         rates = evaluate(zoo_gpt2, "refusal", limit=40)
     assert rates["refusal"] >= 0.9 and rates["false_refusal"] <= 0.05
+
+
+def test_the_profile_free_fit_equals_the_fit_from_profiles(nn_llama, nn_gpt2, setup):
+    """Without profiles the chain records what it needs itself (the donor's lowest adapter layer under its own
+    adapter is its plain state) and gives the converters the profiles give; with no layer map it takes the
+    paper's relative depth, the map ``match_layers(method="depth")`` gives."""
+    prompts, p_donor, p_recipient, adapter, layer_map = setup
+    from_profiles = cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts, p_donor, p_recipient,
+                                                        layer_map, alpha=0.7)
+    free = cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts, layer_map=layer_map, alpha=0.7)
+    for layer in adapter.layers:
+        _same_pair(free.for_donor_layer(layer), from_profiles.for_donor_layer(layer))
+    assert free.donor_model == from_profiles.donor_model and free.recipient_model == from_profiles.recipient_model
+    depth = cv.match_layers(p_donor, p_recipient, method="depth", donor_layers=adapter.layers)
+    want = cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts, p_donor, p_recipient, depth)
+    got = cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts)
+    assert got.layer_map() == want.layer_map() == depth.as_dict()
+    for layer in adapter.layers:
+        _same_pair(got.for_donor_layer(layer), want.for_donor_layer(layer))
+    with pytest.raises(ValueError, match=r"no recipient layer for donor layers \[2\]"):
+        cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts,
+                                            layer_map=LayerMap(((0, 0),), (float("nan"),), "manual"))
+    assert not nn_llama.active_edits and not nn_gpt2.active_edits

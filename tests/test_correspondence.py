@@ -56,6 +56,9 @@ def test_depth_map_and_round_trip(tmp_path):
     assert m.as_dict() == {0: 0, 2: 1, 4: 2}
     again = cv.LayerMap.load(m.save(tmp_path / "map.json"))
     assert again.pairs == m.pairs and torch.allclose(again.similarity, m.similarity)
+    free = cv.relative_depth_map([0, 2, 4], 6, 3)  # no profiles: the same pairs
+    assert free.pairs == m.pairs and free.method == "depth" and all(s != s for s in free.scores)
+    assert cv.LayerMap.load(free.save(tmp_path / "free.json")).pairs == m.pairs
 
 
 def test_mismatched_fingerprints_refused():

@@ -29,6 +29,19 @@ def test_profile_independent_of_batching_and_padding(nn_llama):
         assert_close(a[layer], b[layer], atol=1e-5)
 
 
+def test_profile_from_recorded_states_equals_profile(nn_llama):
+    from commandv_interp.access import recorded_states
+
+    prompts = random_prompts(7, seed=8)
+    want = cv.profile(nn_llama, prompts, layers=[0, 2], progress=False)
+    got = cv.ActivationProfile.from_states(nn_llama, prompts, recorded_states(nn_llama, [0, 2], prompts))
+    assert got.metadata() == want.metadata()
+    for layer in (0, 2):
+        assert_close(got[layer], want[layer], atol=1e-5)
+    with pytest.raises(ValueError, match=r"\{0: 7\} rows per layer but there are 6 texts"):
+        cv.ActivationProfile.from_states(nn_llama, prompts[:6], {0: want[0]})
+
+
 def test_profile_tl_matches_nnsight(nn_llama, tl_llama):
     prompts = random_prompts(6, seed=2)
     a = cv.profile(nn_llama, prompts, progress=False)

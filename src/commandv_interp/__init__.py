@@ -12,7 +12,7 @@ from commandv_interp.calibration import norm_matched_alpha  # noqa: E402
 from commandv_interp.chaining import fit_chained_interface_converters  # noqa: E402
 from commandv_interp.compile import compile_paste  # noqa: E402
 from commandv_interp.converters import Converters, fit_converters  # noqa: E402
-from commandv_interp.correspondence import LayerMap, match_layers  # noqa: E402
+from commandv_interp.correspondence import LayerMap, match_layers, relative_depth_map  # noqa: E402
 from commandv_interp.interface import fit_interface_converters  # noqa: E402
 from commandv_interp.paste import apply_adapter, paste  # noqa: E402
 from commandv_interp.profiles import ActivationProfile, profile  # noqa: E402
@@ -36,6 +36,7 @@ __all__ = [
     "fit_converters",
     "load_prompts",
     "match_layers",
+    "relative_depth_map",
     "norm_matched_alpha",
     "open_model",
     "profile",

@@ -14,11 +14,12 @@ layers moved. The chained fit refits the converters of each mapped recipient lay
 - the recipient's states at ``r`` with the paste of the donor layers mapped below ``r`` active, through the
   converters chained so far, at the ``alpha`` the converters will be pasted with.
 
-The first mapped recipient layer keeps the plain interface fit. The converters record ``chain_alpha``;
+The first mapped recipient layer gets the plain interface fit. The converters record ``chain_alpha``;
 :func:`~commandv_interp.paste.paste` warns when they are pasted at another ``alpha``.
 
-Cost on top of the two profiles: one donor forward pass over the prompts with its adapter, and one recipient pass
-per further mapped recipient layer.
+Cost: no profiles are needed. One donor forward pass over the prompts with its adapter, stopped after its highest
+layer, and one recipient pass per mapped recipient layer, stopped after that layer (the first is spared when a
+recipient profile over the prompts is passed).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from collections.abc import Sequence
 from commandv_interp.access import ModelAccess, open_model, recorded_states
 from commandv_interp.adapters import Adapter
 from commandv_interp.converters import Converters
-from commandv_interp.correspondence import LayerMap
+from commandv_interp.correspondence import LayerMap, relative_depth_map
 from commandv_interp.interface import fit_interface_converters
 from commandv_interp.paste import apply_adapter, paste
 from commandv_interp.profiles import ActivationProfile
@@ -60,9 +61,9 @@ def fit_chained_interface_converters(
     recipient: ModelAccess | object,
     adapter: Adapter,
     prompts: Sequence[str],
-    donor_profile: ActivationProfile,
-    recipient_profile: ActivationProfile,
-    layer_map: LayerMap,
+    donor_profile: ActivationProfile | None = None,
+    recipient_profile: ActivationProfile | None = None,
+    layer_map: LayerMap | None = None,
     alpha: float = 1.0,
     positions: str = "last",
     batch_size: int = 32,
@@ -70,12 +71,19 @@ def fit_chained_interface_converters(
 ) -> Converters:
     """Interface converters for ``adapter``, each mapped recipient layer fitted under the paste of those below it.
 
+    Needs no profiles: the donor's states come from one pass with its adapter (at its lowest layer they are the
+    plain states), the recipient's from one pass per mapped recipient layer, each stopped after that layer.
+    Profiles already taken on ``prompts`` spare the recipient's first pass.
+
     Args:
         donor, recipient: the two models (``ModelAccess`` or anything ``open_model`` accepts).
         adapter: the donor's adapter (linear-source kinds, as for ``fit_interface_converters``).
-        prompts: the exact texts both profiles were taken on (their fingerprint must match the profiles').
-        donor_profile, recipient_profile: the unedited profiles over ``prompts``.
-        layer_map: which recipient layer each of the adapter's donor layers maps to.
+        prompts: the fitting prompts (the exact texts fed to the models; with profiles, the texts they were taken
+            on: their fingerprints must match).
+        donor_profile, recipient_profile: optional unedited profiles over ``prompts`` (only their provenance and,
+            for the recipient, the lowest mapped layer are used).
+        layer_map: which recipient layer each of the adapter's donor layers maps to (default: relative depth,
+            :func:`~commandv_interp.correspondence.relative_depth_map`).
         alpha: the scale the converters will be pasted with (the chain is fitted under it).
         positions: where the donor's adapter and the paste act while the chain is recorded.
         batch_size: prompts per forward pass.
@@ -90,29 +98,40 @@ def fit_chained_interface_converters(
             ``fit_interface_converters`` refuses.
     """
     prompts = list(prompts)
-    check_profiled_prompts(prompts, donor_profile, recipient_profile)
+    given = [p for p in (donor_profile, recipient_profile) if p is not None]
+    check_profiled_prompts(prompts, *given)
     donor, recipient = open_model(donor), open_model(recipient)
     if not math.isfinite(alpha):
         raise ValueError(f"alpha must be finite, got {alpha!r}")
-    plain = fit_interface_converters(adapter, donor_profile, recipient_profile, layer_map, **fit_kwargs)
-    mapped = plain.layer_map()
-    donor_states = recorded_states(donor, adapter.layers, prompts, apply_adapter(donor, adapter, positions),
-                                   batch_size)
+    if layer_map is None:
+        layer_map = relative_depth_map(adapter.layers, donor.n_layers, recipient.n_layers, donor.name, recipient.name)
+    mapped = layer_map.restrict(adapter.layers).as_dict()
+    unmapped = [layer for layer in adapter.layers if layer not in mapped]
+    if unmapped:
+        raise ValueError(f"the layer map has no recipient layer for donor layers {unmapped}; match the adapter's "
+                         f"layers {list(adapter.layers)}")
+    donor_states = ActivationProfile.from_states(donor, prompts, recorded_states(
+        donor, adapter.layers, prompts, apply_adapter(donor, adapter, positions), batch_size))
+    if donor_profile is not None:
+        donor_states = dataclasses.replace(donor_profile, activations=donor_states.activations)
     pairs: dict = {}
+    template: Converters | None = None
     for r_layer in sorted(set(mapped.values())):
         group = adapter.restricted([layer for layer in adapter.layers if mapped[layer] == r_layer])
         below = [layer for layer in adapter.layers if mapped[layer] < r_layer]
         if below:
             earlier = adapter.restricted(below)
-            edit = paste(recipient, earlier, _for_adapter(plain, pairs, earlier), positions=positions, alpha=alpha)
+            edit = paste(recipient, earlier, _for_adapter(template, pairs, earlier), positions=positions, alpha=alpha)
             h_r = recorded_states(recipient, [r_layer], prompts, edit, batch_size)[r_layer]
-        else:
+        elif recipient_profile is not None:
             h_r = recipient_profile[r_layer]
-        p_donor = dataclasses.replace(donor_profile, activations={
-            **donor_profile.activations, **{layer: donor_states[layer] for layer in group.layers}})
-        p_recipient = dataclasses.replace(recipient_profile, activations={**recipient_profile.activations,
-                                                                          r_layer: h_r})
+        else:
+            h_r = recorded_states(recipient, [r_layer], prompts, None, batch_size)[r_layer]
+        p_recipient = (ActivationProfile.from_states(recipient, prompts, {r_layer: h_r}) if recipient_profile is None
+                       else dataclasses.replace(recipient_profile, activations={r_layer: h_r}))
+        p_donor = dataclasses.replace(donor_states, activations={layer: donor_states[layer] for layer in group.layers})
         fitted = fit_interface_converters(group, p_donor, p_recipient, layer_map, **fit_kwargs)
+        template = template or fitted
         pairs.update({pair.donor_layer: pair for pair in fitted.pairs})
-    chained = _for_adapter(plain, pairs, adapter)
+    chained = _for_adapter(template, pairs, adapter)  # type: ignore[arg-type]
     return dataclasses.replace(chained, extra={**chained.extra, "chained": True, "chain_alpha": float(alpha)})

@@ -20,7 +20,7 @@ from commandv_interp.profiles import ActivationProfile
 from commandv_interp.similarity import Metric, similarity_fn
 from commandv_interp.types import Float, Tensor, check_choice
 
-__all__ = ["LayerMap", "match_layers", "relative_depth", "similarity_matrix", "monotone_alignment", "MatchMethod"]
+__all__ = ["LayerMap", "match_layers", "relative_depth", "relative_depth_map", "similarity_matrix", "monotone_alignment", "MatchMethod"]
 
 MatchMethod = Literal["depth", "similarity"]
 Assignment = Literal["argmax", "monotone"]
@@ -108,6 +108,21 @@ def relative_depth(donor_layer: int, n_donor_layers: int, n_recipient_layers: in
     if not 0 <= donor_layer < n_donor_layers:
         raise ValueError(f"donor_layer={donor_layer} out of range for {n_donor_layers} layers")
     return min(n_recipient_layers - 1, int(math.floor(donor_layer * n_recipient_layers / n_donor_layers + 0.5)))
+
+
+def relative_depth_map(donor_layers: Sequence[int], n_donor_layers: int, n_recipient_layers: int,
+                       donor_model: str = "", recipient_model: str = "") -> LayerMap:
+    """The paper's layer map from the two depths alone (no profiles needed; scores are ``nan``): the pairs
+    :func:`match_layers` gives with ``method="depth"``.
+
+    >>> relative_depth_map([0, 2, 4], 5, 4).pairs
+    ((0, 0), (2, 2), (4, 3))
+    """
+    rows = [int(layer) for layer in donor_layers]
+    pairs = tuple((layer, relative_depth(layer, n_donor_layers, n_recipient_layers)) for layer in rows)
+    return LayerMap(pairs, (float("nan"),) * len(pairs), "depth", donor_layers=tuple(rows),
+                    recipient_layers=tuple(range(n_recipient_layers)), donor_model=donor_model,
+                    recipient_model=recipient_model)
 
 
 def similarity_matrix(

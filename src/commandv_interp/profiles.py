@@ -92,6 +92,22 @@ class ActivationProfile:
         return ActivationProfile(acts, self.model_name, self.config_hash, self.n_layers, self.d_model,
                                  self.dtype, fp, self.position_rule, self.library_version, dict(self.extra))
 
+    @classmethod
+    def from_states(cls, access: ModelAccess, texts: Sequence[str],
+                    activations: dict[int, Float[Tensor, "n_prompts d_model"]]) -> "ActivationProfile":
+        """A profile of ``access`` from last-prompt-token states recorded some other way (row i = ``texts[i]``, the
+        exact texts fed to the model), e.g. by :func:`~commandv_interp.access.recorded_states`."""
+        from commandv_interp import __version__
+
+        n_rows = {layer: a.shape[0] for layer, a in activations.items() if a.shape[0] != len(texts)}
+        if n_rows:
+            raise ValueError(f"states have {n_rows} rows per layer but there are {len(texts)} texts; pass the texts "
+                             "the states were recorded on")
+        return cls(activations={layer: a.float() for layer, a in activations.items()}, model_name=access.name,
+                   config_hash=access.config_hash, n_layers=access.n_layers, d_model=access.d_model,
+                   dtype=str(access.dtype).removeprefix("torch."), prompts_fingerprint=prompts_fingerprint(list(texts)),
+                   position_rule="last", library_version=__version__)
+
     def save(self, path: str | Path) -> Path:
         """Write one safetensors file (tensors ``layer.<l>`` + JSON metadata), atomically."""
         tensors = {f"layer.{layer}": a.contiguous() for layer, a in self.activations.items()}
@@ -146,8 +162,6 @@ def profile(
     Example:
         >>> p = profile(access, ["user : hi assistant :"])  # doctest: +SKIP
     """
-    from commandv_interp import __version__
-
     access = open_model(model)
     if isinstance(prompts, str) or len(prompts) == 0:
         raise ValueError("profile() needs a non-empty list of prompts")
@@ -158,9 +172,5 @@ def profile(
     batches = [access.encode(texts[start:start + batch_size], padding_side=padding_side)
                for start in range(0, len(texts), batch_size)]
     parts = access.read_batches(batches, layers, positions="last", remote=remote, progress=progress)
-    acts = {layer: torch.cat([part[layer] for part in parts]) for layer in layers}
-    return ActivationProfile(
-        activations=acts, model_name=access.name, config_hash=access.config_hash, n_layers=access.n_layers,
-        d_model=access.d_model, dtype=str(access.dtype).removeprefix("torch."),
-        prompts_fingerprint=prompts_fingerprint(texts), position_rule="last", library_version=__version__,
-    )
+    return ActivationProfile.from_states(access, texts, {layer: torch.cat([part[layer] for part in parts])
+                                                         for layer in layers})

@@ -15,7 +15,7 @@ import torch
 from commandv_interp.access.base import Batch, EditContext, EditFn, ModelAccess, StopForward
 from commandv_interp.access.nnsight_backend import NNsightAccess
 from commandv_interp.access.positions import gather_rows, last_token_index, prompt_position_mask
-from commandv_interp.access.recording import batches, recorded_states, recording
+from commandv_interp.access.recording import batches, forward_flops, recorded_states, recording
 from commandv_interp.access.tl_backend import TransformerLensAccess, hook_name
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "last_token_index",
     "open_model",
     "prompt_position_mask",
+    "forward_flops",
     "recorded_states",
     "recording",
 ]

@@ -18,10 +18,11 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 
 from commandv_interp.access.base import Batch, EditContext, ModelAccess
+from commandv_interp.access.blocks import find_block_path
 from commandv_interp.access.positions import gather_rows, last_token_index
 from commandv_interp.types import Tensor
 
-__all__ = ["recording", "batches", "recorded_states"]
+__all__ = ["recording", "batches", "recorded_states", "forward_flops"]
 
 
 @contextlib.contextmanager
@@ -58,8 +59,42 @@ def batches(access: ModelAccess, prompts: Sequence[str], batch_size: int) -> Ite
 def recorded_states(access: ModelAccess, layers: Sequence[int], prompts: Sequence[str],
                     edit: AbstractContextManager | None = None, batch_size: int = 32) -> dict[int, Tensor]:
     """Run ``prompts`` through ``access`` under ``edit`` (e.g. a ``paste``) and return each layer's last-prompt-token
-    states as one ``n × d_model`` float32 tensor, recorded before the edit acts at that layer."""
+    states as one ``n × d_model`` float32 tensor, recorded before the edit acts at that layer.
+
+    Each forward pass stops after the deepest of ``layers`` (a causal model's states there do not depend on the
+    blocks above), so recording low layers costs a fraction of a full pass (see :func:`forward_flops`)."""
+    if not layers:
+        raise ValueError("recorded_states needs at least one layer to record")
+    deepest = max(layers)
     with torch.no_grad(), recording(access, layers) as states, edit or nullcontext():
         for batch in batches(access, prompts, batch_size):
-            access.forward(batch)
+            access.read(batch, [deepest])  # a forward pass truncated after ``deepest``; the recorder keeps the rows
     return {layer: torch.cat(parts) for layer, parts in states.items()}
+
+
+def forward_flops(access: ModelAccess, prompts: Sequence[str], through_layer: int | None = None) -> float:
+    """Estimated FLOPs of one forward pass over ``prompts``: ``2 · params · tokens``, where ``params`` are those
+    the pass runs. With ``through_layer`` the pass stops after that block (as :meth:`ModelAccess.read` and
+    :func:`recorded_states` do): the blocks above it and an untied output head are not counted; the input
+    embedding is (as in a training run's ``n_params``)."""
+    tokens = sum(len(ids) for ids in access.tokenizer(list(prompts))["input_ids"])
+    return 2.0 * _params_through(access, through_layer) * tokens
+
+
+def _params_through(access: ModelAccess, through_layer: int | None) -> int:
+    module = access.torch_module
+    total = sum(p.numel() for p in module.parameters())
+    if through_layer is None:
+        return total
+    if not 0 <= through_layer < access.n_layers:
+        raise ValueError(f"through_layer={through_layer} out of range for {access.name!r} with "
+                         f"n_layers={access.n_layers}")
+    try:
+        blocks = module.get_submodule(find_block_path(module))
+    except (ValueError, AttributeError):
+        return total  # not a Hugging Face layout: count the whole model (an over-estimate)
+    above = sum(p.numel() for block in list(blocks)[through_layer + 1:] for p in block.parameters())
+    head = getattr(module, "get_output_embeddings", lambda: None)()
+    embed = getattr(module, "get_input_embeddings", lambda: None)()
+    untied = head is not None and (embed is None or head.weight is not embed.weight)
+    return total - above - (sum(p.numel() for p in head.parameters()) if untied else 0)
