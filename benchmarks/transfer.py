@@ -8,9 +8,10 @@ held-out test prompts, with bootstrap 95% CIs, side by side in one run:
                            the pasted delta gets the donor delta's size relative to the residual, from profiles);
 - ``cv_best``              the library's best variant for the pair, chosen on *train* prompts among a small grid
                            (converter method incl. adapter-aware ``interface``, plain or chained layer after layer
-                           under the paste, × layer matching × profile prompt set
-                           incl. the small per-behavior ``task`` set × α = 1 or {¼, ½, 1, 2, 3} × norm-matched), per
-                           behavior, then scored on test (the grid search's own time is reported apart);
+                           under the paste, × layer matching × profile prompt set incl. the small per-behavior
+                           ``task`` set (32 or 16 prompts per form) × α = 1 or {¼, ½, 1, 2, 3} × norm-matched; the
+                           chained fit at α ∈ {⅛, ¼, ½, 1}), per behavior, then scored on test (the grid search's
+                           own time is reported apart);
 - ``cv_budget``            the same choice restricted to variants whose profile + derive FLOPs are at most
                            ``BUDGET`` (1%) of the direct finetune's: the issue's compute target;
 - ``recipient_finetune``   the recipient with its own NodiReFT rank-8 adapter trained directly (the zoo's);
@@ -53,17 +54,21 @@ GRID = [PAPER, ("ridge", "depth", "profile+train"), ("ridge", "similarity", "pro
         ("ridge", "depth", "profile+train+cue"), ("ridge", "similarity", "profile+train+cue"),
         ("procrustes", "depth", "profile+train+cue"), ("ridge", "depth", "task"),
         ("interface", "depth", "task"), ("interface", "similarity", "task"), ("procrustes", "depth", "task"),
-        ("interface", "depth", "profile+train+cue"), ("interface", "similarity", "profile+train+cue"),
-        (CHAINED, "depth", "task"), (CHAINED, "similarity", "task")]
+        ("interface", "depth", "task/16"), ("interface", "depth", "profile+train+cue"),
+        ("interface", "similarity", "profile+train+cue"), (CHAINED, "depth", "task"), (CHAINED, "depth", "task/16"),
+        (CHAINED, "similarity", "task")]
 # None: α = 1; else a multiple of the norm-matched α (the right size is often a fraction of it: the donor's delta
 # is balanced between a constant push and a prompt-dependent part, and the recipient's threshold differs)
 ALPHA_RULES = {"alpha=1": None, "alpha=norm/4": 0.25, "alpha=norm/2": 0.5, "alpha=norm": 1.0, "alpha=2norm": 2.0,
                "alpha=3norm": 3.0}
+# the chained fit is made at its α, and needs no profiles with depth matching: fixed α values, no norm matching
+CHAIN_ALPHAS = {"alpha=1/8": 0.125, "alpha=1/4": 0.25, "alpha=1/2": 0.5, "alpha=1": 1.0}
 _TOL = 1e-9  # rates are counts over n prompts: 0.9 × 0.8 must not fail 0.72 by a rounding error
 BUDGET = 0.01  # cv_budget: derivation FLOPs ≤ BUDGET × the direct finetune's
 QUICK_PAIRS = [("llama-6x128", "qwen2-5x160"), ("gpt2-4x96", "llama-6x128")]
 QUICK_GRID = [PAPER, ("ridge", "depth", "profile+train"), ("procrustes", "depth", "profile+train+cue"),
-              ("interface", "depth", "task"), ("interface", "depth", "profile+train+cue"), (CHAINED, "depth", "task")]
+              ("interface", "depth", "task"), ("interface", "depth", "profile+train+cue"), (CHAINED, "depth", "task"),
+              (CHAINED, "depth", "task/16")]
 
 
 def bootstrap(behavior: str, records: list[dict], n_boot: int, seed: int) -> dict[str, tuple[float, float, float]]:
@@ -91,30 +96,40 @@ def selection_score(recipient, behavior, adapter, converters, alpha, limit: int)
     return rates[target] - (rates[side] if side == "false_refusal" else 0.0)
 
 
+def set_prompts(profile_set: str, behavior: str) -> list[str]:
+    """A grid's profile set: a name of ``profile_prompts`` or ``task/<k>`` (the task set, ``k`` prompts per form)."""
+    name, _, size = profile_set.partition("/")
+    return profile_prompts(name, behavior if name == "task" else None, **({"task_size": int(size)} if size else {}))
+
+
 def candidates(donor, recipient, adapters, select_limit: int, grid=GRID) -> tuple[dict, object]:
     """Every grid variant × α rule, scored per behavior on train prompts. Profiles are computed once per prompt
-    set and shared (each derivation still counts their cost); ``interface`` converters are fitted per adapter."""
+    set and shared (each derivation still counts the passes it needs); ``interface`` converters are fitted per
+    adapter, chained ones per adapter and α."""
     layers = adapters[next(iter(adapters))].layers
     pairs, derived, out = {}, {}, {b: [] for b in adapters}
     for method, match, profile_set in grid:
         for behavior, adapter in adapters.items():
-            key = (profile_set, behavior if profile_set == "task" else None)
+            key = (profile_set, behavior if profile_set.startswith("task") else None)
             if key not in pairs:
-                pairs[key] = profile_pair(donor, recipient, profile_prompts(profile_set, key[1]))
-            fitted = "interface" if method == CHAINED else method
-            dkey = (fitted, match) + key + ((behavior,) if fitted == "interface" else ())
+                pairs[key] = profile_pair(donor, recipient, set_prompts(profile_set, behavior))
+            if method == CHAINED:
+                for alpha_rule, alpha in CHAIN_ALPHAS.items():
+                    d = derive(donor, recipient, pairs[key], layers, match=match, method="interface", adapter=adapter,
+                               chain_alpha=alpha)
+                    score = selection_score(recipient, behavior, adapter, d.converters, alpha, select_limit)
+                    out[behavior].append(("/".join((method, match, profile_set, alpha_rule)), d, alpha, score))
+                continue
+            dkey = (method, match) + key + ((behavior,) if method == "interface" else ())
             if dkey not in derived:
-                derived[dkey] = derive(donor, recipient, pairs[key], layers, match=match, method=fitted,
-                                       adapter=adapter if fitted == "interface" else None)
+                derived[dkey] = derive(donor, recipient, pairs[key], layers, match=match, method=method,
+                                       adapter=adapter if method == "interface" else None)
             d = derived[dkey]
             matched = cv.norm_matched_alpha(adapter, d.converters, d.donor_profile, d.recipient_profile)
             for alpha_rule, mult in ALPHA_RULES.items():
                 if (method, match, profile_set) == PAPER and alpha_rule in ("alpha=1", "alpha=norm"):
                     continue  # scored as the paper conditions of their own
-                alpha = 1.0 if mult is None else mult * matched  # chained: α × the plain interface fit's norm-matched
-                if method == CHAINED:
-                    d = derive(donor, recipient, pairs[key], layers, match=match, method="interface", adapter=adapter,
-                               chain_alpha=alpha)
+                alpha = 1.0 if mult is None else mult * matched
                 score = selection_score(recipient, behavior, adapter, d.converters, alpha, select_limit)
                 out[behavior].append(("/".join((method, match, profile_set, alpha_rule)), d, alpha, score))
     return out, derived[PAPER[:2] + ("profile", None)]

@@ -67,3 +67,11 @@ def test_markdown_tables_carry_the_planted_cells(bench):
     assert cells[6] == "1.00 / 0.00"  # finetune
     assert cells[9] == "`interface/depth/task/alpha=1` (0.020)"
     assert "| refusal | 2 of 4 | 0.92 | 0.00 | 0.020 | 1 of 4 / 0.70 |" in md
+
+
+def test_grid_profile_sets_name_the_task_size(bench):
+    from commandv_interp.zoo.transfer import profile_prompts
+
+    assert bench.set_prompts("task/16", "cot") == profile_prompts("task", "cot", task_size=16)
+    assert len(bench.set_prompts("task/16", "cot")) == 64 and len(bench.set_prompts("task", "cot")) == 128
+    assert bench.set_prompts("profile", "cot") == profile_prompts("profile")

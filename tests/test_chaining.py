@@ -129,3 +129,30 @@ def test_the_profile_free_fit_equals_the_fit_from_profiles(nn_llama, nn_gpt2, se
         cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts,
                                             layer_map=LayerMap(((0, 0),), (float("nan"),), "manual"))
     assert not nn_llama.active_edits and not nn_gpt2.active_edits
+
+
+def test_derive_counts_the_passes_each_derivation_needs(nn_llama, nn_gpt2, setup):
+    """FLOPs in closed form (``forward_flops`` of each pass, stopped after the deepest layer it reads, plus
+    ``4 · N · d_in · d_out`` per fitted map): depth-matched profiles stop at the mapped layers, similarity needs
+    all; the chained depth fit runs its own passes and needs no profiles."""
+    from commandv_interp.access import forward_flops
+
+    prompts, _, _, adapter, _ = setup
+    n, d_d, d_r = len(prompts), nn_llama.d_model, nn_gpt2.d_model
+    ff = lambda model, layer: forward_flops(model, prompts, layer)  # noqa: E731
+    pair = profile_pair(nn_llama, nn_gpt2, prompts)
+    assert pair.flops == ff(nn_llama, 3) + ff(nn_gpt2, 2)
+    depth = derive(nn_llama, nn_gpt2, pair, adapter.layers, method="ridge")
+    assert depth.layer_map.as_dict() == {0: 0, 2: 2}
+    assert depth.flops == pytest.approx(ff(nn_llama, 2) + ff(nn_gpt2, 2) + 4.0 * n * 2 * d_d * d_r * 2)
+    similar = derive(nn_llama, nn_gpt2, pair, adapter.layers, match="similarity", method="ridge")
+    assert similar.flops == pytest.approx(pair.flops + 4.0 * n * 2 * d_d * d_r * 2)
+    fit = 4.0 * n * 2 * 2 * adapter.rank * (d_d + d_r) * 2
+    chained = derive(nn_llama, nn_gpt2, pair, adapter.layers, method="interface", adapter=adapter, chain_alpha=0.5)
+    assert chained.flops == pytest.approx(ff(nn_llama, 2) + ff(nn_gpt2, 0) + ff(nn_gpt2, 2) + fit)
+    assert chained.donor_profile is pair.donor_profile and chained.converters.extra["chain_alpha"] == 0.5
+    want = cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts, alpha=0.5)
+    for layer in adapter.layers:
+        _same_pair(chained.converters.for_donor_layer(layer), want.for_donor_layer(layer))
+    listed = derive(nn_llama, nn_gpt2, prompts, adapter.layers, method="interface", adapter=adapter, chain_alpha=0.5)
+    assert listed.donor_profile is None and listed.flops == chained.flops
