@@ -65,6 +65,7 @@ ALPHA_RULES = {"alpha=1": None, "alpha=norm/4": 0.25, "alpha=norm/2": 0.5, "alph
 CHAIN_ALPHAS = {"alpha=1/8": 0.125, "alpha=1/4": 0.25, "alpha=1/2": 0.5, "alpha=1": 1.0}
 _TOL = 1e-9  # rates are counts over n prompts: 0.9 × 0.8 must not fail 0.72 by a rounding error
 BUDGET = 0.01  # cv_budget: derivation FLOPs ≤ BUDGET × the direct finetune's
+REFINE_TOP = 5  # variants re-scored on the train prompts past --select-limit before one is chosen
 QUICK_PAIRS = [("llama-6x128", "qwen2-5x160"), ("gpt2-4x96", "llama-6x128")]
 QUICK_GRID = [PAPER, ("ridge", "depth", "profile+train"), ("procrustes", "depth", "profile+train+cue"),
               ("interface", "depth", "task"), ("interface", "depth", "profile+train+cue"), (CHAINED, "depth", "task"),
@@ -85,15 +86,26 @@ def bootstrap(behavior: str, records: list[dict], n_boot: int, seed: int) -> dic
     return {k: (point[k], float(np.percentile(draws[k], 2.5)), float(np.percentile(draws[k], 97.5))) for k in keys}
 
 
-def selection_score(recipient, behavior, adapter, converters, alpha, limit: int) -> float:
-    """Target rate − false refusal on *train* prompts (what picks ``cv_best``); a variant whose false refusal
-    exceeds ``MAX_FALSE_REFUSAL`` scores minus that rate."""
+def selection_score(recipient, behavior, adapter, converters, alpha, start: int, limit: int | None) -> float:
+    """Target rate − false refusal on ``limit`` *train* prompts from ``start`` (what picks ``cv_best``); a variant whose false
+    refusal exceeds ``MAX_FALSE_REFUSAL`` scores minus that rate."""
     with cv.paste(recipient, adapter, converters, alpha=alpha):
-        rates = summarize(behavior, evaluate_outcomes(recipient, behavior, "train", limit=limit))
+        rates = summarize(behavior, evaluate_outcomes(recipient, behavior, "train", limit=limit, start=start))
     target, side = TARGETS[behavior]
     if side == "false_refusal" and rates[side] > MAX_FALSE_REFUSAL:
         return -rates[side]  # refusing everything is not a transfer of refusal
     return rates[target] - (rates[side] if side == "false_refusal" else 0.0)
+
+
+def refine(recipient, behavior, adapter, cands: list, select_limit: int) -> tuple | None:
+    """The ``REFINE_TOP`` best of ``cands`` (scored on the first ``select_limit`` train prompts) re-scored on the
+    other train prompts, which they were not chosen on; the best of those (ties: the cheaper derivation)."""
+    if not cands:
+        return None
+    top = sorted(cands, key=lambda c: (c[3], -c[1].flops), reverse=True)[:REFINE_TOP]
+    rescored = [(v, d, a, selection_score(recipient, behavior, adapter, d.converters, a, select_limit, None))
+                for v, d, a, _ in top]
+    return max(rescored, key=lambda c: (c[3], -c[1].flops))
 
 
 def set_prompts(profile_set: str, behavior: str) -> list[str]:
@@ -117,7 +129,7 @@ def candidates(donor, recipient, adapters, select_limit: int, grid=GRID) -> tupl
                 for alpha_rule, alpha in CHAIN_ALPHAS.items():
                     d = derive(donor, recipient, pairs[key], layers, match=match, method="interface", adapter=adapter,
                                chain_alpha=alpha)
-                    score = selection_score(recipient, behavior, adapter, d.converters, alpha, select_limit)
+                    score = selection_score(recipient, behavior, adapter, d.converters, alpha, 0, select_limit)
                     out[behavior].append(("/".join((method, match, profile_set, alpha_rule)), d, alpha, score))
                 continue
             dkey = (method, match) + key + ((behavior,) if method == "interface" else ())
@@ -130,7 +142,7 @@ def candidates(donor, recipient, adapters, select_limit: int, grid=GRID) -> tupl
                 if (method, match, profile_set) == PAPER and alpha_rule in ("alpha=1", "alpha=norm"):
                     continue  # scored as the paper conditions of their own
                 alpha = 1.0 if mult is None else mult * matched
-                score = selection_score(recipient, behavior, adapter, d.converters, alpha, select_limit)
+                score = selection_score(recipient, behavior, adapter, d.converters, alpha, 0, select_limit)
                 out[behavior].append(("/".join((method, match, profile_set, alpha_rule)), d, alpha, score))
     return out, derived[PAPER[:2] + ("profile", None)]
 
@@ -141,16 +153,15 @@ def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limi
     adapters = {b: zoo.load_adapter(donor_name, b) for b in behaviors}
     start = time.perf_counter()
     scored, paper = candidates(donor, recipient, adapters, select_limit, grid)
-    selection_s = time.perf_counter() - start
-    # per behavior, on train prompts; ties go to the cheaper derivation
-    pick = lambda cands: max(cands, key=lambda c: (c[3], -c[1].flops))  # noqa: E731
-    chosen = {b: pick(scored[b]) for b in behaviors}
+    # per behavior, on train prompts: the best on the first ones, refined on the rest; ties go to the cheaper one
+    chosen = {b: refine(recipient, b, adapters[b], scored[b], select_limit) for b in behaviors}
     finetunes = {b: zoo.manifest()["models"][recipient_name]["adapters"][b]["training"] for b in behaviors}
     cheap = {b: [c for c in scored[b] if c[1].flops <= BUDGET * finetunes[b]["flops"]] for b in behaviors}
-    budget = {b: pick(cheap[b]) if cheap[b] else None for b in behaviors}
+    budget = {b: refine(recipient, b, adapters[b], cheap[b], select_limit) for b in behaviors}
+    selection_s = time.perf_counter() - start
     rows, costs = [], []
     for behavior in behaviors:
-        variant, best, alpha, _ = chosen[behavior]
+        variant, best, alpha, select_score = chosen[behavior]
         budget_variant, budget_d, budget_alpha, _ = budget[behavior] or ("none", None, 1.0, None)
         adapter = adapters[behavior]
         paper_alpha = cv.norm_matched_alpha(adapter, paper.converters, paper.donor_profile, paper.recipient_profile)
@@ -182,6 +193,7 @@ def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limi
                       "cv_best_flops": best.flops, "cv_best_prompts": best.n_prompts,
                       "selection_s": selection_s, "finetune_s": finetune["wall_time_s"],
                       "finetune_flops": finetune["flops"], "best_variant": variant, "alpha_best": alpha,
+                      "select_score_best": select_score,
                       "budget_variant": budget_variant,
                       "cv_budget_flops": budget_d.flops if budget_d is not None else float("nan"),
                       "alpha_paper": paper_alpha,
@@ -302,7 +314,7 @@ def main() -> None:
                         help="2 pairs, 48 test prompts per behavior, 5 of the grid's variants")
     parser.add_argument("--limit", type=int, default=None, help="test prompts per behavior (default: all)")
     parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
-    parser.add_argument("--select-limit", type=int, default=32, help="train prompts that score each variant")
+    parser.add_argument("--select-limit", type=int, default=64, help="train prompts that score each variant")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

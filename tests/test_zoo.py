@@ -101,6 +101,10 @@ def test_rescoring_reproduces_the_manifest_exactly():
     for metric in ("refusal", "false_refusal", "compliance"):
         assert rates[metric] == _rate("gpt2-4x96", "refusal", "adapter", metric)
     assert zoo.evaluate(access, "refusal")["refusal"] == _rate("gpt2-4x96", "refusal", "base", "refusal")
+    from commandv_interp.zoo.evaluate import evaluate_outcomes
+
+    window = evaluate_outcomes(access, "refusal", "train", limit=4, start=3)  # items 3..6, as in a longer run
+    assert window == evaluate_outcomes(access, "refusal", "train", limit=7)[3:] and len(window) == 4
 
 
 def test_adapters_are_the_papers_setup():

@@ -40,9 +40,10 @@ def respond(model: ModelAccess | object, prompts: Sequence[str], max_new_tokens:
 
 
 def evaluate_outcomes(model: ModelAccess | object, behavior: Behavior, split: Split = "test", cue: bool = False,
-                      limit: int | None = None, batch_size: int = 64) -> list[dict[str, float]]:
-    """Per-prompt outcomes (see :func:`~commandv_interp.zoo.scoring.outcomes`) of greedy responses to a split."""
-    its = items(behavior, split)[:limit]
+                      limit: int | None = None, batch_size: int = 64, start: int = 0) -> list[dict[str, float]]:
+    """Per-prompt outcomes (see :func:`~commandv_interp.zoo.scoring.outcomes`) of greedy responses to a split's
+    items ``start`` to ``start + limit``."""
+    its = items(behavior, split)[start:][:limit]
     prompts = [with_cue(i.prompt, behavior) if cue else i.prompt for i in its]
     return outcomes(behavior, its, respond(model, prompts, MAX_NEW_TOKENS[behavior], batch_size))
 
