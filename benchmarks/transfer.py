@@ -87,8 +87,8 @@ def bootstrap(behavior: str, records: list[dict], n_boot: int, seed: int) -> dic
 
 
 def selection_score(recipient, behavior, adapter, converters, alpha, start: int, limit: int | None) -> float:
-    """Target rate − false refusal on ``limit`` *train* prompts from ``start`` (what picks ``cv_best``); a variant whose false
-    refusal exceeds ``MAX_FALSE_REFUSAL`` scores minus that rate."""
+    """Target rate − false refusal on ``limit`` *train* prompts from ``start`` (what picks ``cv_best``); a variant
+    whose false refusal exceeds ``MAX_FALSE_REFUSAL`` scores minus that rate."""
     with cv.paste(recipient, adapter, converters, alpha=alpha):
         rates = summarize(behavior, evaluate_outcomes(recipient, behavior, "train", limit=limit, start=start))
     target, side = TARGETS[behavior]
@@ -311,7 +311,7 @@ def figure(table: pd.DataFrame, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="2 pairs, 48 test prompts per behavior, 5 of the grid's variants")
+                        help="2 pairs, 48 test prompts per behavior, 7 of the grid's variants")
     parser.add_argument("--limit", type=int, default=None, help="test prompts per behavior (default: all)")
     parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--select-limit", type=int, default=64, help="train prompts that score each variant")

@@ -20,7 +20,8 @@ from commandv_interp.profiles import ActivationProfile
 from commandv_interp.similarity import Metric, similarity_fn
 from commandv_interp.types import Float, Tensor, check_choice
 
-__all__ = ["LayerMap", "match_layers", "relative_depth", "relative_depth_map", "similarity_matrix", "monotone_alignment", "MatchMethod"]
+__all__ = ["LayerMap", "match_layers", "relative_depth", "relative_depth_map", "similarity_matrix",
+           "monotone_alignment", "MatchMethod"]
 
 MatchMethod = Literal["depth", "similarity"]
 Assignment = Literal["argmax", "monotone"]
