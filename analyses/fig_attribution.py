@@ -17,10 +17,11 @@ import pandas as pd
 import torch
 
 from commandv_interp import analysis, plotting, zoo
-from commandv_interp.demo import CONTRAST
-from commandv_interp.zoo.evaluate import TARGETS
+from commandv_interp.zoo.scoring import CONTRAST
+from commandv_interp.zoo.scoring import BEHAVIOR_RATES
 from commandv_interp.converters import CONVERTER_METHODS
-from commandv_interp.zoo.transfer import PROFILE_SETS, derive, profile_prompts
+from commandv_interp.pipeline import derive
+from commandv_interp.zoo.prompt_sets import PROFILE_SETS, profile_prompts
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
     donor, recipient = zoo.load_model(args.donor), zoo.load_model(args.recipient)
     adapter = zoo.load_adapter(args.donor, args.behavior)
     d = derive(donor, recipient, profile_prompts(args.profile_set), adapter.layers, method=args.method)
-    target = TARGETS[args.behavior][0]
+    target = BEHAVIOR_RATES[args.behavior][0]
 
     def rate(model) -> float:
         return zoo.evaluate(model, args.behavior, limit=args.n_prompts)[target]

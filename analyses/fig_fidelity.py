@@ -16,9 +16,10 @@ import pandas as pd
 import torch
 
 from commandv_interp import analysis, plotting, zoo
-from commandv_interp.demo import CONTRAST
+from commandv_interp.zoo.scoring import CONTRAST
 from commandv_interp.converters import CONVERTER_METHODS
-from commandv_interp.zoo.transfer import PROFILE_SETS, derive, profile_prompts
+from commandv_interp.pipeline import derive
+from commandv_interp.zoo.prompt_sets import PROFILE_SETS, profile_prompts
 
 PANELS = {"converter": ["heldout_r2_to_donor", "heldout_r2_to_recipient", "round_trip_error_recipient", "cka"],
           "state/delta": ["state_cosine", "delta_cosine", "delta_norm_ratio", "backward_cosine",

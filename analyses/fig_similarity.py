@@ -15,7 +15,7 @@ import torch
 
 import commandv_interp as cv
 from commandv_interp import analysis, plotting, zoo
-from commandv_interp.zoo.transfer import profile_prompts
+from commandv_interp.zoo.prompt_sets import profile_prompts
 
 
 def main() -> None:

@@ -43,9 +43,11 @@ from tqdm.auto import tqdm
 
 import commandv_interp as cv
 from commandv_interp import analysis, plotting, zoo
-from commandv_interp.zoo.evaluate import TARGETS, evaluate_outcomes
+from commandv_interp.zoo.evaluate import evaluate_outcomes
+from commandv_interp.zoo.scoring import BEHAVIOR_RATES
 from commandv_interp.zoo.scoring import summarize
-from commandv_interp.zoo.transfer import derive, profile_pair, profile_prompts
+from commandv_interp.pipeline import derive, profile_pair
+from commandv_interp.zoo.prompt_sets import profile_prompts
 
 MAX_FALSE_REFUSAL = 0.1  # the zoo's bar for an adapter; a variant above it on train prompts is not eligible
 PAPER = ("pinv", "depth", "profile")
@@ -91,7 +93,7 @@ def selection_score(recipient, behavior, adapter, converters, alpha, start: int,
     whose false refusal exceeds ``MAX_FALSE_REFUSAL`` scores minus that rate."""
     with cv.paste(recipient, adapter, converters, alpha=alpha):
         rates = summarize(behavior, evaluate_outcomes(recipient, behavior, "train", limit=limit, start=start))
-    target, side = TARGETS[behavior]
+    target, side = BEHAVIOR_RATES[behavior]
     if side == "false_refusal" and rates[side] > MAX_FALSE_REFUSAL:
         return -rates[side]  # refusing everything is not a transfer of refusal
     return rates[target] - (rates[side] if side == "false_refusal" else 0.0)
@@ -211,7 +213,7 @@ def _norm(donor, recipient, adapter, converters, behavior, alpha: float = 1.0) -
 def summarize_pairs(table: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for behavior, group in table.groupby("behavior", sort=False):
-        target, side = TARGETS[behavior]
+        target, side = BEHAVIOR_RATES[behavior]
         val = group.set_index(["donor", "recipient", "condition", "metric"])["value"]
         pairs = sorted({(d, r) for d, r in zip(group.donor, group.recipient)})
         ratios = [val[(d, r, "cv_best", target)] / max(val[(d, r, "recipient_finetune", target)], 1e-9)
@@ -252,7 +254,7 @@ def markdown(table: pd.DataFrame, costs: pd.DataFrame, summary: pd.DataFrame) ->
     short = lambda name: name.split("-")[0]  # noqa: E731
 
     def cell(d, r, b, condition):
-        target, side = TARGETS[b]
+        target, side = BEHAVIOR_RATES[b]
         if (d, r, b, condition, target) not in val.index:
             return "–"
         return f"{val.loc[(d, r, b, condition, target)].value:.2f} / {val.loc[(d, r, b, condition, side)].value:.2f}"
@@ -262,7 +264,7 @@ def markdown(table: pd.DataFrame, costs: pd.DataFrame, summary: pd.DataFrame) ->
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (d, r), _ in table.groupby(["donor", "recipient"], sort=True):
         for b in [b for b in zoo.BEHAVIORS if b in set(table.behavior)]:
-            target = TARGETS[b][0]
+            target = BEHAVIOR_RATES[b][0]
             best = val.loc[(d, r, b, "cv_best", target)]
             c = costs[(costs.donor == d) & (costs.recipient == r) & (costs.behavior == b)].iloc[0]
             nulls = [val.loc[(d, r, b, n, target)].value for n in ("null_random_delta", "null_shuffled")]
@@ -291,7 +293,7 @@ def figure(table: pd.DataFrame, out: Path) -> None:
     behaviors = list(dict.fromkeys(table.behavior))
     fig, axes = plt.subplots(1, len(behaviors), figsize=(5 * len(behaviors), 4), squeeze=False)
     for ax, behavior in zip(axes[0], behaviors):
-        target = TARGETS[behavior][0]
+        target = BEHAVIOR_RATES[behavior][0]
         sub = table[(table.behavior == behavior) & (table.metric == target)]
         means = [sub[sub.condition == c].value.mean() for c in conditions]
         lows = [m - sub[sub.condition == c].ci_low.mean() for c, m in zip(conditions, means)]
@@ -340,7 +342,7 @@ def main() -> None:
     figure(table, args.out)
     pd.set_option("display.width", 200)
     for behavior in zoo.BEHAVIORS:
-        target, side = TARGETS[behavior]
+        target, side = BEHAVIOR_RATES[behavior]
         sub = table[(table.behavior == behavior) & table.metric.isin([target, side])]
         sub = sub.assign(cell=[f"{v:.2f} [{lo:.2f}, {hi:.2f}]" for v, lo, hi in zip(sub.value, sub.ci_low, sub.ci_high)])
         print(f"\n== {behavior}: {target} / {side} (95% bootstrap CI) ==")

@@ -70,7 +70,7 @@ def test_markdown_tables_carry_the_planted_cells(bench):
 
 
 def test_grid_profile_sets_name_the_task_size(bench):
-    from commandv_interp.zoo.transfer import profile_prompts
+    from commandv_interp.zoo.prompt_sets import profile_prompts
 
     assert bench.set_prompts("task/16", "cot") == profile_prompts("task", "cot", task_size=16)
     assert len(bench.set_prompts("task/16", "cot")) == 64 and len(bench.set_prompts("task", "cot")) == 128

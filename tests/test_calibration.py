@@ -7,7 +7,7 @@ import torch
 
 import commandv_interp as cv
 from commandv_interp.adapters import make_intervention
-from commandv_interp.calibration import delta_norm_ratios, norm_matched_alpha
+from commandv_interp.converters.alpha import delta_norm_ratios, norm_matched_alpha
 from commandv_interp.converters import LinearConverter
 
 D, N, LAYERS = 12, 80, (0, 2)

@@ -10,10 +10,12 @@ import torch
 from conftest import assert_close, random_adapter, random_prompts
 
 import commandv_interp as cv
+from commandv_interp.converters.interface import fit_interface_converters
 from commandv_interp import analysis, zoo
 from commandv_interp.correspondence import LayerMap
 from commandv_interp.zoo.evaluate import evaluate
-from commandv_interp.zoo.transfer import derive, profile_pair, profile_prompts
+from commandv_interp.pipeline import derive, profile_pair
+from commandv_interp.zoo.prompt_sets import profile_prompts
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +41,11 @@ def test_each_layer_is_fitted_on_the_states_the_paste_feeds_it(nn_llama, nn_gpt2
     layer 0, below every edit, keeps the plain fit; and the chained layer 2 differs from the plain one."""
     prompts, p_donor, p_recipient, adapter, layer_map = setup
     alpha = 0.7
-    chained = cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts, p_donor, p_recipient,
-                                                  layer_map, alpha=alpha)
-    plain = cv.fit_interface_converters(adapter, p_donor, p_recipient, layer_map)
-    assert chained.extra["chained"] and chained.extra["chain_alpha"] == alpha
-    assert chained.extra["adapter_digest"] == adapter.digest() and chained.method == "interface"
+    chained = cv.fit_chained_converters(nn_llama, nn_gpt2, adapter, prompts, layer_map, donor_profile=p_donor, recipient_profile=p_recipient,
+        alpha=alpha)
+    plain = fit_interface_converters(p_donor, p_recipient, layer_map, adapter)
+    assert chained.extra["chained"] and chained.chain_alpha == alpha
+    assert chained.adapter_digest == adapter.digest() and chained.method == "interface"
     _same_pair(chained.for_donor_layer(0), plain.for_donor_layer(0))
 
     with pytest.warns(UserWarning, match="chained at alpha=0.7"):  # the donor under its own adapter (α = 1)
@@ -55,7 +57,7 @@ def test_each_layer_is_fitted_on_the_states_the_paste_feeds_it(nn_llama, nn_gpt2
     refit_recipient = cv.ActivationProfile({**p_recipient.activations, 1: recipient_states[1]},
                                            p_recipient.model_name, p_recipient.config_hash, p_recipient.n_layers,
                                            p_recipient.d_model, p_recipient.dtype, p_recipient.prompts_fingerprint)
-    oracle = cv.fit_interface_converters(adapter.restricted([2]), refit_donor, refit_recipient, layer_map)
+    oracle = fit_interface_converters(refit_donor, refit_recipient, layer_map, adapter.restricted([2]))
     _same_pair(chained.for_donor_layer(2), oracle.for_donor_layer(2))
     moved = chained.for_donor_layer(2).to_donor.weight - plain.for_donor_layer(2).to_donor.weight
     assert float(moved.norm()) > 1e-2 * float(plain.for_donor_layer(2).to_donor.weight.norm())
@@ -66,15 +68,14 @@ def test_one_recipient_layer_chains_nothing(nn_llama, nn_gpt2, setup):
     prompts, p_donor, p_recipient, adapter, _ = setup
     single = adapter.restricted([2])
     layer_map = LayerMap(((2, 1),), (float("nan"),), "manual")
-    chained = cv.fit_chained_interface_converters(nn_llama, nn_gpt2, single, prompts, p_donor, p_recipient, layer_map)
-    _same_pair(chained.for_donor_layer(2), cv.fit_interface_converters(single, p_donor, p_recipient,
-                                                                       layer_map).for_donor_layer(2))
+    chained = cv.fit_chained_converters(nn_llama, nn_gpt2, single, prompts, layer_map, donor_profile=p_donor, recipient_profile=p_recipient)
+    _same_pair(chained.for_donor_layer(2), fit_interface_converters(p_donor, p_recipient, layer_map, single).for_donor_layer(2))
 
 
 def test_paste_warns_off_the_chain_alpha_and_the_fit_refuses_foreign_prompts(nn_llama, nn_gpt2, setup):
     prompts, p_donor, p_recipient, adapter, layer_map = setup
-    chained = cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts, p_donor, p_recipient,
-                                                  layer_map, alpha=0.5)
+    chained = cv.fit_chained_converters(nn_llama, nn_gpt2, adapter, prompts, layer_map, donor_profile=p_donor, recipient_profile=p_recipient,
+        alpha=0.5)
     batch = nn_gpt2.encode(random_prompts(3, seed=5))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -84,13 +85,14 @@ def test_paste_warns_off_the_chain_alpha_and_the_fit_refuses_foreign_prompts(nn_
         with cv.paste(nn_gpt2, adapter, chained, alpha=1.0):
             nn_gpt2.forward(batch)
     with pytest.raises(ValueError, match="taken on other prompts"):
-        cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts[:-1], p_donor, p_recipient, layer_map)
+        cv.fit_chained_converters(nn_llama, nn_gpt2, adapter, prompts[:-1], layer_map, donor_profile=p_donor, recipient_profile=p_recipient)
     with pytest.raises(ValueError, match="alpha must be finite"):
-        cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts, p_donor, p_recipient, layer_map,
-                                            alpha=float("nan"))
+        cv.fit_chained_converters(nn_llama, nn_gpt2, adapter, prompts, layer_map, donor_profile=p_donor, recipient_profile=p_recipient,
+            alpha=float("nan"))
     assert not nn_gpt2.active_edits
 
 
+@pytest.mark.slow
 def test_chained_fit_transfers_refusal_where_the_plain_fit_does_not(zoo_gpt2):
     """The zoo pair the chain was built for: qwen2 → gpt2 refusal (depth, ``task`` profile set). Measured on all
     160 test prompts: plain interface 0.00 at α = 1 and at ¼ × norm-matched, chained at α = 0.25 1.00 with
@@ -113,20 +115,20 @@ def test_the_profile_free_fit_equals_the_fit_from_profiles(nn_llama, nn_gpt2, se
     adapter is its plain state) and gives the converters the profiles give; with no layer map it takes the
     paper's relative depth, the map ``match_layers(method="depth")`` gives."""
     prompts, p_donor, p_recipient, adapter, layer_map = setup
-    from_profiles = cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts, p_donor, p_recipient,
-                                                        layer_map, alpha=0.7)
-    free = cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts, layer_map=layer_map, alpha=0.7)
+    from_profiles = cv.fit_chained_converters(nn_llama, nn_gpt2, adapter, prompts, layer_map, donor_profile=p_donor, recipient_profile=p_recipient,
+        alpha=0.7)
+    free = cv.fit_chained_converters(nn_llama, nn_gpt2, adapter, prompts, layer_map=layer_map, alpha=0.7)
     for layer in adapter.layers:
         _same_pair(free.for_donor_layer(layer), from_profiles.for_donor_layer(layer))
     assert free.donor_model == from_profiles.donor_model and free.recipient_model == from_profiles.recipient_model
     depth = cv.match_layers(p_donor, p_recipient, method="depth", donor_layers=adapter.layers)
-    want = cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts, p_donor, p_recipient, depth)
-    got = cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts)
+    want = cv.fit_chained_converters(nn_llama, nn_gpt2, adapter, prompts, depth, donor_profile=p_donor, recipient_profile=p_recipient)
+    got = cv.fit_chained_converters(nn_llama, nn_gpt2, adapter, prompts)
     assert got.layer_map() == want.layer_map() == depth.as_dict()
     for layer in adapter.layers:
         _same_pair(got.for_donor_layer(layer), want.for_donor_layer(layer))
     with pytest.raises(ValueError, match=r"no recipient layer for donor layers \[2\]"):
-        cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts,
+        cv.fit_chained_converters(nn_llama, nn_gpt2, adapter, prompts,
                                             layer_map=LayerMap(((0, 0),), (float("nan"),), "manual"))
     assert not nn_llama.active_edits and not nn_gpt2.active_edits
 
@@ -150,8 +152,8 @@ def test_derive_counts_the_passes_each_derivation_needs(nn_llama, nn_gpt2, setup
     fit = 4.0 * n * 2 * 2 * adapter.rank * (d_d + d_r) * 2
     chained = derive(nn_llama, nn_gpt2, pair, adapter.layers, method="interface", adapter=adapter, chain_alpha=0.5)
     assert chained.flops == pytest.approx(ff(nn_llama, 2) + ff(nn_gpt2, 0) + ff(nn_gpt2, 2) + fit)
-    assert chained.donor_profile is pair.donor_profile and chained.converters.extra["chain_alpha"] == 0.5
-    want = cv.fit_chained_interface_converters(nn_llama, nn_gpt2, adapter, prompts, alpha=0.5)
+    assert chained.donor_profile is pair.donor_profile and chained.converters.chain_alpha == 0.5
+    want = cv.fit_chained_converters(nn_llama, nn_gpt2, adapter, prompts, alpha=0.5)
     for layer in adapter.layers:
         _same_pair(chained.converters.for_donor_layer(layer), want.for_donor_layer(layer))
     listed = derive(nn_llama, nn_gpt2, prompts, adapter.layers, method="interface", adapter=adapter, chain_alpha=0.5)

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from conftest import random_prompts
 
 import commandv_interp as cv
-from commandv_interp import cli
+from commandv_interp.converters.interface import fit_interface_converters
+from commandv_interp.app import cli
 
 runner = CliRunner()
 
@@ -117,11 +118,9 @@ def test_derive_interface_fits_the_given_adapter(pipeline):
     ok("derive", tmp / "donor.safetensors", tmp / "recipient.safetensors", "--map", tmp / "map.json", "--out", out,
        "--method", "interface", "--adapter", tmp / "adapter")
     adapter = cv.load_adapter(tmp / "adapter")
-    want = cv.fit_interface_converters(adapter, cv.ActivationProfile.load(tmp / "donor.safetensors"),
-                                       cv.ActivationProfile.load(tmp / "recipient.safetensors"),
-                                       cv.LayerMap.load(tmp / "map.json"))
+    want = fit_interface_converters(cv.ActivationProfile.load(tmp / "donor.safetensors"), cv.ActivationProfile.load(tmp / "recipient.safetensors"), cv.LayerMap.load(tmp / "map.json"), adapter)
     got = cv.Converters.load(out)
-    assert got.method == "interface" and got.extra["adapter_digest"] == adapter.digest()
+    assert got.method == "interface" and got.adapter_digest == adapter.digest()
     for g, w in zip(got, want):
         assert torch.equal(g.to_recipient.weight, w.to_recipient.weight)
     line = user_error("derive", tmp / "donor.safetensors", tmp / "recipient.safetensors", "--map", tmp / "map.json",
@@ -130,7 +129,7 @@ def test_derive_interface_fits_the_given_adapter(pipeline):
 
 
 def test_derive_chain_alpha_equals_the_chained_fit(pipeline):
-    """--chain-alpha: the file equals fit_chained_interface_converters on the same models, prompts and profiles,
+    """--chain-alpha: the file equals fit_chained_converters on the same models, prompts and profiles,
     records its alpha, and needs both models and the prompts."""
     tmp = pipeline["tmp"]
     out = tmp / "chained.safetensors"
@@ -139,12 +138,13 @@ def test_derive_chain_alpha_equals_the_chained_fit(pipeline):
     ok("derive", *common, "--out", out, "--donor-model", pipeline["donor"], "--recipient-model",
        pipeline["recipient"], "--prompts", tmp / "prompts.txt")
     adapter = cv.load_adapter(tmp / "adapter")
-    want = cv.fit_chained_interface_converters(
+    want = cv.fit_chained_converters(
         cv.open_model(pipeline["donor"]), cv.open_model(pipeline["recipient"]), adapter, pipeline["prompts"],
-        cv.ActivationProfile.load(tmp / "donor.safetensors"), cv.ActivationProfile.load(tmp / "recipient.safetensors"),
-        cv.LayerMap.load(tmp / "map.json"), alpha=0.5)
+        cv.LayerMap.load(tmp / "map.json"), alpha=0.5,
+        donor_profile=cv.ActivationProfile.load(tmp / "donor.safetensors"),
+        recipient_profile=cv.ActivationProfile.load(tmp / "recipient.safetensors"))
     got = cv.Converters.load(out)
-    assert got.extra["chained"] and got.extra["chain_alpha"] == 0.5
+    assert got.extra["chained"] and got.chain_alpha == 0.5
     for g, w in zip(got, want):
         torch.testing.assert_close(g.to_donor.weight, w.to_donor.weight)
         torch.testing.assert_close(g.to_recipient.weight, w.to_recipient.weight)
@@ -209,14 +209,14 @@ def test_zoo_list(tmp_path):
 
 
 def test_choices_mirror_the_library():
-    from commandv_interp import converters, correspondence, interface, similarity, types, zoo
-    from commandv_interp.zoo.transfer import PROFILE_SETS
+    from commandv_interp import converters, correspondence, types, zoo
+    from commandv_interp.correspondence.layer_map import Assignment
+    from commandv_interp.zoo.prompt_sets import PROFILE_SETS
 
     assert get_args(cli.MatchMethod) == get_args(correspondence.MatchMethod)
-    assert get_args(cli.Assignment) == get_args(correspondence.Assignment)
-    assert get_args(cli.Metric) == get_args(similarity.Metric)
-    assert get_args(cli.ConverterMethod) == converters.CONVERTER_METHODS
-    assert get_args(cli.DeriveMethod) == converters.CONVERTER_METHODS + (interface.INTERFACE_METHOD,)
+    assert get_args(cli.Assignment) == get_args(Assignment)
+    assert get_args(cli.Metric) == get_args(correspondence.Metric)
+    assert get_args(cli.DeriveMethod) == converters.CONVERTER_METHODS
     assert set(get_args(cli.PastePositions)) <= set(types.POSITION_RULES)
     assert get_args(cli.Backend) == get_args(zoo.catalog.Backend)
     assert get_args(cli.ProfileSet) == PROFILE_SETS

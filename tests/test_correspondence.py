@@ -5,7 +5,7 @@ from conftest import random_prompts
 
 import commandv_interp as cv
 from commandv_interp.correspondence import monotone_alignment, relative_depth
-from commandv_interp.similarity import debiased_cka, linear_cka, mutual_knn, regression_r2
+from commandv_interp.correspondence.similarity import debiased_cka, linear_cka, mutual_knn, regression_r2
 
 
 def _profile(acts, fp="fp", n_layers=None):
@@ -55,7 +55,10 @@ def test_depth_map_and_round_trip(tmp_path):
     m = cv.match_layers(_profile(acts_d), _profile(acts_r), method="depth", donor_layers=[0, 2, 4])
     assert m.as_dict() == {0: 0, 2: 1, 4: 2}
     again = cv.LayerMap.load(m.save(tmp_path / "map.json"))
-    assert again.pairs == m.pairs and torch.allclose(again.similarity, m.similarity)
+    assert m.similarity is None  # the depth rule computes no similarity matrix, only the chosen pairs' scores
+    expected = [cv.correspondence.linear_cka(acts_d[d], acts_r[r]) for d, r in m.pairs]
+    assert torch.allclose(torch.tensor(m.scores, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64))
+    assert again.pairs == m.pairs and again.scores == m.scores
     free = cv.relative_depth_map([0, 2, 4], 6, 3)  # no profiles: the same pairs
     assert free.pairs == m.pairs and free.method == "depth" and all(s != s for s in free.scores)
     assert cv.LayerMap.load(free.save(tmp_path / "free.json")).pairs == m.pairs

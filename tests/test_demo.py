@@ -8,10 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from commandv_interp.demo import format_transfer_tables, run_demo
-from commandv_interp.zoo.transfer import CONDITIONS
+from commandv_interp.app.demo import format_transfer_tables, run_demo
+from commandv_interp.app.transfer_table import CONDITIONS
 
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # demo runs on zoo models, minutes in all
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def test_cli_demo_chained_refusal_from_qwen2(tmp_path):
 
     from typer.testing import CliRunner
 
-    from commandv_interp.cli import app
+    from commandv_interp.app.cli import app
 
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--donor", "qwen2-5x160", "--behavior", "refusal", "--chain",
@@ -92,7 +94,7 @@ def test_analysis_script_regenerates_its_figure(script, tmp_path):
 def test_cli_demo_prints_the_four_rows(tmp_path):
     from typer.testing import CliRunner
 
-    from commandv_interp.cli import app
+    from commandv_interp.app.cli import app
 
     result = CliRunner().invoke(app, ["demo", "--behavior", "jailbreak", "--limit", "8", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -109,7 +111,7 @@ def test_readme_cli_chain_on_zoo_models(tmp_path):
 
     import commandv_interp as cv
     from commandv_interp import zoo
-    from commandv_interp.cli import app
+    from commandv_interp.app.cli import app
     from commandv_interp.zoo.evaluate import respond
 
     run = CliRunner().invoke

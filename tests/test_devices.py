@@ -10,7 +10,7 @@ import commandv_interp as cv
 from commandv_interp import zoo
 from commandv_interp.adapters import Intervention
 from commandv_interp.converters import LinearConverter
-from commandv_interp.paste import PastedDelta, pasted_deltas
+from commandv_interp.converters.transport import PastedDelta, pasted_deltas
 
 PROMPTS = zoo.prompts("jailbreak", "test")[:4] + zoo.prompts("refusal", "test")[:3]
 OFFLOADED = (2, 3)

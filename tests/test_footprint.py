@@ -7,7 +7,7 @@ from conftest import random_prompts
 
 import commandv_interp as cv
 from commandv_interp.adapters import make_intervention
-from commandv_interp.footprint import storage_table
+from commandv_interp.pipeline.storage import storage_table
 
 
 def _numel(*tensors):

@@ -6,8 +6,9 @@ import torch
 from conftest import assert_close, random_adapter, random_prompts
 
 import commandv_interp as cv
-from commandv_interp.compile import linear_parts
-from commandv_interp.interface import MAX_STRETCH
+from commandv_interp.converters.interface import fit_interface_converters
+from commandv_interp.adapters.linear_form import linear_parts
+from commandv_interp.converters.interface import MAX_STRETCH
 
 
 def _profile(acts, name="m", fp="fp"):
@@ -39,8 +40,7 @@ def test_planted_rotation_gives_the_exact_read_and_write():
     Q Pᵀ u, so the pasted delta equals Q · (the donor's own delta)."""
     donor, recipient, q = _rotated_pair()
     adapter = random_adapter(10, layers=(0,), rank=3, seed=4)
-    conv = cv.fit_interface_converters(adapter, donor, recipient, cv.match_layers(donor, recipient),
-                                       ridge_grid=(1e-10,))
+    conv = fit_interface_converters(donor, recipient, cv.match_layers(donor, recipient), adapter, ridge_grid=(1e-10,))
     pair = conv.for_donor_layer(0)
     iv = adapter.interventions[0]
     w, b, p = linear_parts(iv)
@@ -51,7 +51,7 @@ def test_planted_rotation_gives_the_exact_read_and_write():
     pasted = pair.to_recipient.linear(iv.delta(pair.to_donor(h_r).float()).double())
     assert_close(pasted, iv.delta(h_d.float()).double() @ q.T, atol=1e-3, rtol=1e-3)
     assert pair.fit_scores["to_donor"]["r2"] > 0.999
-    assert conv.method == "interface" and conv.extra["adapter_digest"] == adapter.digest()
+    assert conv.method == "interface" and conv.adapter_digest == adapter.digest()
 
 
 def test_write_regression_does_not_amplify_a_weak_donor_direction():
@@ -68,7 +68,7 @@ def test_write_regression_does_not_amplify_a_weak_donor_direction():
     _, _, p = linear_parts(adapter.interventions[0])
     delta = torch.ones(1, 2, dtype=torch.float64) @ p
     via_pinv = cv.fit_converters(donor, recipient, lm, method="pinv").for_donor_layer(0).to_recipient.linear(delta)
-    via_interface = cv.fit_interface_converters(adapter, donor, recipient, lm).for_donor_layer(0).to_recipient.linear(delta)
+    via_interface = fit_interface_converters(donor, recipient, lm, adapter).for_donor_layer(0).to_recipient.linear(delta)
     assert via_pinv.norm() > 10 * delta.norm()
     assert via_interface.norm() < 3 * delta.norm()
 
@@ -87,12 +87,12 @@ def test_calibrated_read_undoes_the_regression_shrinkage():
     lm = cv.match_layers(fit_d, fit_r)
     z = h_d[n:] @ w.T
     for calibrated, (low, high) in ((False, (0.5, 0.75)), (True, (0.95, 1.05))):
-        conv = cv.fit_interface_converters(adapter, fit_d, fit_r, lm, calibrated=calibrated)
+        conv = fit_interface_converters(fit_d, fit_r, lm, adapter, calibrated=calibrated)
         z_hat = conv.for_donor_layer(0).to_donor(h_r[n:]) @ w.T
         slope = ((z_hat - z_hat.mean(0)) * (z - z.mean(0))).sum() / (z - z.mean(0)).pow(2).sum()
         assert low < float(slope) < high, (calibrated, float(slope))
     noise = _profile({0: torch.randn(n, d + 4, generator=g).float()}, "recipient")  # no signal at all
-    conv = cv.fit_interface_converters(adapter, fit_d, noise, lm)
+    conv = fit_interface_converters(fit_d, noise, lm, adapter)
     stretch = conv.for_donor_layer(0).fit_scores["to_donor"]["stretch"]
     assert stretch == pytest.approx(MAX_STRETCH)  # floored: a read without signal is not blown up into noise
 
@@ -100,18 +100,17 @@ def test_calibrated_read_undoes_the_regression_shrinkage():
 def test_refuses_other_adapters_mismatched_profiles_and_unmapped_layers(nn_llama, nn_gpt2):
     donor, recipient, _ = _rotated_pair(d=nn_llama.d_model)
     adapter = random_adapter(nn_llama.d_model, layers=(0,), seed=1)
-    conv = cv.fit_interface_converters(adapter, donor, recipient, cv.match_layers(donor, recipient))
+    conv = fit_interface_converters(donor, recipient, cv.match_layers(donor, recipient), adapter)
     other = random_adapter(nn_llama.d_model, layers=(0,), seed=2)
     with pytest.raises(ValueError, match="fitted for the adapter with digest"):
         cv.compile_paste(other, conv)
     with pytest.raises(ValueError, match="no recipient layer for donor layers"):
-        cv.fit_interface_converters(random_adapter(nn_llama.d_model, layers=(0, 1)), donor, recipient,
-                                    cv.match_layers(donor, recipient))
+        fit_interface_converters(donor, recipient, cv.match_layers(donor, recipient), random_adapter(nn_llama.d_model, layers=(0, 1)))
     with pytest.raises(ValueError, match="d_model=16"):
-        cv.fit_interface_converters(random_adapter(16, layers=(0,)), donor, recipient, cv.match_layers(donor, recipient))
+        fit_interface_converters(donor, recipient, cv.match_layers(donor, recipient), random_adapter(16, layers=(0,)))
     shifted = _profile({0: recipient[0]}, "recipient", fp="other-prompts")
     with pytest.raises(ValueError, match="other-prompts|fingerprint"):
-        cv.fit_interface_converters(adapter, donor, shifted, cv.match_layers(donor, recipient))
+        fit_interface_converters(donor, shifted, cv.match_layers(donor, recipient), adapter)
 
 
 def test_paste_with_interface_converters_equals_its_compiled_form(nn_llama, nn_gpt2):
@@ -120,7 +119,7 @@ def test_paste_with_interface_converters_equals_its_compiled_form(nn_llama, nn_g
     prompts = random_prompts(64, seed=11)
     adapter = random_adapter(nn_llama.d_model, layers=(0, 2), seed=5)
     pd_, pr = cv.profile(nn_llama, prompts, progress=False), cv.profile(nn_gpt2, prompts, progress=False)
-    conv = cv.fit_interface_converters(adapter, pd_, pr, cv.match_layers(pd_, pr, donor_layers=adapter.layers))
+    conv = fit_interface_converters(pd_, pr, cv.match_layers(pd_, pr, donor_layers=adapter.layers), adapter)
     assert conv.scores_frame().direction.unique().tolist() == ["to_donor", "to_recipient"]
     batch = nn_gpt2.encode(random_prompts(4, seed=12), padding_side="left")
     clean = nn_gpt2.forward(batch).detach()

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from commandv_interp import apply_adapter, open_model, zoo
 from commandv_interp.zoo.catalog import DATA
-from commandv_interp.zoo.evaluate import TARGETS
+from commandv_interp.zoo.scoring import BEHAVIOR_RATES
 
 MODELS = zoo.list_models()
 
@@ -77,7 +77,7 @@ def test_transformer_lens_backend_matches_nnsight_on_a_zoo_model():
 
 
 def _criteria(name: str, behavior: str) -> None:
-    target, side = TARGETS[behavior]
+    target, side = BEHAVIOR_RATES[behavior]
     assert _rate(name, behavior, "base", target) <= 0.2, "the behavior must be off without the cue"
     assert _rate(name, behavior, "cue", target) >= 0.6, "the behavior must be latent under the cue"
     assert _rate(name, behavior, "adapter", target) >= 0.9
@@ -93,6 +93,7 @@ def test_manifest_table_meets_the_zoo_criteria(name, behavior):
     _criteria(name, behavior)
 
 
+@pytest.mark.slow
 def test_rescoring_reproduces_the_manifest_exactly():
     """Greedy decoding is deterministic: re-scoring one model × behavior gives the manifest's numbers."""
     access = zoo.load_model("gpt2-4x96")
@@ -128,6 +129,7 @@ def test_unknown_names_raise_clear_errors():
         zoo.load_model(MODELS[0], backend="jax")
 
 
+@pytest.mark.slow
 def test_train_quick_regenerates_a_loadable_zoo(tmp_path):
     from commandv_interp.zoo.train import main
 

@@ -143,6 +143,7 @@ def test_configs_build_three_families():
     assert len({s.tokenizer for s in ZOO.values()}) == 2
 
 
+@pytest.mark.slow
 def test_pretrain_quick_mode_saves_a_loadable_checkpoint(tmp_path):
     model, tok, record = pretrain("gpt2-4x96", seed=0, steps=3, batch_size=8, n_docs=64, progress=False)
     again = pretrain("gpt2-4x96", seed=0, steps=3, batch_size=8, n_docs=64, progress=False)[0]
@@ -164,6 +165,7 @@ def test_respond_is_padding_invariant(tmp_path):
     assert respond(access, ps, 6) == [respond(access, [p], 6)[0] for p in ps]
 
 
+@pytest.mark.slow
 def test_cueless_documents_show_each_behavior_at_the_spontaneous_rate():
     """Without a cue the corpus mostly shows the opposite behavior, and the target one at its SPONTANEOUS rate in the
     documents (so the behavior, once begun, does not hinge on the cue being in context)."""

@@ -19,6 +19,7 @@ from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.io import atomic_write
 from commandv_interp.prompts import prompts_fingerprint
 from commandv_interp.types import Float, Tensor
+from commandv_interp.version import __version__
 
 __all__ = ["ActivationProfile", "profile", "ChatTemplate"]
 
@@ -75,6 +76,22 @@ class ActivationProfile:
             raise KeyError(f"layer {layer} not in profile of {self.model_name!r} (layers {self.layers})")
         return self.activations[layer]
 
+    def check_paired_with(self, other: "ActivationProfile") -> None:
+        """Refuse a pairing of two profiles taken on different prompts (rows must correspond one to one)."""
+        if self.prompts_fingerprint != other.prompts_fingerprint or self.n_prompts != other.n_prompts:
+            raise ValueError(
+                f"profiles of {self.model_name!r} and {other.model_name!r} were taken on different prompts "
+                f"({self.n_prompts} prompts, fingerprint {self.prompts_fingerprint[:12]!r} vs {other.n_prompts}, "
+                f"{other.prompts_fingerprint[:12]!r}); profile both models on the same prompts")
+
+    def check_taken_on(self, texts: Sequence[str]) -> None:
+        """Refuse ``texts`` that are not the exact texts this profile was taken on (fingerprints named)."""
+        fingerprint = prompts_fingerprint(list(texts))
+        if self.prompts_fingerprint != fingerprint:
+            raise ValueError(f"the profile of {self.model_name!r} was taken on other prompts (fingerprint "
+                             f"{self.prompts_fingerprint[:12]!r}, these prompts give {fingerprint[:12]!r}); pass the "
+                             "exact texts it was profiled on (after any chat template)")
+
     def metadata(self) -> dict:
         return {
             "kind": KIND, "model_name": self.model_name, "config_hash": self.config_hash,
@@ -97,8 +114,6 @@ class ActivationProfile:
                     activations: dict[int, Float[Tensor, "n_prompts d_model"]]) -> "ActivationProfile":
         """A profile of ``access`` from last-prompt-token states recorded some other way (row i = ``texts[i]``, the
         exact texts fed to the model), e.g. by :func:`~commandv_interp.access.recorded_states`."""
-        from commandv_interp import __version__
-
         n_rows = {layer: a.shape[0] for layer, a in activations.items() if a.shape[0] != len(texts)}
         if n_rows:
             raise ValueError(f"states have {n_rows} rows per layer but there are {len(texts)} texts; pass the texts "

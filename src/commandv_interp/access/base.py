@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from commandv_interp.access.positions import gather_rows, last_token_index
+from commandv_interp.access.positions import last_token_index
 from commandv_interp.types import Float, Int, Tensor
 
 __all__ = ["Batch", "EditContext", "EditFn", "ModelAccess", "StopForward"]
@@ -36,6 +36,16 @@ class Batch:
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(self.input_ids.to(device), self.attention_mask.to(device))
+
+    def left_padded(self) -> "Batch":
+        """The same prompts with each row's padding moved to its start (a left-padded batch is returned as is).
+
+        >>> b = Batch(torch.tensor([[5, 6, 0], [7, 8, 9]]), torch.tensor([[1, 1, 0], [1, 1, 1]])).left_padded()
+        >>> b.input_ids.tolist(), b.attention_mask.tolist()
+        ([[0, 5, 6], [7, 8, 9]], [[0, 1, 1], [1, 1, 1]])
+        """
+        order = torch.argsort(self.attention_mask.long(), dim=1, stable=True)  # padding first, tokens in order
+        return Batch(self.input_ids.gather(1, order), self.attention_mask.gather(1, order))
 
 
 @dataclass(frozen=True)
@@ -168,12 +178,8 @@ class ModelAccess(ABC):
             return self.read_batches([batch], layers, positions, remote=remote)[0]
         layers = self._check_layers(layers)
         with torch.no_grad():
-            full = self._read_blocks(batch, layers)
-        out: dict[int, Tensor] = {}
-        for layer, hidden in full.items():
-            value = gather_rows(hidden, batch.last_index) if positions == "last" else hidden
-            out[layer] = value.detach().to(device="cpu", dtype=torch.float32)
-        return out
+            blocks = self._read_blocks(batch, layers, positions)
+        return {layer: blocks[layer].detach().to(device="cpu", dtype=torch.float32) for layer in layers}
 
     def read_batches(
         self, batches: Sequence[Batch], layers: Sequence[int], positions: str = "last", remote: bool | str = False,
@@ -193,8 +199,17 @@ class ModelAccess(ABC):
                                                              disable=not progress or len(batches) < 2)]
 
     @abstractmethod
-    def _read_blocks(self, batch: Batch, layers: list[int]) -> dict[int, Tensor]:
-        """Full-sequence block outputs at ``layers`` (may stop the forward early)."""
+    def _read_blocks(self, batch: Batch, layers: list[int], positions: str) -> dict[int, Tensor]:
+        """Block outputs at ``layers`` (sorted), with the active edits applied, as :meth:`read` returns them but
+        in any dtype and on any device.
+
+        The contract that keeps a read cheap: with ``positions="last"`` each layer's ``batch × d_model`` rows are
+        gathered inside the forward pass (in the hook or trace), so no ``batch × pos × d_model`` tensor outlives the
+        block that made it; the forward stops right after block ``max(layers)`` (no later block, final norm or
+        head runs); no KV cache is built; and nothing of the pass is left in a reference cycle (it is freed when the
+        call returns, without waiting for the cyclic garbage collector). ``positions="all"`` keeps the full
+        sequence of the requested layers only.
+        """
 
     # -- remote execution (nnsight) ------------------------------------------------------------
     supports_remote: bool = False
@@ -231,10 +246,15 @@ class ModelAccess(ABC):
 
     @abstractmethod
     def _generate_ids(self, batch: Batch, max_new_tokens: int) -> Int[Tensor, "batch new"]:
-        """Greedy continuation ids (new tokens only) with active edits applied."""
+        """Greedy continuation ids (new tokens only, rows that stopped padded) of a left-padded batch, with active
+        edits applied as in Hugging Face's cached ``generate``: ``step`` 0 on the prompt pass, ``k`` on the
+        ``k``-th new token."""
 
     def generate(self, batch: Batch, max_new_tokens: int = 32, remote: bool | str = False) -> list[str]:
         """Greedy generation; returns the decoded continuation of each prompt (cut at EOS).
+
+        Each row continues as it would alone, unpadded: a right-padded batch is left-padded first (new tokens
+        follow the last prompt token), so edits see the left-padded prompt mask.
 
         ``remote`` as in :meth:`read`: the active edits run on the server (they must have a low-rank form,
         as every paste and adapter of the supported kinds has), and only the new token ids come back.
@@ -243,6 +263,7 @@ class ModelAccess(ABC):
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
         if remote:
             self._check_remote(remote)
+        batch = batch.left_padded()
         with torch.no_grad():
             ids = (self._generate_ids_remote(batch, max_new_tokens, remote) if remote
                    else self._generate_ids(batch, max_new_tokens))

@@ -19,7 +19,8 @@ from typing import no_type_check
 
 import torch
 
-__all__ = ["LowRankEdit", "hidden_of", "with_hidden", "last_rows", "apply_low_rank", "apply_edits", "edit_blocks"]
+__all__ = ["LowRankEdit", "hidden_of", "with_hidden", "last_rows", "apply_low_rank", "apply_edits", "edit_blocks",
+           "read_blocks"]
 
 _ACT = {"linear": None, "relu": "relu", "gelu": "gelu", "silu": "silu", "tanh": "tanh"}
 
@@ -119,3 +120,24 @@ def edit_blocks(envoys, plan, step):
     for layer in sorted(plan):
         output = envoys[layer].output
         envoys[layer].output = with_hidden(output, apply_edits(hidden_of(output), plan[layer], step))
+
+
+@no_type_check
+def read_blocks(envoys, order, plan, keep, index):
+    """Inside a trace: visit the blocks in ``order``, replacing each planned block's output by its edited version,
+    and return, for the layers in ``keep``, the rows at ``index`` (:func:`last_rows`; ``None``: the whole sequence),
+    detached, float32, on CPU.
+
+    A function rather than trace-body statements: the full hidden states are bound only in its frame, so nothing of
+    the sequence outlives the call (names a trace body binds live on in its scope).
+    """
+    out = {}
+    for layer in order:
+        output = envoys[layer].output
+        hidden = hidden_of(output)
+        if layer in plan:
+            hidden = apply_edits(hidden, plan[layer], 0)
+            envoys[layer].output = with_hidden(output, hidden)
+        if layer in keep:
+            out[layer] = last_rows(hidden, index) if index is not None else hidden.detach().to("cpu", torch.float32)
+    return out

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 import torch
 
 from commandv_interp.access import intrace
-from commandv_interp.access.base import Batch, EditContext, ModelAccess
+from commandv_interp.access.base import Batch, EditContext, EditFn, ModelAccess, StopForward
 from commandv_interp.access.blocks import find_block_path, rewrap_block_output, unwrap_block_output
-from commandv_interp.access.positions import prompt_position_mask
+from commandv_interp.access.positions import gather_rows, prompt_position_mask
 from commandv_interp.types import Float, Int, Tensor
 
 __all__ = ["NNsightAccess"]
@@ -106,22 +106,30 @@ class NNsightAccess(ModelAccess):
             new = self._edits[layer](hidden, EditContext(layer=layer, step=step, prompt_mask=prompt_mask))
             envoy.output = rewrap_block_output(out, new)
 
-    def _read_blocks(self, batch: Batch, layers: list[int]) -> dict[int, Tensor]:
-        saved = {}
-        edit_layers = sorted(self._edits)
-        prompt_mask = batch.attention_mask
-        with self.nn.trace(self._inputs(batch)) as tracer:
-            for layer in sorted(set(layers) | {l for l in edit_layers if l <= max(layers)}):
-                envoy = self._block_envoy(layer)
-                out = envoy.output
-                hidden = unwrap_block_output(out)
-                if layer in self._edits:
-                    hidden = self._edits[layer](hidden, EditContext(layer=layer, step=0, prompt_mask=prompt_mask))
-                    envoy.output = rewrap_block_output(out, hidden)
-                if layer in layers:
-                    saved[layer] = hidden.detach().save()
-            tracer.stop()
-        return {layer: saved[layer] for layer in layers}
+    def _read_blocks(self, batch: Batch, layers: list[int], positions: str) -> dict[int, Tensor]:
+        """One trace: edits applied and rows gathered block by block, then the forward stopped after the deepest
+        layer by raising :class:`StopForward` from the trace body.
+
+        Not ``tracer.stop()``: nnsight 0.8 raises its stop from a frame that also holds it in a local
+        (``Interleaver.handle``'s ``stopped``), a cycle through the traceback that kept every frame of the
+        stopped forward (the full-sequence hidden states of each block, the attention mask) alive until the
+        cyclic garbage collector ran. Our exception reaches us with no such cycle, and dropping it frees them.
+        No body statement binds a full-sequence tensor to a name either: the names a body binds live on in
+        the trace's scope until the call returns.
+        """
+        saved: dict[int, Tensor] = {}
+        index = batch.last_index if positions == "last" else None
+        deepest = max(layers)
+        order = sorted(set(layers) | {layer for layer in self._edits if layer <= deepest})
+        steps = [(self._block_envoy(layer), layer, self._edits.get(layer), layer in layers) for layer in order]
+        try:
+            with self.nn.trace(self._inputs(batch), use_cache=False):
+                for envoy, layer, edit, keep in steps:
+                    _read_block(envoy, layer, edit, batch.attention_mask, index, saved if keep else None)
+                raise StopForward
+        except StopForward:
+            pass
+        return saved
 
     def _forward(self, batch: Batch) -> Float[Tensor, "batch pos vocab"]:
         with self.nn.trace(self._inputs(batch)):
@@ -175,29 +183,22 @@ class NNsightAccess(ModelAccess):
         import nnsight
 
         nnsight.register(intrace)
-        hidden_of, with_hidden, last_rows, apply_edits = (intrace.hidden_of, intrace.with_hidden,
-                                                          intrace.last_rows, intrace.apply_edits)
-        last = positions == "last"
+        read_blocks, keep = intrace.read_blocks, set(layers)
         jobs = []
         for batch in batches:
             plan = self._remote_plan(batch.attention_mask)
             order = sorted(set(layers) | {layer for layer in plan if layer <= max(layers)})
-            jobs.append((self._inputs_cpu(batch), batch.last_index, plan, order))
+            jobs.append((self._inputs_cpu(batch), batch.last_index if positions == "last" else None, plan, order))
         envoys = self._envoys(sorted({layer for *_, order in jobs for layer in order}))
         results, nn = [], self.nn  # the body must not reference `self` (it would ship this package's object)
         with nn.session(remote=remote), _fresh_sources():
             for inputs, index, plan, order in jobs:
-                with nn.trace(inputs):
-                    out = {}
-                    for layer in order:
-                        output = envoys[layer].output
-                        hidden = hidden_of(output)
-                        if layer in plan:
-                            hidden = apply_edits(hidden, plan[layer], 0)
-                            envoys[layer].output = with_hidden(output, hidden)
-                        if layer in layers:
-                            out[layer] = last_rows(hidden, index) if last else hidden.detach().to("cpu", torch.float32)
-                    results.append(out)
+                # tracer.stop() spares the server the blocks above the deepest layer. Its stop is kept in a
+                # reference cycle until the cyclic GC runs (see _read_blocks), in the server's process, or in this
+                # one under remote="local": the simulation, not a client, then holds one stopped forward a while.
+                with nn.trace(inputs, use_cache=False) as tracer:
+                    results.append(read_blocks(envoys, order, plan, keep, index))
+                    tracer.stop()
             nnsight.save(results)
         return [{layer: value.detach().to("cpu", torch.float32) for layer, value in r.items()} for r in results]
 
@@ -235,3 +236,20 @@ class NNsightAccess(ModelAccess):
 
     def _inputs_cpu(self, batch: Batch) -> dict:
         return {"input_ids": batch.input_ids.cpu(), "attention_mask": batch.attention_mask.cpu()}
+
+
+def _read_block(envoy, layer: int, edit: EditFn | None, prompt_mask: Tensor, index: Tensor | None,
+                saved: dict[int, Tensor] | None) -> None:
+    """Inside a trace: apply ``edit`` to block ``layer``'s output and, if ``saved`` is given, store there the rows
+    at ``index`` (each row's last prompt token; ``None``: the whole sequence), detached.
+
+    A function rather than trace-body statements so the block's full hidden states are bound only in this frame,
+    which ends with the call.
+    """
+    output = envoy.output
+    hidden = unwrap_block_output(output)
+    if edit is not None:
+        hidden = edit(hidden, EditContext(layer=layer, step=0, prompt_mask=prompt_mask))
+        envoy.output = rewrap_block_output(output, hidden)
+    if saved is not None:
+        saved[layer] = (gather_rows(hidden, index) if index is not None else hidden).detach()

@@ -23,7 +23,7 @@ from commandv_interp.analysis.fidelity import (
     similarity_frame,
     state_delta_fidelity,
 )
-from commandv_interp.analysis.metrics import (
+from commandv_interp.metrics import (
     effective_rank,
     kl_divergence,
     mean_cosine,

@@ -25,8 +25,9 @@ from commandv_interp.adapters import Adapter
 from commandv_interp.analysis.downstream import logit_difference
 from commandv_interp.converters import Converters, fit_converters
 from commandv_interp.correspondence import LayerMap
-from commandv_interp.interface import INTERFACE_METHOD, fit_interface_converters
-from commandv_interp.paste import DeltaFn, apply_adapter, delta_edit, paste, pasted_deltas
+from commandv_interp.adapters.edits import DeltaFn, delta_edit
+from commandv_interp.converters.transport import pasted_deltas
+from commandv_interp.paste import apply_adapter, paste
 from commandv_interp.profiles import ActivationProfile
 
 __all__ = ["BehaviorScore", "layer_subsets", "layer_attribution", "random_delta_paste", "shuffled_converters",
@@ -91,7 +92,7 @@ def layer_attribution(recipient: ModelAccess | object, adapter: Adapter, convert
     With ``converters=None`` the subsets are applied natively to ``recipient``, which must then be the adapter's
     own model: which of the donor's adapter layers carry the behavior, alone and together. A behavior that only
     appears with several layers (an adapter that is a circuit) is the case for
-    :func:`~commandv_interp.chaining.fit_chained_interface_converters`.
+    :func:`~commandv_interp.converters.fit_chained_converters`.
 
     Returns:
         Tidy rows ``condition (none|all|<mode>), layers ("0,2"), n_pairs, metric, value, split``.
@@ -143,11 +144,10 @@ def shuffled_converters(donor: ActivationProfile, recipient: ActivationProfile, 
     shuffled = donor.subset(perm, fingerprint=donor.prompts_fingerprint)
     layer_map = LayerMap(tuple(sorted(converters.layer_map().items())), tuple(float("nan") for _ in converters),
                          "given")
-    if converters.method == INTERFACE_METHOD:
+    if converters.method == "interface":
         if adapter is None:
             raise ValueError("interface converters are fitted to one adapter: pass adapter= to refit them shuffled")
-        return fit_interface_converters(adapter, shuffled, recipient, layer_map)
-    return fit_converters(shuffled, recipient, layer_map, method=converters.method)
+    return fit_converters(shuffled, recipient, layer_map, converters.method, adapter)
 
 
 def null_baselines(recipient: ModelAccess | object, adapter: Adapter, converters: Converters,

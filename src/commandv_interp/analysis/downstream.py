@@ -26,10 +26,10 @@ from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.adapters import Adapter
 from commandv_interp.analysis.capture import last_logits, last_states, token_id
 from commandv_interp.analysis.fidelity import PAIR_COLUMNS
-from commandv_interp.analysis.metrics import kl_divergence, mean_cosine, norm_ratio, total_variation
+from commandv_interp.metrics import kl_divergence, mean_cosine, norm_ratio, total_variation
 from commandv_interp.converters import Converters, LinearConverter
 from commandv_interp.correspondence import relative_depth
-from commandv_interp.fitting import fit_linear, holdout_split
+from commandv_interp.converters.regression import fit_linear, holdout_split
 from commandv_interp.paste import apply_adapter, paste
 from commandv_interp.profiles import ActivationProfile
 

@@ -36,12 +36,12 @@ import torch
 
 from commandv_interp.access import ModelAccess, open_model, recorded_states
 from commandv_interp.adapters import Adapter
-from commandv_interp.analysis.metrics import effective_rank, mean_cosine, norm_ratio, r2, relative_error
+from commandv_interp.metrics import effective_rank, mean_cosine, norm_ratio, r2, relative_error
 from commandv_interp.converters import Converters
 from commandv_interp.correspondence import LayerMap
 from commandv_interp.paste import apply_adapter, paste
 from commandv_interp.profiles import ActivationProfile
-from commandv_interp.similarity import linear_cka
+from commandv_interp.correspondence.similarity import linear_cka
 
 __all__ = ["converter_fidelity", "paste_states", "state_delta_fidelity", "contrast_fidelity", "similarity_frame",
            "PAIR_COLUMNS"]

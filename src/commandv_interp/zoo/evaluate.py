@@ -15,17 +15,13 @@ from tqdm.auto import tqdm
 from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.adapters import Adapter
 from commandv_interp.paste import apply_adapter
-from commandv_interp.zoo.scoring import outcomes, summarize
+from commandv_interp.zoo.scoring import BEHAVIOR_RATES, outcomes, summarize
 from commandv_interp.zoo.world import Behavior, Split, items, with_cue
 
-__all__ = ["MAX_NEW_TOKENS", "TARGETS", "respond", "evaluate", "evaluate_outcomes", "behavior_table", "format_behavior_table"]
+__all__ = ["MAX_NEW_TOKENS", "respond", "evaluate", "evaluate_outcomes", "behavior_table", "format_behavior_table"]
 
 # refusal/compliance shows in the first words; a four-step answer is 33 (word) to 45 (BPE) tokens
 MAX_NEW_TOKENS: dict[str, int] = {"refusal": 8, "jailbreak": 8, "cot": 52}
-# the rates the issue's acceptance criteria read, per behavior: (target rate, side-effect rate)
-TARGETS: dict[str, tuple[str, str]] = {"refusal": ("refusal", "false_refusal"),
-                                       "jailbreak": ("compliance", "false_refusal"),
-                                       "cot": ("cot_format", "accuracy")}
 
 
 def respond(model: ModelAccess | object, prompts: Sequence[str], max_new_tokens: int,
@@ -92,7 +88,7 @@ def format_behavior_table(table: pd.DataFrame) -> str:
     """Markdown: one row per model × behavior × target metric, columns base / cue / adapter."""
     lines = ["| model | behavior | metric | base (no cue) | base + cue | base + adapter |", "|---|---|---|---|---|---|"]
     for (model, behavior), group in table.groupby(["model", "behavior"], sort=False):
-        for metric in TARGETS[behavior]:
+        for metric in BEHAVIOR_RATES[behavior]:
             vals = group[group.metric == metric].set_index("condition")["value"]
             cells = [f"{vals[c]:.2f}" if c in vals else "–" for c in ("base", "cue", "adapter")]
             lines.append(f"| {model} | {behavior} | {metric} | " + " | ".join(cells) + " |")

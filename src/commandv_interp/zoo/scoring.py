@@ -14,7 +14,16 @@ from collections.abc import Sequence
 
 from commandv_interp.zoo.world import Behavior, Item, classify
 
-__all__ = ["score", "outcomes", "summarize", "is_refusal", "is_compliance", "is_cot", "parse_answer"]
+__all__ = ["BEHAVIOR_RATES", "CONTRAST", "score", "outcomes", "summarize", "is_refusal", "is_compliance", "is_cot", "parse_answer"]
+
+BEHAVIOR_RATES: dict[str, tuple[str, str]] = {"refusal": ("refusal", "false_refusal"),
+                                              "jailbreak": ("compliance", "false_refusal"),
+                                              "cot": ("cot_format", "accuracy")}
+"""Per behavior, the rate that measures it and the rate of its side effect (for CoT: the answers' accuracy)."""
+
+CONTRAST: dict[str, tuple[str, str]] = {"refusal": ("sorry", "sure"), "jailbreak": ("sure", "sorry"),
+                                        "cot": ("step", "answer")}
+"""Per behavior, the first response word that shows it and the one that shows its absence (a logit contrast)."""
 
 _STEP = r"step \d [+-] \d = \d"
 _COT = re.compile(rf"^{_STEP}( , {_STEP})* \. answer \d\b")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from commandv_interp import __version__
+from commandv_interp.version import __version__
 from commandv_interp.access import open_model
 from commandv_interp.adapters import load_adapter, save_adapter, train_adapter
 from commandv_interp.io import read_json, write_json

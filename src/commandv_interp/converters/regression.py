@@ -13,7 +13,7 @@ import torch
 
 from commandv_interp.types import Float, Int, Tensor
 
-__all__ = ["FitResult", "fit_linear", "holdout_split", "scores", "DEFAULT_RIDGE_GRID"]
+__all__ = ["FitResult", "fit_held_out", "fit_linear", "holdout_split", "scores", "DEFAULT_RIDGE_GRID"]
 
 DEFAULT_RIDGE_GRID = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 """λ candidates as multiples of the mean eigenvalue of ``XᵀX`` (a constant λ does not scale with N)."""
@@ -125,3 +125,18 @@ def scores(fit: FitResult, x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out
     cos = torch.nn.functional.cosine_similarity(pred, y, dim=1).mean()
     return {"r2": float(1 - ss_res / ss_tot) if ss_tot > 0 else float("nan"),
             "rel_mse": float(ss_res / y.pow(2).sum().clamp_min(1e-30)), "cosine": float(cos)}
+
+
+def fit_held_out(
+    x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"], method: str, train: Int[Tensor, " n_train"],
+    test: Int[Tensor, " n_test"], ridge_grid: tuple[float, ...] | None = None,
+) -> tuple[FitResult, dict[str, float], Float[Tensor, "n_test d_out"]]:
+    """Pick λ on the held-out rows, score there, then refit on all rows with that λ.
+
+    Returns:
+        The fit on all rows, its held-out report (:func:`scores` plus ``ridge``) and the held-out predictions of
+        the fit on the training rows.
+    """
+    trial = fit_linear(x[train], y[train], method, ridge_grid, select_on=(x[test], y[test]))
+    report = scores(trial, x[test], y[test]) | {"ridge": trial.ridge}
+    return fit_linear(x, y, method, fixed_ridge=trial.ridge), report, trial.predict(x[test])

@@ -1,4 +1,4 @@
-"""Stage 9 (cli): consumes checkpoints, prompt files, profiles, layer maps, converters and pyreft adapter folders
+"""App (cli): consumes checkpoints, prompt files, profiles, layer maps, converters and pyreft adapter folders
 named on the command line, produces the files of each pipeline step (profile ``.safetensors``, ``map.json``,
 converters ``.safetensors``, ``generations.jsonl``, compiled pyreft folders) and a table or one JSON object on stdout.
 
@@ -34,8 +34,7 @@ Backend = Literal["nnsight", "transformer_lens"]
 MatchMethod = Literal["depth", "similarity"]
 Metric = Literal["cka", "debiased_cka", "r2", "mutual_knn"]
 Assignment = Literal["argmax", "monotone"]
-ConverterMethod = Literal["pinv", "ridge", "affine", "procrustes"]
-DeriveMethod = Literal["pinv", "ridge", "affine", "procrustes", "interface"]  # + adapter-aware converters
+DeriveMethod = Literal["pinv", "ridge", "affine", "procrustes", "interface"]
 PastePositions = Literal["last", "last+decode", "all", "all+decode"]
 Behavior = Literal["refusal", "jailbreak", "cot"]
 ProfileSet = Literal["profile", "profile+train", "profile+train+cue", "task"]
@@ -317,15 +316,14 @@ def derive_cmd(
         if method != "interface" or missing:
             raise ValueError(f"--chain-alpha chains an interface fit: it needs --method interface and "
                              f"{', '.join(chain_inputs)}; missing: {missing or '--method interface'}")
-        from commandv_interp.chaining import check_profiled_prompts
-
         texts = _prompts(prompts)
-        check_profiled_prompts(texts, donor, recipient)  # cheap inputs first: fail before loading the models
-        converters = cv.fit_chained_interface_converters(
+        for given in (donor, recipient):  # cheap inputs first: fail before loading the models
+            given.check_taken_on(texts)
+        converters = cv.fit_chained_converters(
             _model(g, donor_model, backend), _model(g, recipient_model, backend), _adapter(g, adapter), texts,
-            donor, recipient, layer_map, alpha=chain_alpha)
+            layer_map, chain_alpha, donor, recipient)
     elif adapter:
-        converters = cv.fit_interface_converters(_adapter(g, adapter), donor, recipient, layer_map)
+        converters = cv.fit_converters(donor, recipient, layer_map, "interface", _adapter(g, adapter))
     else:
         converters = cv.fit_converters(donor, recipient, layer_map, method=method)
     converters.save(out)
@@ -503,7 +501,7 @@ def demo_cmd(
 
     Example: commandv demo --donor qwen2-5x160 --behavior refusal --chain --alpha 0.25
     """
-    from commandv_interp.demo import format_transfer_tables, run_demo
+    from commandv_interp.app.demo import format_transfer_tables, run_demo
 
     g = Globals(json_output, debug)
     table = run_demo(donor, recipient, tuple(behavior or ("refusal", "jailbreak", "cot")), method, match,

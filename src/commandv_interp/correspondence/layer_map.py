@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from commandv_interp.io import read_json, write_json
 from commandv_interp.profiles import ActivationProfile
-from commandv_interp.similarity import Metric, similarity_fn
+from commandv_interp.correspondence.similarity import Metric, similarity_fn
 from commandv_interp.types import Float, Tensor, check_choice
 
 __all__ = ["LayerMap", "match_layers", "relative_depth", "relative_depth_map", "similarity_matrix",
@@ -131,7 +131,7 @@ def similarity_matrix(
     donor_layers: Sequence[int] | None = None, progress: bool = False,
 ) -> Float[Tensor, "n_donor_layers n_recipient_layers"]:
     """``S[i, j] = metric(donor[donor_layers[i]], recipient[recipient.layers[j]])`` (float64)."""
-    _check_pairing(donor, recipient)
+    donor.check_paired_with(recipient)
     fn = similarity_fn(metric)
     rows = list(donor.layers if donor_layers is None else donor_layers)
     sim = torch.zeros(len(rows), len(recipient.layers), dtype=torch.float64)
@@ -161,8 +161,8 @@ def monotone_alignment(sim: Float[Tensor, "n_donor_layers n_recipient_layers"]) 
 
 
 def match_layers(
-    donor: ActivationProfile,
-    recipient: ActivationProfile,
+    donor_profile: ActivationProfile,
+    recipient_profile: ActivationProfile,
     method: MatchMethod = "depth",
     donor_layers: Sequence[int] | None = None,
     metric: Metric = "cka",
@@ -172,42 +172,37 @@ def match_layers(
     """Match each donor layer to a recipient layer.
 
     Args:
-        donor, recipient: profiles over the same prompts (same fingerprint).
+        donor_profile, recipient_profile: profiles over the same prompts (same fingerprint).
         method: ``"depth"`` (the paper's relative depth) or ``"similarity"`` (search with ``metric``).
         donor_layers: donor layers to map (default: all profiled donor layers).
-        metric: similarity metric (``cka``, ``debiased_cka``, ``r2``, ``mutual_knn``); also scored for depth.
+        metric: similarity metric (``cka``, ``debiased_cka``, ``r2``, ``mutual_knn``): the search's for
+            ``similarity``; for ``depth`` only the chosen pairs are scored with it (no matrix is computed).
         assignment: ``"argmax"`` per donor layer or ``"monotone"`` (order-preserving DP).
 
     Returns:
-        A :class:`LayerMap` carrying the similarity matrix.
+        A :class:`LayerMap` (carrying the similarity matrix for ``similarity``).
     """
+    donor, recipient = donor_profile, recipient_profile
     check_choice("method", method, get_args(MatchMethod))
     check_choice("assignment", assignment, get_args(Assignment))
+    donor.check_paired_with(recipient)
     rows = list(donor.layers if donor_layers is None else donor_layers)
     missing = [layer for layer in rows if layer not in donor.activations]
     if missing:
         raise ValueError(f"donor layers {missing!r} were not profiled; profile them or pass donor_layers")
-    sim = similarity_matrix(donor, recipient, metric, rows, progress)
     cols = recipient.layers
     if method == "depth":
         targets = [relative_depth(layer, donor.n_layers, recipient.n_layers) for layer in rows]
         absent = [t for t in targets if t not in cols]
         if absent:
             raise ValueError(f"relative depth needs recipient layers {absent!r}, which were not profiled")
-        picks = [cols.index(t) for t in targets]
-    elif assignment == "monotone":
-        picks = monotone_alignment(sim)
-    else:
-        picks = sim.argmax(dim=1).tolist()
+        fn = similarity_fn(metric)
+        scores = tuple(float(fn(donor[d], recipient[r])) for d, r in zip(rows, targets))
+        return LayerMap(tuple(zip(rows, targets)), scores, method, metric, None, None, tuple(rows), tuple(cols),
+                        donor.model_name, recipient.model_name, donor.prompts_fingerprint)
+    sim = similarity_matrix(donor, recipient, metric, rows, progress)
+    picks = monotone_alignment(sim) if assignment == "monotone" else sim.argmax(dim=1).tolist()
     pairs = tuple((layer, cols[j]) for layer, j in zip(rows, picks))
     scores = tuple(float(sim[i, j]) for i, j in enumerate(picks))
-    return LayerMap(pairs, scores, method, metric, None if method == "depth" else assignment, sim, tuple(rows),
+    return LayerMap(pairs, scores, method, metric, assignment, sim, tuple(rows),
                     tuple(cols), donor.model_name, recipient.model_name, donor.prompts_fingerprint)
-
-
-def _check_pairing(donor: ActivationProfile, recipient: ActivationProfile) -> None:
-    if donor.prompts_fingerprint != recipient.prompts_fingerprint:
-        raise ValueError(
-            f"profiles were taken on different prompt sets (donor fingerprint {donor.prompts_fingerprint!r}, "
-            f"recipient fingerprint {recipient.prompts_fingerprint!r}); profile both models on the same prompts"
-        )

@@ -1,4 +1,4 @@
-"""Stage 4 (converters, adapter-aware): consumes a donor :class:`Adapter`, two profiles and a :class:`LayerMap`,
+"""Stage 4 (converters, adapter-aware): consumes two profiles, a :class:`LayerMap` and a donor :class:`Adapter`,
 produces :class:`Converters` fitted to the adapter's *interface* (``method="interface"``).
 
 A linear-source adapter (NodiReFT, DiReFT, linear LoReFT/NoReFT) touches the residual stream through two
@@ -33,24 +33,16 @@ from __future__ import annotations
 import torch
 
 from commandv_interp.adapters import Adapter
-from commandv_interp.compile import linear_parts
-from commandv_interp.converters import Converters, LayerConverter, LinearConverter
-from commandv_interp.correspondence import LayerMap, _check_pairing
-from commandv_interp.fitting import FitResult, fit_linear, holdout_split, scores
+from commandv_interp.adapters.linear_form import linear_parts
+from commandv_interp.converters.artifact import Converters, LayerConverter, LinearConverter
+from commandv_interp.converters.regression import fit_held_out, holdout_split
+from commandv_interp.correspondence import LayerMap
 from commandv_interp.profiles import ActivationProfile
 
-__all__ = ["fit_interface_converters", "INTERFACE_METHOD", "MAX_STRETCH"]
+__all__ = ["fit_interface_converters", "MAX_STRETCH"]
 
-INTERFACE_METHOD = "interface"
+
 MAX_STRETCH = 4.0  # the calibrated read amplifies a held-out difference at most this much
-
-
-def _fit(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, test: torch.Tensor,
-         ridge_grid: tuple[float, ...] | None) -> tuple[FitResult, dict, torch.Tensor]:
-    """Affine ridge ``y ≈ f(x)``: the fit on all rows, its held-out report and the held-out predictions."""
-    trial = fit_linear(x[train], y[train], "affine", ridge_grid, select_on=(x[test], y[test]))
-    report = scores(trial, x[test], y[test]) | {"ridge": trial.ridge}
-    return fit_linear(x, y, "affine", fixed_ridge=trial.ridge), report, trial.predict(x[test])
 
 
 def _destretch(z: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
@@ -67,10 +59,10 @@ def _destretch(z: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
 
 
 def fit_interface_converters(
-    adapter: Adapter,
-    donor: ActivationProfile,
-    recipient: ActivationProfile,
+    donor_profile: ActivationProfile,
+    recipient_profile: ActivationProfile,
     layer_map: LayerMap,
+    adapter: Adapter,
     holdout: float = 0.2,
     ridge_grid: tuple[float, ...] | None = None,
     calibrated: bool = True,
@@ -78,9 +70,10 @@ def fit_interface_converters(
     """Converters for pasting ``adapter`` only: fitted on its read and write directions (see the module doc).
 
     Args:
-        adapter: the donor adapter the converters will paste (linear-source kinds; its layers must be mapped).
-        donor, recipient: profiles over the same prompts (fingerprints must match); ``donor`` is the adapter's model.
+        donor_profile, recipient_profile: profiles over the same prompts (fingerprints must match); the donor is the
+            adapter's model.
         layer_map: which recipient layer each donor layer maps to.
+        adapter: the donor adapter the converters will paste (linear-source kinds; its layers must be mapped).
         holdout: fraction of prompts held out to pick λ and score each regression (then refit on all).
         ridge_grid: λ candidates as multiples of the mean eigenvalue of ``XᵀX`` (default: a log grid).
         calibrated: undo the read regression's shrinkage towards the mean (``S = K⁻¹``, ``K`` the held-out slope of
@@ -90,13 +83,14 @@ def fit_interface_converters(
     Returns:
         :class:`Converters` with ``method="interface"``; ``fit_scores`` hold held-out R²/rel-MSE/cosine of the
         read regression (``to_donor``, on the ``r`` read coordinates) and the write regression (``to_recipient``,
-        recipient states from the ``r`` write coordinates); ``extra["adapter_digest"]`` names the adapter.
+        recipient states from the ``r`` write coordinates); ``adapter_digest`` names the adapter.
 
     Raises:
         ValueError: mismatched profiles, an adapter of another width, a donor layer missing from the map, or an
-            adapter whose source is not linear (non-linear LoReFT/NoReFT: use :func:`fit_converters`).
+            adapter whose source is not linear (non-linear LoReFT/NoReFT: use a linear method of :func:`fit_converters`).
     """
-    _check_pairing(donor, recipient)
+    donor, recipient = donor_profile, recipient_profile
+    donor.check_paired_with(recipient)
     if adapter.d_model != donor.d_model:
         raise ValueError(f"the adapter has d_model={adapter.d_model} but the donor profile {donor.model_name!r} has "
                          f"d_model={donor.d_model}; profile the adapter's own donor")
@@ -115,12 +109,12 @@ def fit_interface_converters(
     pairs = []
     for donor_layer in adapter.layers:
         recipient_layer = mapped[donor_layer]
-        w, _, p = (t.detach() for t in linear_parts(adapter.interventions[donor_layer]))
+        w, _, p = linear_parts(adapter.interventions[donor_layer])
         h_d, h_r = donor[donor_layer].double(), recipient[recipient_layer].double()
         w_pinv, p_pinv = torch.linalg.pinv(w), torch.linalg.pinv(p)  # d_D × r each
         z = h_d @ w.T
-        read, read_report, z_hat = _fit(h_r, z, train, test, ridge_grid)
-        write, write_report, _ = _fit(h_d @ p_pinv, h_r, train, test, ridge_grid)
+        read, read_report, z_hat = fit_held_out(h_r, z, "affine", train, test, ridge_grid)
+        write, write_report, _ = fit_held_out(h_d @ p_pinv, h_r, "affine", train, test, ridge_grid)
         m, c = (read.left if read.right is None else read.left @ read.right), read.bias  # r × d_R, r
         if calibrated:
             s = _destretch(z[test], z_hat)
@@ -132,7 +126,7 @@ def fit_interface_converters(
         to_recipient = LinearConverter(g, p_pinv.T.contiguous(), write.bias)
         pairs.append(LayerConverter(donor_layer, recipient_layer, to_donor, to_recipient,
                                     {"to_donor": read_report, "to_recipient": write_report, "space": "interface"}))
-    return Converters(tuple(pairs), INTERFACE_METHOD, donor.model_name, recipient.model_name, donor.config_hash,
+    return Converters(tuple(pairs), "interface", donor.model_name, recipient.model_name, donor.config_hash,
                       recipient.config_hash, donor.d_model, recipient.d_model, donor.prompts_fingerprint,
-                      {"layer_map_method": layer_map.method, "n_prompts": donor.n_prompts,
-                       "adapter_digest": adapter.digest(), "rank": adapter.rank})
+                      {"layer_map_method": layer_map.method, "n_prompts": donor.n_prompts, "rank": adapter.rank},
+                      adapter_digest=adapter.digest())

@@ -1,4 +1,4 @@
-"""Stage 4 (converters): consumes two profiles and a :class:`LayerMap`, produces :class:`Converters`.
+"""Stage 4 (converters): the :class:`Converters` artifact: per mapped layer pair, a linear map each way.
 
 For each mapped pair a :class:`LayerConverter` with ``to_donor(h_R)`` and ``to_recipient(h_D)``, each a
 :class:`LinearConverter` ``y = x @ Wᵀ + b``. ``W`` may be stored factored (``W = left @ right``, rank ≤
@@ -18,15 +18,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from commandv_interp.correspondence import LayerMap, _check_pairing
-from commandv_interp.fitting import FitResult, fit_linear, holdout_split, scores
+from commandv_interp.access import ModelAccess
+from commandv_interp.adapters import Adapter
+from commandv_interp.converters.regression import FitResult
 from commandv_interp.io import atomic_write
 from commandv_interp.profiles import ActivationProfile
 from commandv_interp.types import Float, Tensor, check_choice
 
-__all__ = ["LinearConverter", "LayerConverter", "Converters", "fit_converters", "ConverterMethod", "CONVERTER_METHODS"]
+__all__ = ["LinearConverter", "LayerConverter", "Converters", "ConverterMethod", "CONVERTER_METHODS"]
 
-ConverterMethod = Literal["pinv", "ridge", "affine", "procrustes"]
+ConverterMethod = Literal["pinv", "ridge", "affine", "procrustes", "interface"]
+"""``interface`` fits only an adapter's read and write directions (:mod:`~commandv_interp.converters.interface`)."""
 CONVERTER_METHODS: tuple[str, ...] = get_args(ConverterMethod)
 KIND = "commandv.converters"
 
@@ -59,6 +61,14 @@ class LinearConverter:
         if self.right is not None:
             x = x @ self.right.T
         return x @ self.left.T
+
+    def pullback(self, rows: Float[Tensor, "m d_out"]) -> Float[Tensor, "m d_in"]:
+        """``rows @ W``: a linear read ``z = rows · y`` of the output as a read of the input, computed factored
+        (``(rows @ left) @ right``) so that no ``d_out × d_in`` matrix is formed."""
+        if rows.shape[-1] != self.d_out:
+            raise ValueError(f"pullback expects rows of width {self.d_out}, got {rows.shape[-1]}")
+        out = rows.to(self.left.dtype) @ self.left
+        return out if self.right is None else out @ self.right
 
     def __call__(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_out"]:
         y = self.linear(x)
@@ -98,6 +108,52 @@ class Converters:
     d_recipient: int
     prompts_fingerprint: str
     extra: dict = field(default_factory=dict)
+    adapter_digest: str | None = None  # set by adapter-aware fits: only that adapter may be pasted through them
+    chain_alpha: float | None = None  # set by chained fits: the α the chain was fitted under
+
+    def check_adapter(self, adapter: Adapter) -> None:
+        """Refuse an adapter these converters cannot carry: another donor width, an unmapped donor layer, another
+        donor model (config hash) or, for adapter-aware converters, another adapter (digest)."""
+        if self.d_donor != adapter.d_model:
+            raise ValueError(f"converters map a donor of width {self.d_donor} but the adapter has "
+                             f"d_model={adapter.d_model}; derive converters from this adapter's donor")
+        adapter_hash = adapter.metadata.get("config_hash")
+        if adapter_hash is not None and adapter_hash != self.donor_config_hash:
+            raise ValueError(f"the adapter was trained on a model with config hash {adapter_hash!r} but the "
+                             f"converters' donor has {self.donor_config_hash!r}; profile the adapter's own donor")
+        if self.adapter_digest is not None and self.adapter_digest != adapter.digest():
+            raise ValueError(f"these {self.method!r} converters were fitted for the adapter with digest "
+                             f"{self.adapter_digest!r}, not for this one ({adapter.digest()!r}); fit converters "
+                             "for it with method='interface' and adapter=<it>")
+        mapped = {p.donor_layer for p in self.pairs}
+        unmapped = [layer for layer in adapter.layers if layer not in mapped]
+        if unmapped:
+            raise ValueError(f"the converters map donor layers {sorted(mapped)} but the adapter acts at "
+                             f"{unmapped} too; match and fit the adapter's layers {adapter.layers}")
+
+    def check_profiles(self, donor_profile: ActivationProfile, recipient_profile: ActivationProfile) -> None:
+        """Refuse profiles of other models than these converters' (config hashes), or taken on different prompts."""
+        donor_profile.check_paired_with(recipient_profile)
+        for side, prof, hash_ in (("donor", donor_profile, self.donor_config_hash),
+                                  ("recipient", recipient_profile, self.recipient_config_hash)):
+            if prof.config_hash != hash_:
+                raise ValueError(f"the {side} profile is of {prof.model_name!r} (config hash {prof.config_hash!r}) but "
+                                 f"the converters' {side} has config hash {hash_!r}; pass profiles of the converters' "
+                                 "models")
+
+    def check_recipient(self, recipient: ModelAccess) -> None:
+        """Refuse a recipient these converters were not fitted for (width, config hash, layer range)."""
+        if self.d_recipient != recipient.d_model:
+            raise ValueError(f"converters map a recipient of width {self.d_recipient} but {recipient.name!r} has "
+                             f"d_model={recipient.d_model}; derive converters for this recipient")
+        if self.recipient_config_hash != recipient.config_hash:
+            raise ValueError(f"converters were fitted for recipient {self.recipient_model!r} (config hash "
+                             f"{self.recipient_config_hash!r}) but {recipient.name!r} has config hash "
+                             f"{recipient.config_hash!r}; derive converters from this recipient's profile")
+        bad = sorted({p.recipient_layer for p in self.pairs if not 0 <= p.recipient_layer < recipient.n_layers})
+        if bad:
+            raise ValueError(f"converters name recipient layers {bad} but {recipient.name!r} has "
+                             f"{recipient.n_layers} layers; derive converters for this recipient")
 
     def __iter__(self) -> Iterator[LayerConverter]:
         return iter(self.pairs)
@@ -140,7 +196,8 @@ class Converters:
                 "recipient_model": self.recipient_model, "donor_config_hash": self.donor_config_hash,
                 "recipient_config_hash": self.recipient_config_hash, "d_donor": self.d_donor,
                 "d_recipient": self.d_recipient, "prompts_fingerprint": self.prompts_fingerprint,
-                "pairs": pairs_meta, "extra": self.extra}
+                "pairs": pairs_meta, "extra": self.extra, "adapter_digest": self.adapter_digest,
+                "chain_alpha": self.chain_alpha}
         return atomic_write(path, lambda f: save_file(tensors, str(f), metadata={"commandv": json.dumps(meta)}))
 
     @classmethod
@@ -153,6 +210,7 @@ class Converters:
             if meta.get("kind") != KIND:
                 raise ValueError(f"{str(path)!r} is not a commandv converters file (kind={meta.get('kind')!r})")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
+        extra = dict(meta.get("extra", {}))
         pairs = []
         for i, pm in enumerate(meta["pairs"]):
             convs = {d: LinearConverter(*(tensors.get(f"{i}.{d}.{part}") for part in ("left", "right", "bias")))
@@ -161,47 +219,5 @@ class Converters:
                                         convs["to_recipient"], pm["fit_scores"]))
         return cls(tuple(pairs), meta["method"], meta["donor_model"], meta["recipient_model"],
                    meta["donor_config_hash"], meta["recipient_config_hash"], meta["d_donor"], meta["d_recipient"],
-                   meta["prompts_fingerprint"], meta.get("extra", {}))
-
-
-def fit_converters(
-    donor: ActivationProfile,
-    recipient: ActivationProfile,
-    layer_map: LayerMap,
-    method: ConverterMethod = "pinv",
-    holdout: float = 0.2,
-    ridge_grid: tuple[float, ...] | None = None,
-) -> Converters:
-    """Fit recipient→donor and donor→recipient converters for every mapped layer pair.
-
-    Args:
-        donor, recipient: profiles over the same prompts (fingerprints must match).
-        layer_map: which recipient layer each donor layer maps to.
-        method: ``pinv`` (paper-exact ``pinv(A_R) A_D`` / ``pinv(A_D) A_R``, no centering), ``ridge``
-            (regularized least squares, λ from held-out error), ``affine`` (centered, with bias, λ from
-            held-out error), ``procrustes`` (orthogonal after zero-padding, centered, with scale and bias).
-        holdout: fraction of prompts held out to score each fit (and pick λ); the final converters are
-            refit on all prompts.
-        ridge_grid: λ candidates as multiples of the mean eigenvalue of ``XᵀX`` (default: a log grid).
-
-    Returns:
-        :class:`Converters` whose ``fit_scores`` hold held-out R² and relative MSE per direction.
-    """
-    check_choice("method", method, CONVERTER_METHODS)
-    _check_pairing(donor, recipient)
-    if not 0 < holdout < 1:
-        raise ValueError(f"holdout must be in (0, 1), got {holdout!r}")
-    train, test = holdout_split(donor.n_prompts, holdout)
-    out = []
-    for donor_layer, recipient_layer in layer_map.pairs:
-        a_d, a_r = donor[donor_layer].double(), recipient[recipient_layer].double()
-        fits, fit_scores = {}, {}
-        for direction, x, y in (("to_donor", a_r, a_d), ("to_recipient", a_d, a_r)):
-            trial = fit_linear(x[train], y[train], method, ridge_grid, select_on=(x[test], y[test]))
-            fit_scores[direction] = scores(trial, x[test], y[test]) | {"ridge": trial.ridge}
-            fits[direction] = fit_linear(x, y, method, fixed_ridge=trial.ridge)
-        out.append(LayerConverter(donor_layer, recipient_layer, LinearConverter.from_fit(fits["to_donor"]),
-                                  LinearConverter.from_fit(fits["to_recipient"]), fit_scores))
-    return Converters(tuple(out), method, donor.model_name, recipient.model_name, donor.config_hash,
-                      recipient.config_hash, donor.d_model, recipient.d_model, donor.prompts_fingerprint,
-                      {"layer_map_method": layer_map.method, "n_prompts": donor.n_prompts})
+                   meta["prompts_fingerprint"], extra, meta.get("adapter_digest", extra.pop("adapter_digest", None)),
+                   meta.get("chain_alpha", extra.pop("chain_alpha", None)))

@@ -1,11 +1,11 @@
-"""Stage 5 (paste): consumes a donor and a recipient model, the donor's :class:`Adapter`, both models' profiles over
-some prompts and a :class:`LayerMap`, produces adapter-aware (``interface``) :class:`Converters` fitted layer after
+"""Stage 4 (converters, chained): consumes a donor and a recipient model, the donor's :class:`Adapter` and prompts
+(optionally profiles over them and a :class:`LayerMap`), produces adapter-aware (``interface``) :class:`Converters` fitted layer after
 layer on the states each pasted intervention actually reads: a *chained* fit.
 
 Why. An adapter on several layers is a circuit: at donor layer ``l_j`` its intervention reads a state that the
 interventions at the layers below have already moved. On the zoo the layers only work together: gpt2's refusal
 adapter refuses 0.00 of harmful test requests with its layer 0 alone, 0.08 with its layer 2 alone and 1.00 with
-both. :func:`~commandv_interp.interface.fit_interface_converters` fits every layer on *unedited* profiles, so
+both. :func:`~commandv_interp.converters.interface.fit_interface_converters` fits every layer on *unedited* profiles, so
 a later layer's read converter meets, at paste time, states it was never fitted on: those the earlier pasted
 layers moved. The chained fit refits the converters of each mapped recipient layer ``r`` (in ascending order) on
 
@@ -30,44 +30,36 @@ from collections.abc import Sequence
 
 from commandv_interp.access import ModelAccess, open_model, recorded_states
 from commandv_interp.adapters import Adapter
-from commandv_interp.converters import Converters
+from commandv_interp.adapters.edits import adapter_edits
+from commandv_interp.converters.artifact import Converters
+from commandv_interp.converters.interface import fit_interface_converters
+from commandv_interp.converters.transport import pasted_edits
 from commandv_interp.correspondence import LayerMap, relative_depth_map
-from commandv_interp.interface import fit_interface_converters
-from commandv_interp.paste import apply_adapter, paste
 from commandv_interp.profiles import ActivationProfile
-from commandv_interp.prompts import prompts_fingerprint
+from commandv_interp.types import PositionRule
 
-__all__ = ["fit_chained_interface_converters", "check_profiled_prompts"]
+__all__ = ["fit_chained_converters"]
 
 
 def _for_adapter(converters: Converters, pairs: dict, adapter: Adapter) -> Converters:
     """``converters`` narrowed to ``adapter``'s layers, with the chained ``pairs`` and that adapter's digest."""
     return dataclasses.replace(converters, pairs=tuple(pairs[layer] for layer in adapter.layers),
-                               extra={**converters.extra, "adapter_digest": adapter.digest()})
+                               adapter_digest=adapter.digest())
 
 
-def check_profiled_prompts(prompts: Sequence[str], *profiles: ActivationProfile) -> None:
-    """Refuse ``prompts`` that are not the exact texts ``profiles`` were taken on (fingerprints named)."""
-    fingerprint = prompts_fingerprint(list(prompts))
-    for prof in profiles:
-        if prof.prompts_fingerprint != fingerprint:
-            raise ValueError(f"the profile of {prof.model_name!r} was taken on other prompts (fingerprint "
-                             f"{prof.prompts_fingerprint[:12]!r}, these prompts give {fingerprint[:12]!r}); pass the "
-                             "exact texts it was profiled on (after any chat template)")
-
-
-def fit_chained_interface_converters(
-    donor: ModelAccess | object,
-    recipient: ModelAccess | object,
+def fit_chained_converters(
+    donor_model: ModelAccess,
+    recipient_model: ModelAccess,
     adapter: Adapter,
     prompts: Sequence[str],
-    donor_profile: ActivationProfile | None = None,
-    recipient_profile: ActivationProfile | None = None,
     layer_map: LayerMap | None = None,
     alpha: float = 1.0,
-    positions: str = "last",
+    donor_profile: ActivationProfile | None = None,
+    recipient_profile: ActivationProfile | None = None,
+    positions: PositionRule = "last",
     batch_size: int = 32,
-    **fit_kwargs,
+    holdout: float = 0.2,
+    ridge_grid: tuple[float, ...] | None = None,
 ) -> Converters:
     """Interface converters for ``adapter``, each mapped recipient layer fitted under the paste of those below it.
 
@@ -76,31 +68,31 @@ def fit_chained_interface_converters(
     Profiles already taken on ``prompts`` spare the recipient's first pass.
 
     Args:
-        donor, recipient: the two models (``ModelAccess`` or anything ``open_model`` accepts).
-        adapter: the donor's adapter (linear-source kinds, as for ``fit_interface_converters``).
+        donor_model, recipient_model: the two models (``ModelAccess`` or anything ``open_model`` accepts).
+        adapter: the donor's adapter (linear-source kinds, as for ``method="interface"``).
         prompts: the fitting prompts (the exact texts fed to the models; with profiles, the texts they were taken
             on: their fingerprints must match).
-        donor_profile, recipient_profile: optional unedited profiles over ``prompts`` (only their provenance and,
-            for the recipient, the lowest mapped layer are used).
         layer_map: which recipient layer each of the adapter's donor layers maps to (default: relative depth,
             :func:`~commandv_interp.correspondence.relative_depth_map`).
         alpha: the scale the converters will be pasted with (the chain is fitted under it).
+        donor_profile, recipient_profile: optional unedited profiles over ``prompts`` (only their provenance and,
+            for the recipient, the lowest mapped layer are used).
         positions: where the donor's adapter and the paste act while the chain is recorded.
         batch_size: prompts per forward pass.
-        **fit_kwargs: passed on to :func:`fit_interface_converters` (``holdout``, ``ridge_grid``, ``calibrated``).
+        holdout, ridge_grid: as in :func:`~commandv_interp.converters.fit_converters`.
 
     Returns:
-        :class:`Converters` with ``method="interface"`` and ``extra["chained"] = True``,
-        ``extra["chain_alpha"] = alpha``.
+        :class:`Converters` with ``method="interface"``, ``extra["chained"] = True`` and ``chain_alpha = alpha``.
 
     Raises:
         ValueError: profiles not taken on ``prompts``, a non-finite ``alpha``, and everything
             ``fit_interface_converters`` refuses.
     """
     prompts = list(prompts)
-    given = [p for p in (donor_profile, recipient_profile) if p is not None]
-    check_profiled_prompts(prompts, *given)
-    donor, recipient = open_model(donor), open_model(recipient)
+    for given in (donor_profile, recipient_profile):
+        if given is not None:
+            given.check_taken_on(prompts)
+    donor, recipient = open_model(donor_model), open_model(recipient_model)
     if not math.isfinite(alpha):
         raise ValueError(f"alpha must be finite, got {alpha!r}")
     if layer_map is None:
@@ -111,7 +103,7 @@ def fit_chained_interface_converters(
         raise ValueError(f"the layer map has no recipient layer for donor layers {unmapped}; match the adapter's "
                          f"layers {list(adapter.layers)}")
     donor_states = ActivationProfile.from_states(donor, prompts, recorded_states(
-        donor, adapter.layers, prompts, apply_adapter(donor, adapter, positions), batch_size))
+        donor, adapter.layers, prompts, donor.edited(adapter_edits(donor, adapter, positions)), batch_size))
     if donor_profile is not None:
         donor_states = dataclasses.replace(donor_profile, activations=donor_states.activations)
     pairs: dict = {}
@@ -121,7 +113,8 @@ def fit_chained_interface_converters(
         below = [layer for layer in adapter.layers if mapped[layer] < r_layer]
         if below:
             earlier = adapter.restricted(below)
-            edit = paste(recipient, earlier, _for_adapter(template, pairs, earlier), positions=positions, alpha=alpha)
+            edit = recipient.edited(pasted_edits(recipient, earlier, _for_adapter(template, pairs, earlier), positions,
+                                                 alpha))
             h_r = recorded_states(recipient, [r_layer], prompts, edit, batch_size)[r_layer]
         elif recipient_profile is not None:
             h_r = recipient_profile[r_layer]
@@ -130,8 +123,8 @@ def fit_chained_interface_converters(
         p_recipient = (ActivationProfile.from_states(recipient, prompts, {r_layer: h_r}) if recipient_profile is None
                        else dataclasses.replace(recipient_profile, activations={r_layer: h_r}))
         p_donor = dataclasses.replace(donor_states, activations={layer: donor_states[layer] for layer in group.layers})
-        fitted = fit_interface_converters(group, p_donor, p_recipient, layer_map, **fit_kwargs)
+        fitted = fit_interface_converters(p_donor, p_recipient, layer_map, group, holdout, ridge_grid)
         template = template or fitted
         pairs.update({pair.donor_layer: pair for pair in fitted.pairs})
     chained = _for_adapter(template, pairs, adapter)  # type: ignore[arg-type]
-    return dataclasses.replace(chained, extra={**chained.extra, "chained": True, "chain_alpha": float(alpha)})
+    return dataclasses.replace(chained, extra={**chained.extra, "chained": True}, chain_alpha=float(alpha))

@@ -1,4 +1,4 @@
-"""Stage 9 (demo): consumes a donor → recipient pair of the embedded zoo, produces the one-command offline demo —
+"""App (demo): consumes a donor → recipient pair of the embedded zoo, produces the one-command offline demo —
 a transfer table per behavior, the compute of Command-V vs a direct finetune, per-layer faithfulness figures and a
 Markdown report.
 
@@ -8,6 +8,7 @@ through nnsight; each behavior's donor adapter is pasted into the recipient and 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,19 +16,18 @@ from pathlib import Path
 import pandas as pd
 
 from commandv_interp import analysis, plotting
+from commandv_interp.correspondence import similarity_matrix
 from commandv_interp.io import atomic_write
 from commandv_interp.zoo import load_adapter, load_model, prompts
-from commandv_interp.zoo.evaluate import TARGETS
-from commandv_interp.interface import INTERFACE_METHOD
-from commandv_interp.zoo.transfer import (CONDITIONS, ProfilePair, derive, profile_pair, profile_prompts,
-                                          transfer_rows)
+from commandv_interp.zoo.scoring import BEHAVIOR_RATES
+from commandv_interp.app.transfer_table import CONDITIONS, transfer_rows
+from commandv_interp.pipeline import ProfilePair, derive, profile_pair
+from commandv_interp.zoo.prompt_sets import profile_prompts
 from commandv_interp.zoo.world import Behavior
 
-__all__ = ["run_demo", "format_transfer_tables", "DEFAULT_PAIR", "CONTRAST"]
+__all__ = ["run_demo", "format_transfer_tables", "DEFAULT_PAIR"]
 
 DEFAULT_PAIR = ("llama-6x128", "gpt2-4x96")  # cross-architecture and cross-tokenizer (word → BPE)
-CONTRAST: dict[str, tuple[str, str]] = {"refusal": ("sorry", "sure"), "jailbreak": ("sure", "sorry"),
-                                        "cot": ("step", "answer")}
 LABELS = {"recipient_base": "recipient base", "command_v": "recipient + Command-V",
           "donor_adapter": "donor + adapter", "recipient_finetune": "recipient + direct ReFT finetune"}
 
@@ -37,7 +37,7 @@ def format_transfer_tables(table: pd.DataFrame) -> str:
     then the compute of Command-V vs the direct finetune."""
     out = []
     for behavior, group in table.groupby("behavior", sort=False):
-        metrics = list(TARGETS[behavior])
+        metrics = list(BEHAVIOR_RATES[behavior])
         out += [f"### {behavior}", "", "| condition | " + " | ".join(metrics) + " |",
                 "|---|" + "---|" * len(metrics)]
         for condition in CONDITIONS:
@@ -64,19 +64,19 @@ def run_demo(donor: str = DEFAULT_PAIR[0], recipient: str = DEFAULT_PAIR[1],
         donor, recipient: zoo model names (must differ).
         behaviors: which behaviors to paste.
         method: converter method or ``interface`` (adapter-aware, fitted per behavior); match: ``depth`` or
-            ``similarity``; profile_set: see :func:`commandv_interp.zoo.transfer.profile_prompts` (``task`` is
+            ``similarity``; profile_set: see :func:`commandv_interp.zoo.prompt_sets.profile_prompts` (``task`` is
             per behavior).
         limit: score only the first ``limit`` test prompts of each behavior.
         alpha: the paste scale.
         chain: fit ``interface`` converters layer after layer under the paste at ``alpha``
-            (:func:`~commandv_interp.chaining.fit_chained_interface_converters`).
+            (:func:`~commandv_interp.converters.fit_chained_converters`).
 
     Returns:
         The tidy transfer table (also in ``transfer.csv``).
     """
     if donor == recipient:
         raise ValueError(f"donor and recipient must be different zoo models, got {donor!r} twice")
-    if chain and method != INTERFACE_METHOD:
+    if chain and method != "interface":
         raise ValueError(f"chain=True chains interface converters; method is {method!r}: use method='interface'")
     start = time.perf_counter()
     out = Path(out)
@@ -85,7 +85,7 @@ def run_demo(donor: str = DEFAULT_PAIR[0], recipient: str = DEFAULT_PAIR[1],
     donor_nn, recipient_nn = load_model(donor), load_model(recipient)
     adapters = {b: load_adapter(donor, b) for b in behaviors}
     layers = adapters[behaviors[0]].layers
-    if method == INTERFACE_METHOD or profile_set == "task":  # converters or profile prompts per behavior
+    if method == "interface" or profile_set == "task":  # converters or profile prompts per behavior
         pairs: dict[str | None, ProfilePair] = {}  # profiled once per prompt set, shared across behaviors
         derivations = {}
         for b in behaviors:
@@ -93,7 +93,7 @@ def run_demo(donor: str = DEFAULT_PAIR[0], recipient: str = DEFAULT_PAIR[1],
             if key not in pairs:
                 pairs[key] = profile_pair(donor_tl, recipient_nn, profile_prompts(profile_set, key), progress)
             derivations[b] = derive(donor_tl, recipient_nn, pairs[key], layers, match=match, method=method,
-                                    adapter=adapters[b] if method == INTERFACE_METHOD else None,
+                                    adapter=adapters[b] if method == "interface" else None,
                                     chain_alpha=alpha if chain else None)
     else:
         shared = derive(donor_tl, recipient_nn, profile_prompts(profile_set), layers, match=match, method=method,
@@ -127,8 +127,15 @@ def _faithfulness(donor, recipient, derivations, behaviors, out: Path, alpha: fl
     faith = pd.concat(frames, ignore_index=True)
     atomic_write(out / "faithfulness.csv", lambda p: faith.to_csv(p, index=False))
     figures = []
-    if derivations[behaviors[0]].layer_map.similarity is not None:
-        fig = plotting.plot_similarity(analysis.similarity_frame(derivations[behaviors[0]].layer_map))
+    first = derivations[behaviors[0]]
+    if first.donor_profile is not None and first.recipient_profile is not None:
+        layer_map = first.layer_map
+        if layer_map.similarity is None:  # a depth map: show its pairs on the CKA matrix of the same profiles
+            rows = [d for d, _ in layer_map.pairs]
+            layer_map = dataclasses.replace(
+                layer_map, similarity=similarity_matrix(first.donor_profile, first.recipient_profile, "cka", rows),
+                metric="cka", donor_layers=tuple(rows), recipient_layers=tuple(first.recipient_profile.layers))
+        fig = plotting.plot_similarity(analysis.similarity_frame(layer_map))
         figures.append(plotting.save_figure(fig, out / "similarity")[0])
     for behavior in behaviors:
         fig = plotting.plot_fidelity(faith[faith.behavior == behavior],

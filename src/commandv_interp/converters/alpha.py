@@ -1,5 +1,5 @@
-"""Stage 5 (paste): consumes a donor :class:`Adapter`, :class:`Converters` and both models' profiles, produces the
-paste scale ``α``.
+"""Stage 4 (converters): consumes a donor :class:`Adapter`, :class:`Converters` and both models' profiles,
+produces the paste scale ``α``.
 
 The pasted delta is ``δ_R = to_recipient.linear(δ(to_donor(h_R)))``. When the converters stretch or shrink
 directions, ``‖δ_R‖`` relative to the recipient's residual ``‖h_R‖`` can end up far from the donor's own
@@ -20,13 +20,11 @@ import pandas as pd
 import torch
 
 from commandv_interp.adapters import Adapter
-from commandv_interp.converters import Converters
+from commandv_interp.converters.artifact import Converters
+from commandv_interp.metrics import norm_ratio
 from commandv_interp.profiles import ActivationProfile
 
 __all__ = ["delta_norm_ratios", "norm_matched_alpha"]
-
-_EPS = 1e-12
-
 
 def delta_norm_ratios(
     adapter: Adapter, converters: Converters, donor_profile: ActivationProfile, recipient_profile: ActivationProfile,
@@ -36,7 +34,11 @@ def delta_norm_ratios(
     Returns:
         Columns ``donor_layer, recipient_layer, donor_to_residual, pasted_to_residual, n_prompts``.
     """
-    _check(adapter, converters, donor_profile, recipient_profile)
+    converters.check_adapter(adapter)
+    converters.check_profiles(donor_profile, recipient_profile)
+    missing = [layer for layer in adapter.layers if layer not in donor_profile.activations]
+    if missing:
+        raise ValueError(f"the donor profile lacks the adapter's layers {missing!r}; profile all donor layers")
     rows = []
     for donor_layer, iv in sorted(adapter.interventions.items()):
         pair = converters.for_donor_layer(donor_layer)
@@ -47,7 +49,7 @@ def delta_norm_ratios(
             delta_d = iv32.delta(h_d)
             delta_r = pair.to_recipient.to(dtype=torch.float32).linear(iv32.delta(pair.to_donor.to(dtype=torch.float32)(h_r)))
         rows.append({"donor_layer": donor_layer, "recipient_layer": pair.recipient_layer,
-                     "donor_to_residual": _ratio(delta_d, h_d), "pasted_to_residual": _ratio(delta_r, h_r),
+                     "donor_to_residual": norm_ratio(delta_d, h_d), "pasted_to_residual": norm_ratio(delta_r, h_r),
                      "n_prompts": h_d.shape[0]})
     return pd.DataFrame(rows)
 
@@ -63,30 +65,7 @@ def norm_matched_alpha(
     """
     frame = delta_norm_ratios(adapter, converters, donor_profile, recipient_profile)
     pasted = float(frame.pasted_to_residual.mean())
-    if not pasted > _EPS:
+    if not pasted > 1e-12:
         raise ValueError("the pasted delta is zero on every profile prompt (converters or adapter are all zeros); "
                          "norm matching needs a non-zero delta: refit the converters")
     return float(frame.donor_to_residual.mean()) / pasted
-
-
-def _ratio(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double().norm(dim=-1) / b.double().norm(dim=-1).clamp_min(_EPS)).mean())
-
-
-def _check(adapter: Adapter, converters: Converters, donor: ActivationProfile, recipient: ActivationProfile) -> None:
-    if donor.prompts_fingerprint != recipient.prompts_fingerprint:
-        raise ValueError("donor and recipient profiles were taken on different prompts (fingerprints "
-                         f"{donor.prompts_fingerprint[:12]!r} vs {recipient.prompts_fingerprint[:12]!r}); "
-                         "profile both on the same prompt list")
-    for side, prof, hash_ in (("donor", donor, converters.donor_config_hash),
-                              ("recipient", recipient, converters.recipient_config_hash)):
-        if prof.config_hash != hash_:
-            raise ValueError(f"the {side} profile is of {prof.model_name!r} (config hash {prof.config_hash!r}) but the "
-                             f"converters' {side} has config hash {hash_!r}; pass the profiles the converters were "
-                             "fitted on")
-    if converters.d_donor != adapter.d_model:
-        raise ValueError(f"converters map a donor of width {converters.d_donor} but the adapter has "
-                         f"d_model={adapter.d_model}; derive converters from this adapter's donor")
-    missing = [layer for layer in adapter.layers if layer not in donor.activations]
-    if missing:
-        raise ValueError(f"the donor profile lacks the adapter's layers {missing!r}; profile all donor layers")

@@ -1,8 +1,8 @@
-"""Stage 5 (paste): consumes the shapes of a donor/recipient pair, produces the storage of every Command-V artifact.
+"""Stage 6 (pipeline): consumes the shapes of a donor/recipient pair, produces the storage of every Command-V artifact.
 
 What a pipeline will store, computed from shapes before anything runs (for pairs too large to try): profiles keep
 only last-token vectors; converters are stored factored (rank ``k = min(n_prompts, d_in)``) whenever that holds
-fewer numbers than the dense matrix, exactly as :mod:`~commandv_interp.fitting` decides; a compiled paste is a
+fewer numbers than the dense matrix, exactly as :mod:`~commandv_interp.converters.regression` decides; a compiled paste is a
 rank-``r`` NodiReFT per recipient layer. ``tests/test_footprint.py`` checks every row against real objects.
 
 >>> frame = storage_table(4096, 32, 3072, 28, n_prompts=1000, adapter_layers=16, rank=8)

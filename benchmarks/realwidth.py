@@ -1,0 +1,442 @@
+"""Benchmark: Command-V at the paper's widths on CPU (issue 20): profiling, paste entry, generation and storage.
+
+Two random Llama models are built offline from configs at the widths of the paper's pair, with a small MLP and the
+word-level vocabulary of :func:`~commandv_interp.zoo.tokenization.word_tokenizer` (so the blocks' attention
+projections dominate, as in the real models):
+
+- donor: hidden 3072, 28 blocks, 24 heads of 128, 8 KV heads (Llama-3.2-3B's shape);
+- recipient: hidden 2048, 16 blocks, 32 heads of 64, 8 KV heads (Llama-3.2-1B's shape);
+- both: MLP width ``--intermediate`` (default 1024), vocabulary 208.
+
+The donor adapter is the reference NodiReFT adapter (rank 8, 14 layers) read with ``cv.load_adapter``. With
+``--quick`` the models are small (donor 192 × 6, recipient 128 × 4) and the adapter is the reference adapter's first
+layers cut to the quick donor's width (same kind, rank and positions; a cost stand-in, not a trained edit).
+
+What is measured, every stage with its wall time and its peak resident memory above the level at its start:
+
+- profiling: ``cv.profile`` (256 prompts of 4–10 words, batch 32) of the donor over all layers and over its lower
+  half, and of the recipient over all layers, each against a plain Hugging Face forward ``model(**batch)`` over
+  the same batches (both tokenize inside the timed loop). The stages run in a fresh random order in each of
+  ``--rounds`` rounds; a ratio is the median over rounds of the stage's CPU time over the forward's *in that
+  round* (CPU time: see :class:`Stages`). Memory: a profile's peak against the forward's peak plus the profile's
+  own bytes;
+- converters: ``cv.match_layers(method="depth")`` for the adapter's layers and ``cv.fit_converters(method="ridge")``
+  on those profiles; storage is the bytes ``Converters.save`` writes;
+- paste entry: the time to enter ``cv.paste(recipient, adapter, converters)``, against a plain generation of
+  16 prompts × 16 new tokens (greedy; every row decodes all 16 tokens);
+- generation (16 × 16): plain ``model.generate``; ``recipient.generate`` without edits (``plain_cv``), inside the
+  paste (entered before the timer) and inside ``cv.apply_adapter(recipient, cv.compile_paste(...))``, in a random
+  order per round over ``--gen-rounds`` rounds; ratios are paired per round like the profiling ones.
+
+Peak memory: a thread samples ``/proc/self/statm`` every 2 ms while a stage runs; before each stage ``gc.collect()``
+and glibc's ``malloc_trim(0)`` return freed memory, so a stage cannot reuse an earlier stage's pages unseen
+(``tracemalloc`` does not see torch's allocations).
+
+Run (``--quick`` takes well under a minute; the full run about a quarter of an hour on 2 cores)::
+
+    HF_HUB_OFFLINE=1 python benchmarks/realwidth.py [--quick] [--rounds R] [--gen-rounds G] [--write-docs]
+
+``--write-docs`` writes the tables to ``docs/realwidth.md``. ``--threads`` defaults to 1 (see overhead.py: two
+OpenMP threads on a shared 2-core machine spin against each other).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import os
+import platform
+import random
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+import commandv_interp as cv  # noqa: E402
+from commandv_interp.adapters import make_intervention  # noqa: E402
+from commandv_interp.zoo.tokenization import SPECIALS, word_tokenizer  # noqa: E402
+
+REFERENCE_ADAPTER = Path("/work/shared/reference_adapters/cot_reasoning-Llama-3.2-3B-Instruct-nodireft-l1")
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "realwidth.md"
+MIB = 2**20
+BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One random Llama: width, blocks, attention heads and KV heads."""
+
+    d_model: int
+    n_layers: int
+    heads: int
+    kv_heads: int
+
+
+@dataclass(frozen=True)
+class Setup:
+    donor: Shape
+    recipient: Shape
+    n_profile: int
+    n_gen: int = 16  # the paste-entry target is stated against a 16-prompt × 16-token generation
+    new_tokens: int = 16
+
+
+SETUPS = {
+    "full": Setup(Shape(3072, 28, 24, 8), Shape(2048, 16, 32, 8), n_profile=256),
+    "quick": Setup(Shape(192, 6, 6, 2), Shape(128, 4, 4, 2), n_profile=64),
+}
+
+
+def random_llama(tokenizer, shape: Shape, intermediate: int, seed: int) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=shape.d_model, intermediate_size=intermediate,
+        num_hidden_layers=shape.n_layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+        max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.eos_token_id = None  # every row decodes all new tokens, in every mode
+    return model
+
+
+def random_prompts(tokenizer, n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    words = sorted(w for w in tokenizer.get_vocab() if w not in SPECIALS)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(4, 10))) for _ in range(n)]
+
+
+def reference_adapter(donor: Shape) -> cv.Adapter:
+    """The reference adapter; for a narrower or shallower donor, its layers that exist there, cut to its width."""
+    adapter = cv.load_adapter(REFERENCE_ADAPTER)
+    d_ref = next(iter(adapter.interventions.values())).d_model
+    if d_ref == donor.d_model and max(adapter.interventions) < donor.n_layers:
+        return adapter
+    cut = {}
+    for layer, iv in adapter.interventions.items():
+        if layer >= donor.n_layers:
+            continue
+        rank = iv.proj_layer.weight.shape[0]
+        new = make_intervention(type(iv).__name__.lower(), donor.d_model, rank)
+        with torch.no_grad():
+            for name, param in new.named_parameters():
+                ref = dict(iv.named_parameters())[name]
+                param.copy_(ref[tuple(slice(0, donor.d_model) if n == d_ref else slice(None) for n in ref.shape)])
+        cut[layer] = new.requires_grad_(False)
+    return cv.Adapter(cut, positions=adapter.positions, first_last_k=adapter.first_last_k)
+
+
+# -- peak memory ----------------------------------------------------------------------------------------------------
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _release_free_heap() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
+class PeakRSS:
+    """Context manager: the peak resident set size above the level at entry (``.mib``), sampled by a thread."""
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self.interval_s = interval_s
+
+    def __enter__(self) -> "PeakRSS":
+        gc.collect()
+        _release_free_heap()
+        self.start = self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+    @property
+    def mib(self) -> float:
+        return (self.peak - self.start) / MIB
+
+
+class Stages:
+    """Runs named stages, recording each run's wall seconds, CPU seconds and peak MiB (in run order).
+
+    Ratios use CPU time (``time.process_time``): with one torch thread the work runs on the calling thread, and CPU
+    time counts only the time the process ran, so another job on a shared machine inflates it far less than wall
+    time. The RSS sampler's own CPU time (about 1%) is in every stage alike."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, list[tuple[float, float, float]]] = {}
+
+    def run(self, name: str, fn: Callable[[], object]) -> object:
+        with PeakRSS() as mem:
+            wall, cpu = time.perf_counter(), time.process_time()
+            out = fn()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        self.runs.setdefault(name, []).append((wall, cpu, mem.mib))
+        return out
+
+    def cpu(self, name: str) -> list[float]:
+        return [c for _, c, _ in self.runs[name]]
+
+    def median(self, name: str, field: int) -> float:
+        """Median over runs of the wall seconds (0), CPU seconds (1) or peak MiB (2)."""
+        return statistics.median(run[field] for run in self.runs[name])
+
+    def paired(self, name: str, baseline: str) -> float:
+        """Median over rounds of ``name``'s CPU time over ``baseline``'s in the same round."""
+        return statistics.median(a / b for a, b in zip(self.cpu(name), self.cpu(baseline)))
+
+
+# -- stages ---------------------------------------------------------------------------------------------------------
+def forward_over(access: cv.ModelAccess, model: LlamaForCausalLM, prompts: list[str]) -> None:
+    """A plain forward over the batches ``cv.profile`` makes (tokenized in the loop, as the profile does)."""
+    with torch.no_grad():
+        for start in range(0, len(prompts), BATCH_SIZE):
+            batch = access.encode(prompts[start:start + BATCH_SIZE], padding_side="left")
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+
+
+def profile_stages(stages: Stages, donor, hf_donor, recipient, hf_recipient, prompts, rounds: int, seed: int):
+    """``rounds`` rounds of the five profiling stages in a fresh random order; returns the first full profiles."""
+    n_low = donor.n_layers // 2
+    todo = {
+        "donor forward": lambda: forward_over(donor, hf_donor, prompts),
+        "donor profile (all)": lambda: cv.profile(donor, prompts, batch_size=BATCH_SIZE, progress=False),
+        f"donor profile (0-{n_low - 1})": lambda: cv.profile(donor, prompts, layers=range(n_low),
+                                                             batch_size=BATCH_SIZE, progress=False),
+        "recipient forward": lambda: forward_over(recipient, hf_recipient, prompts),
+        "recipient profile (all)": lambda: cv.profile(recipient, prompts, batch_size=BATCH_SIZE, progress=False),
+    }
+    rng, keep = random.Random(seed), {}
+    for i in range(rounds):
+        order = list(todo)
+        rng.shuffle(order)
+        for name in order:
+            out = stages.run(name, todo[name])
+            if name.endswith("(all)"):
+                keep.setdefault(name.split()[0], out)
+            wall, cpu, peak = stages.runs[name][-1]
+            print(f"  round {i + 1}/{rounds}: {name:<26} {wall:8.2f} s wall {cpu:8.2f} s CPU {peak:8.0f} MiB",
+                  flush=True)
+    return keep["donor"], keep["recipient"]
+
+
+def generation_stages(stages: Stages, recipient, hf_recipient, adapter, converters, compiled, batch,
+                      new_tokens: int, rounds: int, seed: int) -> dict[str, list[str]]:
+    """Plain/plain_cv/paste/compiled generation (one untimed warmup each, then ``rounds`` rounds in a fresh random
+    order); an edit's context is entered before the generation's timer, its entry timed as a stage of its own.
+    Returns the warmup's continuations per mode."""
+    n_prompt = batch.input_ids.shape[1]
+    contexts = {
+        "generate plain": None,
+        "generate plain_cv": None,
+        "generate paste": ("paste entry", lambda: cv.paste(recipient, adapter, converters)),
+        "generate compiled": ("compiled entry", lambda: cv.apply_adapter(recipient, compiled)),
+    }
+
+    def plain() -> list[str]:
+        ids = hf_recipient.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                    max_new_tokens=new_tokens, do_sample=False,
+                                    pad_token_id=recipient.tokenizer.pad_token_id)
+        return recipient.decode_continuations(ids[:, n_prompt:])
+
+    def run(into: Stages, name: str) -> list[str]:
+        if name == "generate plain":
+            return into.run(name, plain)
+        with contextlib.ExitStack() as stack:
+            if contexts[name] is not None:
+                entry, context = contexts[name]
+                into.run(entry, lambda: stack.enter_context(context()))
+            return into.run(name, lambda: recipient.generate(batch, new_tokens))
+
+    with torch.no_grad():
+        outputs = {name: run(Stages(), name) for name in contexts}  # warmup: first-call costs
+        rng = random.Random(seed)
+        for _ in range(rounds):
+            order = list(contexts)
+            rng.shuffle(order)
+            for name in order:
+                run(stages, name)
+    return outputs
+
+
+def storage_bytes(converters: cv.Converters) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = converters.save(Path(tmp) / "converters")
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        return sum(p.stat().st_size for p in files)
+
+
+def profile_bytes(profile: cv.ActivationProfile) -> int:
+    return sum(a.numel() * a.element_size() for a in profile.activations.values())
+
+
+# -- report ---------------------------------------------------------------------------------------------------------
+def target_rows(stages: Stages, setup: Setup, sizes: dict[str, int], storage: int) -> list[tuple[str, str, str, str]]:
+    """(metric, value, target, met) rows."""
+    rows = []
+
+    def add(metric: str, value: float, limit: float, fmt: str, target: str) -> None:
+        rows.append((metric, fmt.format(value), target, "yes" if value <= limit else "NO"))
+
+    gen = stages.median("generate plain", 1)
+    entry = stages.median("paste entry", 1)
+    add(f"paste entry / {setup.n_gen}×{setup.new_tokens} generation", entry / gen, 0.05, "{:.1%}", "≤ 5%")
+    add("paste generation / plain", stages.paired("generate paste", "generate plain"), 1.03, "{:.3f}", "≤ 1.03")
+    add("compiled generation / plain", stages.paired("generate compiled", "generate plain"), 1.01, "{:.3f}",
+        "≤ 1.01")
+    for model, shape in (("donor", setup.donor), ("recipient", setup.recipient)):
+        for name in [n for n in stages.runs if n.startswith(f"{model} profile")]:
+            part = name.split("(")[1].rstrip(")")
+            fraction = 1.0 if part == "all" else (int(part.split("-")[1]) + 1) / shape.n_layers
+            add(f"{name} / forward", stages.paired(name, f"{model} forward"), 0.95 * fraction, "{:.3f}",
+                f"≤ {0.95 * fraction:.3f}" + ("" if part == "all" else f" (0.95 × {fraction:.2f} of the blocks)"))
+        name = f"{model} profile (all)"
+        forward_peak = stages.median(f"{model} forward", 2)
+        limit = 1.10 * (forward_peak + sizes[model] / MIB)
+        add(f"{model} profile peak (MiB)", stages.median(name, 2), limit, "{:.1f}",
+            f"≤ 1.1 × (forward peak {forward_peak:.1f} + profile {sizes[model] / MIB:.1f}) = {limit:.1f}")
+    rows.append(("converter storage (MiB, as saved)", f"{storage / MIB:.1f}", "reported", ""))
+    return rows
+
+
+def stage_rows(stages: Stages) -> list[tuple[str, ...]]:
+    """One row per stage: the profiling stages sorted by model, forward first; then the others as they ran."""
+    profiling = sorted((n for n in stages.runs if n.startswith(("donor", "recipient"))),
+                       key=lambda n: (not n.startswith("donor"), "forward" not in n, n))
+    order = profiling + [n for n in stages.runs if n not in profiling]
+    return [(name, str(len(stages.runs[name])), f"{stages.median(name, 0):.3f}", f"{stages.median(name, 1):.3f}",
+             f"{stages.median(name, 2):.1f}") for name in order]
+
+
+def markdown(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def text_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [header, *rows])
+
+
+TARGET_HEADER = ("metric", "value", "target", "met")
+STAGE_HEADER = ("stage", "runs", "wall s", "CPU s", "peak MiB")
+
+
+def write_docs(path: Path, setup: Setup, args, targets, stages_table, notes: list[str]) -> None:
+    shape = "{0.d_model} × {0.n_layers} blocks ({0.heads} heads, {0.kv_heads} KV heads)"
+    text = "\n".join([
+        "# Command-V at the paper's widths (CPU)",
+        "",
+        "Written by `benchmarks/realwidth.py" + (" --quick" if args.quick else "") + " --write-docs`; see its "
+        "docstring for what each stage runs.",
+        "",
+        f"- donor: random Llama {shape.format(setup.donor)}, recipient: {shape.format(setup.recipient)}; "
+        f"MLP width {args.intermediate}, vocabulary {args.vocab}",
+        f"- {setup.n_profile} profile prompts (batch {BATCH_SIZE}); generation {setup.n_gen} prompts × "
+        f"{setup.new_tokens} new tokens; {args.rounds} profiling round(s), {args.gen_rounds} generation round(s)",
+        f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}, "
+        f"torch {torch.__version__}",
+        "",
+        "## Targets (issue 20)",
+        "",
+        markdown(TARGET_HEADER, targets),
+        "",
+        "## Stages",
+        "",
+        "Medians over the stage's runs: wall time, CPU time (the basis of every ratio above) and peak resident "
+        "memory above the level at the stage's start.",
+        "",
+        markdown(STAGE_HEADER, stages_table),
+        "",
+        *notes,
+        "",
+    ])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small models and 64 profile prompts (< 1 minute)")
+    parser.add_argument("--rounds", type=int, default=None, help="profiling rounds (default: quick 3, full 1)")
+    parser.add_argument("--gen-rounds", type=int, default=None, help="generation rounds (default: quick 5, full 3)")
+    parser.add_argument("--intermediate", type=int, default=None, help="MLP width (default: full 1024, quick 256)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--write-docs", action="store_true", help=f"write the tables to {DOCS}")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    setup = SETUPS["quick" if args.quick else "full"]
+    args.rounds = args.rounds or (3 if args.quick else 1)
+    args.gen_rounds = args.gen_rounds or (5 if args.quick else 3)
+    args.intermediate = args.intermediate or (256 if args.quick else 1024)
+    started = time.perf_counter()
+
+    tokenizer = word_tokenizer()
+    args.vocab = len(tokenizer)
+    hf_donor = random_llama(tokenizer, setup.donor, args.intermediate, seed=1)
+    hf_recipient = random_llama(tokenizer, setup.recipient, args.intermediate, seed=2)
+    donor = cv.open_model(hf_donor, tokenizer=tokenizer, name="donor")
+    recipient = cv.open_model(hf_recipient, tokenizer=tokenizer, name="recipient")
+    adapter = reference_adapter(setup.donor)
+    prompts = random_prompts(tokenizer, setup.n_profile, seed=0)
+    print(f"setup ({time.perf_counter() - started:.0f} s): donor {setup.donor}, recipient {setup.recipient}, "
+          f"MLP {args.intermediate}, vocab {args.vocab}, adapter layers {sorted(adapter.interventions)}", flush=True)
+
+    stages = Stages()
+    print(f"profiling: {setup.n_profile} prompts, {args.rounds} round(s)", flush=True)
+    p_donor, p_recipient = profile_stages(stages, donor, hf_donor, recipient, hf_recipient, prompts, args.rounds,
+                                          seed=0)
+    sizes = {"donor": profile_bytes(p_donor), "recipient": profile_bytes(p_recipient)}
+
+    layer_map = stages.run("match layers", lambda: cv.match_layers(p_donor, p_recipient, method="depth",
+                                                                   donor_layers=sorted(adapter.interventions)))
+    converters = stages.run("fit converters", lambda: cv.fit_converters(p_donor, p_recipient, layer_map,
+                                                                        method="ridge"))
+    compiled = stages.run("compile paste", lambda: cv.compile_paste(adapter, converters))
+    storage = storage_bytes(converters)
+    del p_donor, p_recipient
+
+    batch = recipient.encode(random_prompts(tokenizer, setup.n_gen, seed=1), padding_side="left")
+    print(f"generation: {setup.n_gen} prompts × {setup.new_tokens} tokens, {args.gen_rounds} round(s)", flush=True)
+    outputs = generation_stages(stages, recipient, hf_recipient, adapter, converters, compiled, batch,
+                                setup.new_tokens, args.gen_rounds, seed=1)
+    agree = sum(a == b for a, b in zip(outputs["generate paste"], outputs["generate compiled"]))
+    changed = sum(a != b for a, b in zip(outputs["generate plain"], outputs["generate paste"]))
+    same_plain = outputs["generate plain"] == outputs["generate plain_cv"]
+
+    targets, table = target_rows(stages, setup, sizes, storage), stage_rows(stages)
+    notes = [f"paste and compiled generations agree on {agree}/{setup.n_gen} rows; the paste changed {changed}/"
+             f"{setup.n_gen} rows against plain; plain HF and `recipient.generate` agree: {same_plain}.",
+             f"Total run time {time.perf_counter() - started:.0f} s."]
+    print("\n" + text_table(STAGE_HEADER, table) + "\n\n" + text_table(TARGET_HEADER, targets) + "\n")
+    print("\n".join(notes))
+    if args.write_docs:
+        write_docs(DOCS, setup, args, targets, table, notes)
+        print(f"wrote {DOCS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""App (demo, benchmarks): consumes a donor and a recipient zoo model and a :class:`Derivation` per behavior,
+produces the transfer table: Command-V's scores beside the baselines, with costs, as tidy rows.
+
+The four conditions per behavior, all on the held-out test prompts without cue: ``recipient_base`` (the recipient
+alone), ``command_v`` (the donor's adapter pasted into the recipient), ``donor_adapter`` (the donor with its own
+adapter) and ``recipient_finetune`` (the recipient with an adapter of the same kind and rank trained directly on it:
+the zoo's own adapter of the recipient, whose training record gives the direct-finetune cost).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+from commandv_interp.access import ModelAccess
+from commandv_interp.paste import apply_adapter, paste
+from commandv_interp.pipeline import Derivation
+from commandv_interp.types import PositionRule
+from commandv_interp.zoo.catalog import load_adapter, manifest
+from commandv_interp.zoo.evaluate import evaluate
+from commandv_interp.zoo.world import Behavior
+
+__all__ = ["CONDITIONS", "transfer_rows"]
+
+CONDITIONS = ("recipient_base", "command_v", "donor_adapter", "recipient_finetune")
+
+
+def _manifest_rates(model: str, behavior: str, condition: str) -> dict[str, float]:
+    return {r["metric"]: r["value"] for r in manifest()["behavior_table"]
+            if (r["model"], r["behavior"], r["condition"]) == (model, behavior, condition)}
+
+
+def transfer_rows(donor: ModelAccess, recipient: ModelAccess, derivation: Derivation | Mapping[str, Derivation],
+                  behaviors: Sequence[Behavior] = ("refusal", "jailbreak", "cot"), positions: PositionRule = "last",
+                  alpha: float = 1.0, limit: int | None = None, recompute: bool = False) -> pd.DataFrame:
+    """Score the four conditions for each behavior (test split, no cue).
+
+    Args:
+        donor, recipient: zoo models (their ``name`` is the zoo name).
+        derivation: from :func:`derive` for these two models, one for all behaviors or one per behavior
+            (``interface`` converters and the ``task`` profile set are per behavior).
+        limit: score only the first ``limit`` test prompts (then every condition is recomputed).
+        recompute: recompute ``donor_adapter`` and ``recipient_finetune``. By default (and ``limit=None``) their
+            rates are read from the zoo manifest, where ``zoo train`` measured them on the same full test split.
+
+    Returns:
+        Tidy rows ``donor, recipient, behavior, condition, metric, value``, plus the cost rows
+        (``condition`` ``command_v``/``recipient_finetune``, metrics ``wall_s`` and ``flops``).
+    """
+    rows = []
+
+    def add(behavior: str, condition: str, rates: dict[str, float]) -> None:
+        rows.extend({"donor": donor.name, "recipient": recipient.name, "behavior": behavior, "condition": condition,
+                     "metric": k, "value": float(v)} for k, v in rates.items())
+
+    per_behavior = derivation if isinstance(derivation, Mapping) else {b: derivation for b in behaviors}
+    missing = [b for b in behaviors if b not in per_behavior]
+    if missing:
+        raise ValueError(f"no derivation for behaviors {missing}; pass one per behavior or a single Derivation")
+    for behavior in behaviors:
+        adapter, d = load_adapter(donor.name, behavior), per_behavior[behavior]
+        add(behavior, "recipient_base", evaluate(recipient, behavior, limit=limit))
+        with paste(recipient, adapter, d.converters, positions=positions, alpha=alpha):
+            add(behavior, "command_v", evaluate(recipient, behavior, limit=limit))
+        if recompute or limit is not None:
+            with apply_adapter(donor, adapter):
+                add(behavior, "donor_adapter", evaluate(donor, behavior, limit=limit))
+            with apply_adapter(recipient, load_adapter(recipient.name, behavior)):
+                add(behavior, "recipient_finetune", evaluate(recipient, behavior, limit=limit))
+        else:
+            add(behavior, "donor_adapter", _manifest_rates(donor.name, behavior, "adapter"))
+            add(behavior, "recipient_finetune", _manifest_rates(recipient.name, behavior, "adapter"))
+        cost = manifest()["models"][recipient.name]["adapters"][behavior]["training"]
+        add(behavior, "command_v", {"wall_s": d.wall_s, "flops": d.flops})
+        add(behavior, "recipient_finetune", {"wall_s": cost["wall_time_s"], "flops": cost["flops"]})
+    return pd.DataFrame(rows)

@@ -1,0 +1,57 @@
+"""Stage 4 (converters): consumes two profiles and a :class:`LayerMap`, produces :class:`Converters` fitted over
+all dimensions of each mapped layer pair (``pinv``, ``ridge``, ``affine``, ``procrustes``).
+"""
+
+from __future__ import annotations
+
+from commandv_interp.converters.artifact import Converters, LayerConverter, LinearConverter
+from commandv_interp.converters.regression import fit_held_out, holdout_split
+from commandv_interp.correspondence import LayerMap
+from commandv_interp.profiles import ActivationProfile
+
+__all__ = ["fit_linear_converters", "LINEAR_METHODS"]
+
+LINEAR_METHODS = ("pinv", "ridge", "affine", "procrustes")
+
+
+def fit_linear_converters(
+    donor_profile: ActivationProfile,
+    recipient_profile: ActivationProfile,
+    layer_map: LayerMap,
+    method: str = "pinv",
+    holdout: float = 0.2,
+    ridge_grid: tuple[float, ...] | None = None,
+) -> Converters:
+    """Fit recipient→donor and donor→recipient converters for every mapped layer pair.
+
+    Args:
+        donor_profile, recipient_profile: profiles over the same prompts (fingerprints must match).
+        layer_map: which recipient layer each donor layer maps to.
+        method: ``pinv`` (paper-exact ``pinv(A_R) A_D`` / ``pinv(A_D) A_R``, no centering), ``ridge``
+            (regularized least squares, λ from held-out error), ``affine`` (centered, with bias, λ from
+            held-out error), ``procrustes`` (orthogonal after zero-padding, centered, with scale and bias).
+        holdout: fraction of prompts held out to score each fit (and pick λ); the final converters are
+            refit on all prompts.
+        ridge_grid: λ candidates as multiples of the mean eigenvalue of ``XᵀX`` (default: a log grid).
+
+    Returns:
+        :class:`Converters` whose ``fit_scores`` hold held-out R² and relative MSE per direction.
+    """
+    if method not in LINEAR_METHODS:
+        raise ValueError(f"method={method!r} is not one of {list(LINEAR_METHODS)!r}")
+    donor_profile.check_paired_with(recipient_profile)
+    if not 0 < holdout < 1:
+        raise ValueError(f"holdout must be in (0, 1), got {holdout!r}")
+    train, test = holdout_split(donor_profile.n_prompts, holdout)
+    out = []
+    for donor_layer, recipient_layer in layer_map.pairs:
+        a_d, a_r = donor_profile[donor_layer].double(), recipient_profile[recipient_layer].double()
+        fits, fit_scores = {}, {}
+        for direction, x, y in (("to_donor", a_r, a_d), ("to_recipient", a_d, a_r)):
+            fits[direction], fit_scores[direction], _ = fit_held_out(x, y, method, train, test, ridge_grid)
+        out.append(LayerConverter(donor_layer, recipient_layer, LinearConverter.from_fit(fits["to_donor"]),
+                                  LinearConverter.from_fit(fits["to_recipient"]), fit_scores))
+    return Converters(tuple(out), method, donor_profile.model_name, recipient_profile.model_name,
+                      donor_profile.config_hash, recipient_profile.config_hash, donor_profile.d_model,
+                      recipient_profile.d_model, donor_profile.prompts_fingerprint,
+                      {"layer_map_method": layer_map.method, "n_prompts": donor_profile.n_prompts})

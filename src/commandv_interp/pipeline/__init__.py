@@ -1,0 +1,8 @@
+"""Stage 6 (pipeline): label-free transfer in one call; profile → match → fit with its cost; artifact storage."""
+
+from commandv_interp.pipeline.derive import Derivation, ProfilePair, derive, profile_pair
+from commandv_interp.pipeline.storage import converter_numbers, storage_table
+from commandv_interp.pipeline.transfer import Transfer, load_transfer, transfer
+
+__all__ = ["Derivation", "ProfilePair", "Transfer", "converter_numbers", "derive", "load_transfer", "profile_pair",
+           "storage_table", "transfer"]
