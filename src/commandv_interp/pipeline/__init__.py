@@ -2,7 +2,7 @@
 
 from commandv_interp.pipeline.derive import Derivation, ProfilePair, derive, profile_pair
 from commandv_interp.pipeline.storage import converter_numbers, storage_table
-from commandv_interp.pipeline.transfer import Transfer, load_transfer, transfer
+from commandv_interp.pipeline.label_free import Transfer, load_transfer, transfer
 
 __all__ = ["Derivation", "ProfilePair", "Transfer", "converter_numbers", "derive", "load_transfer", "profile_pair",
            "storage_table", "transfer"]

@@ -10,12 +10,16 @@ to *another* prompt, i.e. the behavior where it does not belong (what an over-ea
 
 The recipient scores both responses teacher-forced, re-tokenized with its own tokenizer after the prompt, with the
 edit acting where the paste acts when it generates: the last prompt token (the responses' own positions then read
-the edited state through attention, exactly as decoding with a KV cache does). The per-prompt margin is the
-log-likelihood ratio of the two responses, ``log P(target) − log P(foil)`` (summed over their tokens: the behavior
-shows in the first tokens where they diverge, and the tokens after that are predictable in both, so a per-token mean
-would dilute it by the response length); the criterion is the balanced mean of ``sigmoid(margin)`` over changed and
-unchanged prompts (each group weighs one half when both occur): the probability, averaged, that the recipient would
-rank the donor+adapter's answer above the alternative, in [0, 1], where 0.5 is indifference. Forward passes only.
+the edited state through attention, exactly as decoding with a KV cache does). Two numbers come out per
+prompt. The *agreement* is the share of the target's tokens that the recipient reproduces greedily before its first
+divergence: teacher forcing gives every position's argmax in one pass, and the longest prefix of matches is exactly
+how far a greedy generation under the paste follows the donor+adapter (a later match after a divergence counts for
+nothing, as in generation). The *margin* is the log-likelihood ratio ``log P(target) − log P(foil)`` (summed over
+tokens: the behavior shows in the first tokens where the two diverge and the rest is predictable in both, so a
+per-token mean would dilute it). The criterion is the agreement averaged over changed and over unchanged prompts,
+each group one half when both occur (so a paste that acts everywhere, or nowhere, scores at most one half); the same
+balance of ``sigmoid(margin)``, the *preference*, breaks ties: it still moves when no generation changes yet.
+Forward passes only.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from commandv_interp.adapters import Adapter
 from commandv_interp.adapters.edits import DeltaFn, adapter_edits
 from commandv_interp.types import Float, Tensor
 
-__all__ = ["DonorTargets", "donor_targets", "response_margins", "criterion", "group_preferences", "at_prompt_end"]
+__all__ = ["DonorTargets", "ResponseScores", "at_prompt_end", "donor_targets", "onset_prompts", "score_responses", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,23 @@ def donor_targets(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], 
     keep = [i for i, f in enumerate(foils) if f]
     return DonorTargets(tuple(prompts[i] for i in keep), tuple(adapted[i] for i in keep),
                         tuple(foils[i] for i in keep), tuple(changed[i] for i in keep))
+
+
+def onset_prompts(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], batch_size: int = 32) -> list[str]:
+    """Each prompt followed by the donor's first response token without and with ``adapter`` (once when they agree).
+
+    Profiled beside the plain prompts, these put into the fit the directions along which the start of the
+    behavior moves both models' residual streams at the last token (the first word of a refusal, of a
+    step-by-step solution): both models read the same text, so their states there are paired. Label-free: the
+    words come from the donor itself."""
+    prompts = list(prompts)
+    plain = _respond(donor, prompts, 1, batch_size)
+    with donor.edited(adapter_edits(donor, adapter)):
+        adapted = _respond(donor, prompts, 1, batch_size)
+    out = []
+    for prompt, a, b in zip(prompts, adapted, plain):
+        out += [f"{prompt} {w}" for w in dict.fromkeys((b, a)) if w]
+    return out
 
 
 def _respond(access: ModelAccess, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
@@ -127,48 +148,66 @@ def at_prompt_end(per_layer: dict[int, list[DeltaFn]], prompt_lens: Sequence[int
     return {layer: make(fns) for layer, fns in per_layer.items()}
 
 
-def response_margins(recipient: ModelAccess, targets: DonorTargets,
-                     per_layer: dict[int, list[DeltaFn]] | None = None, alpha: float = 1.0,
-                     batch_size: int = 32) -> Float[Tensor, " n"]:
-    """Per scoring prompt: the log-likelihood of the target minus that of the foil (summed over tokens), under the pasted
-    deltas ``per_layer`` (recipient layer → delta functions, e.g. :func:`~commandv_interp.converters.pasted_deltas`)
-    at scale ``alpha``, acting at the last prompt token; ``None`` scores the plain recipient."""
-    scores = []
+@dataclass(frozen=True)
+class ResponseScores:
+    """Per scoring prompt, under one paste: ``margin`` = log P(target) − log P(foil) (summed over tokens) and
+    ``agreement`` = the share of the target's tokens the recipient reproduces greedily before its first divergence."""
+
+    margin: Float[Tensor, " n"]
+    agreement: Float[Tensor, " n"]
+
+
+def score_responses(recipient: ModelAccess, targets: DonorTargets,
+                    per_layer: dict[int, list[DeltaFn]] | None = None, alpha: float = 1.0,
+                    batch_size: int = 32) -> ResponseScores:
+    """Score the target and foil responses teacher-forced under the pasted deltas ``per_layer`` (recipient layer →
+    delta functions, e.g. :func:`~commandv_interp.converters.pasted_deltas`) at scale ``alpha``, acting at the last
+    prompt token; ``None`` scores the plain recipient."""
+    results = []
     for texts in (targets.target, targets.foil):
-        parts = []
-        for start in range(0, len(targets.prompts), batch_size):
-            stop = start + batch_size
-            parts.append(_loglik(recipient, targets.prompts[start:stop], texts[start:stop], per_layer, alpha))
-        scores.append(torch.cat(parts))
-    return scores[0] - scores[1]
+        parts = [_loglik(recipient, targets.prompts[start:start + batch_size], texts[start:start + batch_size],
+                         per_layer, alpha) for start in range(0, len(targets.prompts), batch_size)]
+        results.append((torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])))
+    (target_ll, target_agree), (foil_ll, _) = results
+    return ResponseScores(target_ll - foil_ll, target_agree)
 
 
 def _loglik(recipient: ModelAccess, prompts: Sequence[str], responses: Sequence[str],
-                 per_layer: dict[int, list[DeltaFn]] | None, alpha: float) -> Float[Tensor, " n"]:
+            per_layer: dict[int, list[DeltaFn]] | None, alpha: float) -> tuple[Tensor, Tensor]:
+    """Summed log-likelihood of each response and its greedy prefix agreement (see :class:`ResponseScores`)."""
     batch, prompt_lens, lengths = _sequences(recipient, prompts, responses)
     edits = at_prompt_end(per_layer, prompt_lens, alpha) if per_layer else {}
     with torch.no_grad(), recipient.edited(edits):
         logits = recipient.forward(batch).float()
-    logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, batch.input_ids[:, 1:, None].to(logits.device))[..., 0]
-    out = []
+    nxt = batch.input_ids[:, 1:].to(logits.device)
+    logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, nxt[..., None])[..., 0]
+    hits = logits[:, :-1].argmax(-1) == nxt
+    ll, agree = [], []
     for i, (p, n) in enumerate(zip(prompt_lens, lengths)):
-        tokens = logp[i, p - 1:n - 1]  # predictions of the response tokens
-        out.append(tokens.sum())
-    return torch.stack(out).cpu().double()
+        ll.append(logp[i, p - 1:n - 1].sum())  # the predictions of the response tokens
+        row = hits[i, p - 1:n - 1]
+        misses = (~row).nonzero()
+        prefix = int(misses[0]) if len(misses) else int(row.numel())
+        agree.append(torch.tensor(prefix / max(int(row.numel()), 1)))
+    return torch.stack(ll).cpu().double(), torch.stack(agree).double()
 
 
-def group_preferences(margins: Float[Tensor, " n"], changed: Sequence[bool]) -> dict[str, float]:
-    """Mean ``sigmoid(margin)`` over the changed and over the unchanged prompts (NaN for an empty group)."""
-    soft = torch.sigmoid(margins.double())
+def _balanced(values: Tensor, changed: Sequence[bool]) -> dict[str, float]:
     mask = torch.tensor(list(changed), dtype=torch.bool)
-    return {"pref_changed": float(soft[mask].mean()) if mask.any() else math.nan,
-            "pref_unchanged": float(soft[~mask].mean()) if (~mask).any() else math.nan}
+    return {"changed": float(values[mask].mean()) if mask.any() else math.nan,
+            "unchanged": float(values[~mask].mean()) if (~mask).any() else math.nan}
 
 
-def criterion(margins: Float[Tensor, " n"], changed: Sequence[bool]) -> float:
-    """Balanced mean of ``sigmoid(margin)`` over changed and unchanged prompts (see the module doc)."""
-    soft = torch.sigmoid(margins.double())
-    mask = torch.tensor(list(changed), dtype=torch.bool)
-    groups = [soft[mask], soft[~mask]]
-    means = [float(g.mean()) for g in groups if g.numel()]
-    return sum(means) / len(means)
+def summarize(scores: ResponseScores, changed: Sequence[bool]) -> dict[str, float]:
+    """The criterion and its parts: ``criterion`` = balanced mean of the greedy prefix agreement over changed and
+    unchanged prompts (each group one half when both occur); ``preference`` = the same balance of
+    ``sigmoid(margin)``, the tie-breaker; plus each group's values."""
+    agree = _balanced(scores.agreement, changed)
+    pref = _balanced(torch.sigmoid(scores.margin.double()), changed)
+
+    def mean(d: dict[str, float]) -> float:
+        vals = [v for v in d.values() if not math.isnan(v)]
+        return sum(vals) / len(vals)
+
+    return {"criterion": mean(agree), "preference": mean(pref), "agree_changed": agree["changed"],
+            "agree_unchanged": agree["unchanged"], "pref_changed": pref["changed"], "pref_unchanged": pref["unchanged"]}

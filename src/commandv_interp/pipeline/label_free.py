@@ -1,12 +1,15 @@
 """Stage 6 (pipeline): consumes a donor and a recipient model, the donor's :class:`Adapter` and unlabeled prompts of
 its task, produces a :class:`Transfer`: a paste chosen without behavior labels, with everything it considered.
 
-``transfer`` splits the prompts into a fitting set and a held-out scoring set, fits a fixed set of candidate
-converters on the fitting set (adapter-aware ``interface`` converters by relative depth and by similarity, chained
-interface converters at three scales, ridge and Procrustes converters, and the paper-exact pinv), scores every
-candidate × scale with the donor-agreement criterion of :mod:`~commandv_interp.pipeline.agreement` on the scoring
-set, and keeps the best. Forward passes only. The scale grid for profile-based fits is ``{¼, ½, 1, 2}`` times the
-norm-matched α plus α = 1; a chained fit is scored at the α it was chained under.
+``transfer`` splits the prompts into a fitting set and a held-out scoring set. It profiles both models on the
+fitting prompts and on the same prompts followed by the donor's first response word with and without its adapter
+(:func:`~commandv_interp.pipeline.agreement.onset_prompts`), and fits a fixed set of candidates: adapter-aware
+``interface`` converters by relative depth and by similarity, ridge and Procrustes converters by relative depth,
+chained interface converters at α = ½ and 1, and the paper-exact pinv (plain prompts, relative depth). Stage 1 scores
+each fit at α = 1 and at its norm-matched α (a chained fit at its own α) with the donor-agreement criterion of
+:mod:`~commandv_interp.pipeline.agreement` on the scoring prompts; stage 2 rescales the three best by ½ and 2 (a
+chained fit is refitted at the new α). The best candidate overall is kept (ties: the higher preference, then the smaller α). Forward
+passes only.
 
 Defaults were fixed before any transfer outcome was looked at; ``candidates`` reports every candidate's criterion,
 the FLOPs of its own fit and of its scoring, so that a user can see what the choice rested on.
@@ -31,18 +34,19 @@ from commandv_interp.converters.transport import pasted_deltas
 from commandv_interp.correspondence import LayerMap, match_layers
 from commandv_interp.io import atomic_write, read_json, write_json
 from commandv_interp.paste import compile_paste, paste
-from commandv_interp.pipeline.agreement import (DonorTargets, criterion, donor_targets, group_preferences,
-                                                response_margins)
+from commandv_interp.pipeline.agreement import (DonorTargets, ResponseScores, donor_targets, onset_prompts,
+                                                score_responses, summarize)
 from commandv_interp.profiles import profile
 from commandv_interp.types import PositionRule
 from commandv_interp.version import __version__
 
-__all__ = ["Transfer", "transfer", "load_transfer", "PAPER_EXACT", "CHAIN_ALPHAS", "ALPHA_FACTORS"]
+__all__ = ["Transfer", "transfer", "load_transfer", "PAPER_EXACT", "CHAIN_ALPHAS", "REFINE_FACTORS", "REFINE_TOP"]
 
 PAPER_EXACT = "pinv/depth"
 """The paper's configuration: pinv converters, relative depth, α = 1 (always among the candidates)."""
-CHAIN_ALPHAS = (0.25, 0.5, 1.0)  # scales a chained fit is fitted (and pasted) under
-ALPHA_FACTORS = (0.25, 0.5, 1.0, 2.0)  # multiples of the norm-matched α tried for profile-based fits
+CHAIN_ALPHAS = (0.5, 1.0)  # scales a chained fit is fitted (and pasted) under in stage 1
+REFINE_TOP = 3  # stage 2 rescales the best stage-1 candidates ...
+REFINE_FACTORS = (0.5, 2.0)  # ... by these factors (a chained one is refitted at its new scale)
 PROFILE_FITS = (("interface", "depth"), ("interface", "similarity"), ("ridge", "depth"), ("procrustes", "depth"),
                 ("pinv", "depth"))
 KIND = "commandv.transfer"
@@ -56,8 +60,8 @@ class Transfer:
         adapter, converters, alpha, positions: what :meth:`paste` pastes.
         choice: the chosen candidate's name (``<method>/<match>`` or ``interface-chained/depth``).
         candidates: one row per candidate × α: ``candidate, method, match, alpha, alpha_rule, criterion,
-            pref_changed, pref_unchanged, n_scoring, n_changed, fit_flops, score_flops, fit_s, score_s, paper_exact``
-            (the first row is the recipient without a paste, for reference).
+            preference, agree_changed, agree_unchanged, pref_changed, pref_unchanged, n_scoring, n_changed, fit_flops, score_flops, fit_s, score_s, paper_exact,
+            stage`` (the first row is the recipient without a paste, for reference).
         flops, wall_s: the whole call (targets, profiles, fits and scoring).
     """
 
@@ -70,6 +74,7 @@ class Transfer:
     flops: float = 0.0
     wall_s: float = 0.0
     recipient: ModelAccess | None = field(default=None, repr=False)
+    fits: dict[str, Converters] = field(default_factory=dict, repr=False)  # every candidate's converters (not saved)
 
     @property
     def layer_map(self) -> dict[int, int]:
@@ -167,69 +172,112 @@ def transfer(
     scoring = [prompts[i] for i in order[:n_score]]
     fitting = [prompts[i] for i in order[n_score:]]
     positions = adapter.positions
+    search = _Search(donor, recipient, adapter, positions, batch_size)
 
-    targets = donor_targets(donor, adapter, scoring, max_new_tokens, batch_size)
-    flops = 2 * _generation_flops(donor, scoring, max_new_tokens)
-    rows: list[dict] = []
-    fits: dict[str, Converters] = {}
-    base = response_margins(recipient, targets, None, 1.0, batch_size)
-    score_flops = _scoring_flops(recipient, targets)
-    rows.append(_row("recipient (no paste)", "none", "none", 0.0, "none", base, targets, 0.0, score_flops, 0.0))
-    flops += score_flops
+    search.targets = donor_targets(donor, adapter, scoring, max_new_tokens, batch_size)
+    search.flops += 2 * _generation_flops(donor, scoring, max_new_tokens)
+    search.score("recipient (no paste)", "none", "none", None, [(0.0, "none")], stage=0)
 
-    p_donor = profile(donor, fitting, layers=adapter.layers, batch_size=batch_size)
-    p_recipient = profile(recipient, fitting, batch_size=batch_size)
-    flops += (forward_flops(donor, fitting, max(adapter.layers))
-              + forward_flops(recipient, fitting, recipient.n_layers - 1))
+    augmented = fitting + onset_prompts(donor, adapter, fitting, batch_size)
+    search.flops += 2 * forward_flops(donor, fitting)
+    p_donor = profile(donor, augmented, layers=adapter.layers, batch_size=batch_size, progress=False)
+    p_recipient = profile(recipient, augmented, batch_size=batch_size, progress=False)
+    search.flops += (forward_flops(donor, augmented, max(adapter.layers))
+                     + forward_flops(recipient, augmented, recipient.n_layers - 1))
     maps = {"depth": match_layers(p_donor, p_recipient, "depth", adapter.layers),
             "similarity": match_layers(p_donor, p_recipient, "similarity", adapter.layers)}
-    plan = [(f"{m}/{match}", m, match) for m, match in PROFILE_FITS] + [
-        (f"interface-chained/depth/{a:g}", "interface-chained", "depth") for a in CHAIN_ALPHAS]
-    for name, method, match in tqdm(plan, desc="transfer candidates", disable=not progress):
+    plain_rows = list(range(len(fitting)))  # the paper's pinv is fitted on the plain prompts alone
+    paper_donor, paper_recipient = p_donor.subset(plain_rows), p_recipient.subset(plain_rows)
+    fits: list[tuple[str, str, str, object]] = [
+        (f"{m}/{match}", m, match, lambda m=m, match=match: fit_converters(p_donor, p_recipient, maps[match], m,
+                                                                            adapter))
+        for m, match in PROFILE_FITS if m != "pinv"]
+    fits.append((PAPER_EXACT, "pinv", "depth",
+                 lambda: fit_converters(paper_donor, paper_recipient, maps["depth"], "pinv")))
+    for name, method, match, make in tqdm(fits, desc="transfer: stage 1", disable=not progress):
         t0 = time.perf_counter()
-        if method == "interface-chained":
-            alpha_chain = float(name.rsplit("/", 1)[1])
-            conv = fit_chained_converters(donor, recipient, adapter, fitting, maps["depth"], alpha_chain,
-                                          p_donor, p_recipient, positions, batch_size)
-            fit_flops = _chain_flops(donor, recipient, fitting, adapter, maps["depth"])
-            alphas = [(alpha_chain, "chain")]
-        else:
-            conv = fit_converters(p_donor, p_recipient, maps[match], method, adapter)
-            fit_flops = 0.0
-            alphas = _alpha_grid(adapter, conv, p_donor, p_recipient, method)
-        fit_s = time.perf_counter() - t0
-        fits[name] = conv
-        flops += fit_flops
-        per_layer = pasted_deltas(recipient, adapter, conv)
+        conv = make()
+        search.fits[name] = conv
+        grid = [(1.0, "1")] + _norm_alpha(adapter, conv, p_donor, p_recipient)
+        search.score(name, method, match, conv, grid, stage=1, fit_s=time.perf_counter() - t0)
+    for alpha_chain in CHAIN_ALPHAS:
+        search.chained(augmented, maps["depth"], p_donor, p_recipient, alpha_chain, stage=1)
+
+    table = search.table()
+    top = (table[(table.stage == 1) & ~table.paper_exact]
+           .sort_values(["criterion", "preference"], ascending=False, kind="stable").head(REFINE_TOP))
+    for row in tqdm(list(top.itertuples()), desc="transfer: stage 2", disable=not progress):
+        for factor in REFINE_FACTORS:
+            alpha = row.alpha * factor
+            if row.method == "interface-chained":
+                search.chained(augmented, maps["depth"], p_donor, p_recipient, alpha, stage=2)
+            else:
+                search.score(row.candidate, row.method, row.match, search.fits[row.candidate],
+                             [(alpha, f"{row.alpha_rule}×{factor:g}")], stage=2)
+    table = search.table()
+    pasted = table[table.method != "none"]
+    best = pasted.sort_values(["criterion", "preference", "alpha"], ascending=[False, False, True],
+                              kind="stable").iloc[0]
+    return Transfer(adapter, search.fits[best.candidate], float(best.alpha), positions, str(best.candidate), table,
+                    search.flops, time.perf_counter() - start, recipient, dict(search.fits))
+
+
+class _Search:
+    """The candidates scored so far, their fits, and the FLOPs spent."""
+
+    def __init__(self, donor: ModelAccess, recipient: ModelAccess, adapter: Adapter, positions: PositionRule,
+                 batch_size: int) -> None:
+        self.donor, self.recipient, self.adapter = donor, recipient, adapter
+        self.positions, self.batch_size = positions, batch_size
+        self.targets: DonorTargets | None = None
+        self.fits: dict[str, Converters] = {}
+        self.rows: list[dict] = []
+        self.flops = 0.0
+        self._score_flops: float | None = None
+
+    def score(self, name: str, method: str, match: str, conv: Converters | None, alphas: list[tuple[float, str]],
+              stage: int, fit_flops: float = 0.0, fit_s: float = 0.0) -> None:
+        targets = self.targets
+        if self._score_flops is None:
+            self._score_flops = _scoring_flops(self.recipient, targets)
+        per_layer = pasted_deltas(self.recipient, self.adapter, conv) if conv is not None else None
         for alpha, rule in alphas:
             t1 = time.perf_counter()
-            margins = response_margins(recipient, targets, per_layer, alpha, batch_size)
-            flops += score_flops
-            rows.append(_row(name, method, match, alpha, rule, margins, targets, fit_flops, score_flops, fit_s,
-                             time.perf_counter() - t1))
-    table = pd.DataFrame(rows)
-    pasted = table[table.method != "none"]
-    best = pasted.sort_values(["criterion", "alpha"], ascending=[False, True], kind="stable").iloc[0]
-    return Transfer(adapter, fits[best.candidate], float(best.alpha), positions, str(best.candidate), table,
-                    flops, time.perf_counter() - start, recipient)
+            scores = score_responses(self.recipient, targets, per_layer, alpha, self.batch_size)
+            self.flops += self._score_flops
+            self.rows.append(_row(name, method, match, alpha, rule, scores, targets, fit_flops, self._score_flops,
+                                  fit_s, time.perf_counter() - t1) | {"stage": stage})
+
+    def chained(self, prompts: list[str], layer_map: LayerMap, p_donor, p_recipient, alpha: float, stage: int) -> None:
+        name = f"interface-chained/depth/{alpha:g}"
+        if name in self.fits:
+            return
+        t0 = time.perf_counter()
+        conv = fit_chained_converters(self.donor, self.recipient, self.adapter, prompts, layer_map, alpha, p_donor,
+                                      p_recipient, self.positions, self.batch_size)
+        fit_flops = _chain_flops(self.donor, self.recipient, prompts, self.adapter, layer_map)
+        self.flops += fit_flops
+        self.fits[name] = conv
+        self.score(name, "interface-chained", "depth", conv, [(alpha, "chain")], stage, fit_flops,
+                   time.perf_counter() - t0)
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
 
 
-def _alpha_grid(adapter: Adapter, conv: Converters, p_donor, p_recipient, method: str) -> list[tuple[float, str]]:
-    """α = 1 and ``ALPHA_FACTORS`` × the norm-matched α (skipped when the paste is zero on every profile prompt)."""
-    grid = [(1.0, "1")]
+def _norm_alpha(adapter: Adapter, conv: Converters, p_donor, p_recipient) -> list[tuple[float, str]]:
+    """The norm-matched α (none when the paste is zero on every profile prompt, or it is 1 already)."""
     try:
         norm = norm_matched_alpha(adapter, conv, p_donor, p_recipient)
     except ValueError:
-        return grid
-    if math.isfinite(norm) and norm > 0:
-        grid += [(f * norm, f"{f:g}×norm") for f in ALPHA_FACTORS if not math.isclose(f * norm, 1.0)]
-    return grid
+        return []
+    return [(norm, "norm")] if math.isfinite(norm) and norm > 0 and not math.isclose(norm, 1.0) else []
 
 
-def _row(name: str, method: str, match: str, alpha: float, rule: str, margins: torch.Tensor, targets: DonorTargets,
-         fit_flops: float, score_flops: float, fit_s: float, score_s: float = 0.0) -> dict:
+def _row(name: str, method: str, match: str, alpha: float, rule: str, scores: ResponseScores,
+         targets: DonorTargets, fit_flops: float, score_flops: float, fit_s: float, score_s: float = 0.0) -> dict:
     return {"candidate": name, "method": method, "match": match, "alpha": alpha, "alpha_rule": rule,
-            "criterion": criterion(margins, targets.changed), **group_preferences(margins, targets.changed),
+            **summarize(scores, targets.changed),
             "n_scoring": len(targets.prompts), "n_changed": targets.n_changed,
             "fit_flops": fit_flops, "score_flops": score_flops, "fit_s": fit_s, "score_s": score_s,
             "paper_exact": name == PAPER_EXACT and rule == "1"}
