@@ -93,6 +93,7 @@ class Case:
     def __init__(self, nn, tl, hf, prompts, paste, native):
         self.nn, self.tl, self.hf, self.prompts = nn, tl, hf, prompts
         self._paste, self._native = paste, native  # (adapter, converters), adapter
+        self._truth: dict[str, list[list[int]]] = {}
 
     def edited(self, access: ModelAccess, condition: str):
         if condition == "paste":
@@ -102,14 +103,16 @@ class Case:
         return contextlib.nullcontext(access)
 
     def truth(self, condition: str) -> list[list[int]]:
-        tok = self.nn.tokenizer
-        rows = []
-        with self.edited(self.nn, condition):
-            edits = self.nn.active_edits
-            for prompt in self.prompts:
-                ids = hf_greedy(self.hf, self.nn.encode([prompt]), edits, N_NEW, tok.pad_token_id)
-                rows += rows_up_to_eos(ids, tok.eos_token_id, tok.pad_token_id)
-        return rows
+        """Each prompt's tokens generated alone by the plain HF model carrying the condition's edit functions."""
+        if condition not in self._truth:
+            tok, rows = self.nn.tokenizer, []
+            with self.edited(self.nn, condition):
+                edits = self.nn.active_edits
+                for prompt in self.prompts:
+                    ids = hf_greedy(self.hf, self.nn.encode([prompt]), edits, N_NEW, tok.pad_token_id)
+                    rows += rows_up_to_eos(ids, tok.eos_token_id, tok.pad_token_id)
+            self._truth[condition] = rows
+        return self._truth[condition]
 
 
 def _bridge(path, hf, tok):
