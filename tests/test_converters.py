@@ -82,3 +82,25 @@ def test_linear_converter_checks_width():
     conv = LinearConverter(torch.randn(3, 4))
     with pytest.raises(ValueError, match="width 4"):
         conv(torch.randn(2, 5))
+
+
+def test_ridge_choice_at_the_grid_edge_extends_the_grid():
+    """Pure noise targets: the held-out error falls with λ all the way, so the choice must leave the grid's top."""
+    from commandv_interp.converters.regression import DEFAULT_RIDGE_GRID, GRID_EXTENSIONS, fit_linear
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 20, generator=g), torch.randn(60, 5, generator=g)
+    fit = fit_linear(x[:40], y[:40], "ridge", select_on=(x[40:], y[40:]))
+    assert max(DEFAULT_RIDGE_GRID) < fit.ridge <= max(DEFAULT_RIDGE_GRID) * 10 ** GRID_EXTENSIONS
+    signal = x @ torch.randn(20, 5, generator=g)  # noiseless: the smallest λ wins, and the grid extends downwards
+    fit = fit_linear(x[:40], signal[:40], "ridge", select_on=(x[40:], signal[40:]))
+    assert fit.ridge < min(DEFAULT_RIDGE_GRID)
+
+
+@pytest.mark.parametrize("grid", [(float("nan"),), (-1.0, 0.1), (), (float("inf"),)])
+def test_bad_ridge_grids_are_refused(grid):
+    from commandv_interp.converters.regression import fit_linear
+
+    x = torch.randn(10, 4)
+    with pytest.raises(ValueError, match="ridge"):
+        fit_linear(x, x, "ridge", ridge_grid=grid, select_on=(x, x))

@@ -17,6 +17,7 @@ __all__ = ["FitResult", "fit_held_out", "fit_linear", "holdout_split", "scores",
 
 DEFAULT_RIDGE_GRID = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 """λ candidates as multiples of the mean eigenvalue of ``XᵀX`` (a constant λ does not scale with N)."""
+GRID_EXTENSIONS = 4  # at most this many decades are added past an edge of the grid where the held-out error is least
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,9 @@ def fit_linear(
     """Fit ``y ≈ f(x)`` with one of ``pinv | ridge | affine | procrustes``.
 
     λ for ``ridge``/``affine`` is ``fixed_ridge`` if given, else the grid value with the lowest relative
-    error on ``select_on`` (held-out ``(x, y)``), else the grid's middle value.
+    error on ``select_on`` (held-out ``(x, y)``), else the grid's middle value. When the lowest error sits at an edge
+    of the grid, the grid is extended past that edge a decade at a time (at most ``GRID_EXTENSIONS`` decades) while
+    the error keeps falling.
     """
     x, y = x.double(), y.double()
     if x.shape[0] != y.shape[0]:
@@ -98,22 +101,35 @@ def fit_linear(
     if method not in ("ridge", "affine"):
         raise ValueError(f"unknown fit method {method!r}")
     center = method == "affine"
-    grid = ridge_grid or DEFAULT_RIDGE_GRID
-    candidates = [fixed_ridge] if fixed_ridge is not None else list(grid)
-    if fixed_ridge is None and select_on is None:
-        candidates = [grid[len(grid) // 2]]
-    best, best_err = None, math.inf
+    grid = tuple(ridge_grid) if ridge_grid is not None else DEFAULT_RIDGE_GRID
+    bad = [lam for lam in grid + ((fixed_ridge,) if fixed_ridge is not None else ())
+           if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0)]
+    if bad or not grid:
+        raise ValueError(f"ridge values must be finite and >= 0 (multiples of the mean eigenvalue of XᵀX), got "
+                         f"{bad or 'an empty grid'}; pass e.g. ridge_grid=(1e-3, 1e-2, 1e-1)")
     mx = x.mean(0) if center else torch.zeros(x.shape[1], dtype=x.dtype)
     my = y.mean(0) if center else torch.zeros(y.shape[1], dtype=y.dtype)
     svd = _svd(x - mx)  # one SVD serves every λ of the grid
-    for lam in candidates:
+
+    def fit_at(lam: float) -> FitResult:
         left, right = _ridge(x - mx, y - my, lam, svd)
         bias = (my - (mx @ right.T if right is not None else mx) @ left.T) if center else None
-        fit = FitResult(left, right, bias, lam)
-        err = scores(fit, *select_on)["rel_mse"] if select_on is not None and len(candidates) > 1 else 0.0
-        if err < best_err:
-            best, best_err = fit, err
-    return best
+        return FitResult(left, right, bias, lam)
+
+    if fixed_ridge is not None:
+        return fit_at(fixed_ridge)
+    if select_on is None or len(grid) == 1:
+        return fit_at(sorted(grid)[len(grid) // 2])
+    errors = {lam: scores(fit_at(lam), *select_on)["rel_mse"] for lam in grid}
+    best = min(errors, key=errors.__getitem__)
+    # a choice at an edge of the grid is no choice: extend the grid past it while the held-out error still falls
+    for edge, step in ((max(grid), 10.0), (min(grid), 0.1)):
+        while best == edge and len(errors) < len(grid) + GRID_EXTENSIONS and edge * step > 0:
+            edge = edge * step if edge > 0 else 0.0
+            errors[edge] = scores(fit_at(edge), *select_on)["rel_mse"]
+            if errors[edge] < errors[best]:
+                best = edge
+    return fit_at(best)
 
 
 def scores(fit: FitResult, x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"]) -> dict[str, float]:
