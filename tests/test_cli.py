@@ -173,7 +173,7 @@ def test_user_errors_exit_2_with_one_line(pipeline, tmp_path):
     tmp = pipeline["tmp"]
     ok("profile", pipeline["recipient"], tmp / "other.txt", "--out", tmp / "other.safetensors")
     line = user_error("match", tmp / "donor.safetensors", tmp / "other.safetensors", "--out", tmp_path / "m.json")
-    assert "different prompt sets" in line
+    assert "different prompts" in line
     line = user_error("paste", pipeline["recipient"], tmp_path / "no_adapter", tmp / "converters.safetensors",
                       tmp / "prompts.txt", "--out", tmp_path / "g.jsonl")
     assert "adapter folder" in line and "does not exist" in line
@@ -185,7 +185,7 @@ def test_user_errors_exit_2_with_one_line(pipeline, tmp_path):
                                           "--out", tmp_path / "p.safetensors")
     assert "--layers" in user_error("profile", pipeline["recipient"], tmp / "prompts.txt", "--out",
                                     tmp_path / "p.safetensors", "--layers", "0,x")
-    with pytest.raises(ValueError, match="different prompt sets"):  # --debug re-raises instead
+    with pytest.raises(ValueError, match="different prompts"):  # --debug re-raises instead
         runner.invoke(cli.app, ["match", str(tmp / "donor.safetensors"), str(tmp / "other.safetensors"),
                                 "--out", str(tmp_path / "m.json"), "--debug"], catch_exceptions=False)
 

@@ -1,36 +1,117 @@
-"""Stage 0 (io): consumes bytes-producing callbacks, produces files written atomically.
+"""Stage 0 (io): consumes bytes-producing callbacks and artifact files, produces files written atomically and
+validated tensors.
 
 Every artifact of the library (profiles, converters, adapters) is written to a temporary file in the
-target's directory and renamed into place, so a crash never leaves a half-written file behind.
+target's directory and renamed into place, so a crash never leaves a half-written file behind; files and
+folders get the permissions the process's umask gives (``tempfile``'s 0600/0700 are not kept).
+
+Reading a safetensors artifact checks the header against the file's own size before any tensor is
+allocated, the metadata's schema, and the content checksum (SHA-256 over names, dtypes, shapes and bytes)
+that :func:`write_safetensors` stores in the metadata.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-__all__ = ["atomic_write", "read_json", "write_json"]
+import torch
+
+__all__ = ["atomic_write", "read_json", "write_json", "read_safetensors", "write_safetensors", "tensors_checksum",
+           "check_fields", "check_finite", "check_output_path", "check_input_file", "DegenerateDataWarning",
+           "file_mode", "dir_mode"]
+
+META_KEY = "commandv"
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+
+
+class DegenerateDataWarning(UserWarning):
+    """Data that runs but cannot give a meaningful result (constant profiles, collapsed maps, zero converters)."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Permissions a new file gets under the current umask (``0o666 & ~umask``)."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """Permissions a new folder gets under the current umask (``0o777 & ~umask``)."""
+    return 0o777 & ~_umask()
+
+
+def check_output_path(path: str | Path, inputs: tuple[str | Path | None, ...] = (), option: str = "--out") -> Path:
+    """Refuse an output path that is empty, a folder, under a file, or one of ``inputs`` (never overwrite an input).
+
+    >>> check_output_path("/", option="--out")
+    Traceback (most recent call last):
+    ...
+    ValueError: --out '/' is a folder; give a file path such as '/out.safetensors'
+    """
+    if str(path).strip() in ("", "."):
+        raise ValueError(f"{option} is empty; give a file path")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a folder; give a file path such as "
+                         f"{str(path / ('out' + (path.suffix or '.safetensors')))!r}")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{option} {str(path)!r}: {str(parent)!r} is a file, not a folder; choose another path")
+    for given in inputs:
+        if given is not None and Path(given).exists() and path.exists() and path.resolve() == Path(given).resolve():
+            raise ValueError(f"{option} {str(path)!r} is also an input of this command; write to a new path")
+    return path
+
+
+def check_input_file(path: str | Path, what: str) -> Path:
+    """Refuse a missing path or a folder where a file is expected, naming ``what`` it should be."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a folder, not a file; pass the file itself")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    return path
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path``.
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path`` (mode from the umask).
+
+    Raises:
+        ValueError: ``path`` is a folder or lies under a file.
+        OSError: the write failed (e.g. disk full); the message names ``path`` and nothing is left behind.
 
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
     >>> atomic_write(d / "x.txt", lambda p: p.write_text("hi")).read_text()
     'hi'
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path = check_output_path(path, option="output")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {str(path)!r} ({err.strerror or err}); choose another path") from err
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, file_mode())
         os.replace(tmp_path, path)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {str(path)!r} ({err.strerror or err}); free disk space or choose "
+                                 "another path") from err
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -38,16 +119,151 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def write_json(path: str | Path, obj: object) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
-    return atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+    """Write ``obj`` as indented JSON, atomically; NaN/inf are refused (JSON has no such numbers)."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except ValueError as err:
+        raise ValueError(f"refusing to write NaN/inf to {str(path)!r}; compute finite values first") from err
+    return atomic_write(path, lambda p: p.write_text(text))
 
 
 def read_json(path: str | Path) -> object:
-    """Read a JSON file, raising a clear error if it is missing or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} does not exist")
+    """Read a JSON file, raising a clear error if it is missing, a folder, not UTF-8 or malformed."""
+    path = check_input_file(path, "JSON file")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start}); re-create the "
+                         "file") from err
     except json.JSONDecodeError as err:
         raise ValueError(f"{str(path)!r} is not valid JSON ({err}); re-create the file") from err
+
+
+def check_fields(meta: Mapping, schema: Mapping[str, type | tuple], where: str) -> None:
+    """Refuse metadata whose fields are missing or of another type (``bool`` is not an ``int``; ``float`` accepts
+    ints).
+
+    >>> check_fields({"n": "3"}, {"n": int}, "x.safetensors")
+    Traceback (most recent call last):
+    ...
+    ValueError: x.safetensors: metadata field 'n' must be int, got '3'; re-create the file
+    """
+    for name, types in schema.items():
+        types = types if isinstance(types, tuple) else (types,)
+        value = meta.get(name, _MISSING)
+        if value is _MISSING:
+            raise ValueError(f"{where}: metadata lacks field {name!r}; re-create the file")
+        ok = any(value is None if t is type(None) else
+                 isinstance(value, t) and not (isinstance(value, bool) and t in (int, float)) or
+                 (t is float and isinstance(value, int) and not isinstance(value, bool)) for t in types)
+        if not ok:
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise ValueError(f"{where}: metadata field {name!r} must be {names}, got {value!r}; re-create the file")
+
+
+_MISSING = object()
+
+
+def check_finite(tensor: torch.Tensor, what: str, fix: str) -> None:
+    """Refuse a floating tensor with NaN or inf, naming ``what`` and the ``fix``."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        n_bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(f"{what} has {n_bad} NaN/inf values; {fix}")
+
+
+def tensors_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 (16 hex digits) over the sorted names, dtypes, shapes and bytes of ``tensors``."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}:{str(t.dtype).removeprefix('torch.')}:{list(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: dict, what: str) -> Path:
+    """Write ``tensors`` with ``meta`` (plus its ``checksum``) as JSON under metadata key ``commandv``, atomically.
+
+    Refuses NaN/inf in any floating tensor, so no saved artifact ever holds them.
+    """
+    from safetensors.torch import save_file
+
+    tensors = {name: t.detach().contiguous() for name, t in tensors.items()}
+    for name, t in tensors.items():
+        check_finite(t, f"{what} tensor {name!r}", f"not writing {str(path)!r}; recompute it from finite inputs")
+    meta = dict(meta, checksum=tensors_checksum(tensors))
+    text = json.dumps(meta, sort_keys=True, allow_nan=False)
+    return atomic_write(path, lambda p: save_file(tensors, str(p), metadata={META_KEY: text}))
+
+
+def _header(path: Path, data: bytes, what: str) -> dict:
+    """The safetensors header, checked against the file's size before anything is allocated."""
+    size = len(data)
+    bad = f"{what} {str(path)!r} is not a safetensors file"
+    if size < 8:
+        raise ValueError(f"{bad} ({size} bytes: empty or truncated); re-create it")
+    n = int.from_bytes(data[:8], "little")
+    if n > min(size - 8, _MAX_HEADER):
+        raise ValueError(f"{bad} (header of {n} bytes in a {size}-byte file: truncated or another format); "
+                         "re-create it")
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"{bad} (unreadable header); re-create it") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{bad} (header is a {type(header).__name__}); re-create it")
+    body = size - 8 - n
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        ok = isinstance(entry, dict) and entry.get("dtype") in _DTYPE_BYTES and isinstance(entry.get("shape"), list) \
+            and all(isinstance(s, int) and s >= 0 for s in entry["shape"]) \
+            and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2 \
+            and all(isinstance(o, int) for o in entry["data_offsets"])
+        if not ok:
+            raise ValueError(f"{bad} (malformed entry for tensor {name!r}); re-create it")
+        start, end = entry["data_offsets"]
+        want = math.prod(entry["shape"]) * _DTYPE_BYTES[entry["dtype"]]
+        if not 0 <= start <= end <= body or end - start != want:
+            raise ValueError(f"{what} {str(path)!r}: tensor {name!r} of shape {entry['shape']} needs {want} bytes but "
+                             f"the file holds {end - start} of {body} (truncated or corrupted); re-create it")
+    return header
+
+
+def read_safetensors(path: str | Path, what: str, kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(metadata, tensors)`` of an artifact written by :func:`write_safetensors`.
+
+    Checks, in order: a file (not a folder) that exists; a header consistent with the file's size; metadata
+    ``commandv`` holding a JSON object of ``kind``; the content checksum (when the file records one).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: anything else, naming the file and what to do.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_bytes
+
+    path = check_input_file(path, what)
+    data = path.read_bytes()
+    header = _header(path, data, what)
+    raw = header.get("__metadata__", {})
+    raw = raw.get(META_KEY) if isinstance(raw, dict) else None
+    try:
+        meta = json.loads(raw) if isinstance(raw, str) else None
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict):
+        found = "no" if raw is None else f"a {type(meta).__name__}" if meta is not None else "unreadable"
+        raise ValueError(f"{str(path)!r} is not a commandv {what} ({found} commandv metadata object); pass a file "
+                         "written by commandv")
+    if meta.get("kind") != kind:
+        raise ValueError(f"{str(path)!r} is not a commandv {what} (kind={meta.get('kind')!r}, expected {kind!r})")
+    try:
+        tensors = load_bytes(data)
+    except SafetensorError as err:
+        raise ValueError(f"{what} {str(path)!r} cannot be read ({err}); re-create it") from err
+    stored = meta.get("checksum")
+    if stored is not None and stored != tensors_checksum(tensors):
+        raise ValueError(f"{what} {str(path)!r} is corrupted: its tensors do not match the checksum {stored!r} in "
+                         "its metadata; re-create it")
+    return meta, tensors

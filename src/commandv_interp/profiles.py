@@ -7,23 +7,26 @@ pairings. Saved as one safetensors file, written atomically.
 
 from __future__ import annotations
 
-import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from commandv_interp.access import ModelAccess, open_model
-from commandv_interp.io import atomic_write
+from commandv_interp.access.limits import check_fits_context
+from commandv_interp.io import DegenerateDataWarning, check_fields, read_safetensors, write_safetensors
 from commandv_interp.prompts import prompts_fingerprint
-from commandv_interp.types import Float, Tensor
+from commandv_interp.types import POSITION_RULES, Float, Tensor
 from commandv_interp.version import __version__
 
-__all__ = ["ActivationProfile", "profile", "ChatTemplate"]
+__all__ = ["ActivationProfile", "profile", "ChatTemplate", "check_profile_rank"]
 
 KIND = "commandv.activation_profile"
+MIN_FIT_PROMPTS = 3  # a held-out split needs 1 test row and 2 train rows
+_SCHEMA = {"model_name": str, "config_hash": str, "n_layers": int, "d_model": int, "dtype": str,
+           "prompts_fingerprint": str, "position_rule": str, "library_version": str, "extra": dict}
 ChatTemplate = Callable[[str], str]
 """Maps a raw prompt to the exact text fed to the model (e.g. a chat wrapper)."""
 
@@ -52,15 +55,33 @@ class ActivationProfile:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_fields(vars(self), _SCHEMA, f"profile of {self.model_name!r}")
+        if self.n_layers < 1 or self.d_model < 1:
+            raise ValueError(f"profile of {self.model_name!r} has n_layers={self.n_layers}, d_model={self.d_model}; "
+                             "both must be >= 1")
+        if self.position_rule not in POSITION_RULES:
+            raise ValueError(f"profile of {self.model_name!r} has position_rule={self.position_rule!r}; expected one "
+                             f"of {list(POSITION_RULES)}")
+        if not self.activations:
+            raise ValueError(f"profile of {self.model_name!r} has no layers; profile at least one layer")
+        bad = [layer for layer in self.activations
+               if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < self.n_layers]
+        if bad:
+            raise ValueError(f"profile of {self.model_name!r} has layers {bad!r} outside 0..{self.n_layers - 1} "
+                             f"(n_layers={self.n_layers}); re-profile the model")
         shapes = {tuple(a.shape) for a in self.activations.values()}
-        if len(shapes) != 1:
-            raise ValueError(f"all layers of a profile must have the same shape, got {sorted(shapes)!r}")
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise ValueError(f"all layers of a profile must be matrices of one shape (n_prompts x d_model), got "
+                             f"{sorted(shapes)!r}")
         (n, d), = shapes
         if d != self.d_model:
-            raise ValueError(f"profile matrices have width {d} but d_model={self.d_model}")
+            raise ValueError(f"profile matrices have width {d} but the metadata says d_model={self.d_model}; "
+                             "re-profile the model")
+        if n < 1:
+            raise ValueError(f"profile of {self.model_name!r} has 0 prompts; profile at least 3")
         for layer, act in self.activations.items():
-            if not torch.isfinite(act).all():
-                raise ValueError(f"profile of {self.model_name!r} has NaN/inf at layer {layer}; "
+            if not act.is_floating_point() or not torch.isfinite(act).all():
+                raise ValueError(f"profile of {self.model_name!r} has NaN/inf (or non-float) values at layer {layer}; "
                                  "check the model's dtype (use float32) and the prompts")
 
     @property
@@ -124,28 +145,59 @@ class ActivationProfile:
                    position_rule="last", library_version=__version__)
 
     def save(self, path: str | Path) -> Path:
-        """Write one safetensors file (tensors ``layer.<l>`` + JSON metadata), atomically."""
-        tensors = {f"layer.{layer}": a.contiguous() for layer, a in self.activations.items()}
-        meta = {"commandv": json.dumps(self.metadata(), sort_keys=True)}
-        return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
+        """Write one safetensors file (tensors ``layer.<l>`` + JSON metadata with a checksum), atomically."""
+        tensors = {f"layer.{layer}": a for layer, a in self.activations.items()}
+        return write_safetensors(path, tensors, self.metadata(), "activation profile")
 
     @classmethod
     def load(cls, path: str | Path) -> "ActivationProfile":
-        """Read a profile written by :meth:`save`; refuse files of another kind."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"profile file {str(path)!r} does not exist")
-        from safetensors import safe_open
+        """Read a profile written by :meth:`save`; refuse files of another kind, malformed metadata, tensors that do
+        not match the metadata or the checksum."""
+        meta, tensors = read_safetensors(path, "activation profile", KIND)
+        where = f"activation profile {str(path)!r}"
+        check_fields(meta, _SCHEMA | {"n_prompts": int}, where)
+        acts = {}
+        for key, value in tensors.items():
+            name, _, index = key.partition(".")
+            if name != "layer" or not index.isdigit():
+                raise ValueError(f"{where}: unexpected tensor {key!r} (expected 'layer.<l>'); re-create the file")
+            acts[int(index)] = value
+        if acts and next(iter(acts.values())).ndim == 2 and next(iter(acts.values())).shape[0] != meta["n_prompts"]:
+            raise ValueError(f"{where}: tensors have {next(iter(acts.values())).shape[0]} rows but the metadata says "
+                             f"n_prompts={meta['n_prompts']}; re-create the file")
+        try:
+            return cls(acts, meta["model_name"], meta["config_hash"], meta["n_layers"], meta["d_model"], meta["dtype"],
+                       meta["prompts_fingerprint"], meta["position_rule"], meta["library_version"], meta["extra"])
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
 
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("commandv")
-        meta = json.loads(raw) if raw else {}
-        if meta.get("kind") != KIND:
-            raise ValueError(f"{str(path)!r} is not a commandv activation profile (kind={meta.get('kind')!r})")
-        tensors = load_file(str(path))
-        acts = {int(k.split(".")[1]): v for k, v in tensors.items()}
-        return cls(acts, meta["model_name"], meta["config_hash"], meta["n_layers"], meta["d_model"], meta["dtype"],
-                   meta["prompts_fingerprint"], meta["position_rule"], meta["library_version"], meta.get("extra", {}))
+
+def check_profile_rank(prof: ActivationProfile, needed: int = MIN_FIT_PROMPTS, refuse_constant: bool = False) -> None:
+    """Refuse a profile with fewer than ``needed`` prompts; warn (:class:`DegenerateDataWarning`) about layers whose
+    rows are all equal (e.g. identical prompts; refused with ``refuse_constant``)."""
+    if prof.n_prompts < needed:
+        raise ValueError(f"the profile of {prof.model_name!r} has {prof.n_prompts} prompts but at least {needed} are "
+                         f"needed; profile more prompts")
+    for layer in prof.layers if prof.n_prompts > 1 else ():  # one row is trivially "constant"
+        act = prof[layer].double()
+        centered = act - act.mean(dim=0)
+        scale = float(act.abs().max()) or 1.0
+        if float(centered.abs().max()) <= 1e-5 * scale:
+            message = (f"the profile of {prof.model_name!r} is constant across its {prof.n_prompts} prompts at layer "
+                       f"{layer} (identical prompts?); similarity maps and converters fitted on it are meaningless: "
+                       "profile distinct prompts")
+            if refuse_constant:
+                raise ValueError(message)
+            warnings.warn(message, DegenerateDataWarning, stacklevel=3)
+            return
+
+
+def _warn_duplicates(prof: ActivationProfile) -> None:
+    n_distinct = int(torch.unique(prof[prof.layers[-1]], dim=0).shape[0])
+    if n_distinct < prof.n_prompts:
+        warnings.warn(f"the profile of {prof.model_name!r} has {prof.n_prompts - n_distinct} duplicate rows (repeated "
+                      "prompts); they add no information: profile distinct prompts", DegenerateDataWarning,
+                      stacklevel=3)
 
 
 def profile(
@@ -183,9 +235,17 @@ def profile(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     texts = [chat_template(p) for p in prompts] if chat_template else list(prompts)
+    check_fits_context(access, texts)
     layers = list(range(access.n_layers)) if layers is None else access._check_layers(layers)
     batches = [access.encode(texts[start:start + batch_size], padding_side=padding_side)
                for start in range(0, len(texts), batch_size)]
     parts = access.read_batches(batches, layers, positions="last", remote=remote, progress=progress)
-    return ActivationProfile.from_states(access, texts, {layer: torch.cat([part[layer] for part in parts])
-                                                         for layer in layers})
+    result = ActivationProfile.from_states(access, texts, {layer: torch.cat([part[layer] for part in parts])
+                                                           for layer in layers})
+    check_profile_rank(result, needed=1)
+    _warn_duplicates(result)
+    if result.n_prompts < MIN_FIT_PROMPTS:
+        warnings.warn(f"profiled {result.n_prompts} prompts, but fitting converters needs at least {MIN_FIT_PROMPTS} "
+                      "(and more than the adapter's rank for method='interface'); profile more prompts",
+                      DegenerateDataWarning, stacklevel=2)
+    return result

@@ -39,31 +39,49 @@ def load_prompts(path: str | Path, limit: int | None = None) -> list[str]:
         ValueError: the file holds no prompts or an entry has none of the known fields.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"prompt file {str(path)!r} is a folder, not a file; pass the prompts file")
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"prompt file {str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start}); save it as "
+                         "UTF-8") from None
     if path.suffix == ".json":
-        items = json.loads(text)
+        items = _json(text, path)
         if isinstance(items, dict) and "examples" in items:
             items = items["examples"]
     elif path.suffix == ".jsonl":
-        items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        items = [_json(line, path, i + 1) for i, line in enumerate(text.splitlines()) if line.strip()]
     else:
         items = [line.strip() for line in text.splitlines() if line.strip()]
     if not isinstance(items, list):
         raise ValueError(f"{str(path)!r}: expected a JSON list of prompts, got {type(items).__name__}")
     prompts = [_prompt_of(item, path, i) for i, item in enumerate(items)]
     if not prompts:
-        raise ValueError(f"{str(path)!r} holds no prompts")
+        raise ValueError(f"{str(path)!r} holds no prompts; write one prompt per line")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 or None, got {limit!r}")
     return prompts[:limit] if limit is not None else prompts
 
 
+def _json(text: str, path: Path, line: int | None = None) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        where = f"line {line}" if line is not None else f"line {err.lineno}"
+        raise ValueError(f"prompt file {str(path)!r} {where} is not valid JSON ({err.msg}); fix the file") from None
+
+
 def _prompt_of(item: object, path: Path, index: int) -> str:
-    if isinstance(item, str):
+    if isinstance(item, str) and item.strip():
         return item
+    if isinstance(item, str):
+        raise ValueError(f"{str(path)!r} entry {index} is an empty prompt; remove it")
     if isinstance(item, dict):
         for field in _FIELDS:
-            if isinstance(item.get(field), str):
+            if isinstance(item.get(field), str) and item[field].strip():
                 return item[field]
     raise ValueError(
         f"{str(path)!r} entry {index} has no prompt: expected a string or an object with one of {list(_FIELDS)!r}"

@@ -310,6 +310,13 @@ class Adapter:
         dims = {iv.d_model for iv in self.interventions.values()}
         if len(dims) != 1:
             raise ValueError(f"interventions of one adapter must share d_model, got {sorted(dims)!r}")
+        for layer, iv in self.interventions.items():
+            for key, value in iv.state_dict().items():
+                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    raise ValueError(f"adapter weight {key!r} at layer {layer} has NaN/inf values; retrain or "
+                                     "recompile it from finite inputs (a finite alpha)")
+        if not isinstance(self.metadata, dict):
+            raise ValueError(f"adapter metadata must be a dict, got {type(self.metadata).__name__}")
         object.__setattr__(self, "interventions", dict(self.interventions))
         object.__setattr__(self, "metadata", dict(self.metadata))
 
@@ -342,6 +349,39 @@ class Adapter:
                 h.update(key.encode())
                 h.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
+
+    def check_positions(self, positions: str) -> None:
+        """Refuse applying (or pasting, compiling) at ``positions`` that miss the positions the adapter was trained
+        at: a ``first_last`` adapter needs ``first_last`` or ``all``; a ``last`` one any rule but ``first_last``.
+
+        >>> Adapter({0: NodiReFT(4, 1)}, "first_last", 2).check_positions("last")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: the adapter was trained at positions 'first_last' (k=2) but is used at 'last', which misses ...
+        """
+        check_choice("positions", positions, POSITION_RULES)
+        trained = self.positions.split("+")[0]
+        used = positions.split("+")[0]
+        if used == "all" or used == trained or (trained == "last" and used == "first_last"):
+            return
+        k = f" (k={self.first_last_k})" if self.first_last_k is not None else ""
+        raise ValueError(f"the adapter was trained at positions {self.positions!r}{k} but is used at {positions!r}, "
+                         f"which misses them; use positions {trained!r} (or 'all')")
+
+    def check_model(self, model_name: str, n_layers: int, d_model: int, config_hash: str | None = None) -> None:
+        """Refuse a model this adapter cannot act on: another width, too few layers, another config hash (when the
+        adapter records one)."""
+        if d_model != self.d_model:
+            raise ValueError(f"the adapter has d_model={self.d_model} but {model_name!r} has d_model={d_model}; "
+                             "use the adapter's own model, or paste it through converters")
+        bad = [layer for layer in self.layers if layer >= n_layers]
+        if bad:
+            raise ValueError(f"the adapter acts at layers {bad} but {model_name!r} has {n_layers} layers; use the "
+                             "adapter's own model")
+        own = self.metadata.get("config_hash")
+        if config_hash is not None and isinstance(own, str) and own != config_hash:
+            raise ValueError(f"the adapter was trained on a model with config hash {own!r} but {model_name!r} has "
+                             f"{config_hash!r}; use the adapter's own model")
 
     def delta(self, layer: int, h: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         """The edit at ``layer``; raises if the adapter has no intervention there."""

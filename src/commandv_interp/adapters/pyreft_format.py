@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from collections import OrderedDict
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from commandv_interp.adapters.interventions import INTERVENTION_KINDS, Adapter, Intervention
-from commandv_interp.io import read_json
+from commandv_interp.io import dir_mode, file_mode, read_json
 
 __all__ = ["load_pyreft_folder", "save_pyreft_folder", "META_FILE", "parse_pyreft_positions"]
 
@@ -90,28 +91,66 @@ def _parse_key(key: object, rep: object, path: Path) -> tuple[int, int | None]:
     if len(fields) < 2 or fields[0] != layer or fields[1] != component:
         raise ValueError(f"{str(path)!r}: representation {fields[:2]!r} disagrees with key {key!r}; re-save the adapter")
     rank = fields[4] if len(fields) > 4 else None
-    return layer, None if rank is None else int(rank)
+    if rank is not None and not _positive_int(rank):
+        raise ValueError(f"{str(path)!r}: low_rank_dimension for {key!r} is {rank!r}, not an int >= 1; fix config.json")
+    return layer, rank
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_zip(bin_path: Path) -> int:
+    """The file's size, after refusing a zip archive whose records unpack to more bytes than the file holds."""
+    size = bin_path.stat().st_size
+    if zipfile.is_zipfile(bin_path):
+        with zipfile.ZipFile(bin_path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+        if unpacked > size:
+            raise ValueError(f"{str(bin_path)!r} unpacks to {unpacked} bytes from {size} (compressed or crafted "
+                             "records); re-save it with pyreft")
+    return size
+
+
+def _check_storage(bin_path: Path, state: dict, size: int) -> None:
+    """Refuse tensors that read more bytes than their storage holds (e.g. stride 0 over one element), or that
+    together need more bytes than the file holds: nothing is allocated beyond the file's own size."""
+    total = 0
+    for key, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if nbytes > t.untyped_storage().nbytes() or any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape)):
+            raise ValueError(f"{str(bin_path)!r}: tensor {key!r} of shape {tuple(t.shape)} views {nbytes} bytes over a "
+                             f"{t.untyped_storage().nbytes()}-byte storage (stride {t.stride()}); re-save it with "
+                             "pyreft")
+        total += nbytes
+    if total > size:
+        raise ValueError(f"{str(bin_path)!r}: tensors need {total} bytes but the file has {size}; re-save it")
 
 
 def _load_bin(bin_path: Path) -> dict:
     if not bin_path.is_file():
         raise FileNotFoundError(f"{str(bin_path)!r} is missing; the folder is incomplete, re-save the adapter")
+    size = _check_zip(bin_path)
     try:
         state = torch.load(bin_path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or non-tensor pickles
         raise ValueError(f"{str(bin_path)!r} is not a loadable tensor state dict ({err}); re-save it") from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{str(bin_path)!r} does not hold a dict of tensors; re-save it with pyreft")
+    _check_storage(bin_path, state, size)
     return state
 
 
 def _build(cls: type[Intervention], state: dict, act: str, dim: object, rank: int | None, path: Path) -> Intervention:
+    if not _positive_int(dim):
+        raise ValueError(f"{str(path.parent / 'config.json')!r}: intervention_dimensions holds {dim!r}, not an int "
+                         ">= 1; fix config.json")
     try:
         iv = cls.from_state_dict(state, act)
     except (RuntimeError, KeyError, ValueError) as err:
         raise ValueError(f"{str(path)!r} does not match {cls.pyreft_name}'s parameters ({err}); "
                          "check intervention_types in config.json") from err
-    if iv.d_model != int(dim) or (rank is not None and iv.rank != rank):
+    if iv.d_model != dim or (rank is not None and iv.rank != rank):
         raise ValueError(f"{str(path)!r} holds d_model={iv.d_model}, rank={iv.rank} but config.json says "
                          f"intervention_dimensions={dim!r}, low_rank_dimension={rank!r}; fix config.json")
     return iv
@@ -120,7 +159,11 @@ def _build(cls: type[Intervention], state: dict, act: str, dim: object, rank: in
 def _positions_and_metadata(folder: Path, meta: dict | None) -> tuple[str, int | None, dict]:
     """Position rule from our metadata file, else pyreft's ``training_metadata.json``, else the folder-name suffix."""
     if meta is not None:
-        return meta.get("positions", "last"), meta.get("first_last_k"), dict(meta.get("metadata", {}))
+        positions, k, info = meta.get("positions", "last"), meta.get("first_last_k"), meta.get("metadata", {})
+        if not isinstance(positions, str) or not (k is None or _positive_int(k)) or not isinstance(info, dict):
+            raise ValueError(f"{str(folder / META_FILE)!r}: positions {positions!r}, first_last_k {k!r} and metadata "
+                             "must be a rule name, an int >= 1 or null, and an object; re-save the adapter")
+        return positions, k, dict(info)
     info: dict = {"source": str(folder)}
     training_path = folder / "training_metadata.json"
     training = read_json(training_path) if training_path.is_file() else None
@@ -156,6 +199,8 @@ def load_pyreft_folder(path: str | Path) -> Adapter:
             ``block_output``, shapes that disagree with the config, or two interventions at one layer.
     """
     folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"adapter folder {str(folder)!r} is a file; pass a pyreft save directory")
     if not folder.is_dir():
         raise FileNotFoundError(f"adapter folder {str(folder)!r} does not exist; pass a pyreft save directory")
     config = _read_config(folder)
@@ -163,6 +208,8 @@ def load_pyreft_folder(path: str | Path) -> Adapter:
     if meta is not None and not isinstance(meta, dict):
         raise ValueError(f"{str(folder / META_FILE)!r} must hold a JSON object; delete or re-save it")
     acts = (meta or {}).get("acts", {})
+    if not isinstance(acts, dict):
+        raise ValueError(f"{str(folder / META_FILE)!r}: 'acts' must map layers to activation names, got {acts!r}")
     interventions: dict[int, Intervention] = {}
     for key, type_string, rep, dim in zip(*(config[k] for k in _CONFIG_LISTS)):
         layer, rank = _parse_key(key, rep, folder / "config.json")
@@ -175,7 +222,10 @@ def load_pyreft_folder(path: str | Path) -> Adapter:
     if not interventions:
         raise ValueError(f"{str(folder / 'config.json')!r} lists no interventions; re-save the adapter")
     positions, k, info = _positions_and_metadata(folder, meta)
-    return Adapter(interventions, positions=positions, first_last_k=k, metadata=info)
+    try:
+        return Adapter(interventions, positions=positions, first_last_k=k, metadata=info)
+    except ValueError as err:
+        raise ValueError(f"adapter folder {str(folder)!r}: {err}") from None
 
 
 def _pyvene_config(adapter: Adapter) -> tuple[dict, list[str]]:
@@ -199,6 +249,9 @@ def _pyvene_config(adapter: Adapter) -> tuple[dict, list[str]]:
 
 
 def _check_target(folder: Path) -> None:
+    parent = next((p for p in folder.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{str(folder)!r}: {str(parent)!r} is a file, not a folder; choose another path")
     if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / "config.json").is_file())):
         raise ValueError(f"{str(folder)!r} exists and is not an adapter folder; choose a new path or remove it")
 
@@ -243,6 +296,9 @@ def save_pyreft_folder(adapter: Adapter, path: str | Path) -> Path:
                        tmp / f"intkey_{key}.bin")
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+        for child in tmp.iterdir():
+            os.chmod(child, file_mode())
+        os.chmod(tmp, dir_mode())  # mkdtemp makes 0700; the folder follows the umask like any other
         _install(tmp, folder)
     finally:
         if tmp.exists():

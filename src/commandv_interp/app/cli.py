@@ -4,8 +4,10 @@ converters ``.safetensors``, ``generations.jsonl``, compiled pyreft folders) and
 
 Every subcommand is a thin layer over the public API (``commandv_interp`` and ``commandv_interp.zoo``); heavy
 modules are imported inside the commands so that ``commandv --help`` does not load the models' libraries here.
-User errors (a missing file, profiles of different prompt sets, an unknown zoo model, ...) exit with code 2 and one
-``error: ...`` line on stderr; ``commandv --debug ...`` shows the traceback instead.
+User errors (a missing file, profiles of different prompt sets, an unknown zoo model, a bad option value, a full
+disk, ...) exit with code 2 and one ``error: ...`` line on stderr naming the file or option and the fix;
+``commandv --debug ...`` shows the traceback instead. No command overwrites one of its own inputs or writes NaN/inf;
+warnings about degenerate data print as ``warning: ...`` lines.
 
     $ commandv profile llama-6x128 zoo:refusal:profile --out donor.safetensors
     $ commandv profile qwen2-5x160 zoo:refusal:profile --out recipient.safetensors
@@ -20,11 +22,13 @@ from __future__ import annotations
 import functools
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from typer.core import TyperCommand
 
 __all__ = ["app", "zoo_app"]
 
@@ -40,7 +44,8 @@ Behavior = Literal["refusal", "jailbreak", "cot"]
 ProfileSet = Literal["profile", "profile+train", "profile+train+cue", "task"]
 Split = Literal["train", "test", "profile"]
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+USER_ERRORS = (ValueError, OSError, KeyError)  # OSError: missing files, permissions, a full disk
+MAX_ALPHA = 1e4  # beyond this the pasted delta swamps the residual stream (1e30 overflows float32: empty outputs)
 
 app = typer.Typer(name="commandv", add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Command-V: profile a donor and a recipient LLM, match layers, fit converters and paste "
@@ -70,23 +75,92 @@ ZooRootOpt = Annotated[Path | None, typer.Option(
 
 def _one_line(error: BaseException) -> str:
     text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    if isinstance(error, OSError) and error.strerror:
+        text = error.strerror + (f": {error.filename!r}" if error.filename else "")
     return " ".join(str(text).split()) or type(error).__name__
 
 
+_UsageError = typer.BadParameter.__mro__[1]  # click's UsageError, as this typer vendors it (typer._click)
+
+
+class _OneLineUsageError(_UsageError):
+    """A bad option or argument, shown as one ``error:`` line (exit code 2) instead of usage and a box."""
+
+    def show(self, file=None) -> None:
+        typer.echo(f"error: {' '.join(self.format_message().split())}; see --help", err=True)
+
+
+class _OneLineCommand(TyperCommand):
+    def parse_args(self, ctx, args):  # args: any sequence of str (click passes lists or tuples)
+        try:
+            return super().parse_args(ctx, args)
+        except _UsageError as error:
+            if "--debug" in args:
+                raise
+            raise _OneLineUsageError(error.format_message(), ctx) from None
+
+
+def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Ours as ``warning: <one line>``; other libraries' as they would have shown."""
+    for w in caught:
+        if "commandv_interp" in str(w.filename) or w.category.__name__ == "DegenerateDataWarning":
+            typer.echo(f"warning: {' '.join(str(w.message).split())}", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+
+
 def _command(group: typer.Typer, name: str):
-    """Register ``fn`` as subcommand ``name``; user errors become ``error: <one line>`` and exit code 2."""
+    """Register ``fn`` as subcommand ``name``; user errors become ``error: <one line>`` and exit code 2; our warnings
+    become ``warning: <one line>`` lines before it."""
     def register(fn):
         @functools.wraps(fn)
         def run(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except USER_ERRORS as error:
-                if kwargs.get("debug"):
-                    raise
-                typer.echo(f"error: {_one_line(error)}", err=True)
+            with warnings.catch_warnings(record=True) as caught:
+                try:
+                    result = fn(*args, **kwargs)
+                except USER_ERRORS as error:
+                    if kwargs.get("debug"):
+                        raise
+                    failed = error
+                else:
+                    failed = None
+            _show_warnings(caught)
+            if failed is not None:
+                typer.echo(f"error: {_one_line(failed)}", err=True)
                 raise typer.Exit(2) from None
-        return group.command(name)(run)
+            return result
+        return group.command(name, cls=_OneLineCommand)(run)
     return register
+
+
+def _out(path: Path, *inputs: object, option: str = "--out") -> Path:
+    """``--out``, refused when empty, a folder, under a file, or one of the command's inputs."""
+    from commandv_interp.io import check_output_path
+
+    return check_output_path(path, tuple(str(i) for i in inputs if i is not None), option)
+
+
+def _out_folder(path: Path, *inputs: object, option: str = "--out") -> Path:
+    """A folder to write: refused when empty, a file, under a file, or one of the command's inputs."""
+    if str(path).strip() in ("", "."):
+        raise ValueError(f"{option} is empty; give a folder path")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a file; give a folder path")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{option} {str(path)!r}: {str(parent)!r} is a file, not a folder; choose another path")
+    for given in inputs:
+        if given is not None and Path(str(given)).exists() and path.exists() and \
+                Path(str(given)).resolve() == path.resolve():
+            raise ValueError(f"{option} {str(path)!r} is also an input of this command; write to a new folder")
+    return path
+
+
+def _alpha(value: float, option: str = "--alpha") -> float:
+    if not math.isfinite(value) or abs(value) > MAX_ALPHA:
+        raise ValueError(f"{option} must be a finite number within ±{MAX_ALPHA:g}, got {value!r}; use e.g. "
+                         f"{option} 1")
+    return value
 
 
 # ---------------------------------------------------------------- inputs: models, prompts, adapters, layers
@@ -236,6 +310,7 @@ def profile_cmd(
     import commandv_interp as cv
 
     g = Globals(json_output, debug, zoo_root)
+    _out(out, model, prompts)
     texts, layer_list = _prompts(prompts), _layers(layers)  # cheap inputs first: fail before loading the model
     prof = cv.profile(_model(g, model, backend), texts, layers=layer_list, batch_size=batch_size,
                       remote=_remote(remote))
@@ -262,6 +337,7 @@ def match_cmd(
     import commandv_interp as cv
 
     g = Globals(json_output, debug)
+    _out(out, donor_profile, recipient_profile)
     donor, recipient = cv.ActivationProfile.load(donor_profile), cv.ActivationProfile.load(recipient_profile)
     layer_map = cv.match_layers(donor, recipient, method=method, metric=metric, assignment=assignment, progress=True)
     layer_map.save(out)
@@ -303,8 +379,12 @@ def derive_cmd(
     --recipient-model gpt2-4x96 --prompts zoo:refusal:train
     """
     import commandv_interp as cv
+    from commandv_interp.access.limits import check_fits_context
 
     g = Globals(json_output, debug, zoo_root)
+    _out(out, donor_profile, recipient_profile, map_file, adapter, prompts)
+    if chain_alpha is not None:
+        _alpha(chain_alpha, "--chain-alpha")
     donor, recipient = cv.ActivationProfile.load(donor_profile), cv.ActivationProfile.load(recipient_profile)
     layer_map = cv.LayerMap.load(map_file)
     if (method == "interface") != (adapter is not None):
@@ -319,9 +399,11 @@ def derive_cmd(
         texts = _prompts(prompts)
         for given in (donor, recipient):  # cheap inputs first: fail before loading the models
             given.check_taken_on(texts)
-        converters = cv.fit_chained_converters(
-            _model(g, donor_model, backend), _model(g, recipient_model, backend), _adapter(g, adapter), texts,
-            layer_map, chain_alpha, donor, recipient)
+        donor_access, recipient_access = _model(g, donor_model, backend), _model(g, recipient_model, backend)
+        for access in (donor_access, recipient_access):
+            check_fits_context(access, texts)
+        converters = cv.fit_chained_converters(donor_access, recipient_access, _adapter(g, adapter), texts,
+                                               layer_map, chain_alpha, donor, recipient)
     elif adapter:
         converters = cv.fit_converters(donor, recipient, layer_map, "interface", _adapter(g, adapter))
     else:
@@ -354,11 +436,18 @@ def paste_cmd(
     from tqdm.auto import tqdm
 
     import commandv_interp as cv
+    from commandv_interp.access.limits import check_fits_context
     from commandv_interp.io import atomic_write
 
     g = Globals(json_output, debug, zoo_root)
+    _out(out, recipient, adapter, converters, prompts)
+    _alpha(alpha)
     donor_adapter, conv, texts = _adapter(g, adapter), cv.Converters.load(converters), _prompts(prompts)
+    donor_adapter.check_positions(positions)
+    conv.check_adapter(donor_adapter)
     access = _model(g, recipient, backend)
+    conv.check_recipient(access)
+    check_fits_context(access, texts, new_tokens=max_new_tokens)  # refuse before any generation runs
     outputs: list[str] = []
     with cv.paste(access, donor_adapter, conv, positions=positions, alpha=alpha):
         for start in tqdm(range(0, len(texts), batch_size), desc=f"paste into {access.name}"):
@@ -391,7 +480,10 @@ def compile_cmd(
     import commandv_interp as cv
 
     g = Globals(json_output, debug, zoo_root)
+    _out_folder(out, adapter, converters)
+    _alpha(alpha)
     donor_adapter, conv = _adapter(g, adapter), cv.Converters.load(converters)
+    donor_adapter.check_positions(positions)
     native = cv.compile_paste(donor_adapter, conv, positions=positions, alpha=alpha)
     cv.save_adapter(native, out)
     _emit(g, {"out": str(out), "layers": native.layers, "rank": native.rank, "d_model": native.d_model,
@@ -436,6 +528,11 @@ def zoo_train_cmd(
     from commandv_interp.zoo import train
 
     g = Globals(json_output, debug)
+    if out is not None:
+        _out_folder(out)
+    if model and len(set(model)) != len(model):
+        raise ValueError(f"--model names {sorted(m for m in set(model) if model.count(m) > 1)} more than once; give "
+                         "each model once")
     if not g.json:
         argv = (["--quick"] if quick else []) + (["--out", str(out)] if out else []) + ["--seed", str(seed)]
         train.main(argv + [a for m in model or [] for a in ("--model", m)] + (["--reuse"] if reuse else []))
@@ -469,6 +566,8 @@ def zoo_score_cmd(
     g = Globals(json_output, debug, zoo_root)
     native = _adapter(g, adapter) if adapter is not None else None
     access = _model(g, model, backend)
+    if native is not None:
+        native.check_model(access.name, access.n_layers, access.d_model, access.config_hash)
     with cv.apply_adapter(access, native) if native is not None else contextlib.nullcontext():
         rates = zoo.evaluate(access, behavior, split, cue=cue, limit=limit)
     title = f"{access.name} on {behavior} ({split}{', cue' if cue else ''}{', adapter ' + adapter if adapter else ''}):"
@@ -504,6 +603,10 @@ def demo_cmd(
     from commandv_interp.app.demo import format_transfer_tables, run_demo
 
     g = Globals(json_output, debug)
+    _out_folder(out)
+    _alpha(alpha)
+    if behavior and len(set(behavior)) != len(behavior):
+        raise ValueError(f"--behavior names {behavior!r} with repeats; give each behavior once")
     table = run_demo(donor, recipient, tuple(behavior or ("refusal", "jailbreak", "cot")), method, match,
                      profile_set, out=out, limit=limit, progress=not g.json, alpha=alpha, chain=chain)
     if g.json:

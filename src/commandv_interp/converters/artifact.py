@@ -8,29 +8,34 @@ part only (a difference of states has no offset).
 
 from __future__ import annotations
 
-import json
+import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from commandv_interp.access import ModelAccess
 from commandv_interp.adapters import Adapter
 from commandv_interp.converters.regression import FitResult
-from commandv_interp.io import atomic_write
-from commandv_interp.profiles import ActivationProfile
+from commandv_interp.correspondence import LayerMap
+from commandv_interp.io import DegenerateDataWarning, check_fields, check_finite, read_safetensors, write_safetensors
+from commandv_interp.profiles import MIN_FIT_PROMPTS, ActivationProfile, check_profile_rank
 from commandv_interp.types import Float, Tensor, check_choice
 
-__all__ = ["LinearConverter", "LayerConverter", "Converters", "ConverterMethod", "CONVERTER_METHODS"]
+__all__ = ["LinearConverter", "LayerConverter", "Converters", "ConverterMethod", "CONVERTER_METHODS",
+           "check_fit_inputs"]
 
 ConverterMethod = Literal["pinv", "ridge", "affine", "procrustes", "interface"]
 """``interface`` fits only an adapter's read and write directions (:mod:`~commandv_interp.converters.interface`)."""
 CONVERTER_METHODS: tuple[str, ...] = get_args(ConverterMethod)
 KIND = "commandv.converters"
+_SCHEMA = {"method": str, "donor_model": str, "recipient_model": str, "donor_config_hash": str,
+           "recipient_config_hash": str, "d_donor": int, "d_recipient": int, "prompts_fingerprint": str,
+           "pairs": list, "extra": dict}
+_PARTS = ("left", "right", "bias")
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,30 @@ class LinearConverter:
     left: Float[Tensor, "d_out k"]
     right: Float[Tensor, "k d_in"] | None = None
     bias: Float[Tensor, " d_out"] | None = None
+
+    def check(self, what: str, d_in: int, d_out: int) -> None:
+        """Refuse parts that are not finite float matrices chaining ``d_in → d_out`` (``what`` names it)."""
+        parts = {"left": self.left, "right": self.right, "bias": self.bias}
+        for name, t in parts.items():
+            if t is None:
+                continue
+            if not isinstance(t, Tensor) or not t.is_floating_point() or t.ndim != (1 if name == "bias" else 2):
+                raise ValueError(f"{what}: {name} must be a float {'vector' if name == 'bias' else 'matrix'}, got "
+                                 f"{getattr(t, 'shape', type(t).__name__)!r}; re-fit the converters")
+            check_finite(t, f"{what} ({name})", "re-fit the converters from finite profiles")
+        inner = self.right.shape[0] if self.right is not None else None
+        if inner is not None and self.left.shape[1] != inner:
+            raise ValueError(f"{what}: factors of shapes {tuple(self.left.shape)} and {tuple(self.right.shape)} do "
+                             "not chain; re-fit the converters")
+        bias_ok = self.bias is None or self.bias.shape[0] == self.d_out
+        if self.d_in != d_in or self.d_out != d_out or not bias_ok:
+            raise ValueError(f"{what} maps width {self.d_in} to {self.d_out} (bias "
+                             f"{None if self.bias is None else tuple(self.bias.shape)}) but the converters' metadata "
+                             f"says {d_in} to {d_out}; re-fit the converters")
+
+    def is_zero(self) -> bool:
+        """True when the linear part is exactly zero (every mapped delta vanishes)."""
+        return not bool(self.left.any()) or (self.right is not None and not bool(self.right.any()))
 
     @property
     def weight(self) -> Float[Tensor, "d_out d_in"]:
@@ -110,6 +139,36 @@ class Converters:
     extra: dict = field(default_factory=dict)
     adapter_digest: str | None = None  # set by adapter-aware fits: only that adapter may be pasted through them
     chain_alpha: float | None = None  # set by chained fits: the α the chain was fitted under
+
+    def __post_init__(self) -> None:
+        check_fields(vars(self), {k: v for k, v in _SCHEMA.items() if k != "pairs"} | {
+            "adapter_digest": (str, type(None)), "chain_alpha": (float, type(None))}, "converters")
+        if self.method not in CONVERTER_METHODS:
+            raise ValueError(f"converters have method={self.method!r}; expected one of {list(CONVERTER_METHODS)}")
+        if self.d_donor < 1 or self.d_recipient < 1:
+            raise ValueError(f"converters have d_donor={self.d_donor}, d_recipient={self.d_recipient}; both must be "
+                             ">= 1")
+        if self.chain_alpha is not None and not math.isfinite(self.chain_alpha):
+            raise ValueError(f"converters have chain_alpha={self.chain_alpha!r}; it must be finite")
+        if not self.pairs:
+            raise ValueError("converters need at least one layer pair; match at least one donor layer")
+        seen: set[int] = set()
+        for p in self.pairs:
+            layers = (p.donor_layer, p.recipient_layer)
+            if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in layers):
+                raise ValueError(f"converter layers must be ints >= 0, got donor {p.donor_layer!r}, recipient "
+                                 f"{p.recipient_layer!r}")
+            if p.donor_layer in seen:
+                raise ValueError(f"converters hold donor layer {p.donor_layer} twice; keep one pair per donor layer")
+            seen.add(p.donor_layer)
+            name = f"converter {p.donor_layer}->{p.recipient_layer}"
+            p.to_recipient.check(f"{name} (to_recipient)", self.d_donor, self.d_recipient)
+            p.to_donor.check(f"{name} (to_donor)", self.d_recipient, self.d_donor)
+        zero = [(p.donor_layer, p.recipient_layer) for p in self.pairs if p.to_recipient.is_zero()]
+        if zero:
+            warnings.warn(f"{self.method!r} converters for pairs {zero} are all zero: pasting through them does "
+                          "nothing (profiles constant or too few distinct prompts?); profile more distinct prompts "
+                          "and re-fit", DegenerateDataWarning, stacklevel=3)
 
     def check_adapter(self, adapter: Adapter) -> None:
         """Refuse an adapter these converters cannot carry: another donor width, an unmapped donor layer, another
@@ -182,42 +241,80 @@ class Converters:
         return pd.DataFrame(rows)
 
     def save(self, path: str | Path) -> Path:
-        """One safetensors file: tensors ``<pair>.<direction>.<part>`` + JSON metadata; atomic."""
+        """One safetensors file: tensors ``<pair>.<direction>.<part>`` + JSON metadata (with checksum); atomic."""
         tensors, pairs_meta = {}, []
         for i, p in enumerate(self.pairs):
             for direction, conv in (("to_donor", p.to_donor), ("to_recipient", p.to_recipient)):
-                for part in ("left", "right", "bias"):
+                for part in _PARTS:
                     t = getattr(conv, part)
                     if t is not None:
-                        tensors[f"{i}.{direction}.{part}"] = t.contiguous()
+                        tensors[f"{i}.{direction}.{part}"] = t
             pairs_meta.append({"donor_layer": p.donor_layer, "recipient_layer": p.recipient_layer,
-                               "fit_scores": p.fit_scores})
+                               "fit_scores": _finite_scores(p.fit_scores)})
         meta = {"kind": KIND, "method": self.method, "donor_model": self.donor_model,
                 "recipient_model": self.recipient_model, "donor_config_hash": self.donor_config_hash,
                 "recipient_config_hash": self.recipient_config_hash, "d_donor": self.d_donor,
                 "d_recipient": self.d_recipient, "prompts_fingerprint": self.prompts_fingerprint,
                 "pairs": pairs_meta, "extra": self.extra, "adapter_digest": self.adapter_digest,
                 "chain_alpha": self.chain_alpha}
-        return atomic_write(path, lambda f: save_file(tensors, str(f), metadata={"commandv": json.dumps(meta)}))
+        return write_safetensors(path, tensors, meta, "converters")
 
     @classmethod
     def load(cls, path: str | Path) -> "Converters":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"converters file {str(path)!r} does not exist")
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("commandv", "{}"))
-            if meta.get("kind") != KIND:
-                raise ValueError(f"{str(path)!r} is not a commandv converters file (kind={meta.get('kind')!r})")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        extra = dict(meta.get("extra", {}))
+        """Read converters written by :meth:`save`; refuse another kind, malformed metadata, tensors that do not
+        match it (names, shapes, finite values) or its checksum."""
+        meta, tensors = read_safetensors(path, "converters file", KIND)
+        where = f"converters file {str(path)!r}"
+        check_fields(meta, _SCHEMA, where)
+        extra = dict(meta["extra"])
         pairs = []
         for i, pm in enumerate(meta["pairs"]):
-            convs = {d: LinearConverter(*(tensors.get(f"{i}.{d}.{part}") for part in ("left", "right", "bias")))
-                     for d in ("to_donor", "to_recipient")}
+            if not isinstance(pm, dict):
+                raise ValueError(f"{where}: pair {i} is {pm!r}, not an object; re-create the file")
+            check_fields(pm, {"donor_layer": int, "recipient_layer": int, "fit_scores": dict}, f"{where} pair {i}")
+            convs = {}
+            for d in ("to_donor", "to_recipient"):
+                if f"{i}.{d}.left" not in tensors:
+                    raise ValueError(f"{where}: pair {i} lacks tensor {f'{i}.{d}.left'!r}; re-create the file")
+                convs[d] = LinearConverter(*(tensors.pop(f"{i}.{d}.{part}", None) for part in _PARTS))
             pairs.append(LayerConverter(pm["donor_layer"], pm["recipient_layer"], convs["to_donor"],
                                         convs["to_recipient"], pm["fit_scores"]))
-        return cls(tuple(pairs), meta["method"], meta["donor_model"], meta["recipient_model"],
-                   meta["donor_config_hash"], meta["recipient_config_hash"], meta["d_donor"], meta["d_recipient"],
-                   meta["prompts_fingerprint"], extra, meta.get("adapter_digest", extra.pop("adapter_digest", None)),
-                   meta.get("chain_alpha", extra.pop("chain_alpha", None)))
+        if tensors:
+            raise ValueError(f"{where}: tensors {sorted(tensors)} belong to no pair of its metadata; re-create "
+                             "the file")
+        digest = meta.get("adapter_digest", extra.pop("adapter_digest", None))
+        alpha = meta.get("chain_alpha", extra.pop("chain_alpha", None))
+        try:
+            return cls(tuple(pairs), meta["method"], meta["donor_model"], meta["recipient_model"],
+                       meta["donor_config_hash"], meta["recipient_config_hash"], meta["d_donor"], meta["d_recipient"],
+                       meta["prompts_fingerprint"], extra, digest, alpha)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+
+
+def _finite_scores(scores: dict) -> dict:
+    """Fit scores with NaN/inf written as ``None`` (JSON has no such numbers)."""
+    return {k: _finite_scores(v) if isinstance(v, dict) else
+            (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in scores.items()}
+
+
+def check_fit_inputs(donor_profile: ActivationProfile, recipient_profile: ActivationProfile, layer_map: LayerMap,
+                     method: str, adapter: Adapter | None = None, ridge_grid: tuple[float, ...] | None = None) -> None:
+    """Refuse what a converter fit cannot use: a ``ridge_grid`` with negative or non-finite λ, too few prompts (at
+    least 3, and more than the adapter's rank for ``interface``), a layer map of another model pair or naming
+    layers the models lack; warn about constant profiles."""
+    if ridge_grid is not None:
+        grid = tuple(ridge_grid)
+        if not grid or not all(isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0 for lam in grid):
+            raise ValueError(f"ridge_grid must be a non-empty tuple of finite λ >= 0, got {ridge_grid!r}")
+    needed = MIN_FIT_PROMPTS
+    if method == "interface" and adapter is not None:
+        needed = max(needed, adapter.rank + 2)
+    why = f"more than the adapter's rank {adapter.rank}" if needed > MIN_FIT_PROMPTS else "a held-out split"
+    if donor_profile.n_prompts < needed:
+        raise ValueError(f"the profiles hold {donor_profile.n_prompts} prompts but a {method!r} fit needs at least "
+                         f"{needed} ({why}); profile more prompts")
+    donor_profile.check_paired_with(recipient_profile)
+    layer_map.check_profiles(donor_profile, recipient_profile)
+    for prof in (donor_profile, recipient_profile):
+        check_profile_rank(prof, needed)

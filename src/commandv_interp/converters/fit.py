@@ -10,7 +10,7 @@ Methods: ``pinv`` (the paper's), ``ridge``, ``affine``, ``procrustes`` map all d
 from __future__ import annotations
 
 from commandv_interp.adapters import Adapter
-from commandv_interp.converters.artifact import CONVERTER_METHODS, ConverterMethod, Converters
+from commandv_interp.converters.artifact import CONVERTER_METHODS, ConverterMethod, Converters, check_fit_inputs
 from commandv_interp.converters.interface import fit_interface_converters
 from commandv_interp.converters.linear import fit_linear_converters
 from commandv_interp.correspondence import LayerMap
@@ -50,6 +50,7 @@ def fit_converters(
         >>> conv = fit_converters(p_donor, p_recipient, layer_map, method="ridge")  # doctest: +SKIP
     """
     check_choice("method", method, CONVERTER_METHODS)
+    check_fit_inputs(donor_profile, recipient_profile, layer_map, method, adapter, ridge_grid)
     if method == "interface":
         if adapter is None:
             raise ValueError("method='interface' fits the adapter's read and write directions; pass adapter=<the "
