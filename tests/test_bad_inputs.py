@@ -522,6 +522,8 @@ CLI_ROWS = [
            "is not an adapter folder"),
     CliRow("compile-adapter-dims-null", lambda w: _compile(w, adapter=_adapter_with_config(
         w, "dims_null", lambda c: c.update(intervention_dimensions=[None, None]))), "intervention_dimensions"),
+    CliRow("compile-disk-full", lambda w: _compile(w, out=w.root / "full_native"), "cannot write adapter folder",
+           lambda mp: mp.setattr("commandv_interp.adapters.pyreft_format.torch.save", lambda obj, f: _disk_full(f))),
     CliRow("compile-unknown-positions", lambda w: _compile(w, "--positions", "middle"), "--positions"),
     # zoo and demo
     CliRow("zoo-list-no-manifest", lambda w: ["zoo", "list", "--zoo-root", w.root / "folder"], "no zoo manifest"),

@@ -290,17 +290,25 @@ def save_pyreft_folder(adapter: Adapter, path: str | Path) -> Path:
             "metadata": adapter.metadata}
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        for layer, key in zip(adapter.layers, keys):
-            state = adapter.interventions[layer].state_dict()
-            torch.save(OrderedDict((k, v.detach().clone().contiguous()) for k, v in state.items()),
-                       tmp / f"intkey_{key}.bin")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-        for child in tmp.iterdir():
-            os.chmod(child, file_mode())
-        os.chmod(tmp, dir_mode())  # mkdtemp makes 0700; the folder follows the umask like any other
+        _write_folder(adapter, keys, config, meta, tmp)
         _install(tmp, folder)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write adapter folder {str(folder)!r} ({err.strerror or err}); free disk "
+                                 "space or choose another path") from err
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return folder
+
+
+def _write_folder(adapter: Adapter, keys: list[str], config: dict, meta: dict, tmp: Path) -> None:
+    """The folder's files, written into ``tmp`` with the umask's permissions (``tmp`` too: mkdtemp makes 0700)."""
+    for layer, key in zip(adapter.layers, keys):
+        state = adapter.interventions[layer].state_dict()
+        torch.save(OrderedDict((k, v.detach().clone().contiguous()) for k, v in state.items()),
+                   tmp / f"intkey_{key}.bin")
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    for child in tmp.iterdir():
+        os.chmod(child, file_mode())
+    os.chmod(tmp, dir_mode())
