@@ -2,8 +2,10 @@
 a transfer table per behavior, the compute of Command-V vs a direct finetune, per-layer faithfulness figures and a
 Markdown report.
 
-Runs on CPU, offline, in a few minutes: the donor is profiled through TransformerLens hook points, the recipient
-through nnsight; each behavior's donor adapter is pasted into the recipient and scored on held-out test prompts.
+Runs on CPU, offline, in a few minutes. By default each behavior's paste is chosen by the label-free
+:func:`~commandv_interp.pipeline.transfer` (both models through nnsight), then scored with labels on held-out test
+prompts; the per-layer faithfulness analysis reads the donor through TransformerLens hook points. With a converter
+``method`` the donor is profiled through TransformerLens instead.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from commandv_interp.io import atomic_write
 from commandv_interp.zoo import load_adapter, load_model, prompts
 from commandv_interp.zoo.scoring import BEHAVIOR_RATES
 from commandv_interp.app.transfer_table import CONDITIONS, transfer_rows
-from commandv_interp.pipeline import ProfilePair, derive, profile_pair
+from commandv_interp.pipeline import ProfilePair, derive, profile_pair, transfer
 from commandv_interp.zoo.prompt_sets import profile_prompts
 from commandv_interp.zoo.world import Behavior
 
 __all__ = ["run_demo", "format_transfer_tables", "DEFAULT_PAIR"]
 
 DEFAULT_PAIR = ("llama-6x128", "gpt2-4x96")  # cross-architecture and cross-tokenizer (word → BPE)
+TRANSFER_PROMPTS = 128  # unlabeled training prompts per behavior handed to cv.transfer
 LABELS = {"recipient_base": "recipient base", "command_v": "recipient + Command-V",
           "donor_adapter": "donor + adapter", "recipient_finetune": "recipient + direct ReFT finetune"}
 
@@ -54,7 +57,7 @@ def format_transfer_tables(table: pd.DataFrame) -> str:
 
 
 def run_demo(donor: str = DEFAULT_PAIR[0], recipient: str = DEFAULT_PAIR[1],
-             behaviors: Sequence[Behavior] = ("refusal", "jailbreak", "cot"), method: str = "interface",
+             behaviors: Sequence[Behavior] = ("refusal", "jailbreak", "cot"), method: str = "transfer",
              match: str = "depth", profile_set: str = "task", out: str | Path = "commandv_demo",
              limit: int | None = None, progress: bool = True, alpha: float = 1.0, chain: bool = False
              ) -> pd.DataFrame:
@@ -63,7 +66,9 @@ def run_demo(donor: str = DEFAULT_PAIR[0], recipient: str = DEFAULT_PAIR[1],
     Args:
         donor, recipient: zoo model names (must differ).
         behaviors: which behaviors to paste.
-        method: converter method or ``interface`` (adapter-aware, fitted per behavior); match: ``depth`` or
+        method: ``transfer`` (:func:`~commandv_interp.pipeline.transfer` per behavior, label-free, on the behavior's
+            first 128 training prompts; ``match``, ``profile_set``, ``alpha`` and ``chain`` are then unused), or a
+            converter method (``interface`` is adapter-aware, fitted per behavior); match: ``depth`` or
             ``similarity``; profile_set: see :func:`commandv_interp.zoo.prompt_sets.profile_prompts` (``task`` is
             per behavior).
         limit: score only the first ``limit`` test prompts of each behavior.
@@ -85,7 +90,10 @@ def run_demo(donor: str = DEFAULT_PAIR[0], recipient: str = DEFAULT_PAIR[1],
     donor_nn, recipient_nn = load_model(donor), load_model(recipient)
     adapters = {b: load_adapter(donor, b) for b in behaviors}
     layers = adapters[behaviors[0]].layers
-    if method == "interface" or profile_set == "task":  # converters or profile prompts per behavior
+    if method == "transfer":
+        derivations = {b: transfer(donor_nn, recipient_nn, adapters[b], prompts(b, "train")[:TRANSFER_PROMPTS],
+                                   progress=progress) for b in behaviors}
+    elif method == "interface" or profile_set == "task":  # converters or profile prompts per behavior
         pairs: dict[str | None, ProfilePair] = {}  # profiled once per prompt set, shared across behaviors
         derivations = {}
         for b in behaviors:
@@ -101,13 +109,19 @@ def run_demo(donor: str = DEFAULT_PAIR[0], recipient: str = DEFAULT_PAIR[1],
         derivations = {b: shared for b in behaviors}
     table = transfer_rows(donor_nn, recipient_nn, derivations, behaviors, alpha=alpha, limit=limit)
     atomic_write(out / "transfer.csv", lambda p: table.to_csv(p, index=False))
-    faith, figures = _faithfulness(donor_nn, recipient_nn, derivations, behaviors, out, alpha)
+    faith, figures = _faithfulness(donor_tl, recipient_nn, derivations, behaviors, out, alpha)
     first = derivations[behaviors[0]]
-    report = [f"# Command-V demo: {donor} → {recipient}", "",
-              f"Converters: `{method}`{' (chained)' if chain else ''}; α = {alpha:g}; layer matching: `{match}`; "
-              f"profile prompts: `{profile_set}` "
-              f"({first.n_prompts}); layer map {first.layer_map.as_dict()}; test prompts per behavior: "
-              f"{limit or 'all'}.", "", format_transfer_tables(table), "", "## Per-layer faithfulness", ""]
+    if method == "transfer":
+        setup = "; ".join(f"{b}: `{d.choice}`, α = {d.alpha:.2f}, layer map {d.layer_map}"
+                          for b, d in derivations.items())
+        header = (f"Label-free `cv.transfer` per behavior on {TRANSFER_PROMPTS} unlabeled training prompts ({setup}); "
+                  f"test prompts per behavior: {limit or 'all'}.")
+    else:
+        header = (f"Converters: `{method}`{' (chained)' if chain else ''}; α = {alpha:g}; layer matching: `{match}`; "
+                  f"profile prompts: `{profile_set}` ({first.n_prompts}); layer map {first.layer_map.as_dict()}; "
+                  f"test prompts per behavior: {limit or 'all'}.")
+    report = [f"# Command-V demo: {donor} → {recipient}", "", header, "", format_transfer_tables(table), "",
+              "## Per-layer faithfulness", ""]
     report += [f"![{f.stem}]({f.name})" for f in figures]
     report += ["", f"Total demo time: {time.perf_counter() - start:.0f} s."]
     atomic_write(out / "report.md", lambda p: p.write_text("\n".join(report) + "\n"))
@@ -119,16 +133,17 @@ def _faithfulness(donor, recipient, derivations, behaviors, out: Path, alpha: fl
     frames = []
     for behavior in behaviors:
         d = derivations[behavior]
-        frames.append(analysis.converter_fidelity(d.converters, d.donor_profile, d.recipient_profile)
-                      .assign(behavior=behavior))
-        frame = analysis.state_delta_fidelity(donor, recipient, load_adapter(donor.name, behavior),
-                                              d.converters, prompts(behavior, "test")[:64], alpha=alpha)
+        if getattr(d, "donor_profile", None) is not None and d.recipient_profile is not None:
+            frames.append(analysis.converter_fidelity(d.converters, d.donor_profile, d.recipient_profile)
+                          .assign(behavior=behavior))
+        frame = analysis.state_delta_fidelity(donor, recipient, load_adapter(donor.name, behavior), d.converters,
+                                              prompts(behavior, "test")[:64], alpha=getattr(d, "alpha", alpha))
         frames.append(frame.assign(behavior=behavior))
     faith = pd.concat(frames, ignore_index=True)
     atomic_write(out / "faithfulness.csv", lambda p: faith.to_csv(p, index=False))
     figures = []
     first = derivations[behaviors[0]]
-    if first.donor_profile is not None and first.recipient_profile is not None:
+    if getattr(first, "donor_profile", None) is not None and first.recipient_profile is not None:
         layer_map = first.layer_map
         if layer_map.similarity is None:  # a depth map: show its pairs on the CKA matrix of the same profiles
             rows = [d for d, _ in layer_map.pairs]

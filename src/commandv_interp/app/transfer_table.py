@@ -15,7 +15,7 @@ import pandas as pd
 
 from commandv_interp.access import ModelAccess
 from commandv_interp.paste import apply_adapter, paste
-from commandv_interp.pipeline import Derivation
+from commandv_interp.pipeline import Derivation, Transfer
 from commandv_interp.types import PositionRule
 from commandv_interp.zoo.catalog import load_adapter, manifest
 from commandv_interp.zoo.evaluate import evaluate
@@ -31,15 +31,17 @@ def _manifest_rates(model: str, behavior: str, condition: str) -> dict[str, floa
             if (r["model"], r["behavior"], r["condition"]) == (model, behavior, condition)}
 
 
-def transfer_rows(donor: ModelAccess, recipient: ModelAccess, derivation: Derivation | Mapping[str, Derivation],
+def transfer_rows(donor: ModelAccess, recipient: ModelAccess,
+                  derivation: Derivation | Transfer | Mapping[str, Derivation | Transfer],
                   behaviors: Sequence[Behavior] = ("refusal", "jailbreak", "cot"), positions: PositionRule = "last",
                   alpha: float = 1.0, limit: int | None = None, recompute: bool = False) -> pd.DataFrame:
     """Score the four conditions for each behavior (test split, no cue).
 
     Args:
         donor, recipient: zoo models (their ``name`` is the zoo name).
-        derivation: from :func:`derive` for these two models, one for all behaviors or one per behavior
-            (``interface`` converters and the ``task`` profile set are per behavior).
+        derivation: from :func:`~commandv_interp.pipeline.derive` (pasted at ``alpha``) or a
+            :class:`~commandv_interp.pipeline.Transfer` (pasted at its own α and positions) for these two models, one
+            for all behaviors or one per behavior (adapter-aware converters are per behavior).
         limit: score only the first ``limit`` test prompts (then every condition is recomputed).
         recompute: recompute ``donor_adapter`` and ``recipient_finetune``. By default (and ``limit=None``) their
             rates are read from the zoo manifest, where ``zoo train`` measured them on the same full test split.
@@ -54,14 +56,15 @@ def transfer_rows(donor: ModelAccess, recipient: ModelAccess, derivation: Deriva
         rows.extend({"donor": donor.name, "recipient": recipient.name, "behavior": behavior, "condition": condition,
                      "metric": k, "value": float(v)} for k, v in rates.items())
 
-    per_behavior = derivation if isinstance(derivation, Mapping) else {b: derivation for b in behaviors}
+    per_behavior = derivation if isinstance(derivation, Mapping) else {b: derivation for b in behaviors}  # type: ignore[misc]
     missing = [b for b in behaviors if b not in per_behavior]
     if missing:
         raise ValueError(f"no derivation for behaviors {missing}; pass one per behavior or a single Derivation")
     for behavior in behaviors:
         adapter, d = load_adapter(donor.name, behavior), per_behavior[behavior]
         add(behavior, "recipient_base", evaluate(recipient, behavior, limit=limit))
-        with paste(recipient, adapter, d.converters, positions=positions, alpha=alpha):
+        chosen = (d.alpha, d.positions) if isinstance(d, Transfer) else (alpha, positions)
+        with paste(recipient, adapter, d.converters, positions=chosen[1], alpha=chosen[0]):
             add(behavior, "command_v", evaluate(recipient, behavior, limit=limit))
         if recompute or limit is not None:
             with apply_adapter(donor, adapter):
