@@ -215,18 +215,21 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], met
     return atomic_write(path, lambda p: save_file(tensors, str(p), metadata={META_KEY: text}))
 
 
-def _header(path: Path, data: bytes, what: str) -> dict:
-    """The safetensors header, checked against the file's size before anything is allocated."""
-    size = len(data)
+def _header(path: Path, what: str) -> dict:
+    """The safetensors header, checked against the file's size before anything is allocated (only the header is
+    read here)."""
+    size = path.stat().st_size
     bad = f"{what} {str(path)!r} is not a safetensors file"
     if size < 8:
         raise ValueError(f"{bad} ({size} bytes: empty or truncated); re-create it")
-    n = int.from_bytes(data[:8], "little")
-    if n > min(size - 8, _MAX_HEADER):
-        raise ValueError(f"{bad} (header of {n} bytes in a {size}-byte file: truncated or another format); "
-                         "re-create it")
+    with path.open("rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n > min(size - 8, _MAX_HEADER):
+            raise ValueError(f"{bad} (header of {n} bytes in a {size}-byte file: truncated or another format); "
+                             "re-create it")
+        raw = f.read(n)
     try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError(f"{bad} (unreadable header); re-create it") from None
     if not isinstance(header, dict):
@@ -260,11 +263,10 @@ def read_safetensors(path: str | Path, what: str, kind: str) -> tuple[dict, dict
         ValueError: anything else, naming the file and what to do.
     """
     from safetensors import SafetensorError
-    from safetensors.torch import load as load_bytes
+    from safetensors.torch import load_file
 
     path = check_input_file(path, what)
-    data = path.read_bytes()
-    header = _header(path, data, what)
+    header = _header(path, what)
     raw = header.get("__metadata__", {})
     raw = raw.get(META_KEY) if isinstance(raw, dict) else None
     try:
@@ -278,7 +280,7 @@ def read_safetensors(path: str | Path, what: str, kind: str) -> tuple[dict, dict
     if meta.get("kind") != kind:
         raise ValueError(f"{str(path)!r} is not a commandv {what} (kind={meta.get('kind')!r}, expected {kind!r})")
     try:
-        tensors = load_bytes(data)
+        tensors = load_file(str(path))
     except SafetensorError as err:
         raise ValueError(f"{what} {str(path)!r} cannot be read ({err}); re-create it") from err
     stored = meta.get("checksum")
