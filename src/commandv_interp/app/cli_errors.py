@@ -1,0 +1,112 @@
+"""App (cli_errors): consumes the exceptions, warnings and output paths of a CLI command, produces one-line
+``error:``/``warning:`` reports with exit code 2 and refusals of outputs that would clobber an input.
+
+Every subcommand is registered through :func:`command`: user errors (``ValueError``, ``OSError``, ``KeyError``) and
+click's usage errors become one ``error: ...`` line on stderr and exit code 2 (``--debug`` re-raises them); warnings
+raised by this package become ``warning: ...`` lines.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from pathlib import Path
+
+import typer
+from typer.core import TyperCommand
+
+__all__ = ["USER_ERRORS", "MAX_ALPHA", "command", "one_line", "out_file", "out_folder", "alpha_option"]
+
+USER_ERRORS = (ValueError, OSError, KeyError)  # OSError: missing files, permissions, a full disk
+MAX_ALPHA = 1e4  # beyond this the pasted delta swamps the residual stream (1e30 overflows float32: empty outputs)
+
+
+def one_line(error: BaseException) -> str:
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    if isinstance(error, OSError) and error.strerror:
+        text = error.strerror + (f": {error.filename!r}" if error.filename else "")
+    return " ".join(str(text).split()) or type(error).__name__
+
+
+_UsageError = typer.BadParameter.__mro__[1]  # click's UsageError, as this typer vendors it (typer._click)
+
+
+class _OneLineUsageError(_UsageError):
+    """A bad option or argument, shown as one ``error:`` line (exit code 2) instead of usage and a box."""
+
+    def show(self, file=None) -> None:
+        typer.echo(f"error: {' '.join(self.format_message().split())}; see --help", err=True)
+
+
+class _OneLineCommand(TyperCommand):
+    def parse_args(self, ctx, args):  # args: any sequence of str (click passes lists or tuples)
+        try:
+            return super().parse_args(ctx, args)
+        except _UsageError as error:
+            if "--debug" in args:
+                raise
+            raise _OneLineUsageError(error.format_message(), ctx) from None
+
+
+def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Ours as ``warning: <one line>``; other libraries' as they would have shown."""
+    for w in caught:
+        if "commandv_interp" in str(w.filename) or w.category.__name__ == "DegenerateDataWarning":
+            typer.echo(f"warning: {' '.join(str(w.message).split())}", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+
+
+def command(group: typer.Typer, name: str):
+    """Register ``fn`` as subcommand ``name``; user errors become ``error: <one line>`` and exit code 2; our warnings
+    become ``warning: <one line>`` lines before it."""
+    def register(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            with warnings.catch_warnings(record=True) as caught:
+                try:
+                    result = fn(*args, **kwargs)
+                except USER_ERRORS as error:
+                    if kwargs.get("debug"):
+                        raise
+                    failed = error
+                else:
+                    failed = None
+            _show_warnings(caught)
+            if failed is not None:
+                typer.echo(f"error: {one_line(failed)}", err=True)
+                raise typer.Exit(2) from None
+            return result
+        return group.command(name, cls=_OneLineCommand)(run)
+    return register
+
+
+def out_file(path: Path, *inputs: object, option: str = "--out") -> Path:
+    """``--out``, refused when empty, a folder, under a file, or one of the command's inputs."""
+    from commandv_interp.io import check_output_path
+
+    return check_output_path(path, tuple(str(i) for i in inputs if i is not None), option)
+
+
+def out_folder(path: Path, *inputs: object, option: str = "--out") -> Path:
+    """A folder to write: refused when empty, a file, under a file, or one of the command's inputs."""
+    if str(path).strip() in ("", "."):
+        raise ValueError(f"{option} is empty; give a folder path")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a file; give a folder path")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{option} {str(path)!r}: {str(parent)!r} is a file, not a folder; choose another path")
+    for given in inputs:
+        if given is not None and Path(str(given)).exists() and path.exists() and \
+                Path(str(given)).resolve() == path.resolve():
+            raise ValueError(f"{option} {str(path)!r} is also an input of this command; write to a new folder")
+    return path
+
+
+def alpha_option(value: float, option: str = "--alpha") -> float:
+    if not math.isfinite(value) or abs(value) > MAX_ALPHA:
+        raise ValueError(f"{option} must be a finite number within ±{MAX_ALPHA:g}, got {value!r}; use e.g. "
+                         f"{option} 1")
+    return value
