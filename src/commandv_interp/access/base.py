@@ -135,6 +135,8 @@ class ModelAccess(ABC):
         """Tokenize prompts into a padded :class:`Batch` (``padding_side`` "left" or "right")."""
         if isinstance(prompts, str):
             raise ValueError("encode() takes a list of prompts, got a single string; wrap it in a list")
+        if len(prompts) == 0:
+            raise ValueError("encode() needs at least one prompt, got an empty list")
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         tok = self.tokenizer
@@ -263,6 +265,9 @@ class ModelAccess(ABC):
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
         if remote:
             self._check_remote(remote)
+        from commandv_interp.access.limits import check_fits_context  # a sibling module; limits imports base
+
+        check_fits_context(self, batch, max_new_tokens)
         batch = batch.left_padded()
         with torch.no_grad():
             ids = (self._generate_ids_remote(batch, max_new_tokens, remote) if remote

@@ -105,9 +105,8 @@ def adapter_edits(access: ModelAccess, adapter: Adapter, positions: PositionRule
     """
     rule = positions or adapter.positions
     check_positions(rule, adapter.first_last_k)
-    if adapter.d_model != access.d_model:
-        raise ValueError(f"adapter has d_model={adapter.d_model} but {access.name!r} has d_model={access.d_model}; "
-                         "paste it with converters instead")
+    adapter.check_positions(rule)
+    adapter.check_model(access.name, access.n_layers, access.d_model, access.config_hash)
     edits = {}
     with torch.no_grad():
         for layer, iv in adapter.interventions.items():

@@ -8,6 +8,7 @@ tables have ``condition, layers, n_pairs, metric, value, split``.
 from commandv_interp.analysis.attribution import (
     ATTRIBUTION_MODES,
     BehaviorScore,
+    agreement_attribution,
     layer_attribution,
     layer_subsets,
     null_baselines,
@@ -23,6 +24,7 @@ from commandv_interp.analysis.fidelity import (
     similarity_frame,
     state_delta_fidelity,
 )
+from commandv_interp.analysis.study import Study, run_study
 from commandv_interp.metrics import (
     effective_rank,
     kl_divergence,
@@ -34,7 +36,7 @@ from commandv_interp.metrics import (
 )
 
 __all__ = [
-    "contrast_fidelity",
+    "agreement_attribution", "contrast_fidelity", "Study", "run_study",
     "ATTRIBUTION_MODES", "BehaviorScore", "converter_fidelity", "downstream_fidelity", "effective_rank",
     "kl_divergence", "last_logits", "last_states", "layer_attribution", "layer_subsets", "logit_difference",
     "mean_cosine", "norm_ratio", "null_baselines", "paste_states", "r2", "random_delta_paste", "recording",

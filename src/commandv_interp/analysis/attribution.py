@@ -14,6 +14,8 @@ converters).
 
 from __future__ import annotations
 
+import math
+
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
@@ -28,9 +30,10 @@ from commandv_interp.correspondence import LayerMap
 from commandv_interp.adapters.edits import DeltaFn, delta_edit
 from commandv_interp.converters.transport import pasted_deltas
 from commandv_interp.paste import apply_adapter, paste
+from commandv_interp.pipeline.agreement import donor_targets, score_responses, summarize
 from commandv_interp.profiles import ActivationProfile
 
-__all__ = ["BehaviorScore", "layer_subsets", "layer_attribution", "random_delta_paste", "shuffled_converters",
+__all__ = ["BehaviorScore", "agreement_attribution", "layer_subsets", "layer_attribution", "random_delta_paste", "shuffled_converters",
            "null_baselines", "ATTRIBUTION_MODES"]
 
 BehaviorScore = Callable[[ModelAccess], float]
@@ -106,7 +109,7 @@ def layer_attribution(recipient: ModelAccess | object, adapter: Adapter, convert
     for mode, layers in [("all", tuple(adapter.layers))] + layer_subsets(adapter.layers, modes):
         sub = adapter.restricted(layers)
         edit = (apply_adapter(access, sub, positions, alpha) if converters is None
-                else paste(access, sub, converters, positions, alpha))
+                else paste(access, sub, converters.restricted(adapter, layers), positions, alpha))
         with edit:
             rows += _rows(mode, layers, _scores(access, prompts, contrast, behavior_score, batch_size), split)
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -184,3 +187,30 @@ def null_baselines(recipient: ModelAccess | object, adapter: Adapter, converters
             values = _scores(access, prompts, contrast, behavior_score, batch_size)
         rows += _rows(condition, () if condition == "none" else tuple(used.layers), values, split)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def agreement_attribution(donor: ModelAccess, recipient: ModelAccess, adapter: Adapter, converters: Converters,
+                          prompts: Sequence[str], alpha: float = 1.0, modes: Sequence[str] = ATTRIBUTION_MODES,
+                          max_new_tokens: int = 8) -> pd.DataFrame:
+    """Label-free layer attribution: paste subsets of the adapter's layers and score each by the donor-agreement
+    criterion of :mod:`~commandv_interp.pipeline.agreement` (how far the recipient's greedy answers follow the
+    donor+adapter's, balanced over prompts the adapter changes and prompts it leaves alone).
+
+    Returns:
+        Tidy rows ``condition (none|all|<mode>), layers, n_pairs, metric (criterion|preference|agree_changed|
+        agree_unchanged), value, split ("agreement")``.
+    """
+    donor, recipient = open_model(donor), open_model(recipient)
+    targets = donor_targets(donor, adapter, prompts, max_new_tokens)
+    converters.check_adapter(adapter)
+    rows = _rows("none", (), _agreement(recipient, targets, None, alpha), "agreement")
+    for mode, layers in [("all", tuple(adapter.layers))] + layer_subsets(adapter.layers, modes):
+        sub, narrowed = adapter.restricted(layers), converters.restricted(adapter, layers)
+        rows += _rows(mode, layers, _agreement(recipient, targets, pasted_deltas(recipient, sub, narrowed), alpha),
+                      "agreement")
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _agreement(recipient: ModelAccess, targets, per_layer, alpha: float) -> dict[str, float]:
+    summary = summarize(score_responses(recipient, targets, per_layer, alpha), targets.changed)
+    return {k: v for k, v in summary.items() if not (isinstance(v, float) and math.isnan(v))}

@@ -272,10 +272,7 @@ def _run_cell(study: Study, world: StudyWorld, cache: _Cache, cell: Cell) -> lis
         converters, alpha = _fit(cache, donor, recipient, adapter, prompts, cell)
     pasted = adapter
     if cell.layers is not None:  # a subset of the adapter's layers, through the converters of those layers
-        pasted = adapter.restricted(cell.layers)
-        converters = converters.check_adapter(adapter) or dataclasses.replace(
-            converters, pairs=tuple(p for p in converters.pairs if p.donor_layer in cell.layers),
-            adapter_digest=pasted.digest() if converters.adapter_digest is not None else None)
+        pasted, converters = adapter.restricted(cell.layers), converters.restricted(adapter, cell.layers)
     with paste(recipient, pasted, converters, positions=cell.positions, alpha=alpha):
         records = world.outcomes(recipient, cell.behavior, study.limit)
     base = {k: v for k, v in dataclasses.asdict(cell).items()}

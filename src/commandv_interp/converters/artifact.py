@@ -8,9 +8,11 @@ part only (a difference of states has no offset).
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -189,6 +191,14 @@ class Converters:
         if unmapped:
             raise ValueError(f"the converters map donor layers {sorted(mapped)} but the adapter acts at "
                              f"{unmapped} too; match and fit the adapter's layers {adapter.layers}")
+
+    def restricted(self, adapter: Adapter, layers: Sequence[int]) -> "Converters":
+        """These converters for ``adapter.restricted(layers)`` (e.g. to paste a subset of its layers): the pairs of
+        those donor layers, tied to the restricted adapter when these are tied to ``adapter``."""
+        self.check_adapter(adapter)
+        sub = adapter.restricted(layers)
+        return dataclasses.replace(self, pairs=tuple(p for p in self.pairs if p.donor_layer in sub.interventions),
+                                   adapter_digest=sub.digest() if self.adapter_digest is not None else None)
 
     def check_profiles(self, donor_profile: ActivationProfile, recipient_profile: ActivationProfile) -> None:
         """Refuse profiles of other models than these converters' (config hashes), or taken on different prompts."""

@@ -29,6 +29,7 @@ import math
 from collections.abc import Sequence
 
 from commandv_interp.access import ModelAccess, open_model, recorded_states
+from commandv_interp.access.limits import check_fits_context
 from commandv_interp.adapters import Adapter
 from commandv_interp.adapters.edits import adapter_edits
 from commandv_interp.converters.artifact import Converters
@@ -93,6 +94,8 @@ def fit_chained_converters(
         if given is not None:
             given.check_taken_on(prompts)
     donor, recipient = open_model(donor_model), open_model(recipient_model)
+    check_fits_context(donor, prompts)
+    check_fits_context(recipient, prompts)
     if not math.isfinite(alpha):
         raise ValueError(f"alpha must be finite, got {alpha!r}")
     if layer_map is None:

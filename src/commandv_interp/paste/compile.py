@@ -30,6 +30,7 @@ def compile_paste(adapter: Adapter, converters: Converters, positions: PositionR
     :func:`~commandv_interp.paste.paste` with the same ``positions`` and ``alpha``.
     """
     check_choice("positions", positions, POSITION_RULES)
+    adapter.check_positions(positions)
     converters.check_adapter(adapter)
     grouped: dict[int, list[tuple[str, Tensor, Tensor, Tensor]]] = {}
     with torch.no_grad():
@@ -53,5 +54,6 @@ def compile_paste(adapter: Adapter, converters: Converters, positions: PositionR
             iv.proj_layer.weight.copy_(p.float())
         interventions[layer] = iv.requires_grad_(False)
     meta = {"compiled_from": adapter.metadata, "converters_method": converters.method,
-            "donor_model": converters.donor_model, "recipient_model": converters.recipient_model, "alpha": alpha}
+            "donor_model": converters.donor_model, "recipient_model": converters.recipient_model, "alpha": alpha,
+            "config_hash": converters.recipient_config_hash}  # the compiled adapter is the recipient's: checked there
     return Adapter(interventions, positions=positions, first_last_k=first_last_k, metadata=meta)

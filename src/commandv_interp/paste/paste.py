@@ -86,6 +86,7 @@ def paste(
     """
     access = open_model(recipient)
     check_positions(positions, first_last_k)
+    adapter.check_positions(positions)
     _check_alpha(alpha)
     if converters.chain_alpha is not None and not math.isclose(alpha, converters.chain_alpha, rel_tol=1e-6):
         warnings.warn(f"these converters were chained at alpha={converters.chain_alpha:g} but are pasted at "
