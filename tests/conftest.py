@@ -224,3 +224,10 @@ def server_like(monkeypatch):
     monkeypatch.setattr(LocalSimulationBackend, "_restore", restore_all)
     monkeypatch.setattr(LocalSimulationBackend, "__call__", counted)
     yield record
+
+
+def pytest_collection_modifyitems(config, items):
+    """The notebooks run on zoo models (minutes in all): they belong to the slow tier with the zoo-empirical tests."""
+    for item in items:
+        if str(item.fspath).endswith(".ipynb"):
+            item.add_marker(pytest.mark.slow)

@@ -97,3 +97,26 @@ def test_load_prompts_real_bbh_file():
         pytest.skip("shared prompts not available")
     prompts = cv.load_prompts(path)
     assert len(prompts) == 250 and all(isinstance(p, str) and p for p in prompts)
+
+
+def test_chat_template_true_uses_the_tokenizers_template_and_profiles_record_backend_and_hooks(nn_llama, tl_llama):
+    import commandv_interp as cv
+
+    prompts = ["w1 w2", "w3 w4 w5"]
+    tok = nn_llama.tokenizer
+    old = tok.chat_template
+    tok.chat_template = "{% for m in messages %}w9 {{ m['content'] }} w8{% endfor %}"
+    try:
+        templated = cv.profile(nn_llama, prompts, chat_template=True, progress=False)
+        by_hand = cv.profile(nn_llama, [f"w9 {p} w8" for p in prompts], progress=False)
+        assert templated.prompts_fingerprint == by_hand.prompts_fingerprint
+        assert torch.equal(templated[1], by_hand[1])
+        assert torch.equal(nn_llama.encode(prompts, chat_template=True).input_ids,
+                           nn_llama.encode([f"w9 {p} w8" for p in prompts]).input_ids)
+    finally:
+        tok.chat_template = old
+    with pytest.raises(ValueError, match="chat_template=True needs a tokenizer with a chat template"):
+        cv.profile(nn_llama, prompts, chat_template=True, progress=False)
+    assert by_hand.extra["backend"] == "nnsight" and by_hand.extra["hook_points"]["1"] == "model.layers.1"
+    tl = cv.profile(tl_llama, prompts, layers=[2], progress=False)
+    assert tl.extra == {"backend": "transformer_lens", "hook_points": {"2": "blocks.2.hook_out"}}

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from commandv_interp.access import ModelAccess, open_model
+from commandv_interp.access.chat import ChatTemplate, format_prompts
 from commandv_interp.access.limits import check_fits_context
 from commandv_interp.io import DegenerateDataWarning, check_fields, read_safetensors, write_safetensors
 from commandv_interp.prompts import prompts_fingerprint
@@ -27,8 +28,6 @@ KIND = "commandv.activation_profile"
 MIN_FIT_PROMPTS = 3  # a held-out split needs 1 test row and 2 train rows
 _SCHEMA = {"model_name": str, "config_hash": str, "n_layers": int, "d_model": int, "dtype": str,
            "prompts_fingerprint": str, "position_rule": str, "library_version": str, "extra": dict}
-ChatTemplate = Callable[[str], str]
-"""Maps a raw prompt to the exact text fed to the model (e.g. a chat wrapper)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,9 @@ class ActivationProfile:
         return cls(activations={layer: a.float() for layer, a in activations.items()}, model_name=access.name,
                    config_hash=access.config_hash, n_layers=access.n_layers, d_model=access.d_model,
                    dtype=str(access.dtype).removeprefix("torch."), prompts_fingerprint=prompts_fingerprint(list(texts)),
-                   position_rule="last", library_version=__version__)
+                   position_rule="last", library_version=__version__,
+                   extra={"backend": access.backend, "hook_points": {str(layer): access.hook_point(layer)
+                                                                     for layer in sorted(activations)}})
 
     def save(self, path: str | Path) -> Path:
         """Write one safetensors file (tensors ``layer.<l>`` + JSON metadata with a checksum), atomically."""
@@ -205,7 +206,7 @@ def profile(
     prompts: Sequence[str],
     layers: Sequence[int] | None = None,
     batch_size: int = 32,
-    chat_template: ChatTemplate | None = None,
+    chat_template: ChatTemplate = None,
     padding_side: str = "left",
     progress: bool = True,
     remote: bool | str = False,
@@ -217,7 +218,8 @@ def profile(
         prompts: the profile prompts (order matters; it is part of the fingerprint).
         layers: block indices (default: all).
         batch_size: prompts per forward pass.
-        chat_template: optional function mapping each prompt to the text fed to the model.
+        chat_template: ``True`` feeds each prompt through the tokenizer's chat template (one user turn and the
+            generation prompt), a function maps each prompt to the text fed to the model, ``None`` feeds it as is.
         padding_side: "left" or "right"; the result does not depend on it.
         progress: show a tqdm bar.
         remote: nnsight's ``remote``: ``True`` profiles on NDIF, ``"local"`` simulates the server here. All
@@ -234,7 +236,7 @@ def profile(
         raise ValueError("profile() needs a non-empty list of prompts")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    texts = [chat_template(p) for p in prompts] if chat_template else list(prompts)
+    texts = format_prompts(access.tokenizer, prompts, chat_template)
     check_fits_context(access, texts)
     layers = list(range(access.n_layers)) if layers is None else access._check_layers(layers)
     batches = [access.encode(texts[start:start + batch_size], padding_side=padding_side)

@@ -58,12 +58,14 @@ def open_model(obj: object, tokenizer: object | None = None, name: str | None = 
         return NNsightAccess(obj._module, tokenizer or getattr(obj, "tokenizer", None), name=name, envoy=obj)
     if type(obj).__name__ == "TransformerBridge":
         return TransformerLensAccess(obj, name=name)
+    if isinstance(obj, str) and not Path(obj).exists() and _looks_like_hub_id(obj):
+        return _open_hub_model(obj, tokenizer, name)
     if isinstance(obj, (str, Path)):
         path = Path(obj)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
                 f"{str(path)!r} is not a local checkpoint directory (no config.json); "
-                "pass a Hugging Face model object or a directory written by save_pretrained"
+                "pass a Hugging Face model object, a directory written by save_pretrained or a hub id 'org/name'"
             )
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -77,6 +79,26 @@ def open_model(obj: object, tokenizer: object | None = None, name: str | None = 
         f"open_model cannot open a {type(obj).__name__}; pass a Hugging Face causal LM, a checkpoint "
         "directory or a TransformerLens TransformerBridge"
     )
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    """``org/name`` (one slash, no path-like parts): what the Hugging Face hub names a model."""
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "~")) and "\\" not in spec
+
+
+def _open_hub_model(model_id: str, tokenizer: object | None, name: str | None) -> ModelAccess:
+    """A hub model through nnsight's ``LanguageModel`` (its id names remote NDIF requests); offline, from the local
+    Hugging Face cache only, with no remote code."""
+    from nnsight import LanguageModel
+
+    try:
+        model = LanguageModel(model_id, dispatch=True, torch_dtype=torch.float32, trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot load the hub model {model_id!r}: it is not a local directory, and loading it "
+                         f"failed ({str(error).splitlines()[0][:200]}); offline (HF_HUB_OFFLINE=1) only models in "
+                         "the Hugging Face cache load: download it first, or pass a checkpoint directory") from error
+    return NNsightAccess(model._module, tokenizer or model.tokenizer, name=name or model_id, envoy=model)
 
 
 def _is_nnsight_model(obj: object) -> bool:

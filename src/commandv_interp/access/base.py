@@ -127,16 +127,25 @@ class ModelAccess(ABC):
         return next(self.torch_module.parameters()).dtype
 
     @abstractmethod
+    def hook_point(self, layer: int) -> str:
+        """The backend's name for block ``layer``'s output (a TransformerLens hook point or an nnsight module path)."""
+
+    @abstractmethod
     def block_device(self, layer: int) -> torch.device:
         """Device of block ``layer``'s parameters (models may be spread over devices)."""
 
     # -- tokens --------------------------------------------------------------------------------
-    def encode(self, prompts: Sequence[str], padding_side: str = "left") -> Batch:
-        """Tokenize prompts into a padded :class:`Batch` (``padding_side`` "left" or "right")."""
+    def encode(self, prompts: Sequence[str], padding_side: str = "left", chat_template: object = None) -> Batch:
+        """Tokenize prompts into a padded :class:`Batch` (``padding_side`` "left" or "right"; ``chat_template`` as in
+        :func:`~commandv_interp.access.chat.format_prompts`: ``True`` uses the tokenizer's chat template)."""
         if isinstance(prompts, str):
             raise ValueError("encode() takes a list of prompts, got a single string; wrap it in a list")
         if len(prompts) == 0:
             raise ValueError("encode() needs at least one prompt, got an empty list")
+        if chat_template is not None:
+            from commandv_interp.access.chat import format_prompts  # a sibling module of the same stage
+
+            prompts = format_prompts(self.tokenizer, prompts, chat_template)
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         tok = self.tokenizer

@@ -76,6 +76,10 @@ class NNsightAccess(ModelAccess):
     def torch_module(self) -> torch.nn.Module:
         return self._hf
 
+    def hook_point(self, layer: int) -> str:
+        """The nnsight module path whose ``.output`` is block ``layer``'s output (e.g. ``model.layers.3``)."""
+        return f"{self._block_path}.{layer}"
+
     def block_device(self, layer: int) -> torch.device:
         """Where block ``layer`` computes: its accelerate hook's execution device (offloaded or dispatched with
         ``device_map``), else the device of its parameters."""

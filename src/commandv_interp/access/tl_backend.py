@@ -48,6 +48,10 @@ class TransformerLensAccess(ModelAccess):
         if missing:
             raise ValueError(f"bridge lacks hook points {missing[:3]!r}...; is this a TransformerBridge?")
 
+    def hook_point(self, layer: int) -> str:
+        """The TransformerLens hook point of block ``layer``'s output."""
+        return hook_name(layer)
+
     @property
     def hf_config(self) -> object:
         return self._hf.config if self._hf is not None else self.bridge.cfg

@@ -193,6 +193,8 @@ BackendOpt = Annotated[Backend, typer.Option(help="How to open MODEL.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")]
 PositionsOpt = Annotated[PastePositions, typer.Option(help="Where the edit acts (+decode: also on new tokens).")]
 AlphaOpt = Annotated[float, typer.Option(help="Scale of the pasted delta.")]
+ChatOpt = Annotated[bool, typer.Option(
+    "--chat-template", help="Feed each prompt through the tokenizer's chat template (one user turn).")]
 RemoteOpt = Annotated[str | None, typer.Option(
     help="Run through nnsight's remote execution: 'ndif' (NDIF, remote=True), 'local' (simulate the server here) "
          "or a server URL. The nnsight backend only.")]
@@ -209,7 +211,7 @@ def profile_cmd(
     model: ModelArg, prompts: PromptsArg,
     out: Annotated[Path, typer.Option(help="Profile file to write (.safetensors).")],
     layers: Annotated[str | None, typer.Option(help="Comma-separated block indices (default: all).")] = None,
-    batch_size: BatchOpt = 32, backend: BackendOpt = "nnsight", remote: RemoteOpt = None,
+    batch_size: BatchOpt = 32, backend: BackendOpt = "nnsight", remote: RemoteOpt = None, chat_template: ChatOpt = False,
     json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
 ) -> None:
     """Profile MODEL's block outputs at the last token of each prompt.
@@ -222,7 +224,7 @@ def profile_cmd(
     _out(out, model, prompts)
     texts, layer_list = _prompts(prompts), _layers(layers)  # cheap inputs first: fail before loading the model
     prof = cv.profile(_model(g, model, backend), texts, layers=layer_list, batch_size=batch_size,
-                      remote=_remote(remote))
+                      remote=_remote(remote), chat_template=True if chat_template else None)
     prof.save(out)
     result = {"out": str(out), "model": prof.model_name, "n_prompts": prof.n_prompts, "d_model": prof.d_model,
               "layers": prof.layers, "prompts_fingerprint": prof.prompts_fingerprint}
@@ -335,6 +337,7 @@ def paste_cmd(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Greedy tokens per prompt.")] = 32,
     batch_size: BatchOpt = 32, backend: BackendOpt = "nnsight", remote: RemoteOpt = None,
     score: Annotated[Behavior | None, typer.Option(help="Score the outputs as this zoo behavior.")] = None,
+    chat_template: ChatOpt = False,
     json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
 ) -> None:
     """Generate from RECIPIENT with the donor ADAPTER pasted in through CONVERTERS (greedy).
@@ -356,6 +359,10 @@ def paste_cmd(
     conv.check_adapter(donor_adapter)
     access = _model(g, recipient, backend)
     conv.check_recipient(access)
+    if chat_template:
+        from commandv_interp.access.chat import format_prompts
+
+        texts = format_prompts(access.tokenizer, texts, True)
     check_fits_context(access, texts, new_tokens=max_new_tokens)  # refuse before any generation runs
     outputs: list[str] = []
     with cv.paste(access, donor_adapter, conv, positions=positions, alpha=alpha):
