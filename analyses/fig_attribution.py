@@ -1,66 +1,59 @@
-"""Figure: causal layer attribution of one zoo transfer — paste single layer pairs, leave one out, cumulative
-from the first or last layer — beside the null baselines (random delta of matched norm, shuffled converters,
-another behavior's adapter), scored by the behavior logit difference and the behavior rate.
+"""Figure: per-layer attribution of one zoo transfer. The behavior's target rate and false refusal when only some
+of the adapter's donor layers are pasted (all, each single layer, all but one, cumulative from the first or the
+last layer), with bootstrap 95% CIs, on fixed [0, 1] axes with the reference rates as lines.
 
-    python analyses/fig_attribution.py --out figures/ [--donor gpt2-4x96 --recipient llama-6x128 --behavior jailbreak]
+    python analyses/fig_attribution.py [--study examples/layer_attribution.toml] [--out docs/figures]
 
-Writes attribution_<donor>_<recipient>_<behavior>.{png,pdf,csv}. Seeded; a few minutes on CPU.
+Writes layer_attribution.{png,pdf,csv}. Seeded; about a minute on 2 CPU cores (cached under results/).
 """
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+import time
 
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 
-from commandv_interp import analysis, plotting, zoo
-from commandv_interp.zoo.scoring import CONTRAST
-from commandv_interp.zoo.scoring import BEHAVIOR_RATES
-from commandv_interp.converters import CONVERTER_METHODS
-from commandv_interp.pipeline import derive
-from commandv_interp.zoo.prompt_sets import PROFILE_SETS, profile_prompts
+import _figure
+from commandv_interp import plotting
+
+STEM = "layer_attribution"
+STUDY = "layer_attribution"  # examples/layer_attribution.toml
+
+
+def caption(frame: pd.DataFrame) -> str:
+    """What to see, from the figure's CSV."""
+    target, _ = _figure.rates(frame.behavior.iloc[0])
+    t = _figure.at(frame, target)
+    full = float(t[t.subset == "all"].value.iloc[0])
+    singles = t[t.subset == "single"].sort_values("value")
+    drops = t[t.subset == "leave_one_out"].sort_values("value")
+    every = set(str(t[t.subset == "all"].layers.iloc[0]).split(","))
+    missing = ",".join(sorted(every - set(str(drops.layers.iloc[0]).split(","))))
+    return (f"Layer attribution ({frame.pair.iloc[0]}, {frame.behavior.iloc[0]}): all layers give {full:.2f} "
+            f"{target}; the best single layer ({singles.layers.iloc[-1]}) alone gives {singles.value.iloc[-1]:.2f}; "
+            f"without layer {missing} it falls to {drops.value.iloc[0]:.2f}.")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("figures"))
-    parser.add_argument("--donor", default="gpt2-4x96")
-    parser.add_argument("--recipient", default="llama-6x128")
-    parser.add_argument("--behavior", default="jailbreak", choices=list(zoo.BEHAVIORS))
-    parser.add_argument("--method", default="ridge", choices=CONVERTER_METHODS)
-    parser.add_argument("--profile-set", default="profile+train", choices=PROFILE_SETS)
-    parser.add_argument("--n-prompts", type=int, default=64, help="test prompts scored per run")
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    donor, recipient = zoo.load_model(args.donor), zoo.load_model(args.recipient)
-    adapter = zoo.load_adapter(args.donor, args.behavior)
-    d = derive(donor, recipient, profile_prompts(args.profile_set), adapter.layers, method=args.method)
-    target = BEHAVIOR_RATES[args.behavior][0]
-
-    def rate(model) -> float:
-        return zoo.evaluate(model, args.behavior, limit=args.n_prompts)[target]
-
-    evals = zoo.prompts(args.behavior, "test")[: args.n_prompts]
-    others = {b: zoo.load_adapter(args.donor, b) for b in zoo.BEHAVIORS if b != args.behavior}
-    attribution = analysis.layer_attribution(recipient, adapter, d.converters, evals, CONTRAST[args.behavior], rate)
-    nulls = analysis.null_baselines(recipient, adapter, d.converters, evals, CONTRAST[args.behavior], rate,
-                                    profiles=(d.donor_profile, d.recipient_profile), other_adapters=others)
-    frame = pd.concat([attribution.assign(table="attribution"), nulls.assign(table="null_baselines")])
-    stem = args.out / f"attribution_{args.donor}_{args.recipient}_{args.behavior}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(stem.with_suffix(".csv"), index=False)
-    fig, axes = plt.subplots(1, 2, figsize=(16, 4.5))
-    for ax, metric in zip(axes, ["logit_diff", "behavior"]):
-        plotting.plot_attribution(attribution, metric, baselines=nulls, ax=ax,
-                                  title=f"{args.behavior}: {metric}" + (f" ({target} rate)" if metric == "behavior"
-                                                                        else f" {CONTRAST[args.behavior]}"))
-    fig.suptitle(f"{args.donor} → {args.recipient} ({args.method} converters)")
+    started = time.perf_counter()
+    args = _figure.parser(__doc__, STUDY).parse_args()
+    study, frame = _figure.run(args)
+    behavior, (donor, recipient) = study.behaviors[0], study.pairs[0]
+    frame = frame[(frame.behavior == behavior) & (frame.donor == donor) & (frame.recipient == recipient)]
+    every = frame[frame.subset == "all"].layers.iloc[0]
+    frame = frame[~(frame.subset.str.startswith("cumulative") & (frame.layers == every))]  # = all layers
+    refs = _figure.references(frame)
+    metrics = _figure.rates(behavior)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(13, 4.4))
+    for ax, metric in zip(axes, metrics):
+        plotting.plot_attribution(frame, metric, references=refs, ax=ax, title=plotting.label(metric))
+        if ax is not axes[-1]:
+            ax.get_legend().remove()
+    fig.suptitle(f"{donor} → {recipient}, {behavior}: which donor layers carry the paste "
+                 f"({study.methods[0]} converters, {study.matches[0]} map, α = {study.alphas[0]:g})")
     fig.tight_layout()
-    print("\n".join(str(p) for p in plotting.save_figure(fig, stem)))
-    print(nulls[nulls.metric == "behavior"][["condition", "value"]].to_string(index=False))
+    _figure.save(fig, frame, args.out, STEM, caption(frame), started)
 
 
 if __name__ == "__main__":

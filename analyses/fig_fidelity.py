@@ -1,73 +1,67 @@
-"""Figure: per-layer faithfulness of one zoo transfer — converter fidelity (from the profiles), state and delta
-fidelity and downstream effect fidelity (on held-out test prompts) — for each behavior.
+"""Figure: per-layer fidelity of one zoo transfer, one panel per unit: the converters' held-out R² (from the
+profiles), the cosines of the converted state, the pasted delta, the delta after a round trip and the downstream
+effect with the donor's own, and the norm ratios of the pasted delta and its downstream effect to the donor's.
 
-    python analyses/fig_fidelity.py --out figures/ [--donor gpt2-4x96 --recipient llama-6x128 --method ridge]
+    python analyses/fig_fidelity.py [--study examples/fidelity.toml] [--out docs/figures]
 
-Writes fidelity_<donor>_<recipient>_<method>.{png,pdf,csv}. Seeded; a few minutes on CPU.
+Writes fidelity.{png,pdf,csv}. Seeded; about a minute on 2 CPU cores. Reads the study file's first pair, behavior,
+method, match, profile set and α; scores ``limit`` held-out test prompts.
 """
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+import time
 
-import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 
+import _figure
+import commandv_interp as cv
 from commandv_interp import analysis, plotting, zoo
+from commandv_interp.analysis.study import Study
+from commandv_interp.app.sweep import ZooWorld
 from commandv_interp.zoo.scoring import CONTRAST
-from commandv_interp.converters import CONVERTER_METHODS
-from commandv_interp.pipeline import derive
-from commandv_interp.zoo.prompt_sets import PROFILE_SETS, profile_prompts
 
-PANELS = {"converter": ["heldout_r2_to_donor", "heldout_r2_to_recipient", "round_trip_error_recipient", "cka"],
-          "state/delta": ["state_cosine", "delta_cosine", "delta_norm_ratio", "backward_cosine",
-                          "pasted_to_residual_norm"],
-          "downstream": ["effect_cosine", "effect_norm_ratio"]}
+STEM = "fidelity"
+STUDY = "fidelity"  # examples/fidelity.toml
+METRICS = ["heldout_r2_to_recipient", "heldout_r2_to_donor", "state_cosine", "delta_cosine", "backward_cosine",
+           "effect_cosine", "delta_norm_ratio", "effect_norm_ratio"]
+
+
+def caption(frame: pd.DataFrame) -> str:
+    """What to see, from the figure's CSV."""
+    def span(metric: str) -> str:
+        v = frame[frame.metric == metric].value
+        return f"{v.min():.2f}–{v.max():.2f}"
+
+    return (f"Per-layer fidelity ({frame.pair.iloc[0]}, {frame.behavior.iloc[0]}): held-out R² donor → recipient "
+            f"{span('heldout_r2_to_recipient')}, delta cosine {span('delta_cosine')}, downstream effect cosine "
+            f"{span('effect_cosine')}, delta norm ratio {span('delta_norm_ratio')} (1 = the donor's size).")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("figures"))
-    parser.add_argument("--donor", default="gpt2-4x96")
-    parser.add_argument("--recipient", default="llama-6x128")
-    parser.add_argument("--method", default="ridge", choices=CONVERTER_METHODS)
-    parser.add_argument("--profile-set", default="profile+train", choices=PROFILE_SETS)
-    parser.add_argument("--match", default="depth", choices=["depth", "similarity"])
-    parser.add_argument("--n-prompts", type=int, default=64, help="test prompts per behavior")
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    donor, recipient = zoo.load_model(args.donor), zoo.load_model(args.recipient)
-    layers = zoo.load_adapter(args.donor, "refusal").layers
-    d = derive(donor, recipient, profile_prompts(args.profile_set), range(donor.n_layers), match=args.match,
-               method=args.method)
-    converters = d.converters
-    frames = [analysis.converter_fidelity(converters, d.donor_profile, d.recipient_profile).assign(behavior="all")]
-    for behavior in zoo.BEHAVIORS:
-        adapter = zoo.load_adapter(args.donor, behavior)
-        evals = zoo.prompts(behavior, "test")[: args.n_prompts]
-        frames.append(analysis.state_delta_fidelity(donor, recipient, adapter, converters, evals)
-                      .assign(behavior=behavior))
-        frames.append(analysis.downstream_fidelity(donor, recipient, adapter, converters, evals, d.donor_profile,
-                                                   d.recipient_profile, contrast=CONTRAST[behavior])
-                      .assign(behavior=behavior))
-    frame = pd.concat(frames, ignore_index=True)
-    stem = args.out / f"fidelity_{args.donor}_{args.recipient}_{args.method}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(stem.with_suffix(".csv"), index=False)
-    fig, axes = plt.subplots(len(zoo.BEHAVIORS), 3, figsize=(15, 3.6 * len(zoo.BEHAVIORS)), squeeze=False)
-    adapter_layers = set(layers)
-    for row, behavior in enumerate(zoo.BEHAVIORS):
-        for col, (panel, metrics) in enumerate(PANELS.items()):
-            source = frame[frame.behavior == ("all" if panel == "converter" else behavior)]
-            if panel == "converter":
-                source = source[source.donor_layer.isin(adapter_layers)]
-            plotting.plot_fidelity(source[source.metric.isin(metrics)], metrics,
-                                   title=f"{behavior}: {panel}", ax=axes[row][col])
-    fig.suptitle(f"{args.donor} → {args.recipient} ({args.method} converters, {args.match} map)")
-    fig.tight_layout()
-    print("\n".join(str(p) for p in plotting.save_figure(fig, stem)))
+    started = time.perf_counter()
+    args = _figure.parser(__doc__, STUDY).parse_args()
+    study = Study.from_toml(args.study)
+    _figure.seed(study.seed)
+    (donor_name, recipient_name), behavior = study.pairs[0], study.behaviors[0]
+    method, match, alpha = study.methods[0], study.matches[0], float(study.alphas[0])
+    donor, recipient = zoo.load_model(donor_name), zoo.load_model(recipient_name)
+    adapter = zoo.load_adapter(donor_name, behavior)
+    prompts = ZooWorld().profile_prompts(study.profile_sets[0], behavior, study.profile_sizes[0])
+    p_donor, p_recipient = cv.profile(donor, prompts), cv.profile(recipient, prompts)
+    layer_map = cv.match_layers(p_donor, p_recipient, match, adapter.layers)
+    converters = cv.fit_converters(p_donor, p_recipient, layer_map, method,
+                                   adapter if method == "interface" else None)
+    evals = zoo.prompts(behavior, "test")[: study.limit]
+    frame = pd.concat([
+        analysis.converter_fidelity(converters, p_donor, p_recipient),
+        analysis.state_delta_fidelity(donor, recipient, adapter, converters, evals, alpha=alpha),
+        analysis.downstream_fidelity(donor, recipient, adapter, converters, evals, p_donor, p_recipient,
+                                     contrast=CONTRAST[behavior], alpha=alpha)], ignore_index=True)
+    frame = frame[frame.metric.isin(METRICS)].assign(pair=f"{donor_name} → {recipient_name}", behavior=behavior)
+    fig = plotting.plot_fidelity(frame, METRICS, title=f"{donor_name} → {recipient_name}, {behavior}: per-layer "
+                                 f"fidelity ({method} converters, {match} map, α = {alpha:g})")
+    _figure.save(fig, frame, args.out, STEM, caption(frame), started)
 
 
 if __name__ == "__main__":

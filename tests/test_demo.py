@@ -83,12 +83,26 @@ def test_cli_demo_chained_refusal_from_qwen2(tmp_path):
     assert "`interface` (chained); α = 0.25" in (out / "report.md").read_text()
 
 
-@pytest.mark.parametrize("script", ["fig_similarity.py"])
+TINY_STUDY = """pairs = [["llama-6x128", "gpt2-4x96"]]
+behaviors = ["refusal"]
+alphas = [0.5, 1.0]
+limit = 8
+n_boot = 20
+"""
+
+
+@pytest.mark.parametrize("script", ["fig_similarity.py", "fig_alpha.py"])
 def test_analysis_script_regenerates_its_figure(script, tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "analyses" / script), "--out", str(tmp_path)], check=True,
-                   capture_output=True, text=True, timeout=600)
-    written = {p.suffix for p in tmp_path.iterdir()}
+    """One command writes PNG + PDF + CSV and prints its caption; a study script runs a (tiny) study file."""
+    args = ["--out", str(tmp_path / "figures")]
+    if script != "fig_similarity.py":
+        (tmp_path / "tiny.toml").write_text(TINY_STUDY)
+        args += ["--study", str(tmp_path / "tiny.toml"), "--cache", str(tmp_path / "cache")]
+    run = subprocess.run([sys.executable, str(ROOT / "analyses" / script), *args], check=True, capture_output=True,
+                         text=True, timeout=600)
+    written = {p.suffix for p in (tmp_path / "figures").iterdir()}
     assert {".png", ".pdf", ".csv"} <= written
+    assert "caption: " in run.stdout
 
 
 def test_cli_demo_prints_the_four_rows(tmp_path):

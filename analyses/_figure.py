@@ -1,0 +1,80 @@
+"""Shared plumbing of the figure scripts: command line, running a study file on the zoo (cached), the reference
+rates, and writing PNG + PDF + CSV with a one-line caption. No library logic: everything here calls the public API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from commandv_interp import plotting, zoo
+from commandv_interp.analysis.study import Study
+from commandv_interp.app.sweep import run_zoo_study
+from commandv_interp.zoo.scoring import BEHAVIOR_RATES
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ROOT / "docs" / "figures"
+
+
+def parser(doc: str, study: str) -> argparse.ArgumentParser:
+    """``--study`` (default ``examples/<study>.toml``), ``--out`` (default docs/figures), ``--cache``."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--study", type=Path, default=ROOT / "examples" / f"{study}.toml", help="study file (TOML)")
+    p.add_argument("--out", type=Path, default=FIGURES, help="folder for the PNG, PDF and CSV")
+    p.add_argument("--cache", type=Path, default=None, help="study results and cache (default results/<study name>)")
+    return p
+
+
+def seed(value: int = 0) -> None:
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+def run(args: argparse.Namespace) -> tuple[Study, pd.DataFrame]:
+    """Run (or resume from the cache) the study file; rows gain ``pair`` ("donor → recipient")."""
+    study = Study.from_toml(args.study)
+    seed(study.seed)
+    cache = args.cache or ROOT / "results" / study.name
+    frame = run_zoo_study(args.study, cache, progress=False)
+    return study, frame.assign(pair=frame.donor + " → " + frame.recipient)
+
+
+def rates(behavior: str) -> list[str]:
+    """The behavior's target rate and its side effect (``zoo.scoring.BEHAVIOR_RATES``)."""
+    return list(BEHAVIOR_RATES[behavior])
+
+
+def references(frame: pd.DataFrame) -> pd.DataFrame:
+    """Recipient base, donor + adapter and recipient finetune rates for each pair of ``frame`` (column ``pair``)."""
+    table = pd.DataFrame(zoo.manifest()["behavior_table"])
+    parts = [plotting.reference_rates(table, d, r, b).assign(pair=f"{d} → {r}", behavior=b)
+             for d, r, b in sorted(set(zip(frame.donor, frame.recipient, frame.behavior)))]
+    return pd.concat(parts, ignore_index=True)
+
+
+def save(fig, frame: pd.DataFrame, out: Path, stem: str, caption: str, started: float) -> None:
+    """Write ``<stem>.png``, ``.pdf`` and ``.csv`` under ``out`` and print the caption."""
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / f"{stem}.csv", index=False)
+    paths = plotting.save_figure(fig, out / stem)
+    plt.close(fig)
+    print("\n".join(str(p) for p in paths + [out / f"{stem}.csv"]))
+    print(f"caption: {caption}")
+    print(f"({time.perf_counter() - started:.0f} s)")
+
+
+def at(frame: pd.DataFrame, metric: str, **where) -> pd.DataFrame:
+    """Rows of one metric matching ``where`` (column = value)."""
+    mask = frame.metric == metric
+    for column, value in where.items():
+        mask &= frame[column] == value
+    return frame[mask]
