@@ -62,6 +62,7 @@ def w(tmp_path_factory, nn_llama, nn_gpt2, tiny_dir):
     (root / "prompts.txt").write_text("\n".join(prompts))
     (root / "long.txt").write_text(" ".join(["w5"] * 70) + "\n" + prompts[0])
     (root / "near.txt").write_text(" ".join(["w5"] * 40))
+    (root / "few.txt").write_text("\n".join(prompts[:5]))
     (root / "zoo_long.txt").write_text(" ".join(["user"] * 200))
     (root / "text.txt").write_text("just some text, not tensors\n")
     (root / "empty.bin").write_bytes(b"")
@@ -537,7 +538,39 @@ CLI_ROWS = [
     CliRow("demo-alpha-nan", lambda w: ["demo", "--out", w.root / "demo", "--alpha", "nan"], "--alpha must be"),
     CliRow("demo-repeated-behavior", lambda w: ["demo", "--out", w.root / "demo", "--behavior", "refusal",
                                                "--behavior", "refusal"], "repeats"),
+    CliRow("demo-unknown-method", lambda w: ["demo", "--out", w.root / "demo", "--method", "magic"], "--method"),
+    # transfer, sweep, analyze
+    CliRow("transfer-out-file", lambda w: ["transfer", w.tiny / "llama", w.tiny / "gpt2", w.p.adapter,
+                                           w.root / "prompts.txt", "--out", w.root / "a_file"], "is a file"),
+    CliRow("transfer-out-is-adapter", lambda w: ["transfer", w.tiny / "llama", w.tiny / "gpt2", w.p.adapter,
+                                                 w.root / "prompts.txt", "--out", w.p.adapter], "also an input"),
+    CliRow("transfer-prompts-missing", lambda w: ["transfer", w.tiny / "llama", w.tiny / "gpt2", w.p.adapter,
+                                                  w.root / "none.txt", "--out", w.root / "t"], "does not exist"),
+    CliRow("transfer-too-few-prompts", lambda w: ["transfer", w.tiny / "llama", w.tiny / "gpt2", w.p.adapter,
+                                                  w.root / "few.txt", "--out", w.root / "t"], "at least 16"),
+    CliRow("transfer-limit-too-small", lambda w: ["transfer", w.tiny / "llama", w.tiny / "gpt2", w.p.adapter,
+                                                  w.root / "prompts.txt", "--out", w.root / "t", "--limit", "3"],
+           "--limit"),
+    CliRow("sweep-study-missing", lambda w: ["sweep", w.root / "none.toml", "--out", w.root / "s"], "cannot read"),
+    CliRow("sweep-study-not-toml", lambda w: ["sweep", w.root / "prompts.txt", "--out", w.root / "s"], "cannot read"),
+    CliRow("sweep-unknown-model", lambda w: ["sweep", _study(w, 'pairs = [["x-1", "gpt2-4x96"]]\nbehaviors = '
+                                                             '["refusal"]'), "--out", w.root / "s"], "not in the zoo"),
+    CliRow("sweep-unknown-key", lambda w: ["sweep", _study(w, 'pairs = [["llama-6x128", "gpt2-4x96"]]\nbehaviors = '
+                                                           '["refusal"]\ncolour = 1'), "--out", w.root / "s"],
+           "unknown keys"),
+    CliRow("sweep-out-file", lambda w: ["sweep", _study(w, 'pairs = [["llama-6x128", "gpt2-4x96"]]\nbehaviors = '
+                                                        '["refusal"]'), "--out", w.root / "a_file"], "is a file"),
+    CliRow("analyze-not-a-transfer", lambda w: ["analyze", w.root / "folder", w.tiny / "llama", w.tiny / "gpt2",
+                                                w.root / "prompts.txt", "--out", w.root / "an"], "transfer.json"),
+    CliRow("analyze-out-file", lambda w: ["analyze", w.root / "folder", w.tiny / "llama", w.tiny / "gpt2",
+                                          w.root / "prompts.txt", "--out", w.root / "a_file"], "is a file"),
 ]
+
+
+def _study(w, text: str) -> Path:
+    path = w.root / f"study_{abs(hash(text))}.toml"
+    path.write_text(text)
+    return path
 
 
 def _bytes_dir(path: Path) -> Path:
@@ -554,7 +587,8 @@ def _fake_zoo(w) -> Path:
     return fake(root)
 
 
-SUBCOMMANDS = {"profile", "match", "derive", "paste", "compile", "demo", "zoo list", "zoo score", "zoo train"}
+SUBCOMMANDS = {"profile", "match", "derive", "paste", "compile", "demo", "transfer", "sweep", "analyze", "zoo list",
+               "zoo score", "zoo train"}
 
 
 def test_every_subcommand_is_in_the_table():

@@ -223,7 +223,7 @@ def run_study(study: Study, world: StudyWorld, out: str | Path, progress: bool =
     cells = _cells(study, world)
     frames = []
     for cell in tqdm(cells, desc=f"study {study.name}", disable=not progress):
-        path = out / "cells" / f"{cell.key()}.json"
+        path = out / "cells" / f"{_hash(cell.key(), study.limit, study.n_boot, study.seed)}.json"
         if path.exists():
             rows = read_json(path)
         else:

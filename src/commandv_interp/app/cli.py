@@ -430,7 +430,9 @@ def transfer_cmd(
 
     g = Globals(json_output, debug, zoo_root)
     _out_folder(out, adapter, prompts)
-    texts = _prompts(prompts)[:limit]
+    from commandv_interp.pipeline.label_free import check_transfer_prompts
+
+    texts = check_transfer_prompts(_prompts(prompts)[:limit])  # cheap inputs first: fail before loading the models
     donor_adapter = _adapter(g, adapter)
     result = cv.transfer(_model(g, donor, backend), _model(g, recipient, backend), donor_adapter, texts,
                          progress=not g.json)
@@ -493,11 +495,12 @@ def analyze_cmd(
     Example: commandv analyze jb/ llama-6x128 gpt2-4x96 zoo:jailbreak:test --out jb-analysis/
     """
     from commandv_interp.app.report import analyze_transfer
+    from commandv_interp.pipeline import load_transfer
 
     g = Globals(json_output, debug, zoo_root)
     _out_folder(out, transfer_folder, prompts)
-    files = analyze_transfer(transfer_folder, _model(g, donor, backend), _model(g, recipient, backend),
-                             _prompts(prompts)[:limit], out)
+    chosen, texts = load_transfer(transfer_folder), _prompts(prompts)[:limit]  # before loading the models
+    files = analyze_transfer(chosen, _model(g, donor, backend), _model(g, recipient, backend), texts, out)
     _emit(g, {"out": str(out), "files": [str(f) for f in files]}, f"wrote {out / 'report.md'} and {len(files)} files")
 
 

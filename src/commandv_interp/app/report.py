@@ -1,4 +1,5 @@
-"""App (analyze): consumes a transfer folder (``commandv transfer``), the two models and prompts, produces the
+"""App (analyze): consumes a :class:`~commandv_interp.pipeline.Transfer` (e.g. a ``commandv transfer`` folder), the two
+models and prompts, produces the
 per-layer faithfulness report of that transfer: CSVs, figures with captions and ``report.md``.
 """
 
@@ -10,19 +11,19 @@ from pathlib import Path
 from commandv_interp import analysis, plotting
 from commandv_interp.access import ModelAccess
 from commandv_interp.io import atomic_write
-from commandv_interp.pipeline import load_transfer
+from commandv_interp.pipeline import Transfer
 
 __all__ = ["analyze_transfer"]
 
 
-def analyze_transfer(folder: str | Path, donor: ModelAccess, recipient: ModelAccess, prompts: Sequence[str],
+def analyze_transfer(t: Transfer, donor: ModelAccess, recipient: ModelAccess, prompts: Sequence[str],
                      out: str | Path) -> list[Path]:
     """Write ``fidelity.csv``, ``attribution.csv``, their figures and ``report.md`` into ``out``; return the files."""
     import matplotlib.pyplot as plt
 
+    t.converters.check_recipient(recipient)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    t = load_transfer(folder, recipient)
     prompts = list(prompts)
     fidelity = analysis.state_delta_fidelity(donor, recipient, t.adapter, t.converters, prompts,
                                              positions=t.positions, alpha=t.alpha)

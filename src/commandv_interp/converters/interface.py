@@ -91,18 +91,13 @@ def fit_interface_converters(
     """
     donor, recipient = donor_profile, recipient_profile
     donor.check_paired_with(recipient)
-    if adapter.d_model != donor.d_model:
-        raise ValueError(f"the adapter has d_model={adapter.d_model} but the donor profile {donor.model_name!r} has "
-                         f"d_model={donor.d_model}; profile the adapter's own donor")
-    adapter_hash = adapter.metadata.get("config_hash")
-    if adapter_hash is not None and adapter_hash != donor.config_hash:
-        raise ValueError(f"the adapter was trained on a model with config hash {adapter_hash!r} but the donor profile "
-                         f"{donor.model_name!r} has {donor.config_hash!r}; profile the adapter's own donor")
     mapped = dict(layer_map.pairs)
     missing = [layer for layer in adapter.layers if layer not in mapped]
     if missing:
         raise ValueError(f"the layer map has no recipient layer for donor layers {missing}; match the adapter's "
                          f"layers (match_layers(..., donor_layers=adapter.layers))")
+    adapter.check_model(f"the donor profile's model {donor.model_name!r}", donor.n_layers, donor.d_model,
+                        donor.config_hash)
     if not 0 < holdout < 1:
         raise ValueError(f"holdout must be in (0, 1), got {holdout!r}")
     train, test = holdout_split(donor.n_prompts, holdout)

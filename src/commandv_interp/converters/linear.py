@@ -22,17 +22,8 @@ def fit_linear_converters(
     holdout: float = 0.2,
     ridge_grid: tuple[float, ...] | None = None,
 ) -> Converters:
-    """Fit recipient→donor and donor→recipient converters for every mapped layer pair.
-
-    Args:
-        donor_profile, recipient_profile: profiles over the same prompts (fingerprints must match).
-        layer_map: which recipient layer each donor layer maps to.
-        method: ``pinv`` (paper-exact ``pinv(A_R) A_D`` / ``pinv(A_D) A_R``, no centering), ``ridge``
-            (regularized least squares, λ from held-out error), ``affine`` (centered, with bias, λ from
-            held-out error), ``procrustes`` (orthogonal after zero-padding, centered, with scale and bias).
-        holdout: fraction of prompts held out to score each fit (and pick λ); the final converters are
-            refit on all prompts.
-        ridge_grid: λ candidates as multiples of the mean eigenvalue of ``XᵀX`` (default: a log grid).
+    """The ``pinv``/``ridge``/``affine``/``procrustes`` branch of
+    :func:`~commandv_interp.converters.fit_converters` (see there for the arguments).
 
     Returns:
         :class:`Converters` whose ``fit_scores`` hold held-out R² and relative MSE per direction.

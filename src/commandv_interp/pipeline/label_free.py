@@ -40,7 +40,7 @@ from commandv_interp.profiles import profile
 from commandv_interp.types import PositionRule
 from commandv_interp.version import __version__
 
-__all__ = ["Transfer", "transfer", "load_transfer", "PAPER_EXACT", "CHAIN_ALPHAS", "REFINE_FACTORS", "REFINE_TOP"]
+__all__ = ["Transfer", "transfer", "load_transfer", "check_transfer_prompts", "MIN_PROMPTS", "PAPER_EXACT", "CHAIN_ALPHAS", "REFINE_FACTORS", "REFINE_TOP"]
 
 PAPER_EXACT = "pinv/depth"
 """The paper's configuration: pinv converters, relative depth, α = 1 (always among the candidates)."""
@@ -50,6 +50,7 @@ REFINE_FACTORS = (0.5, 2.0)  # ... by these factors (a chained one is refitted a
 PROFILE_FITS = (("interface", "depth"), ("interface", "similarity"), ("ridge", "depth"), ("procrustes", "depth"),
                 ("pinv", "depth"))
 KIND = "commandv.transfer"
+MIN_PROMPTS = 16  # a quarter held out for scoring leaves at least 12 to fit on
 
 
 @dataclass
@@ -161,10 +162,7 @@ def transfer(
     """
     start = time.perf_counter()
     donor, recipient = open_model(donor_model), open_model(recipient_model)
-    prompts = list(dict.fromkeys(prompts))
-    if len(prompts) < 16:
-        raise ValueError(f"transfer needs at least 16 distinct prompts of the adapter's task, got {len(prompts)}; "
-                         "pass more (e.g. the adapter's training inputs)")
+    prompts = check_transfer_prompts(prompts)
     if not 0 < scoring_fraction < 1:
         raise ValueError(f"scoring_fraction must be in (0, 1), got {scoring_fraction!r}")
     order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -263,6 +261,15 @@ class _Search:
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
+
+
+def check_transfer_prompts(prompts: Sequence[str]) -> list[str]:
+    """The distinct prompts, in order; refuses fewer than ``MIN_PROMPTS`` (a fitting and a scoring set are needed)."""
+    distinct = list(dict.fromkeys(prompts))
+    if len(distinct) < MIN_PROMPTS:
+        raise ValueError(f"transfer needs at least {MIN_PROMPTS} distinct prompts of the adapter's task, got "
+                         f"{len(distinct)}; pass more (e.g. the adapter's training inputs)")
+    return distinct
 
 
 def _norm_alpha(adapter: Adapter, conv: Converters, p_donor, p_recipient) -> list[tuple[float, str]]:
