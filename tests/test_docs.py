@@ -1,0 +1,19 @@
+"""docs/ pages carry no hand-copied numbers that could drift: the zoo's behavior table equals the manifest's."""
+
+import re
+from pathlib import Path
+
+from commandv_interp import zoo
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_zoo_page_behavior_table_equals_the_manifest():
+    rows = re.findall(r"^\| (\S+) \| (refusal|jailbreak|cot) \| (\w+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$",
+                      (DOCS / "zoo.md").read_text(), flags=re.M)
+    assert len(rows) == 18
+    table = {(r["model"], r["behavior"], r["metric"], r["condition"]): r["value"]
+             for r in zoo.manifest()["behavior_table"]}
+    for model, behavior, metric, *values in rows:
+        for condition, value in zip(("base", "cue", "adapter"), values):
+            assert f"{table[(model, behavior, metric, condition)]:.2f}" == value, (model, behavior, metric, condition)
