@@ -1,8 +1,8 @@
 """Benchmark: Command-V at the paper's widths on CPU (issue 20): profiling, paste entry, generation and storage.
 
-Two random Llama models are built offline from configs at the widths of the paper's pair, with a small MLP and the
-word-level vocabulary of :func:`~commandv_interp.zoo.tokenization.word_tokenizer` (so the blocks' attention
-projections dominate, as in the real models):
+Two random Llama models are built offline from configs at the widths and depths of the paper's pair, with a small
+MLP and the word-level vocabulary of :func:`~commandv_interp.zoo.tokenization.word_tokenizer` (to keep CPU runs short;
+the final norm and head are then a fraction of a percent of a forward):
 
 - donor: hidden 3072, 28 blocks, 24 heads of 128, 8 KV heads (Llama-3.2-3B's shape);
 - recipient: hidden 2048, 16 blocks, 32 heads of 64, 8 KV heads (Llama-3.2-1B's shape);
@@ -12,29 +12,36 @@ The donor adapter is the reference NodiReFT adapter (rank 8, 14 layers) read wit
 ``--quick`` the models are small (donor 192 × 6, recipient 128 × 4) and the adapter is the reference adapter's first
 layers cut to the quick donor's width (same kind, rank and positions; a cost stand-in, not a trained edit).
 
-What is measured, every stage with its wall time and its peak resident memory above the level at its start:
+What is measured (times are CPU seconds, see :class:`Stages`):
 
-- profiling: ``cv.profile`` (256 prompts of 4–10 words, batch 32) of the donor over all layers and over its lower
-  half, and of the recipient over all layers, each against a plain Hugging Face forward ``model(**batch)`` over
-  the same batches (both tokenize inside the timed loop). The stages run in a fresh random order in each of
-  ``--rounds`` rounds; a ratio is the median over rounds of the stage's CPU time over the forward's *in that
-  round* (CPU time: see :class:`Stages`). Memory: a profile's peak against the forward's peak plus the profile's
-  own bytes;
+- profiling time: the first ``--timing-batches`` of the profile's batches (prompts of 4–10 words, batch 32,
+  left-padded) go one by one through a plain Hugging Face forward ``model(**batch)`` of the donor and of the
+  recipient, and through ``read`` of every layer (what ``cv.profile`` runs per batch) of both and of the donor's
+  lower half, in a fresh random order per batch. A ratio is the total time of a read over the forward's in the same
+  round (so a slow spell of a shared machine hits both), the median over ``--rounds`` rounds;
+- profiling memory: a whole forward loop and a whole ``cv.profile`` over the 256 prompts of each model, in a random
+  order, in a fresh Python process that rebuilds the models from their seeds and warms each up on its widest batch.
+  That process runs with glibc's ``MALLOC_MMAP_THRESHOLD_=131072``, so every block of 128 KiB or more is its own
+  mapping: glibc's default threshold moves with the sizes freed, and a profile's small long-lived rows then land on
+  the heap between the forward's transient tensors and pin its pages; the recipient's profile peaked anywhere from
+  85 to 283 MiB above its start in our runs, the heap's history rather than the profile. With the fixed threshold the
+  peak follows the live tensors; its page faults cost about 30% of time, which is why the timing runs elsewhere.
+  Target: a profile's peak against the forward's peak plus the profile's own bytes;
 - converters: ``cv.match_layers(method="depth")`` for the adapter's layers and ``cv.fit_converters(method="ridge")``
-  on those profiles; storage is the bytes ``Converters.save`` writes;
+  on the two profiles of the memory runs; storage is the bytes ``Converters.save`` writes;
 - paste entry: the time to enter ``cv.paste(recipient, adapter, converters)``, against a plain generation of
   16 prompts × 16 new tokens (greedy; every row decodes all 16 tokens);
 - generation (16 × 16): plain ``model.generate``; ``recipient.generate`` without edits (``plain_cv``), inside the
   paste (entered before the timer) and inside ``cv.apply_adapter(recipient, cv.compile_paste(...))``, in a random
   order per round over ``--gen-rounds`` rounds; ratios are paired per round like the profiling ones.
 
-Peak memory: a thread samples ``/proc/self/statm`` every 2 ms while a stage runs; before each stage ``gc.collect()``
-and glibc's ``malloc_trim(0)`` return freed memory, so a stage cannot reuse an earlier stage's pages unseen
-(``tracemalloc`` does not see torch's allocations).
+Peak memory: ``scaling.PeakRSS`` (a thread samples ``/proc/self/statm`` every millisecond while a stage runs; before
+it ``gc.collect()`` and glibc's ``malloc_trim(0)`` return freed memory; ``tracemalloc`` does not see torch's tensors).
 
-Run (``--quick`` takes well under a minute; the full run about a quarter of an hour on 2 cores)::
+Run (``--quick``: about 30 CPU seconds; the full run about 10 CPU minutes, 20 minutes on 2 busy cores)::
 
-    HF_HUB_OFFLINE=1 python benchmarks/realwidth.py [--quick] [--rounds R] [--gen-rounds G] [--write-docs]
+    HF_HUB_OFFLINE=1 python benchmarks/realwidth.py [--quick] [--rounds R] [--timing-batches B] [--gen-rounds G]
+        [--write-docs]
 
 ``--write-docs`` writes the tables to ``docs/realwidth.md``. ``--threads`` defaults to 1 (see overhead.py: two
 OpenMP threads on a shared 2-core machine spin against each other).
@@ -44,14 +51,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import gc
+import json
 import os
 import platform
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +74,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 import commandv_interp as cv  # noqa: E402
 from commandv_interp.adapters import make_intervention  # noqa: E402
 from commandv_interp.zoo.tokenization import SPECIALS, word_tokenizer  # noqa: E402
+from scaling import PeakRSS  # noqa: E402  (this folder is on sys.path when a script here runs)
 
 REFERENCE_ADAPTER = Path("/work/shared/reference_adapters/cot_reasoning-Llama-3.2-3B-Instruct-nodireft-l1")
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "realwidth.md"
@@ -137,54 +145,12 @@ def reference_adapter(donor: Shape) -> cv.Adapter:
     return cv.Adapter(cut, positions=adapter.positions, first_last_k=adapter.first_last_k)
 
 
-# -- peak memory ----------------------------------------------------------------------------------------------------
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _release_free_heap() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc
-
-
-class PeakRSS:
-    """Context manager: the peak resident set size above the level at entry (``.mib``), sampled by a thread."""
-
-    def __init__(self, interval_s: float = 0.002) -> None:
-        self.interval_s = interval_s
-
-    def __enter__(self) -> "PeakRSS":
-        gc.collect()
-        _release_free_heap()
-        self.start = self.peak = _rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.peak = max(self.peak, _rss())
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss())
-
-    @property
-    def mib(self) -> float:
-        return (self.peak - self.start) / MIB
-
-
 class Stages:
     """Runs named stages, recording each run's wall seconds, CPU seconds and peak MiB (in run order).
 
     Ratios use CPU time (``time.process_time``): with one torch thread the work runs on the calling thread, and CPU
     time counts only the time the process ran, so another job on a shared machine inflates it far less than wall
-    time. The RSS sampler's own CPU time (about 1%) is in every stage alike."""
+    time. The RSS sampler's own CPU time is in every stage alike."""
 
     def __init__(self) -> None:
         self.runs: dict[str, list[tuple[float, float, float]]] = {}
@@ -194,7 +160,7 @@ class Stages:
             wall, cpu = time.perf_counter(), time.process_time()
             out = fn()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        self.runs.setdefault(name, []).append((wall, cpu, mem.mib))
+        self.runs.setdefault(name, []).append((wall, cpu, mem.mb))
         return out
 
     def cpu(self, name: str) -> list[float]:
@@ -210,37 +176,88 @@ class Stages:
 
 
 # -- stages ---------------------------------------------------------------------------------------------------------
-def forward_over(access: cv.ModelAccess, model: LlamaForCausalLM, prompts: list[str]) -> None:
-    """A plain forward over the batches ``cv.profile`` makes (tokenized in the loop, as the profile does)."""
-    with torch.no_grad():
-        for start in range(0, len(prompts), BATCH_SIZE):
-            batch = access.encode(prompts[start:start + BATCH_SIZE], padding_side="left")
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+def forward(model: LlamaForCausalLM, batch) -> None:
+    model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
 
 
-def profile_stages(stages: Stages, donor, hf_donor, recipient, hf_recipient, prompts, rounds: int, seed: int):
-    """``rounds`` rounds of the five profiling stages in a fresh random order; returns the first full profiles."""
+def timing_rounds(stages: Stages, donor, hf_donor, recipient, hf_recipient, batches, rounds: int, seed: int) -> None:
+    """``rounds`` rounds over the batches, the five modes in a fresh random order per batch; a mode's run in a round
+    is its total over the batches (peak memory is not measured here)."""
     n_low = donor.n_layers // 2
-    todo = {
-        "donor forward": lambda: forward_over(donor, hf_donor, prompts),
-        "donor profile (all)": lambda: cv.profile(donor, prompts, batch_size=BATCH_SIZE, progress=False),
-        f"donor profile (0-{n_low - 1})": lambda: cv.profile(donor, prompts, layers=range(n_low),
-                                                             batch_size=BATCH_SIZE, progress=False),
-        "recipient forward": lambda: forward_over(recipient, hf_recipient, prompts),
-        "recipient profile (all)": lambda: cv.profile(recipient, prompts, batch_size=BATCH_SIZE, progress=False),
+    modes = {
+        "donor forward": lambda b: forward(hf_donor, b),
+        "donor profile (all)": lambda b: donor.read(b, range(donor.n_layers)),
+        f"donor profile (0-{n_low - 1})": lambda b: donor.read(b, range(n_low)),
+        "recipient forward": lambda b: forward(hf_recipient, b),
+        "recipient profile (all)": lambda b: recipient.read(b, range(recipient.n_layers)),
     }
-    rng, keep = random.Random(seed), {}
-    for i in range(rounds):
-        order = list(todo)
-        rng.shuffle(order)
-        for name in order:
-            out = stages.run(name, todo[name])
-            if name.endswith("(all)"):
-                keep.setdefault(name.split()[0], out)
-            wall, cpu, peak = stages.runs[name][-1]
-            print(f"  round {i + 1}/{rounds}: {name:<26} {wall:8.2f} s wall {cpu:8.2f} s CPU {peak:8.0f} MiB",
+    rng = random.Random(seed)
+    with torch.no_grad():
+        for access, model in ((donor, hf_donor), (recipient, hf_recipient)):  # warmup: first-call costs
+            forward(model, batches[0])
+            access.read(batches[0], range(access.n_layers))
+        for i in range(rounds):
+            totals = {name: [0.0, 0.0] for name in modes}
+            for batch in batches:
+                order = list(modes)
+                rng.shuffle(order)
+                for name in order:
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    modes[name](batch)
+                    totals[name][0] += time.perf_counter() - wall
+                    totals[name][1] += time.process_time() - cpu
+            for name, (wall, cpu) in totals.items():
+                stages.runs.setdefault(name, []).append((wall, cpu, float("nan")))
+            print(f"  round {i + 1}/{rounds}: " + ", ".join(f"{n} {c:.1f} s" for n, (_, c) in totals.items()),
                   flush=True)
-    return keep["donor"], keep["recipient"]
+
+
+MEMORY_STAGES = ("donor forward", "donor profile (all)", "recipient forward", "recipient profile (all)")
+
+
+def memory_child(args, setup: Setup) -> None:
+    """``--memory-out DIR`` (internal): the memory stages in this fresh process, in a random order, after a warmup on
+    the widest batch; writes ``runs.json`` and the two profiles to ``DIR``."""
+    tokenizer = word_tokenizer()
+    prompts = random_prompts(tokenizer, setup.n_profile, seed=0)
+    widest = sorted(prompts, key=len)[-BATCH_SIZE:]
+    stages, todo = Stages(), {}
+    with torch.no_grad():
+        for model_name, shape, seed in (("donor", setup.donor, 1), ("recipient", setup.recipient, 2)):
+            model = random_llama(tokenizer, shape, args.intermediate, seed=seed)
+            access = cv.open_model(model, tokenizer=tokenizer, name=model_name)
+            forward(model, access.encode(widest, padding_side="left"))  # warmup: allocator and kernel set-up
+            cv.profile(access, widest, batch_size=BATCH_SIZE, progress=False)
+            todo[f"{model_name} forward"] = lambda access=access, model=model: forward_loop(access, model, prompts)
+            todo[f"{model_name} profile (all)"] = lambda access=access: cv.profile(
+                access, prompts, batch_size=BATCH_SIZE, progress=False)
+        order = list(MEMORY_STAGES)
+        random.Random(0).shuffle(order)
+        for name in order:
+            out = stages.run(f"memory: {name}", todo[name])
+            if out is not None:
+                out.save(Path(args.memory_out) / f"{name.split()[0]}.safetensors")
+            del out
+            wall, cpu, peak = stages.runs[f"memory: {name}"][-1]
+            print(f"  {name:<24} {wall:8.1f} s wall {cpu:8.1f} s CPU {peak:8.1f} MiB", flush=True)
+    (Path(args.memory_out) / "runs.json").write_text(json.dumps(stages.runs))
+
+
+def forward_loop(access, model, prompts: list[str]) -> None:
+    """A plain forward over the batches ``cv.profile`` makes, tokenized in the loop as the profile does."""
+    for start in range(0, len(prompts), BATCH_SIZE):
+        forward(model, access.encode(prompts[start:start + BATCH_SIZE], padding_side="left"))
+
+
+def memory_stages(args, workdir: Path) -> tuple[dict, dict[str, cv.ActivationProfile]]:
+    """Runs :func:`memory_child` in a fresh process with the fixed mmap threshold (see the module docstring);
+    returns its ``Stages.runs`` and the two profiles."""
+    flags = ["--quick"] * args.quick + ["--intermediate", str(args.intermediate), "--threads", str(args.threads)]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    subprocess.run([sys.executable, __file__, *flags, "--memory-out", str(workdir)], env=env, check=True)
+    runs = json.loads((workdir / "runs.json").read_text())
+    profiles = {model: cv.ActivationProfile.load(workdir / f"{model}.safetensors") for model in ("donor", "recipient")}
+    return runs, profiles
 
 
 def generation_stages(stages: Stages, recipient, hf_recipient, adapter, converters, compiled, batch,
@@ -289,6 +306,12 @@ def storage_bytes(converters: cv.Converters) -> int:
         return sum(p.stat().st_size for p in files)
 
 
+def after_last_block(model: LlamaForCausalLM) -> float:
+    """The share of a model's parameters in its final norm and head (what a read stopped after a block skips)."""
+    after = sum(p.numel() for m in (model.model.norm, model.lm_head) for p in m.parameters())
+    return after / sum(p.numel() for p in model.parameters())
+
+
 def profile_bytes(profile: cv.ActivationProfile) -> int:
     return sum(a.numel() * a.element_size() for a in profile.activations.values())
 
@@ -308,37 +331,37 @@ def target_rows(stages: Stages, setup: Setup, sizes: dict[str, int], storage: in
     add("compiled generation / plain", stages.paired("generate compiled", "generate plain"), 1.01, "{:.3f}",
         "≤ 1.01")
     for model, shape in (("donor", setup.donor), ("recipient", setup.recipient)):
-        for name in [n for n in stages.runs if n.startswith(f"{model} profile")]:
+        for name in [n for n in stages.runs if n.startswith(f"{model} profile")]:  # the timing rounds
             part = name.split("(")[1].rstrip(")")
             fraction = 1.0 if part == "all" else (int(part.split("-")[1]) + 1) / shape.n_layers
             add(f"{name} / forward", stages.paired(name, f"{model} forward"), 0.95 * fraction, "{:.3f}",
                 f"≤ {0.95 * fraction:.3f}" + ("" if part == "all" else f" (0.95 × {fraction:.2f} of the blocks)"))
         name = f"{model} profile (all)"
-        forward_peak = stages.median(f"{model} forward", 2)
+        forward_peak = stages.median(f"memory: {model} forward", 2)
         limit = 1.10 * (forward_peak + sizes[model] / MIB)
-        add(f"{model} profile peak (MiB)", stages.median(name, 2), limit, "{:.1f}",
+        add(f"{model} profile peak (MiB)", stages.median(f"memory: {name}", 2), limit, "{:.1f}",
             f"≤ 1.1 × (forward peak {forward_peak:.1f} + profile {sizes[model] / MIB:.1f}) = {limit:.1f}")
     rows.append(("converter storage (MiB, as saved)", f"{storage / MIB:.1f}", "reported", ""))
     return rows
 
 
 def stage_rows(stages: Stages) -> list[tuple[str, ...]]:
-    """One row per stage: the profiling stages sorted by model, forward first; then the others as they ran."""
-    profiling = sorted((n for n in stages.runs if n.startswith(("donor", "recipient"))),
-                       key=lambda n: (not n.startswith("donor"), "forward" not in n, n))
+    """One row per stage: profiling (timing, then memory) by model, forward first; then the others as they ran."""
+    def key(name: str) -> tuple:
+        bare = name.removeprefix("memory: ")
+        return (name.startswith("memory"), not bare.startswith("donor"), "forward" not in bare, bare)
+
+    profiling = sorted((n for n in stages.runs if n.removeprefix("memory: ").startswith(("donor", "recipient"))),
+                       key=key)
     order = profiling + [n for n in stages.runs if n not in profiling]
     return [(name, str(len(stages.runs[name])), f"{stages.median(name, 0):.3f}", f"{stages.median(name, 1):.3f}",
-             f"{stages.median(name, 2):.1f}") for name in order]
+             "" if stages.median(name, 2) != stages.median(name, 2) else f"{stages.median(name, 2):.1f}")
+            for name in order]
 
 
 def markdown(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
-def text_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [header, *rows])
 
 
 TARGET_HEADER = ("metric", "value", "target", "met")
@@ -356,7 +379,8 @@ def write_docs(path: Path, setup: Setup, args, targets, stages_table, notes: lis
         f"- donor: random Llama {shape.format(setup.donor)}, recipient: {shape.format(setup.recipient)}; "
         f"MLP width {args.intermediate}, vocabulary {args.vocab}",
         f"- {setup.n_profile} profile prompts (batch {BATCH_SIZE}); generation {setup.n_gen} prompts × "
-        f"{setup.new_tokens} new tokens; {args.rounds} profiling round(s), {args.gen_rounds} generation round(s)",
+        f"{setup.new_tokens} new tokens; {args.rounds} profiling time round(s) over {args.timing_batches} batches, "
+        f"{args.gen_rounds} generation round(s)",
         f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}, "
         f"torch {torch.__version__}",
         "",
@@ -367,7 +391,9 @@ def write_docs(path: Path, setup: Setup, args, targets, stages_table, notes: lis
         "## Stages",
         "",
         "Medians over the stage's runs: wall time, CPU time (the basis of every ratio above) and peak resident "
-        "memory above the level at the stage's start.",
+        "memory above the level at the stage's start. The profiling rows without `memory:` are the per-batch "
+        "interleaved timing rounds (totals over their batches); the `memory:` rows are the whole runs over all "
+        "prompts, in their own process with the fixed mmap threshold (slower: page faults).",
         "",
         markdown(STAGE_HEADER, stages_table),
         "",
@@ -378,21 +404,36 @@ def write_docs(path: Path, setup: Setup, args, targets, stages_table, notes: lis
     path.write_text(text)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small models and 64 profile prompts (< 1 minute)")
-    parser.add_argument("--rounds", type=int, default=None, help="profiling rounds (default: quick 3, full 1)")
+    parser.add_argument("--rounds", type=int, default=None, help="profiling time rounds (default: quick 3, full 1)")
+    parser.add_argument("--timing-batches", type=int, default=None,
+                        help="batches of the profiling time rounds (default: quick all 2, full 4 of 8)")
     parser.add_argument("--gen-rounds", type=int, default=None, help="generation rounds (default: quick 5, full 3)")
     parser.add_argument("--intermediate", type=int, default=None, help="MLP width (default: full 1024, quick 256)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--write-docs", action="store_true", help=f"write the tables to {DOCS}")
+    parser.add_argument("--memory-out", help=argparse.SUPPRESS)  # internal: run the memory stages, write here
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    setup = SETUPS["quick" if args.quick else "full"]
+    args.intermediate = args.intermediate or (256 if args.quick else 1024)
     args.rounds = args.rounds or (3 if args.quick else 1)
     args.gen_rounds = args.gen_rounds or (5 if args.quick else 3)
-    args.intermediate = args.intermediate or (256 if args.quick else 1024)
-    started = time.perf_counter()
+    args.timing_batches = args.timing_batches or (2 if args.quick else 4)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    setup = SETUPS["quick" if args.quick else "full"]
+    torch.set_num_threads(args.threads)
+    if args.memory_out:
+        return memory_child(args, setup)
+    started, stages = time.perf_counter(), Stages()
+    print(f"profiling memory: whole runs over {setup.n_profile} prompts in a fresh process", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        runs, profiles = memory_stages(args, workdir=Path(tmp))
+    stages.runs.update(runs)
 
     tokenizer = word_tokenizer()
     args.vocab = len(tokenizer)
@@ -400,24 +441,20 @@ def main() -> None:
     hf_recipient = random_llama(tokenizer, setup.recipient, args.intermediate, seed=2)
     donor = cv.open_model(hf_donor, tokenizer=tokenizer, name="donor")
     recipient = cv.open_model(hf_recipient, tokenizer=tokenizer, name="recipient")
+    prompts = random_prompts(tokenizer, BATCH_SIZE * args.timing_batches, seed=0)  # the memory runs' first batches
+    batches = [donor.encode(prompts[start:start + BATCH_SIZE], padding_side="left")
+               for start in range(0, len(prompts), BATCH_SIZE)]
+    print(f"profiling time: {len(batches)} batches, {args.rounds} round(s)", flush=True)
+    timing_rounds(stages, donor, hf_donor, recipient, hf_recipient, batches, args.rounds, seed=0)
+
     adapter = reference_adapter(setup.donor)
-    prompts = random_prompts(tokenizer, setup.n_profile, seed=0)
-    print(f"setup ({time.perf_counter() - started:.0f} s): donor {setup.donor}, recipient {setup.recipient}, "
-          f"MLP {args.intermediate}, vocab {args.vocab}, adapter layers {sorted(adapter.interventions)}", flush=True)
-
-    stages = Stages()
-    print(f"profiling: {setup.n_profile} prompts, {args.rounds} round(s)", flush=True)
-    p_donor, p_recipient = profile_stages(stages, donor, hf_donor, recipient, hf_recipient, prompts, args.rounds,
-                                          seed=0)
-    sizes = {"donor": profile_bytes(p_donor), "recipient": profile_bytes(p_recipient)}
-
-    layer_map = stages.run("match layers", lambda: cv.match_layers(p_donor, p_recipient, method="depth",
-                                                                   donor_layers=sorted(adapter.interventions)))
-    converters = stages.run("fit converters", lambda: cv.fit_converters(p_donor, p_recipient, layer_map,
-                                                                        method="ridge"))
+    layer_map = stages.run("match layers", lambda: cv.match_layers(profiles["donor"], profiles["recipient"],
+                                                                   method="depth", donor_layers=adapter.layers))
+    converters = stages.run("fit converters", lambda: cv.fit_converters(profiles["donor"], profiles["recipient"],
+                                                                        layer_map, method="ridge"))
     compiled = stages.run("compile paste", lambda: cv.compile_paste(adapter, converters))
-    storage = storage_bytes(converters)
-    del p_donor, p_recipient
+    sizes, storage = {model: profile_bytes(p) for model, p in profiles.items()}, storage_bytes(converters)
+    del profiles
 
     batch = recipient.encode(random_prompts(tokenizer, setup.n_gen, seed=1), padding_side="left")
     print(f"generation: {setup.n_gen} prompts × {setup.new_tokens} tokens, {args.gen_rounds} round(s)", flush=True)
@@ -425,14 +462,16 @@ def main() -> None:
                                 setup.new_tokens, args.gen_rounds, seed=1)
     agree = sum(a == b for a, b in zip(outputs["generate paste"], outputs["generate compiled"]))
     changed = sum(a != b for a, b in zip(outputs["generate plain"], outputs["generate paste"]))
-    same_plain = outputs["generate plain"] == outputs["generate plain_cv"]
-
-    targets, table = target_rows(stages, setup, sizes, storage), stage_rows(stages)
     notes = [f"paste and compiled generations agree on {agree}/{setup.n_gen} rows; the paste changed {changed}/"
-             f"{setup.n_gen} rows against plain; plain HF and `recipient.generate` agree: {same_plain}.",
+             f"{setup.n_gen} rows against plain; plain HF and `recipient.generate` agree: "
+             f"{outputs['generate plain'] == outputs['generate plain_cv']}.",
+             "Stopping a profile after its deepest block saves at most what follows the last block, the final norm "
+             "and the head: " + ", ".join(f"{name} {after_last_block(model):.2%}" for name, model in
+                                          (("donor", hf_donor), ("recipient", hf_recipient)))
+             + " of the parameters here.",
              f"Total run time {time.perf_counter() - started:.0f} s."]
-    print("\n" + text_table(STAGE_HEADER, table) + "\n\n" + text_table(TARGET_HEADER, targets) + "\n")
-    print("\n".join(notes))
+    targets, table = target_rows(stages, setup, sizes, storage), stage_rows(stages)
+    print("\n" + markdown(STAGE_HEADER, table) + "\n\n" + markdown(TARGET_HEADER, targets) + "\n\n" + "\n".join(notes))
     if args.write_docs:
         write_docs(DOCS, setup, args, targets, table, notes)
         print(f"wrote {DOCS}")

@@ -195,11 +195,12 @@ class NNsightAccess(ModelAccess):
             jobs.append((self._inputs_cpu(batch), batch.last_index if positions == "last" else None, plan, order))
         envoys = self._envoys(sorted({layer for *_, order in jobs for layer in order}))
         results, nn = [], self.nn  # the body must not reference `self` (it would ship this package's object)
+        # tracer.stop() spares the server the blocks above the deepest layer. Its stop is kept in a reference cycle
+        # until the cyclic GC runs (see _read_blocks), in the server's process, or in this one under remote="local":
+        # the simulation, not a client, then holds one stopped forward a while. (No comment lines inside the session:
+        # the server re-parses the body, and they would shift its line numbers.)
         with nn.session(remote=remote), _fresh_sources():
             for inputs, index, plan, order in jobs:
-                # tracer.stop() spares the server the blocks above the deepest layer. Its stop is kept in a
-                # reference cycle until the cyclic GC runs (see _read_blocks), in the server's process, or in this
-                # one under remote="local": the simulation, not a client, then holds one stopped forward a while.
                 with nn.trace(inputs, use_cache=False) as tracer:
                     results.append(read_blocks(envoys, order, plan, keep, index))
                     tracer.stop()
