@@ -74,9 +74,8 @@ def test_profile_match_derive_equal_the_api(pipeline):
     converters = cv.Converters.load(tmp / "converters.safetensors")
     expected_conv = cv.fit_converters(p_donor, p_recipient, expected_map, method="ridge")
     assert converters.method == "ridge" and converters.layer_map() == expected_conv.layer_map()
-    for got, want in zip(converters, expected_conv):
-        assert torch.equal(got.to_donor.weight, want.to_donor.weight)
-        assert torch.equal(got.to_recipient.weight, want.to_recipient.weight)
+    for got, want in zip(converters, expected_conv):  # the file holds the same fit in float32
+        assert _same_parts(got.to_donor, want.to_donor) and _same_parts(got.to_recipient, want.to_recipient)
     table = pipeline["derive_output"]  # the per-pair held-out fit scores table
     assert "r2" in table and "rel_mse" in table and table.count("to_recipient") == len(converters)
 
@@ -122,7 +121,7 @@ def test_derive_interface_fits_the_given_adapter(pipeline):
     got = cv.Converters.load(out)
     assert got.method == "interface" and got.adapter_digest == adapter.digest()
     for g, w in zip(got, want):
-        assert torch.equal(g.to_recipient.weight, w.to_recipient.weight)
+        assert _same_parts(g.to_recipient, w.to_recipient)
     line = user_error("derive", tmp / "donor.safetensors", tmp / "recipient.safetensors", "--map", tmp / "map.json",
                       "--out", tmp / "x.safetensors", "--method", "interface")
     assert "--adapter" in line
@@ -146,8 +145,8 @@ def test_derive_chain_alpha_equals_the_chained_fit(pipeline):
     got = cv.Converters.load(out)
     assert got.extra["chained"] and got.chain_alpha == 0.5
     for g, w in zip(got, want):
-        torch.testing.assert_close(g.to_donor.weight, w.to_donor.weight)
-        torch.testing.assert_close(g.to_recipient.weight, w.to_recipient.weight)
+        torch.testing.assert_close(g.to_donor.weight, w.to_donor.weight.float())
+        torch.testing.assert_close(g.to_recipient.weight, w.to_recipient.weight.float())
     line = user_error("derive", *common, "--out", tmp / "x.safetensors", "--donor-model", pipeline["donor"])
     assert "--recipient-model" in line and "--prompts" in line
     line = user_error("derive", *common, "--out", tmp / "x.safetensors", "--donor-model", pipeline["donor"],
@@ -246,3 +245,9 @@ def test_remote_local_profile_and_paste_equal_local(pipeline, server_like):
            "--out", tmp / name, *args, *extra)
     assert (tmp / "remote.jsonl").read_text() == (tmp / "local.jsonl").read_text()
     assert server_like.requests >= 2 and server_like.refused == []
+
+
+def _same_parts(stored, fitted) -> bool:
+    """A converter read from a file equals the fitted one, part by part, rounded to the storage dtype."""
+    return all((a is None and b is None) or (a is not None and b is not None and torch.equal(a, b.to(a.dtype)))
+               for a, b in ((stored.left, fitted.left), (stored.right, fitted.right), (stored.bias, fitted.bias)))

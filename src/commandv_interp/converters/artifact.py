@@ -34,6 +34,7 @@ ConverterMethod = Literal["pinv", "ridge", "affine", "procrustes", "interface"]
 """``interface`` fits only an adapter's read and write directions (:mod:`~commandv_interp.converters.interface`)."""
 CONVERTER_METHODS: tuple[str, ...] = get_args(ConverterMethod)
 KIND = "commandv.converters"
+STORAGE_DTYPE = torch.float32  # reproduces the float64 fit to ~1e-7 relative; the paste itself runs in float32
 _SCHEMA = {"method": str, "donor_model": str, "recipient_model": str, "donor_config_hash": str,
            "recipient_config_hash": str, "d_donor": int, "d_recipient": int, "prompts_fingerprint": str,
            "pairs": list, "extra": dict}
@@ -251,14 +252,15 @@ class Converters:
         return pd.DataFrame(rows)
 
     def save(self, path: str | Path) -> Path:
-        """One safetensors file: tensors ``<pair>.<direction>.<part>`` + JSON metadata (with checksum); atomic."""
+        """One safetensors file: tensors ``<pair>.<direction>.<part>`` in float32 (``STORAGE_DTYPE``; the factored
+        form is kept) + JSON metadata (with checksum); atomic."""
         tensors, pairs_meta = {}, []
         for i, p in enumerate(self.pairs):
             for direction, conv in (("to_donor", p.to_donor), ("to_recipient", p.to_recipient)):
                 for part in _PARTS:
                     t = getattr(conv, part)
-                    if t is not None:
-                        tensors[f"{i}.{direction}.{part}"] = t
+                    if t is not None:  # fitted in float64, stored in float32 (the paste computes in float32)
+                        tensors[f"{i}.{direction}.{part}"] = t.to(STORAGE_DTYPE)
             pairs_meta.append({"donor_layer": p.donor_layer, "recipient_layer": p.recipient_layer,
                                "fit_scores": _finite_scores(p.fit_scores)})
         meta = {"kind": KIND, "method": self.method, "donor_model": self.donor_model,

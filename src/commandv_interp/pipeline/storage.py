@@ -7,7 +7,7 @@ rank-``r`` NodiReFT per recipient layer. ``tests/test_footprint.py`` checks ever
 
 >>> frame = storage_table(4096, 32, 3072, 28, n_prompts=1000, adapter_layers=16, rank=8)
 >>> round(float(frame.set_index("artifact").loc["converters (as stored)", "MB"]))
-1835
+918
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pandas as pd
 __all__ = ["storage_table", "converter_numbers"]
 
 PROFILE_BYTES = 4  # float32
-CONVERTER_BYTES = 8  # converters are fitted and saved in float64
+CONVERTER_BYTES = 4  # converters are fitted in float64 and saved in float32 (Converters.save)
 ADAPTER_BYTES = 4  # float32 (a donor adapter shipped in bf16 is half)
 
 
