@@ -242,7 +242,8 @@ def profile(
     batches = [access.encode(texts[start:start + batch_size], padding_side=padding_side)
                for start in range(0, len(texts), batch_size)]
     parts = access.read_batches(batches, layers, positions="last", remote=remote, progress=progress)
-    result = ActivationProfile.from_states(access, texts, {layer: torch.cat([part[layer] for part in parts])
+    # each layer's batch parts are released as they are concatenated: the peak holds one copy of the profile
+    result = ActivationProfile.from_states(access, texts, {layer: torch.cat([part.pop(layer) for part in parts])
                                                            for layer in layers})
     check_profile_rank(result, needed=1)
     _warn_duplicates(result)
