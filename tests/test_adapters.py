@@ -87,7 +87,7 @@ def test_malformed_folders(tmp_path):
         cv.load_adapter(tmp_path / "typ")
 
 
-@pytest.mark.parametrize("fixture", ["nn_llama", "tl_llama"])
+@pytest.mark.parametrize("fixture", ["nn_llama", pytest.param("tl_llama", marks=pytest.mark.slow)])
 def test_train_adapter_learns_and_leaves_base_frozen(fixture, request):
     access = request.getfixturevalue(fixture)
     prompts = random_prompts(12, seed=21)

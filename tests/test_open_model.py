@@ -15,6 +15,7 @@ def test_uncached_hub_id_fails_with_a_clear_error():
         cv.open_model("nobody/no-such-model")
 
 
+@pytest.mark.slow  # a fresh process loads torch, transformers and nnsight
 def test_cached_hub_id_loads_through_languagemodel_and_reads_like_the_directory(tiny_dir, tmp_path):
     """A hub cache laid out as huggingface_hub writes it, holding the tiny Llama as ``tiny-org/tiny-llama``; a fresh
     process (the cache location is read at import) opens it by id and reads the same block outputs as the directory."""

@@ -55,7 +55,8 @@ def test_rotated_recipient_reproduces_donor_adapter(nn_llama, rotated, profile_p
     assert_close(got[mask], expected[mask], atol=1e-4)
 
 
-@pytest.mark.parametrize("positions", ["last", "all", "last+decode"])
+@pytest.mark.parametrize("positions", ["last", pytest.param("all", marks=pytest.mark.slow),
+                                       pytest.param("last+decode", marks=pytest.mark.slow)])
 def test_compiled_equals_paste_across_backends(nn_llama, tl_llama, nn_gpt2, profile_prompts, positions):
     adapter = _adapter(nn_llama.d_model, layers=(0, 1, 2))  # 3 donor layers onto 3 recipient layers
     conv = _converters(tl_llama, nn_gpt2, profile_prompts, method="ridge", match="similarity")
