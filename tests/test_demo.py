@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow  # demo runs on zoo models, minutes in all
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    table = run_demo(behaviors=("refusal", "cot"), limit=16, out=out, progress=False)
+    table = run_demo(behaviors=("refusal", "cot"), method="interface", profile_set="task", limit=16, out=out,
+                     progress=False)
     return out, table
 
 
@@ -110,41 +111,13 @@ def test_cli_demo_prints_the_four_rows(tmp_path):
 
     from commandv_interp.app.cli import app
 
-    result = CliRunner().invoke(app, ["demo", "--behavior", "jailbreak", "--limit", "8", "--out", str(tmp_path)])
+    result = CliRunner().invoke(app, ["demo", "--behavior", "jailbreak", "--limit", "32", "--out", str(tmp_path),
+                                      "--json"])
     assert result.exit_code == 0, result.output
-    for label in ("recipient base", "recipient + Command-V", "donor + adapter", "recipient + direct ReFT finetune"):
-        assert label in result.output
-    assert (tmp_path / "report.md").exists()
-
-
-def test_readme_cli_chain_on_zoo_models(tmp_path):
-    """The README's command-line chain on zoo models; the pasted generations equal the Python API's."""
     import json
 
-    from typer.testing import CliRunner
-
-    import commandv_interp as cv
-    from commandv_interp import zoo
-    from commandv_interp.app.cli import app
-    from commandv_interp.zoo.evaluate import respond
-
-    run = CliRunner().invoke
-    steps = [["profile", "gpt2-4x96", "zoo:jailbreak:profile", "--out", str(tmp_path / "donor.safetensors"),
-              "--backend", "transformer_lens"],
-             ["profile", "llama-6x128", "zoo:jailbreak:profile", "--out", str(tmp_path / "recipient.safetensors")],
-             ["match", str(tmp_path / "donor.safetensors"), str(tmp_path / "recipient.safetensors"), "--out",
-              str(tmp_path / "map.json"), "--method", "depth"],
-             ["derive", str(tmp_path / "donor.safetensors"), str(tmp_path / "recipient.safetensors"), "--map",
-              str(tmp_path / "map.json"), "--out", str(tmp_path / "conv.safetensors"), "--method", "ridge"],
-             ["paste", "llama-6x128", "zoo:gpt2-4x96:jailbreak", str(tmp_path / "conv.safetensors"),
-              "zoo:jailbreak:test", "--out", str(tmp_path / "gen.jsonl"), "--max-new-tokens", "8"]]
-    for argv in steps:
-        result = run(app, argv)
-        assert result.exit_code == 0, (argv, result.output)
-    rows = [json.loads(line) for line in (tmp_path / "gen.jsonl").read_text().splitlines()]
-    recipient = zoo.load_model("llama-6x128")
-    converters = cv.Converters.load(tmp_path / "conv.safetensors")
-    with cv.paste(recipient, zoo.load_adapter("gpt2-4x96", "jailbreak"), converters):
-        expected = respond(recipient, [r["prompt"] for r in rows], 8)
-    assert [r["output"] for r in rows] == expected
-    assert [r["prompt"] for r in rows] == zoo.prompts("jailbreak", "test")
+    rows = pd.DataFrame(json.loads(result.stdout)["rows"]).set_index(["condition", "metric"])["value"]
+    assert set(CONDITIONS) <= {c for c, _ in rows.index}
+    # the default demo is the label-free transfer: on this pair it carries jailbreak (1.00 in the benchmark)
+    assert rows[("command_v", "compliance")] >= 0.9 and rows[("command_v", "false_refusal")] <= 0.05
+    assert "Label-free `cv.transfer`" in (tmp_path / "report.md").read_text()
