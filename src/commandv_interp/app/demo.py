@@ -50,7 +50,8 @@ def format_transfer_tables(table: pd.DataFrame) -> str:
         cost = group[group.metric.isin(["wall_s", "flops"])].set_index(["condition", "metric"])["value"]
         cv_s, ft_s = cost[("command_v", "wall_s")], cost[("recipient_finetune", "wall_s")]
         cv_f, ft_f = cost[("command_v", "flops")], cost[("recipient_finetune", "flops")]
-        out += ["", f"compute: Command-V {cv_s:.1f} s / {cv_f:.2e} FLOPs (profile + match + fit) vs direct "
+        out += ["", f"compute: Command-V {cv_s:.1f} s / {cv_f:.2e} FLOPs (the whole derivation, selection included) "
+                    "vs direct "
                     f"finetune {ft_s:.1f} s / {ft_f:.2e} FLOPs → ratio "
                     f"{cv_s / ft_s:.3f} (time), {cv_f / ft_f:.4f} (FLOPs)", ""]
     return "\n".join(out)
