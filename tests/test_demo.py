@@ -74,7 +74,8 @@ def test_cli_demo_chained_refusal_from_qwen2(tmp_path):
     from commandv_interp.app.cli import app
 
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--donor", "qwen2-5x160", "--behavior", "refusal", "--chain",
+    result = CliRunner().invoke(app, ["demo", "--donor", "qwen2-5x160", "--behavior", "refusal", "--method", "interface",
+                                      "--chain",
                                       "--alpha", "0.25", "--limit", "32", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     rows = pd.DataFrame(json.loads(result.stdout)["rows"])
