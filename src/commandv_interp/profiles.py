@@ -8,7 +8,7 @@ pairings. Saved as one safetensors file, written atomically.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from commandv_interp.access import Batch, ModelAccess, open_model, prompt_position_mask
 from commandv_interp.adapters.interventions import INTERVENTION_KINDS, Adapter, make_intervention
-from commandv_interp.types import POSITION_RULES, Bool, Int, Tensor, check_choice
+from commandv_interp.types import Bool, Int, Tensor, check_choice
 
 __all__ = ["train_adapter", "TrainingRecord", "encode_examples"]
 

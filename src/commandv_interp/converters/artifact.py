@@ -25,7 +25,7 @@ from commandv_interp.converters.regression import FitResult
 from commandv_interp.correspondence import LayerMap
 from commandv_interp.io import DegenerateDataWarning, check_fields, check_finite, read_safetensors, write_safetensors
 from commandv_interp.profiles import MIN_FIT_PROMPTS, ActivationProfile, check_profile_rank
-from commandv_interp.types import Float, Tensor, check_choice
+from commandv_interp.types import Float, Tensor
 
 __all__ = ["LinearConverter", "LayerConverter", "Converters", "ConverterMethod", "CONVERTER_METHODS",
            "check_fit_inputs"]
