@@ -407,103 +407,6 @@ def compile_cmd(
           f"wrote {out}: NodiReFT at recipient layers {native.layers}, rank {native.rank}, d_model {native.d_model}")
 
 
-@_command(app, "transfer")
-def transfer_cmd(
-    donor: Annotated[str, typer.Argument(metavar="DONOR", help="Donor checkpoint directory or zoo model name.")],
-    recipient: Annotated[str, typer.Argument(metavar="RECIPIENT",
-                                             help="Recipient checkpoint directory or zoo model name.")],
-    adapter: AdapterArg,
-    prompts: PromptsArg,
-    out: Annotated[Path, typer.Option(help="Folder to write: compiled/, transfer.json, candidates.csv, "
-                                           "report.md, converters and the adapter.")],
-    limit: Annotated[int | None, typer.Option(min=16, help="Use only the first LIMIT prompts.")] = 128,
-    backend: BackendOpt = "nnsight",
-    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
-) -> None:
-    """Label-free transfer: choose converters, layers and alpha by agreement with the donor+adapter, and compile.
-
-    PROMPTS are unlabeled prompts of the adapter's task (e.g. its training inputs).
-
-    Example: commandv transfer llama-6x128 gpt2-4x96 zoo:llama-6x128:jailbreak zoo:jailbreak:train --out jb/
-    """
-    import commandv_interp as cv
-
-    g = Globals(json_output, debug, zoo_root)
-    _out_folder(out, adapter, prompts)
-    from commandv_interp.pipeline.label_free import check_transfer_prompts
-
-    texts = check_transfer_prompts(_prompts(prompts)[:limit])  # cheap inputs first: fail before loading the models
-    donor_adapter = _adapter(g, adapter)
-    result = cv.transfer(_model(g, donor, backend), _model(g, recipient, backend), donor_adapter, texts,
-                         progress=not g.json)
-    result.save(out)
-    native = result.compile()
-    cv.save_adapter(native, out / "compiled")
-    best = result.candidates.sort_values(["criterion", "preference"], ascending=False).head(8)
-    report = [f"# Transfer: {donor} → {recipient}", "",
-              f"Chosen: `{result.choice}` at α = {result.alpha:.3g}, positions `{result.positions}`, layer map "
-              f"{result.layer_map}; {len(texts)} prompts, {result.wall_s:.0f} s, {result.flops:.2e} FLOPs.", "",
-              "The criterion is the share of the donor+adapter's response tokens the pasted recipient reproduces "
-              "greedily on held-out prompts (balanced over prompts the adapter changes and prompts it leaves alone).",
-              "", "| candidate | α | criterion | preference |", "|---|---|---|---|"]
-    report += [f"| {r.candidate} | {r.alpha:.3g} | {r.criterion:.3f} | {r.preference:.3f} |" for r in best.itertuples()]
-    (out / "report.md").write_text("\n".join(report) + "\n")
-    _emit(g, {"out": str(out), "choice": result.choice, "alpha": result.alpha, "layer_map": result.layer_map,
-              "flops": result.flops, "wall_s": result.wall_s},
-          f"wrote {out}: `{result.choice}` at alpha {result.alpha:.3g}, compiled adapter in {out / 'compiled'}; "
-          "best candidates:", [{"candidate": r.candidate, "alpha": round(r.alpha, 4), "criterion": round(r.criterion, 4)}
-                               for r in best.itertuples()])
-
-
-@_command(app, "sweep")
-def sweep_cmd(
-    study: Annotated[Path, typer.Argument(metavar="STUDY", help="Study file (TOML; see examples/*.toml).")],
-    out: Annotated[Path, typer.Option(help="Folder for results.csv and the cache (a re-run resumes).")],
-    json_output: JsonOpt = False, debug: DebugOpt = False,
-) -> None:
-    """Run an ablation study on the zoo: every cell of the study's grid, cached, with bootstrap CIs.
-
-    Example: commandv sweep examples/alpha_dose_response.toml --out results/alpha
-
-    Example (resume after an interruption, or after adding axis values): the same command again.
-    """
-    from commandv_interp.app.sweep import run_zoo_study
-
-    g = Globals(json_output, debug)
-    _out_folder(out, study)
-    table = run_zoo_study(study, out, progress=not g.json)
-    cells = table.drop(columns=["metric", "value", "ci_low", "ci_high", "n"]).drop_duplicates()
-    _emit(g, {"out": str(out), "cells": len(cells), "rows": len(table)},
-          f"wrote {out / 'results.csv'}: {len(cells)} cells, {len(table)} rows")
-
-
-@_command(app, "analyze")
-def analyze_cmd(
-    transfer_folder: Annotated[Path, typer.Argument(metavar="TRANSFER", help="Folder written by `commandv transfer`.")],
-    donor: Annotated[str, typer.Argument(metavar="DONOR", help="Donor checkpoint directory or zoo model name.")],
-    recipient: Annotated[str, typer.Argument(metavar="RECIPIENT",
-                                             help="Recipient checkpoint directory or zoo model name.")],
-    prompts: PromptsArg,
-    out: Annotated[Path, typer.Option(help="Folder for the per-layer CSVs, figures and report.md.")],
-    limit: Annotated[int, typer.Option(min=4, help="Use the first LIMIT prompts.")] = 64,
-    backend: BackendOpt = "nnsight",
-    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
-) -> None:
-    """Per-layer faithfulness report of one transfer: state/delta fidelity and layer attribution, as CSVs, figures
-    and report.md.
-
-    Example: commandv analyze jb/ llama-6x128 gpt2-4x96 zoo:jailbreak:test --out jb-analysis/
-    """
-    from commandv_interp.app.report import analyze_transfer
-    from commandv_interp.pipeline import load_transfer
-
-    g = Globals(json_output, debug, zoo_root)
-    _out_folder(out, transfer_folder, prompts)
-    chosen, texts = load_transfer(transfer_folder), _prompts(prompts)[:limit]  # before loading the models
-    files = analyze_transfer(chosen, _model(g, donor, backend), _model(g, recipient, backend), texts, out)
-    _emit(g, {"out": str(out), "files": [str(f) for f in files]}, f"wrote {out / 'report.md'} and {len(files)} files")
-
-
 # ---------------------------------------------------------------- zoo commands
 
 
@@ -631,3 +534,6 @@ def demo_cmd(
     else:
         typer.echo(format_transfer_tables(table))
         typer.echo(f"report: {out / 'report.md'}")
+
+
+from commandv_interp.app import cli_transfer  # noqa: E402,F401  registers `transfer`, `sweep` and `analyze` on `app`
