@@ -53,7 +53,7 @@ def test_transfer_reproduces_the_donor_adapter_on_new_prompts(pair, result):
 @pytest.mark.slow
 def test_candidates_table_is_tidy_and_names_the_paper_exact_row(result):
     c = result.candidates
-    assert {"candidate", "alpha", "criterion", "preference", "fit_flops", "score_flops", "stage"} <= set(c.columns)
+    assert {"candidate", "alpha", "criterion", "lift", "fit_flops", "score_flops", "stage", "n_scoring"} <= set(c.columns)
     assert c.paper_exact.sum() == 1 and c[c.paper_exact].candidate.item() == "pinv/depth"
     assert c.iloc[0].method == "none"  # the recipient without a paste, for reference
     assert result.choice in set(c.candidate) and result.flops > 0
@@ -121,3 +121,44 @@ def test_transfer_refuses_too_few_prompts_and_an_adapter_that_changes_nothing(pa
                 p.zero_()
     with pytest.raises(ValueError, match="changes none"):
         cv.transfer(donor, recipient, silent, random_prompts(32, seed=2), progress=False)
+
+
+def test_candidate_search_scores_only_the_prompts_not_scored_yet(pair, exact):
+    """Successive halving reuses a candidate's per-prompt scores: scoring it on all prompts after half of them
+    equals scoring it on all at once, and the lift of the plain recipient over itself is exactly one half."""
+    from commandv_interp.pipeline.search import CandidateSearch, prepare
+
+    donor, recipient, adapter = pair
+    setup = prepare(donor, recipient, adapter, random_prompts(48, seed=4))
+    per_layer = pasted_deltas(recipient, adapter, exact)
+    halving, direct = CandidateSearch(setup), CandidateSearch(setup)
+    base = halving.score("none", 0.0, None)
+    assert base["lift"] == pytest.approx(0.5)
+    halving.score("exact", 1.0, per_layer, n=6)
+    spent = halving.flops
+    full = halving.score("exact", 1.0, per_layer)
+    once = direct.score("exact", 1.0, per_layer)
+    assert full["n_scoring"] == once["n_scoring"] == len(setup.targets.prompts)
+    for key in ("criterion", "lift", "agree_changed", "agree_unchanged"):
+        assert full[key] == pytest.approx(once[key], nan_ok=True)
+    assert halving.flops - spent == pytest.approx(full["score_flops"]) and 0 < full["score_flops"] < once["score_flops"]
+
+
+@pytest.mark.slow
+def test_steering_adds_a_constant_vector_and_compiles_to_the_same_edit(pair):
+    """The steering baseline: its compiled rank-1 adapter adds exactly α·v at the last prompt token of every prompt,
+    whatever the state (it reads nothing), and its scale is one of SCALES chosen on held-out prompts."""
+    from commandv_interp.pipeline.steering import SCALES
+
+    donor, recipient, adapter = pair
+    steering = cv.steering_transfer(donor, recipient, adapter, random_prompts(48, seed=13), progress=False)
+    assert steering.alpha in SCALES and set(steering.vectors) <= set(range(recipient.n_layers))
+    assert len(steering.candidates) == len(SCALES) + 1
+    batch = recipient.encode(random_prompts(6, seed=2))
+    lowest = min(steering.vectors)  # nothing below it is edited: the read there shows the vector alone
+    plain = recipient.read(batch, [lowest])[lowest]
+    with steering.paste():
+        edited = recipient.read(batch, [lowest])[lowest]
+    assert not recipient.active_edits
+    torch.testing.assert_close(edited - plain, (steering.alpha * steering.vectors[lowest]).expand_as(plain),
+                               atol=1e-4, rtol=1e-4)

@@ -16,7 +16,7 @@ from commandv_interp.converters import (Converters, fit_chained_converters, fit_
                                         norm_matched_alpha)
 from commandv_interp.correspondence import LayerMap, match_layers, relative_depth_map  # noqa: E402
 from commandv_interp.paste import apply_adapter, compile_paste, paste  # noqa: E402
-from commandv_interp.pipeline import Transfer, load_transfer, transfer  # noqa: E402
+from commandv_interp.pipeline import Steering, Transfer, load_transfer, steering_transfer, transfer  # noqa: E402
 from commandv_interp.profiles import ActivationProfile, profile  # noqa: E402
 from commandv_interp.prompts import load_prompts  # noqa: E402
 
@@ -26,6 +26,7 @@ __all__ = [
     "ActivationProfile",
     "Adapter",
     "Converters",
+    "Steering",
     "Transfer",
     "LayerMap",
     "ModelAccess",
@@ -44,6 +45,7 @@ __all__ = [
     "profile",
     "relative_depth_map",
     "save_adapter",
+    "steering_transfer",
     "train_adapter",
     "transfer",
 ]

@@ -37,7 +37,7 @@ def transfer_cmd(
 
     g = Globals(json_output, debug, zoo_root)
     _out_folder(out, adapter, prompts)
-    from commandv_interp.pipeline.label_free import check_transfer_prompts
+    from commandv_interp.pipeline.search import check_transfer_prompts
 
     texts = check_transfer_prompts(_prompts(prompts)[:limit])  # cheap inputs first: fail before loading the models
     donor_adapter = _adapter(g, adapter)
@@ -46,14 +46,16 @@ def transfer_cmd(
     result.save(out)
     native = result.compile()
     cv.save_adapter(native, out / "compiled")
-    best = result.candidates.sort_values(["criterion", "preference"], ascending=False).head(8)
+    scored = result.candidates
+    best = (scored[scored.n_scoring == scored.n_scoring.max()]
+            .sort_values(["criterion", "lift"], ascending=False).head(8))
     report = [f"# Transfer: {donor} → {recipient}", "",
               f"Chosen: `{result.choice}` at α = {result.alpha:.3g}, positions `{result.positions}`, layer map "
               f"{result.layer_map}; {len(texts)} prompts, {result.wall_s:.0f} s, {result.flops:.2e} FLOPs.", "",
               "The criterion is the share of the donor+adapter's response tokens the pasted recipient reproduces "
               "greedily on held-out prompts (balanced over prompts the adapter changes and prompts it leaves alone).",
-              "", "| candidate | α | criterion | preference |", "|---|---|---|---|"]
-    report += [f"| {r.candidate} | {r.alpha:.3g} | {r.criterion:.3f} | {r.preference:.3f} |" for r in best.itertuples()]
+              "", "| candidate | α | criterion | lift |", "|---|---|---|---|"]
+    report += [f"| {r.candidate} | {r.alpha:.3g} | {r.criterion:.3f} | {r.lift:.3f} |" for r in best.itertuples()]
     (out / "report.md").write_text("\n".join(report) + "\n")
     _emit(g, {"out": str(out), "choice": result.choice, "alpha": result.alpha, "layer_map": result.layer_map,
               "flops": result.flops, "wall_s": result.wall_s},

@@ -16,7 +16,8 @@ divergence: teacher forcing gives every position's argmax in one pass, and the l
 how far a greedy generation under the paste follows the donor+adapter (a later match after a divergence counts for
 nothing, as in generation). The *margin* is the log-likelihood ratio ``log P(target) − log P(foil)`` (summed over
 tokens: the behavior shows in the first tokens where the two diverge and the rest is predictable in both, so a
-per-token mean would dilute it). The criterion is the agreement averaged over changed and over unchanged prompts,
+per-token mean would dilute it); scoring the foils is optional, and without them the *lift* over the plain
+recipient (``log P(target)`` under the paste minus without it) is the tie-breaker instead. The criterion is the agreement averaged over changed and over unchanged prompts,
 each group one half when both occur (so a paste that acts everywhere, or nowhere, scores at most one half); the same
 balance of ``sigmoid(margin)``, the *preference*, breaks ties: it still moves when no generation changes yet.
 Forward passes only.
@@ -150,26 +151,46 @@ def at_prompt_end(per_layer: dict[int, list[DeltaFn]], prompt_lens: Sequence[int
 
 @dataclass(frozen=True)
 class ResponseScores:
-    """Per scoring prompt, under one paste: ``margin`` = log P(target) − log P(foil) (summed over tokens) and
-    ``agreement`` = the share of the target's tokens the recipient reproduces greedily before its first divergence."""
+    """Per scoring prompt, under one paste: ``target_loglik`` = log P(target) (summed over its tokens),
+    ``agreement`` = the share of the target's tokens the recipient reproduces greedily before its first divergence,
+    and, when the foils were scored too, ``foil_loglik`` = log P(foil)."""
 
-    margin: Float[Tensor, " n"]
+    target_loglik: Float[Tensor, " n"]
     agreement: Float[Tensor, " n"]
+    foil_loglik: Float[Tensor, " n"] | None = None
+
+    @property
+    def margin(self) -> Float[Tensor, " n"]:
+        """``log P(target) − log P(foil)`` per prompt (needs the foils scored)."""
+        if self.foil_loglik is None:
+            raise ValueError("these scores were computed without the foils (foil=False); score_responses(..., "
+                             "foil=True) gives the margin")
+        return self.target_loglik - self.foil_loglik
+
+    def take(self, rows: Sequence[int]) -> "ResponseScores":
+        """The scores of some prompts (by index)."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        return ResponseScores(self.target_loglik[idx], self.agreement[idx],
+                              None if self.foil_loglik is None else self.foil_loglik[idx])
 
 
 def score_responses(recipient: ModelAccess, targets: DonorTargets,
                     per_layer: dict[int, list[DeltaFn]] | None = None, alpha: float = 1.0,
-                    batch_size: int = 32) -> ResponseScores:
-    """Score the target and foil responses teacher-forced under the pasted deltas ``per_layer`` (recipient layer →
-    delta functions, e.g. :func:`~commandv_interp.converters.pasted_deltas`) at scale ``alpha``, acting at the last
-    prompt token; ``None`` scores the plain recipient."""
+                    batch_size: int = 32, foil: bool = True, rows: Sequence[int] | None = None) -> ResponseScores:
+    """Score the target (and, with ``foil``, the foil) responses teacher-forced under the pasted deltas
+    ``per_layer`` (recipient layer → delta functions, e.g. :func:`~commandv_interp.converters.pasted_deltas`) at
+    scale ``alpha``, acting at the last prompt token; ``None`` scores the plain recipient. ``rows`` scores only
+    those scoring prompts (by index; the result is in that order)."""
+    idx = list(range(len(targets.prompts))) if rows is None else list(rows)
+    prompts = [targets.prompts[i] for i in idx]
     results = []
-    for texts in (targets.target, targets.foil):
-        parts = [_loglik(recipient, targets.prompts[start:start + batch_size], texts[start:start + batch_size],
-                         per_layer, alpha) for start in range(0, len(targets.prompts), batch_size)]
+    for texts in (targets.target, targets.foil) if foil else (targets.target,):
+        texts = [texts[i] for i in idx]
+        parts = [_loglik(recipient, prompts[start:start + batch_size], texts[start:start + batch_size],
+                         per_layer, alpha) for start in range(0, len(prompts), batch_size)]
         results.append((torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])))
-    (target_ll, target_agree), (foil_ll, _) = results
-    return ResponseScores(target_ll - foil_ll, target_agree)
+    (target_ll, target_agree) = results[0]
+    return ResponseScores(target_ll, target_agree, results[1][0] if foil else None)
 
 
 def _loglik(recipient: ModelAccess, prompts: Sequence[str], responses: Sequence[str],
@@ -198,16 +219,27 @@ def _balanced(values: Tensor, changed: Sequence[bool]) -> dict[str, float]:
             "unchanged": float(values[~mask].mean()) if (~mask).any() else math.nan}
 
 
-def summarize(scores: ResponseScores, changed: Sequence[bool]) -> dict[str, float]:
+def summarize(scores: ResponseScores, changed: Sequence[bool], reference: ResponseScores | None = None
+              ) -> dict[str, float]:
     """The criterion and its parts: ``criterion`` = balanced mean of the greedy prefix agreement over changed and
-    unchanged prompts (each group one half when both occur); ``preference`` = the same balance of
-    ``sigmoid(margin)``, the tie-breaker; plus each group's values."""
-    agree = _balanced(scores.agreement, changed)
-    pref = _balanced(torch.sigmoid(scores.margin.double()), changed)
+    unchanged prompts (each group one half when both occur), with each group's value. With the foils scored,
+    ``preference`` = the same balance of ``sigmoid(margin)``; with ``reference`` (the plain recipient's scores on
+    the same prompts), ``lift`` = the same balance of ``sigmoid(log P(target) − log P_reference(target))``: how far
+    the paste raised the donor+adapter's answer over what the recipient gave it alone (0.5: no change). Either one
+    breaks ties: it still moves when no generation changes yet."""
+    out = _parts("criterion", "agree", _balanced(scores.agreement, changed))
+    if scores.foil_loglik is not None:
+        out |= _parts("preference", "pref", _balanced(torch.sigmoid(scores.margin.double()), changed))
+    if reference is not None:
+        if reference.target_loglik.shape != scores.target_loglik.shape:
+            raise ValueError(f"the reference scores {tuple(reference.target_loglik.shape)} are not of the same "
+                             f"prompts as the scores {tuple(scores.target_loglik.shape)}; score both on the same rows")
+        gain = scores.target_loglik.double() - reference.target_loglik.double()
+        out |= _parts("lift", "lift", _balanced(torch.sigmoid(gain), changed))
+    return out
 
-    def mean(d: dict[str, float]) -> float:
-        vals = [v for v in d.values() if not math.isnan(v)]
-        return sum(vals) / len(vals)
 
-    return {"criterion": mean(agree), "preference": mean(pref), "agree_changed": agree["changed"],
-            "agree_unchanged": agree["unchanged"], "pref_changed": pref["changed"], "pref_unchanged": pref["unchanged"]}
+def _parts(name: str, prefix: str, groups: dict[str, float]) -> dict[str, float]:
+    vals = [v for v in groups.values() if not math.isnan(v)]
+    return {name: sum(vals) / len(vals), f"{prefix}_changed": groups["changed"],
+            f"{prefix}_unchanged": groups["unchanged"]}

@@ -1,15 +1,17 @@
 """Stage 6 (pipeline): consumes a donor and a recipient model, the donor's :class:`Adapter` and unlabeled prompts of
 its task, produces a :class:`Transfer`: a paste chosen without behavior labels, with everything it considered.
 
-``transfer`` splits the prompts into a fitting set and a held-out scoring set. It profiles both models on the
-fitting prompts and on the same prompts followed by the donor's first response word with and without its adapter
-(:func:`~commandv_interp.pipeline.agreement.onset_prompts`), and fits a fixed set of candidates: adapter-aware
-``interface`` converters by relative depth and by similarity, ridge and Procrustes converters by relative depth,
-chained interface converters at α = ½ and 1, and the paper-exact pinv (plain prompts, relative depth). Stage 1 scores
-each fit at α = 1 and at its norm-matched α (a chained fit at its own α) with the donor-agreement criterion of
-:mod:`~commandv_interp.pipeline.agreement` on the scoring prompts; stage 2 rescales the three best by ½ and 2 (a
-chained fit is refitted at the new α). The best candidate overall is kept (ties: the higher preference, then the smaller α). Forward
-passes only.
+``transfer`` prepares the search with :func:`~commandv_interp.pipeline.search.prepare` (a fitting and a held-out
+scoring split, the donor's answers with and without its adapter on the scoring prompts, both models profiled on the
+fitting prompts and on the same prompts followed by the donor's first response word) and fits a fixed set of
+candidates: adapter-aware ``interface`` converters by relative depth and by similarity, ridge and Procrustes
+converters by relative depth, chained interface converters at α = ½ (re-recorded on the plain fitting prompts: each chained fit
+runs both models again, so it uses the smaller set), and the paper-exact pinv (plain prompts,
+relative depth). Stage 1 scores each fit at α = 1 and at its norm-matched α (a chained fit at its own α) with the
+donor-agreement criterion of :mod:`~commandv_interp.pipeline.agreement` on the first half of the scoring prompts;
+stage 2 scores the three best on all of them, as they are and rescaled by ½ and 2 (a chained fit is refitted at the
+new α). The best candidate scored on all prompts is kept (ties: the higher lift, then the smaller α). Forward passes
+only.
 
 Defaults were fixed before any transfer outcome was looked at; ``candidates`` reports every candidate's criterion,
 the FLOPs of its own fit and of its scoring, so that a user can see what the choice rested on.
@@ -24,33 +26,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from commandv_interp.access import ModelAccess, forward_flops, open_model
 from commandv_interp.adapters import Adapter, load_adapter, save_adapter
 from commandv_interp.converters import Converters, fit_chained_converters, fit_converters, norm_matched_alpha
 from commandv_interp.converters.transport import pasted_deltas
-from commandv_interp.correspondence import LayerMap, match_layers
+from commandv_interp.correspondence import LayerMap
 from commandv_interp.io import atomic_write, read_json, write_json
 from commandv_interp.paste import compile_paste, paste
-from commandv_interp.pipeline.agreement import (DonorTargets, ResponseScores, donor_targets, onset_prompts,
-                                                score_responses, summarize)
-from commandv_interp.profiles import profile
+from commandv_interp.pipeline.search import MIN_PROMPTS, CandidateSearch, check_transfer_prompts, prepare
 from commandv_interp.types import PositionRule
 from commandv_interp.version import __version__
 
-__all__ = ["Transfer", "transfer", "load_transfer", "check_transfer_prompts", "MIN_PROMPTS", "PAPER_EXACT", "CHAIN_ALPHAS", "REFINE_FACTORS", "REFINE_TOP"]
+__all__ = ["Transfer", "transfer", "load_transfer", "check_transfer_prompts", "MIN_PROMPTS", "PAPER_EXACT",
+           "CHAIN_ALPHAS", "REFINE_FACTORS", "REFINE_TOP"]
 
 PAPER_EXACT = "pinv/depth"
 """The paper's configuration: pinv converters, relative depth, α = 1 (always among the candidates)."""
-CHAIN_ALPHAS = (0.5, 1.0)  # scales a chained fit is fitted (and pasted) under in stage 1
+CHAIN_ALPHAS = (0.5,)  # the scale a chained fit is fitted (and pasted) under in stage 1 (stage 2 refits it at ¼ and 1)
 REFINE_TOP = 3  # stage 2 rescales the best stage-1 candidates ...
 REFINE_FACTORS = (0.5, 2.0)  # ... by these factors (a chained one is refitted at its new scale)
 PROFILE_FITS = (("interface", "depth"), ("interface", "similarity"), ("ridge", "depth"), ("procrustes", "depth"),
                 ("pinv", "depth"))
 KIND = "commandv.transfer"
-MIN_PROMPTS = 16  # a quarter held out for scoring leaves at least 12 to fit on
 
 
 @dataclass
@@ -60,9 +59,10 @@ class Transfer:
     Attributes:
         adapter, converters, alpha, positions: what :meth:`paste` pastes.
         choice: the chosen candidate's name (``<method>/<match>`` or ``interface-chained/depth``).
-        candidates: one row per candidate × α: ``candidate, method, match, alpha, alpha_rule, criterion,
-            preference, agree_changed, agree_unchanged, pref_changed, pref_unchanged, n_scoring, n_changed, fit_flops, score_flops, fit_s, score_s, paper_exact,
-            stage`` (the first row is the recipient without a paste, for reference).
+        candidates: one row per scoring of a candidate × α: ``candidate, alpha, method, match, fit_flops, fit_s,
+            alpha_rule, stage, paper_exact, criterion, agree_changed, agree_unchanged, lift, lift_changed,
+            lift_unchanged, n_scoring, n_changed, score_flops, score_s`` (the first row is the recipient without a
+            paste, for reference; stage 1 rows are scored on half of the scoring prompts, stage 2 rows on all).
         flops, wall_s: the whole call (targets, profiles, fits and scoring).
     """
 
@@ -161,115 +161,65 @@ def transfer(
         ...     recipient.generate(recipient.encode(new_prompts))
     """
     start = time.perf_counter()
-    donor, recipient = open_model(donor_model), open_model(recipient_model)
-    prompts = check_transfer_prompts(prompts)
-    if not 0 < scoring_fraction < 1:
-        raise ValueError(f"scoring_fraction must be in (0, 1), got {scoring_fraction!r}")
-    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_score = max(4, round(len(prompts) * scoring_fraction))
-    scoring = [prompts[i] for i in order[:n_score]]
-    fitting = [prompts[i] for i in order[n_score:]]
-    positions = adapter.positions
-    search = _Search(donor, recipient, adapter, positions, batch_size)
+    setup = prepare(donor_model, recipient_model, adapter, prompts, scoring_fraction, max_new_tokens, batch_size,
+                    seed)
+    recipient, positions = setup.recipient, adapter.positions
+    search = CandidateSearch(setup)
+    fits: dict[str, Converters] = {}
+    info: dict[str, dict] = {}
+    half = math.ceil(search.n_scoring / 2)
+    plain_donor, plain_recipient = setup.plain_profiles()  # the paper's pinv and the chained fits use these
+    search.score("recipient (no paste)", 0.0, None, method="none", match="none", alpha_rule="none", stage=0,
+                 fit_flops=0.0, fit_s=0.0, paper_exact=False)
 
-    search.targets = donor_targets(donor, adapter, scoring, max_new_tokens, batch_size)
-    search.flops += 2 * _generation_flops(donor, scoring, max_new_tokens)
-    search.score("recipient (no paste)", "none", "none", None, [(0.0, "none")], stage=0)
+    def add(name: str, conv: Converters, method: str, match: str, fit_flops: float, fit_s: float) -> None:
+        fits[name] = conv
+        info[name] = {"method": method, "match": match, "fit_flops": fit_flops, "fit_s": fit_s}
 
-    augmented = fitting + onset_prompts(donor, adapter, fitting, batch_size)
-    search.flops += 2 * forward_flops(donor, fitting)
-    p_donor = profile(donor, augmented, layers=adapter.layers, batch_size=batch_size, progress=False)
-    p_recipient = profile(recipient, augmented, batch_size=batch_size, progress=False)
-    search.flops += (forward_flops(donor, augmented, max(adapter.layers))
-                     + forward_flops(recipient, augmented, recipient.n_layers - 1))
-    maps = {"depth": match_layers(p_donor, p_recipient, "depth", adapter.layers),
-            "similarity": match_layers(p_donor, p_recipient, "similarity", adapter.layers)}
-    plain_rows = list(range(len(fitting)))  # the paper's pinv is fitted on the plain prompts alone
-    paper_donor, paper_recipient = p_donor.subset(plain_rows), p_recipient.subset(plain_rows)
-    fits: list[tuple[str, str, str, object]] = [
-        (f"{m}/{match}", m, match, lambda m=m, match=match: fit_converters(p_donor, p_recipient, maps[match], m,
-                                                                            adapter))
-        for m, match in PROFILE_FITS if m != "pinv"]
-    fits.append((PAPER_EXACT, "pinv", "depth",
-                 lambda: fit_converters(paper_donor, paper_recipient, maps["depth"], "pinv")))
-    for name, method, match, make in tqdm(fits, desc="transfer: stage 1", disable=not progress):
+    def scored(name: str, alpha: float, rule: str, stage: int, n: int | None) -> dict:
+        conv = fits[name]
+        return search.score(name, alpha, lambda: pasted_deltas(recipient, adapter, conv), n, **info[name],
+                            alpha_rule=rule, stage=stage, paper_exact=name == PAPER_EXACT and rule == "1")
+
+    def chained(alpha: float) -> str:
+        name = f"interface-chained/depth/{alpha:g}"
+        if name not in fits:
+            t0 = time.perf_counter()
+            conv = fit_chained_converters(setup.donor, recipient, adapter, setup.fitting, setup.layer_maps["depth"],
+                                          alpha, plain_donor, plain_recipient, positions, batch_size)
+            fit_flops = _chain_flops(setup.donor, recipient, setup.fitting, adapter, setup.layer_maps["depth"])
+            search.flops += fit_flops
+            add(name, conv, "interface-chained", "depth", fit_flops, time.perf_counter() - t0)
+        return name
+
+    jobs = [(f"{m}/{match}", m, match) for m, match in PROFILE_FITS]
+    for name, method, match in tqdm(jobs, desc="transfer: stage 1", disable=not progress):
         t0 = time.perf_counter()
-        conv = make()
-        search.fits[name] = conv
-        grid = [(1.0, "1")] + _norm_alpha(adapter, conv, p_donor, p_recipient)
-        search.score(name, method, match, conv, grid, stage=1, fit_s=time.perf_counter() - t0)
-    for alpha_chain in CHAIN_ALPHAS:
-        search.chained(augmented, maps["depth"], p_donor, p_recipient, alpha_chain, stage=1)
+        if method == "pinv":
+            conv = fit_converters(plain_donor, plain_recipient, setup.layer_maps[match], "pinv")
+        else:
+            conv = fit_converters(setup.donor_profile, setup.recipient_profile, setup.layer_maps[match], method,
+                                  adapter)
+        add(name, conv, method, match, 0.0, time.perf_counter() - t0)
+        for alpha, rule in [(1.0, "1")] + _norm_alpha(adapter, conv, setup.donor_profile, setup.recipient_profile):
+            scored(name, alpha, rule, 1, half)
+    for alpha in CHAIN_ALPHAS:
+        scored(chained(alpha), alpha, "chain", 1, half)
 
     table = search.table()
-    top = (table[(table.stage == 1) & ~table.paper_exact]
-           .sort_values(["criterion", "preference"], ascending=False, kind="stable").head(REFINE_TOP))
+    top = (table[(table.stage == 1) & ~table.paper_exact.astype(bool)]
+           .sort_values(["criterion", "lift"], ascending=False, kind="stable").head(REFINE_TOP))
     for row in tqdm(list(top.itertuples()), desc="transfer: stage 2", disable=not progress):
+        scored(row.candidate, row.alpha, row.alpha_rule, 2, None)
         for factor in REFINE_FACTORS:
             alpha = row.alpha * factor
             if row.method == "interface-chained":
-                search.chained(augmented, maps["depth"], p_donor, p_recipient, alpha, stage=2)
+                scored(chained(alpha), alpha, "chain", 2, None)
             else:
-                search.score(row.candidate, row.method, row.match, search.fits[row.candidate],
-                             [(alpha, f"{row.alpha_rule}×{factor:g}")], stage=2)
-    table = search.table()
-    pasted = table[table.method != "none"]
-    best = pasted.sort_values(["criterion", "preference", "alpha"], ascending=[False, False, True],
-                              kind="stable").iloc[0]
-    return Transfer(adapter, search.fits[best.candidate], float(best.alpha), positions, str(best.candidate), table,
-                    search.flops, time.perf_counter() - start, recipient, dict(search.fits))
-
-
-class _Search:
-    """The candidates scored so far, their fits, and the FLOPs spent."""
-
-    def __init__(self, donor: ModelAccess, recipient: ModelAccess, adapter: Adapter, positions: PositionRule,
-                 batch_size: int) -> None:
-        self.donor, self.recipient, self.adapter = donor, recipient, adapter
-        self.positions, self.batch_size = positions, batch_size
-        self.targets: DonorTargets | None = None
-        self.fits: dict[str, Converters] = {}
-        self.rows: list[dict] = []
-        self.flops = 0.0
-        self._score_flops: float | None = None
-
-    def score(self, name: str, method: str, match: str, conv: Converters | None, alphas: list[tuple[float, str]],
-              stage: int, fit_flops: float = 0.0, fit_s: float = 0.0) -> None:
-        targets = self.targets
-        if self._score_flops is None:
-            self._score_flops = _scoring_flops(self.recipient, targets)
-        per_layer = pasted_deltas(self.recipient, self.adapter, conv) if conv is not None else None
-        for alpha, rule in alphas:
-            t1 = time.perf_counter()
-            scores = score_responses(self.recipient, targets, per_layer, alpha, self.batch_size)
-            self.flops += self._score_flops
-            self.rows.append(_row(name, method, match, alpha, rule, scores, targets, fit_flops, self._score_flops,
-                                  fit_s, time.perf_counter() - t1) | {"stage": stage})
-
-    def chained(self, prompts: list[str], layer_map: LayerMap, p_donor, p_recipient, alpha: float, stage: int) -> None:
-        name = f"interface-chained/depth/{alpha:g}"
-        if name in self.fits:
-            return
-        t0 = time.perf_counter()
-        conv = fit_chained_converters(self.donor, self.recipient, self.adapter, prompts, layer_map, alpha, p_donor,
-                                      p_recipient, self.positions, self.batch_size)
-        fit_flops = _chain_flops(self.donor, self.recipient, prompts, self.adapter, layer_map)
-        self.flops += fit_flops
-        self.fits[name] = conv
-        self.score(name, "interface-chained", "depth", conv, [(alpha, "chain")], stage, fit_flops,
-                   time.perf_counter() - t0)
-
-    def table(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows)
-
-
-def check_transfer_prompts(prompts: Sequence[str]) -> list[str]:
-    """The distinct prompts, in order; refuses fewer than ``MIN_PROMPTS`` (a fitting and a scoring set are needed)."""
-    distinct = list(dict.fromkeys(prompts))
-    if len(distinct) < MIN_PROMPTS:
-        raise ValueError(f"transfer needs at least {MIN_PROMPTS} distinct prompts of the adapter's task, got "
-                         f"{len(distinct)}; pass more (e.g. the adapter's training inputs)")
-    return distinct
+                scored(row.candidate, alpha, f"{row.alpha_rule}×{factor:g}", 2, None)
+    best = search.best()
+    return Transfer(adapter, fits[best.candidate], float(best.alpha), positions, str(best.candidate), search.table(),
+                    search.flops, time.perf_counter() - start, recipient, dict(fits))
 
 
 def _norm_alpha(adapter: Adapter, conv: Converters, p_donor, p_recipient) -> list[tuple[float, str]]:
@@ -279,28 +229,6 @@ def _norm_alpha(adapter: Adapter, conv: Converters, p_donor, p_recipient) -> lis
     except ValueError:
         return []
     return [(norm, "norm")] if math.isfinite(norm) and norm > 0 and not math.isclose(norm, 1.0) else []
-
-
-def _row(name: str, method: str, match: str, alpha: float, rule: str, scores: ResponseScores,
-         targets: DonorTargets, fit_flops: float, score_flops: float, fit_s: float, score_s: float = 0.0) -> dict:
-    return {"candidate": name, "method": method, "match": match, "alpha": alpha, "alpha_rule": rule,
-            **summarize(scores, targets.changed),
-            "n_scoring": len(targets.prompts), "n_changed": targets.n_changed,
-            "fit_flops": fit_flops, "score_flops": score_flops, "fit_s": fit_s, "score_s": score_s,
-            "paper_exact": name == PAPER_EXACT and rule == "1"}
-
-
-def _generation_flops(access: ModelAccess, prompts: Sequence[str], new_tokens: int) -> float:
-    """A greedy generation with a KV cache: the prompt pass plus one token per new token and prompt."""
-    params_pass = forward_flops(access, prompts)
-    tokens = sum(len(ids) for ids in access.tokenizer(list(prompts))["input_ids"])
-    return params_pass * (1 + new_tokens * len(prompts) / max(tokens, 1))
-
-
-def _scoring_flops(recipient: ModelAccess, targets: DonorTargets) -> float:
-    texts = [p + " " + r for p, r in zip(targets.prompts, targets.target)]
-    texts += [p + " " + r for p, r in zip(targets.prompts, targets.foil)]
-    return forward_flops(recipient, texts)
 
 
 def _chain_flops(donor: ModelAccess, recipient: ModelAccess, prompts: Sequence[str], adapter: Adapter,

@@ -1,0 +1,190 @@
+"""Stage 6 (pipeline): consumes a donor, a recipient, the donor's :class:`Adapter` and unlabeled prompts of its task,
+produces what every label-free candidate is built and scored from (:class:`SearchSetup`) and the engine that scores
+candidates (:class:`CandidateSearch`).
+
+:func:`prepare` splits the prompts into a fitting and a held-out scoring set, has the donor answer the scoring
+prompts with and without its adapter (:func:`~commandv_interp.pipeline.agreement.donor_targets`), and profiles
+both models on the fitting prompts plus the same prompts followed by the donor's first response word
+(:func:`~commandv_interp.pipeline.agreement.onset_prompts`), with the two layer maps (relative depth, similarity).
+
+:class:`CandidateSearch` scores pastes (recipient layer → delta functions, at a scale α) by the donor-agreement
+criterion, teacher-forced on the donor+adapter's answers only (the *lift* over the plain recipient breaks ties),
+and keeps each candidate's per-prompt scores: scoring a candidate on more prompts later (successive halving: every
+candidate on the first half, the best on all) runs only the prompts not scored yet. It counts the FLOPs of
+everything it runs, so that a caller reports the cost of the whole search.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from commandv_interp.access import ModelAccess, forward_flops, open_model
+from commandv_interp.adapters import Adapter
+from commandv_interp.adapters.edits import DeltaFn
+from commandv_interp.correspondence import LayerMap, match_layers
+from commandv_interp.pipeline.agreement import (DonorTargets, ResponseScores, donor_targets, onset_prompts,
+                                                score_responses, summarize)
+from commandv_interp.profiles import ActivationProfile, profile
+from commandv_interp.prompts import prompts_fingerprint
+
+__all__ = ["SearchSetup", "CandidateSearch", "prepare", "check_transfer_prompts", "generation_flops", "MIN_PROMPTS"]
+
+MIN_PROMPTS = 16  # a quarter held out for scoring leaves at least 12 to fit on
+PerLayer = dict[int, list[DeltaFn]]
+
+
+@dataclass
+class SearchSetup:
+    """The split, the donor's targets on the scoring prompts, the fitting profiles and layer maps.
+
+    Attributes:
+        fitting, scoring: the two disjoint prompt sets.
+        augmented: ``fitting`` followed by its onset prompts (what the profiles were taken on).
+        targets: the donor's answers with and without its adapter on ``scoring``.
+        donor_profile, recipient_profile: profiles over ``augmented`` (the donor's at the adapter's layers).
+        layer_maps: ``{"depth": ..., "similarity": ...}`` for the adapter's layers.
+        flops: the FLOPs spent so far (targets, onsets, profiles).
+    """
+
+    donor: ModelAccess
+    recipient: ModelAccess
+    adapter: Adapter
+    fitting: list[str]
+    scoring: list[str]
+    augmented: list[str]
+    targets: DonorTargets
+    donor_profile: ActivationProfile
+    recipient_profile: ActivationProfile
+    layer_maps: dict[str, LayerMap]
+    batch_size: int
+    flops: float = 0.0
+
+    def plain_profiles(self) -> tuple[ActivationProfile, ActivationProfile]:
+        """The profiles' rows of the plain fitting prompts (no onset word): the paper's profile set."""
+        rows, fingerprint = list(range(len(self.fitting))), prompts_fingerprint(self.fitting)
+        return (self.donor_profile.subset(rows, fingerprint), self.recipient_profile.subset(rows, fingerprint))
+
+
+def check_transfer_prompts(prompts: Sequence[str]) -> list[str]:
+    """The distinct prompts, in order; refuses fewer than ``MIN_PROMPTS`` (a fitting and a scoring set are needed)."""
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of prompts, got a single string; wrap it in a list")
+    distinct = list(dict.fromkeys(prompts))
+    if len(distinct) < MIN_PROMPTS:
+        raise ValueError(f"transfer needs at least {MIN_PROMPTS} distinct prompts of the adapter's task, got "
+                         f"{len(distinct)}; pass more (e.g. the adapter's training inputs)")
+    return distinct
+
+
+def prepare(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Adapter, prompts: Sequence[str],
+            scoring_fraction: float = 0.25, max_new_tokens: int = 8, batch_size: int = 32,
+            seed: int = 0) -> SearchSetup:
+    """Split ``prompts``, take the donor's targets on the scoring part and profile both models on the fitting part
+    (see the module doc). Forward passes only; the FLOPs are counted in ``flops``."""
+    donor, recipient = open_model(donor_model), open_model(recipient_model)
+    prompts = check_transfer_prompts(prompts)
+    if not (isinstance(scoring_fraction, float | int) and 0 < scoring_fraction < 1):
+        raise ValueError(f"scoring_fraction must be in (0, 1), got {scoring_fraction!r}")
+    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_score = max(4, round(len(prompts) * scoring_fraction))
+    scoring = [prompts[i] for i in order[:n_score]]
+    fitting = [prompts[i] for i in order[n_score:]]
+    targets = donor_targets(donor, adapter, scoring, max_new_tokens, batch_size)
+    flops = 2 * generation_flops(donor, scoring, max_new_tokens)
+    augmented = fitting + onset_prompts(donor, adapter, fitting, batch_size)
+    flops += 2 * forward_flops(donor, fitting)
+    p_donor = profile(donor, augmented, layers=adapter.layers, batch_size=batch_size, progress=False)
+    p_recipient = profile(recipient, augmented, batch_size=batch_size, progress=False)
+    flops += (forward_flops(donor, augmented, max(adapter.layers))
+              + forward_flops(recipient, augmented, recipient.n_layers - 1))
+    maps = {match: match_layers(p_donor, p_recipient, match, adapter.layers) for match in ("depth", "similarity")}
+    return SearchSetup(donor, recipient, adapter, fitting, scoring, augmented, targets, p_donor, p_recipient, maps,
+                       batch_size, flops)
+
+
+@dataclass
+class _Scored:
+    rows: list[int]
+    scores: ResponseScores
+
+
+@dataclass
+class CandidateSearch:
+    """Candidates scored by donor agreement on the scoring prompts, their rows, and the FLOPs spent.
+
+    A candidate is a key (its name and α) and a function building its deltas (recipient layer → delta functions,
+    ``None`` for the plain recipient). :meth:`score` scores it on the first ``n`` scoring prompts, reusing what it
+    scored before; :meth:`table` is one row per :meth:`score` call.
+    """
+
+    setup: SearchSetup
+    flops: float = 0.0
+    rows: list[dict] = field(default_factory=list)
+    _cache: dict[tuple, _Scored] = field(default_factory=dict)
+    _reference: _Scored | None = None
+
+    def __post_init__(self) -> None:
+        self.flops = self.setup.flops
+        texts = [p + " " + r for p, r in zip(self.setup.targets.prompts, self.setup.targets.target)]
+        self._per_prompt_flops = forward_flops(self.setup.recipient, texts) / max(len(texts), 1)
+
+    @property
+    def n_scoring(self) -> int:
+        return len(self.setup.targets.prompts)
+
+    def score(self, name: str, alpha: float, per_layer: PerLayer | Callable[[], PerLayer] | None, n: int | None = None,
+              **info) -> dict:
+        """Score candidate ``name`` at ``alpha`` on the first ``n`` scoring prompts (all by default); ``info``
+        columns (method, match, stage, costs, …) go into its row, which is returned."""
+        n = self.n_scoring if n is None else min(n, self.n_scoring)
+        t0, flops0 = time.perf_counter(), self.flops
+        reference = self._scored(("recipient (no paste)", 0.0), None, 0.0, n)
+        got = self._scored((name, float(alpha)), per_layer, alpha, n) if per_layer is not None else reference
+        changed = self.setup.targets.changed[:n]
+        row = {"candidate": name, "alpha": float(alpha), **info,
+               **summarize(got.scores.take(range(n)), changed, reference.scores.take(range(n))),
+               "n_scoring": n, "n_changed": sum(changed), "score_flops": self.flops - flops0,
+               "score_s": time.perf_counter() - t0}
+        self.rows.append(row)
+        return row
+
+    def _scored(self, key: tuple, per_layer, alpha: float, n: int) -> _Scored:
+        have = self._cache.get(key)
+        done = have.rows if have is not None else []
+        todo = [i for i in range(n) if i not in set(done)]
+        if todo:
+            deltas = per_layer() if callable(per_layer) else per_layer
+            new = score_responses(self.setup.recipient, self.setup.targets, deltas, alpha, self.setup.batch_size,
+                                  foil=False, rows=todo)
+            self.flops += self._per_prompt_flops * len(todo)
+            if have is not None:
+                new = ResponseScores(torch.cat([have.scores.target_loglik, new.target_loglik]),
+                                     torch.cat([have.scores.agreement, new.agreement]))
+            have = _Scored(done + todo, new)
+            self._cache[key] = have
+        order = sorted(range(len(have.rows)), key=lambda j: have.rows[j])
+        return _Scored(sorted(have.rows), have.scores.take(order))
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def best(self, n: int | None = None) -> pd.Series:
+        """The best row scored on at least ``n`` prompts (all by default): the highest criterion, then lift, then
+        the smaller α."""
+        table = self.table()
+        table = table[(table.n_scoring >= (self.n_scoring if n is None else n)) & (table.alpha > 0)]
+        if table.empty:
+            raise ValueError("no candidate was scored on enough prompts to choose from")
+        return table.sort_values(["criterion", "lift", "alpha"], ascending=[False, False, True], kind="stable").iloc[0]
+
+
+def generation_flops(access: ModelAccess, prompts: Sequence[str], new_tokens: int) -> float:
+    """A greedy generation with a KV cache: the prompt pass plus one token per new token and prompt."""
+    params_pass = forward_flops(access, prompts)
+    tokens = sum(len(ids) for ids in access.tokenizer(list(prompts))["input_ids"])
+    return params_pass * (1 + new_tokens * len(prompts) / max(tokens, 1))
