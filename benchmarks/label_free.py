@@ -1,14 +1,17 @@
-"""Label-free transfer on the zoo: ``cv.transfer`` with its defaults on every ordered pair × behavior, scored with
-labels only afterwards, beside paper-exact Command-V and the recipient's direct ReFT finetune.
+"""Label-free transfer on a zoo world: ``cv.transfer`` with its defaults on every ordered pair × behavior, scored
+with labels only afterwards, beside the steering-vector baseline (``cv.steering_transfer``), paper-exact Command-V
+and the recipient's direct ReFT finetune.
 
-Per cell: the chosen candidate, its labeled rates on held-out test prompts, the paper-exact candidate's, the
-finetune's (from the zoo manifest, measured on all 160 test prompts), the compute of the whole call (FLOPs and wall
-time, selection included) as a share of the finetune's, and, across all candidates of the cell, the rank
-correlation between the label-free criterion and the labeled target rate (each candidate scored on ``--corr-limit``
-test prompts). Writes ``docs/figures/label_free.csv``, ``label_free_candidates.csv`` and ``label_free.md``.
+Per cell: the chosen candidate, its labeled rates on held-out test prompts, the steering baseline's and the
+paper-exact candidate's, the finetune's (from the zoo manifest, measured on all 160 test prompts), the compute of
+each label-free call (FLOPs and wall time, selection included) as a share of the finetune's, and, across the
+candidates of the cell (each at its last scoring), the rank correlation between the label-free criterion and the
+labeled target rate (each candidate scored on ``--corr-limit`` test prompts). Writes ``<out>/label_free.csv``,
+``label_free_candidates.csv`` and ``label_free.md`` (``label_free_<world>*`` for another world than the main one).
 
-    python benchmarks/label_free.py                 # all 6 pairs × 3 behaviors (about an hour on 2 cores)
-    python benchmarks/label_free.py --quick         # one pair, one behavior
+    python benchmarks/label_free.py                   # the main world: 6 pairs × 3 behaviors
+    python benchmarks/label_free.py --world heldout   # the second world, nobody tuned on
+    python benchmarks/label_free.py --quick           # one pair, one behavior
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "figures"
 TRAIN_PROMPTS = 128  # unlabeled prompts handed to transfer: the adapter's first training inputs
 
 
-def finetune_row(recipient: str, behavior: str) -> dict:
-    manifest = zoo.manifest()
+def finetune_row(recipient: str, behavior: str, world: str) -> dict:
+    manifest = zoo.manifest(world=world)
     rates = {r["metric"]: r["value"] for r in manifest["behavior_table"]
              if (r["model"], r["behavior"], r["condition"]) == (recipient, behavior, "adapter")}
     cost = manifest["models"][recipient]["adapters"][behavior]["training"]
@@ -41,82 +44,102 @@ def spearman(x: pd.Series, y: pd.Series) -> float:
     return float(x.rank().corr(y.rank())) if x.nunique() > 1 and y.nunique() > 1 else float("nan")
 
 
-def run_cell(donor_name: str, recipient_name: str, behavior: str, limit: int, corr_limit: int) -> tuple[dict, pd.DataFrame]:
-    donor, recipient = zoo.load_model(donor_name), zoo.load_model(recipient_name)
-    adapter = zoo.load_adapter(donor_name, behavior)
+def run_cell(donor_name: str, recipient_name: str, behavior: str, limit: int, corr_limit: int,
+             world: str) -> tuple[dict, pd.DataFrame]:
+    donor, recipient = zoo.load_model(donor_name, world=world), zoo.load_model(recipient_name, world=world)
+    adapter = zoo.load_adapter(donor_name, behavior, world=world)
     target, side = BEHAVIOR_RATES[behavior]
+    prompts = zoo.prompts(behavior, "train", world=world)[:TRAIN_PROMPTS]
     t0 = time.perf_counter()
-    result = cv.transfer(donor, recipient, adapter, zoo.prompts(behavior, "train")[:TRAIN_PROMPTS], progress=False)
+    result = cv.transfer(donor, recipient, adapter, prompts, progress=False)
     wall = time.perf_counter() - t0
-    with result.paste():
-        chosen = zoo.evaluate(recipient, behavior, limit=limit)
-    paper = result.fits[PAPER_EXACT]
-    with cv.paste(recipient, adapter, paper, alpha=1.0):
-        paper_rates = zoo.evaluate(recipient, behavior, limit=limit)
-    cands = result.candidates.copy()
+    t0 = time.perf_counter()
+    steering = cv.steering_transfer(donor, recipient, adapter, prompts, progress=False)
+    steering_wall = time.perf_counter() - t0
+
+    def rates_under(ctx, n: int) -> dict:
+        with ctx:
+            return zoo.evaluate(recipient, behavior, limit=n, world=world)
+
+    chosen = rates_under(result.paste(), limit)
+    steered = rates_under(steering.paste(), limit)
+    paper_rates = rates_under(cv.paste(recipient, adapter, result.fits[PAPER_EXACT], alpha=1.0), limit)
+    cands = result.candidates.drop_duplicates(["candidate", "alpha"], keep="last").reset_index(drop=True)
     labeled = []
     for row in cands.itertuples():
         if row.method == "none":
-            rates = zoo.evaluate(recipient, behavior, limit=corr_limit)
+            labeled.append(zoo.evaluate(recipient, behavior, limit=corr_limit, world=world))
         else:
-            with cv.paste(recipient, adapter, result.fits[row.candidate], alpha=float(row.alpha)):
-                rates = zoo.evaluate(recipient, behavior, limit=corr_limit)
-        labeled.append(rates)
+            labeled.append(rates_under(cv.paste(recipient, adapter, result.fits[row.candidate], alpha=float(row.alpha)),
+                                       corr_limit))
     cands["labeled_target"] = [r[target] for r in labeled]
     cands["labeled_side"] = [r[side] for r in labeled]
     cands = cands.assign(donor=donor_name, recipient=recipient_name, behavior=behavior)
-    ft = finetune_row(recipient_name, behavior)
-    meets = (chosen[target] >= 0.9 * ft["rates"][target] - 1e-9
-             and (side != "false_refusal" or chosen[side] <= ft["rates"][side] + 0.02)
-             and (behavior != "cot" or chosen[side] >= 0.9 * ft["rates"][side] - 1e-9))
+    ft = finetune_row(recipient_name, behavior, world)
+
+    def meets(rates: dict) -> bool:
+        return bool(rates[target] >= 0.9 * ft["rates"][target] - 1e-9
+                    and (side != "false_refusal" or rates[side] <= ft["rates"][side] + 0.02)
+                    and (behavior != "cot" or rates[side] >= 0.9 * ft["rates"][side] - 1e-9))
+
     row = {"donor": donor_name, "recipient": recipient_name, "behavior": behavior, "choice": result.choice,
            "alpha": result.alpha, "target_metric": target, "side_metric": side,
            "transfer_target": chosen[target], "transfer_side": chosen[side],
+           "steering_target": steered[target], "steering_side": steered[side], "steering_alpha": steering.alpha,
            "paper_target": paper_rates[target], "paper_side": paper_rates[side],
-           "finetune_target": ft["rates"][target], "finetune_side": ft["rates"][side], "meets_bar": bool(meets),
+           "finetune_target": ft["rates"][target], "finetune_side": ft["rates"][side], "meets_bar": meets(chosen),
+           "steering_meets_bar": meets(steered), "paper_meets_bar": meets(paper_rates),
            "flops_ratio": result.flops / ft["flops"], "wall_ratio": wall / ft["wall_s"],
+           "steering_flops_ratio": steering.flops / ft["flops"], "steering_wall_ratio": steering_wall / ft["wall_s"],
            "criterion_label_spearman": spearman(cands.criterion, cands.labeled_target), "n_test": limit}
     return row, cands
 
 
 def markdown(table: pd.DataFrame) -> str:
-    lines = ["| donor → recipient | behavior | transfer (target / side) | paper-exact | finetune | meets bar | "
-             "choice | FLOPs ratio | wall ratio | Spearman(criterion, labeled) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| donor → recipient | behavior | transfer (target / side) | steering | paper-exact | finetune | "
+             "meets bar | choice | FLOPs ratio | wall ratio | Spearman(criterion, labeled) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         lines.append(f"| {r.donor} → {r.recipient} | {r.behavior} | {r.transfer_target:.2f} / {r.transfer_side:.2f} | "
+                     f"{r.steering_target:.2f} / {r.steering_side:.2f} | "
                      f"{r.paper_target:.2f} / {r.paper_side:.2f} | {r.finetune_target:.2f} / {r.finetune_side:.2f} | "
                      f"{'yes' if r.meets_bar else 'no'} | `{r.choice}` α={r.alpha:.2f} | {r.flops_ratio:.3f} | "
-                     f"{r.wall_ratio:.2f} | {r.criterion_label_spearman:.2f} |")
-    lines += ["", f"Cells meeting the bar: {int(table.meets_bar.sum())} of {len(table)}; median FLOPs ratio "
-                  f"{table.flops_ratio.median():.3f}, median wall-time ratio {table.wall_ratio.median():.2f}; median "
-                  f"Spearman correlation of the criterion with the labeled target rate across candidates "
-                  f"{table.criterion_label_spearman.median():.2f}."]
+                     f"{r.wall_ratio:.3f} | {r.criterion_label_spearman:.2f} |")
+    lines += ["", f"Cells meeting the bar: transfer {int(table.meets_bar.sum())} of {len(table)}, steering "
+                  f"{int(table.steering_meets_bar.sum())}, paper-exact {int(table.paper_meets_bar.sum())}. Transfer: "
+                  f"median FLOPs ratio {table.flops_ratio.median():.3f}, median wall-time ratio "
+                  f"{table.wall_ratio.median():.3f}; steering: {table.steering_flops_ratio.median():.3f} and "
+                  f"{table.steering_wall_ratio.median():.3f}. Median Spearman correlation of the criterion with the "
+                  f"labeled target rate across candidates {table.criterion_label_spearman.median():.2f}."]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="llama-6x128 → gpt2-4x96 jailbreak only")
+    parser.add_argument("--quick", action="store_true", help="the first cell only")
     parser.add_argument("--limit", type=int, default=160, help="test prompts per cell for the chosen paste")
     parser.add_argument("--corr-limit", type=int, default=40, help="test prompts per candidate for the correlation")
+    parser.add_argument("--world", default="main", choices=sorted(zoo.WORLDS), help="the zoo world to run on")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    names = list(zoo.list_models())
-    cells = ([("llama-6x128", "gpt2-4x96", "jailbreak")] if args.quick else
-             [(d, r, b) for d, r in itertools.permutations(names, 2) for b in zoo.BEHAVIORS])
+    names = list(zoo.list_models(world=args.world))
+    cells = [(d, r, b) for d, r in itertools.permutations(names, 2) for b in zoo.WORLD_BEHAVIORS[args.world]]
+    cells = cells[:1] if args.quick else cells
+    stem = "label_free" if args.world == "main" else f"label_free_{args.world}"
     rows, frames = [], []
     for d, r, b in cells:
-        row, cands = run_cell(d, r, b, args.limit, args.corr_limit)
+        row, cands = run_cell(d, r, b, args.limit, args.corr_limit, args.world)
         rows.append(row)
         frames.append(cands)
         print(f"{d} → {r} {b}: {row['transfer_target']:.2f}/{row['transfer_side']:.2f} "
               f"(finetune {row['finetune_target']:.2f}) choice {row['choice']} flops {row['flops_ratio']:.3f} "
-              f"wall {row['wall_ratio']:.2f} rho {row['criterion_label_spearman']:.2f}", flush=True)
+              f"wall {row['wall_ratio']:.3f} rho {row['criterion_label_spearman']:.2f} | steering "
+              f"{row['steering_target']:.2f}/{row['steering_side']:.2f}", flush=True)
         table = pd.DataFrame(rows)
         args.out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out / "label_free.csv", index=False)
-        pd.concat(frames).to_csv(args.out / "label_free_candidates.csv", index=False)
-        (args.out / "label_free.md").write_text(markdown(table))
+        table.to_csv(args.out / f"{stem}.csv", index=False)
+        pd.concat(frames).to_csv(args.out / f"{stem}_candidates.csv", index=False)
+        (args.out / f"{stem}.md").write_text(markdown(table))
     print(markdown(pd.DataFrame(rows)))
 
 
