@@ -12,6 +12,12 @@ held-out test prompts, with bootstrap 95% CIs, side by side in one run:
                            ``task`` set (32 or 16 prompts per form) × α = 1 or {¼, ½, 1, 2, 3} × norm-matched; the
                            chained fit at α ∈ {⅛, ¼, ½, 1}), per behavior, then scored on test (the grid search's
                            own time is reported apart);
+- ``cv_transfer``          ``cv.transfer`` with its defaults: the paste chosen without labels by donor agreement on
+                           the adapter's first 128 training inputs (its whole cost, selection included, in the
+                           costs table);
+- ``steering_affine``      the steering-vector baseline (``cv.steering_transfer``): the adapter's mean delta mapped
+                           by an affine converter and added at the mapped layer, its scale chosen by the same
+                           label-free criterion;
 - ``cv_budget``            the same choice restricted to variants whose profile + derive FLOPs are at most
                            ``BUDGET`` (1%) of the direct finetune's: the issue's compute target;
 - ``recipient_finetune``   the recipient with its own NodiReFT rank-8 adapter trained directly (the zoo's);
@@ -66,6 +72,7 @@ ALPHA_RULES = {"alpha=1": None, "alpha=norm/4": 0.25, "alpha=norm/2": 0.5, "alph
 # the chained fit is made at its α, and needs no profiles with depth matching: fixed α values, no norm matching
 CHAIN_ALPHAS = {"alpha=1/8": 0.125, "alpha=1/4": 0.25, "alpha=1/2": 0.5, "alpha=1": 1.0}
 _TOL = 1e-9  # rates are counts over n prompts: 0.9 × 0.8 must not fail 0.72 by a rounding error
+LABEL_FREE_PROMPTS = 128  # unlabeled prompts handed to cv.transfer / cv.steering_transfer: the first training inputs
 BUDGET = 0.01  # cv_budget: derivation FLOPs ≤ BUDGET × the direct finetune's
 REFINE_TOP = 5  # variants re-scored on the train prompts past --select-limit before one is chosen
 QUICK_PAIRS = [("llama-6x128", "qwen2-5x160"), ("gpt2-4x96", "llama-6x128")]
@@ -161,8 +168,17 @@ def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limi
     cheap = {b: [c for c in scored[b] if c[1].flops <= BUDGET * finetunes[b]["flops"]] for b in behaviors}
     budget = {b: refine(recipient, b, adapters[b], cheap[b], select_limit) for b in behaviors}
     selection_s = time.perf_counter() - start
+    label_free = {}
+    for behavior in behaviors:
+        prompts = zoo.prompts(behavior, "train")[:LABEL_FREE_PROMPTS]
+        t0 = time.perf_counter()
+        chosen_lf = cv.transfer(donor, recipient, adapters[behavior], prompts, progress=False)
+        t1 = time.perf_counter()
+        steering = cv.steering_transfer(donor, recipient, adapters[behavior], prompts, progress=False)
+        label_free[behavior] = (chosen_lf, t1 - t0, steering, time.perf_counter() - t1)
     rows, costs = [], []
     for behavior in behaviors:
+        chosen_lf, transfer_s, steering, steering_s = label_free[behavior]
         variant, best, alpha, select_score = chosen[behavior]
         budget_variant, budget_d, budget_alpha, _ = budget[behavior] or ("none", None, 1.0, None)
         adapter = adapters[behavior]
@@ -172,6 +188,8 @@ def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limi
         runs = {"recipient_base": (recipient, None), "cv_paper": (recipient, cv.paste(recipient, adapter, paper.converters)),
                 "cv_paper_norm_matched": (recipient, cv.paste(recipient, adapter, paper.converters, alpha=paper_alpha)),
                 "cv_best": (recipient, cv.paste(recipient, adapter, best.converters, alpha=alpha)),
+                "cv_transfer": (recipient, chosen_lf.paste()),
+                "steering_affine": (recipient, steering.paste()),
                 **({"cv_budget": (recipient, cv.paste(recipient, adapter, budget_d.converters, alpha=budget_alpha))}
                    if budget_d is not None else {}),
                 "null_random_delta": (recipient, analysis.random_delta_paste(recipient, adapter, best.converters,
@@ -196,6 +214,9 @@ def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limi
                       "selection_s": selection_s, "finetune_s": finetune["wall_time_s"],
                       "finetune_flops": finetune["flops"], "best_variant": variant, "alpha_best": alpha,
                       "select_score_best": select_score,
+                      "transfer_choice": chosen_lf.choice, "alpha_transfer": chosen_lf.alpha,
+                      "cv_transfer_flops": chosen_lf.flops, "cv_transfer_s": transfer_s,
+                      "alpha_steering": steering.alpha, "steering_flops": steering.flops, "steering_s": steering_s,
                       "budget_variant": budget_variant,
                       "cv_budget_flops": budget_d.flops if budget_d is not None else float("nan"),
                       "alpha_paper": paper_alpha,
@@ -229,7 +250,18 @@ def summarize_pairs(table: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
                      and (side != "false_refusal"
                           or val.get((d, r, "cv_budget", side), 1.0) <= val[(d, r, "recipient_finetune", side)])
                      for b, (d, r) in zip(at_budget, pairs)]
+        def bar(condition: str, d: str, r: str) -> bool:  # issue 19's bar: FR within 0.02 of the finetune's
+            ft_t, ft_s = val[(d, r, "recipient_finetune", target)], val[(d, r, "recipient_finetune", side)]
+            return bool(val[(d, r, condition, target)] >= 0.9 * ft_t - _TOL
+                        and (side != "false_refusal" or val[(d, r, condition, side)] <= ft_s + 0.02 + _TOL)
+                        and (behavior != "cot" or val[(d, r, condition, side)] >= 0.9 * ft_s - _TOL))
+
         rows.append({"behavior": behavior, "target": target, "pairs": len(pairs), "pairs_meeting_target": sum(ok),
+                     "pairs_transfer": sum(bar("cv_transfer", d, r) for d, r in pairs),
+                     "pairs_steering": sum(bar("steering_affine", d, r) for d, r in pairs),
+                     "median_transfer_flops": float(np.median(c.cv_transfer_flops / c.finetune_flops)),
+                     "median_transfer_time": float(np.median(c.cv_transfer_s / c.finetune_s)),
+                     "median_steering_flops": float(np.median(c.steering_flops / c.finetune_flops)),
                      "pairs_meeting_target_within_budget": sum(ok_budget),
                      "median_best_over_finetune": float(np.median(ratios)),
                      "median_budget_over_finetune": float(np.median(
@@ -259,9 +291,9 @@ def markdown(table: pd.DataFrame, costs: pd.DataFrame, summary: pd.DataFrame) ->
             return "–"
         return f"{val.loc[(d, r, b, condition, target)].value:.2f} / {val.loc[(d, r, b, condition, side)].value:.2f}"
 
-    lines = ["| donor → recipient | behavior | paper-exact | paper + norm α | best variant [95% CI] | within 1% FLOPs "
-             "| direct finetune | donor + adapter | nulls (random / shuffled) | variant chosen on train prompts |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| donor → recipient | behavior | paper-exact | paper + norm α | label-free transfer | steering (affine) | "
+             "best variant [95% CI] | within 1% FLOPs | direct finetune | donor + adapter | nulls (random / shuffled) "
+             "| variant chosen on train prompts |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (d, r), _ in table.groupby(["donor", "recipient"], sort=True):
         for b in [b for b in zoo.BEHAVIORS if b in set(table.behavior)]:
             target = BEHAVIOR_RATES[b][0]
@@ -270,15 +302,19 @@ def markdown(table: pd.DataFrame, costs: pd.DataFrame, summary: pd.DataFrame) ->
             nulls = [val.loc[(d, r, b, n, target)].value for n in ("null_random_delta", "null_shuffled")]
             lines.append(
                 f"| {short(d)} → {short(r)} | {b} | {cell(d, r, b, 'cv_paper')} | "
-                f"{cell(d, r, b, 'cv_paper_norm_matched')} | **{cell(d, r, b, 'cv_best')}** "
+                f"{cell(d, r, b, 'cv_paper_norm_matched')} | {cell(d, r, b, 'cv_transfer')} | "
+                f"{cell(d, r, b, 'steering_affine')} | **{cell(d, r, b, 'cv_best')}** "
                 f"[{best.ci_low:.2f}, {best.ci_high:.2f}] | {cell(d, r, b, 'cv_budget')} | "
                 f"{cell(d, r, b, 'recipient_finetune')} | {cell(d, r, b, 'donor_adapter')} | "
                 f"{nulls[0]:.2f} / {nulls[1]:.2f} | `{c.best_variant}` ({c.cv_best_flops / c.finetune_flops:.3f}) |")
-    lines += ["", "| behavior | pairs ≥ 0.9 × finetune (FR ≤ finetune's) | median best / finetune | median "
-              "paper-exact / finetune | compute ratio, FLOPs (median) | within 1% FLOPs: pairs / median ratio | wall "
-              "time without / with the search |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| behavior | pairs ≥ 0.9 × finetune (FR ≤ finetune's) | label-free transfer: pairs (FR ≤ "
+              "finetune's + 0.02) / FLOPs / wall ratio | steering: pairs / FLOPs ratio | median best / finetune | "
+              "median paper-exact / finetune | compute ratio, FLOPs (median) | within 1% FLOPs: pairs / median ratio | "
+              "wall time without / with the search |", "|---|---|---|---|---|---|---|---|---|"]
     for _, x in summary.iterrows():
-        lines.append(f"| {x.behavior} | {x.pairs_meeting_target} of {x.pairs} | {x.median_best_over_finetune:.2f} | "
+        lines.append(f"| {x.behavior} | {x.pairs_meeting_target} of {x.pairs} | {x.pairs_transfer} of {x.pairs} / "
+                     f"{x.median_transfer_flops:.3f} / {x.median_transfer_time:.3f} | {x.pairs_steering} of "
+                     f"{x.pairs} / {x.median_steering_flops:.3f} | {x.median_best_over_finetune:.2f} | "
                      f"{x.median_paper_over_finetune:.2f} | {x.median_compute_ratio_flops:.3f} | "
                      f"{x.pairs_meeting_target_within_budget} of {x.pairs} / {x.median_budget_over_finetune:.2f} | "
                      f"{x.median_compute_ratio_time:.3f} / {x.median_compute_ratio_time_with_selection:.2f} |")
