@@ -24,6 +24,7 @@ import torch
 
 from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.adapters import Adapter
+from commandv_interp.adapters.layer_subsets import ATTRIBUTION_MODES, layer_subsets
 from commandv_interp.analysis.downstream import logit_difference
 from commandv_interp.converters import Converters, fit_converters
 from commandv_interp.correspondence import LayerMap
@@ -38,30 +39,7 @@ __all__ = ["BehaviorScore", "agreement_attribution", "layer_subsets", "layer_att
 
 BehaviorScore = Callable[[ModelAccess], float]
 """Scores the model under whatever edits are active (e.g. a refusal rate from greedy generations)."""
-ATTRIBUTION_MODES = ("single", "leave_one_out", "cumulative_first", "cumulative_last")
 COLUMNS = ["condition", "layers", "n_pairs", "metric", "value", "split"]
-
-
-def layer_subsets(layers: Sequence[int], modes: Sequence[str] = ATTRIBUTION_MODES) -> list[tuple[str, tuple[int, ...]]]:
-    """``(mode, donor_layers)`` subsets to paste, in a stable order.
-
-    >>> layer_subsets([0, 2, 4], ["single", "cumulative_first"])
-    [('single', (0,)), ('single', (2,)), ('single', (4,)), ('cumulative_first', (0,)), ('cumulative_first', (0, 2)), ('cumulative_first', (0, 2, 4))]
-    """
-    layers = sorted(layers)
-    out: list[tuple[str, tuple[int, ...]]] = []
-    for mode in modes:
-        if mode == "single":
-            out += [(mode, (layer,)) for layer in layers]
-        elif mode == "leave_one_out":
-            out += [(mode, tuple(x for x in layers if x != layer)) for layer in layers if len(layers) > 1]
-        elif mode == "cumulative_first":
-            out += [(mode, tuple(layers[:k])) for k in range(1, len(layers) + 1)]
-        elif mode == "cumulative_last":
-            out += [(mode, tuple(layers[-k:])) for k in range(1, len(layers) + 1)]
-        else:
-            raise ValueError(f"mode must be one of {ATTRIBUTION_MODES}, got {mode!r}")
-    return out
 
 
 def _scores(access: ModelAccess, prompts: Sequence[str], contrast: tuple[str, str] | None,

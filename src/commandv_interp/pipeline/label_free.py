@@ -7,8 +7,9 @@ fitting prompts and on the same prompts followed by the donor's first response w
 candidates: adapter-aware ``interface`` converters by relative depth and by similarity, ridge and Procrustes
 converters by relative depth, chained interface converters at α = ½ (re-recorded on the plain fitting prompts: each chained fit
 runs both models again, so it uses the smaller set), and the paper-exact pinv (plain prompts,
-relative depth). Stage 1 scores each fit at α = 1 and at its norm-matched α (a chained fit at its own α) with the
-donor-agreement criterion of :mod:`~commandv_interp.pipeline.agreement` on the first half of the scoring prompts;
+relative depth). Stage 1 scores each fit at α = 1 and at its norm-matched α (a chained fit at its own α), and each
+non-chained, non-pinv fit restricted to each of the adapter's layers alone and to all but one (a layer whose pasted
+delta garbles the recipient's answer is left out) at α = 1, with the donor-agreement criterion of :mod:`~commandv_interp.pipeline.agreement` on the first half of the scoring prompts;
 stage 2 scores the three best on all of them, as they are and rescaled by ½ and 2 (a chained fit is refitted at the
 new α). The best candidate scored on all prompts is kept (ties: the higher lift, then the smaller α). Forward passes
 only.
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 
 from commandv_interp.access import ModelAccess, forward_flops, open_model
 from commandv_interp.adapters import Adapter, load_adapter, save_adapter
+from commandv_interp.adapters.layer_subsets import proper_subsets
 from commandv_interp.converters import Converters, fit_chained_converters, fit_converters, norm_matched_alpha
 from commandv_interp.converters.transport import pasted_deltas
 from commandv_interp.correspondence import LayerMap
@@ -57,9 +59,11 @@ class Transfer:
     """A paste chosen by :func:`transfer`: the donor's adapter, converters, α and positions for one recipient.
 
     Attributes:
-        adapter, converters, alpha, positions: what :meth:`paste` pastes.
-        choice: the chosen candidate's name (``<method>/<match>`` or ``interface-chained/depth``).
-        candidates: one row per scoring of a candidate × α: ``candidate, alpha, method, match, fit_flops, fit_s,
+        adapter, converters, alpha, positions: what :meth:`paste` pastes (``adapter`` is the donor's adapter, or
+            the subset of its layers the chosen candidate pastes).
+        choice: the chosen candidate's name (``<method>/<match>``, ``<method>/<match>/layers=<l>+<l>`` for a
+            subset of the adapter's layers, or ``interface-chained/depth/<α>``).
+        candidates: one row per scoring of a candidate × α: ``candidate, alpha, method, match, layers, fit_flops, fit_s,
             alpha_rule, stage, paper_exact, criterion, agree_changed, agree_unchanged, lift, lift_changed,
             lift_unchanged, n_scoring, n_changed, score_flops, score_s`` (the first row is the recipient without a
             paste, for reference; stage 1 rows are scored on half of the scoring prompts, stage 2 rows on all).
@@ -76,6 +80,7 @@ class Transfer:
     wall_s: float = 0.0
     recipient: ModelAccess | None = field(default=None, repr=False)
     fits: dict[str, Converters] = field(default_factory=dict, repr=False)  # every candidate's converters (not saved)
+    pasted: dict[str, Adapter] = field(default_factory=dict, repr=False)  # the adapter each candidate pastes
 
     @property
     def layer_map(self) -> dict[int, int]:
@@ -166,19 +171,22 @@ def transfer(
     recipient, positions = setup.recipient, adapter.positions
     search = CandidateSearch(setup)
     fits: dict[str, Converters] = {}
+    pasted: dict[str, Adapter] = {}  # the adapter each candidate pastes (a subset of its layers for some)
     info: dict[str, dict] = {}
     half = math.ceil(search.n_scoring / 2)
     plain_donor, plain_recipient = setup.plain_profiles()  # the paper's pinv and the chained fits use these
     search.score("recipient (no paste)", 0.0, None, method="none", match="none", alpha_rule="none", stage=0,
                  fit_flops=0.0, fit_s=0.0, paper_exact=False)
 
-    def add(name: str, conv: Converters, method: str, match: str, fit_flops: float, fit_s: float) -> None:
-        fits[name] = conv
-        info[name] = {"method": method, "match": match, "fit_flops": fit_flops, "fit_s": fit_s}
+    def add(name: str, conv: Converters, method: str, match: str, fit_flops: float, fit_s: float,
+            layers: tuple[int, ...] = tuple(adapter.layers)) -> None:
+        fits[name], pasted[name] = conv, adapter if layers == tuple(adapter.layers) else adapter.restricted(layers)
+        info[name] = {"method": method, "match": match, "layers": "+".join(map(str, layers)), "fit_flops": fit_flops,
+                      "fit_s": fit_s}
 
     def scored(name: str, alpha: float, rule: str, stage: int, n: int | None) -> dict:
-        conv = fits[name]
-        return search.score(name, alpha, lambda: pasted_deltas(recipient, adapter, conv), n, **info[name],
+        conv, used = fits[name], pasted[name]
+        return search.score(name, alpha, lambda: pasted_deltas(recipient, used, conv), n, **info[name],
                             alpha_rule=rule, stage=stage, paper_exact=name == PAPER_EXACT and rule == "1")
 
     def chained(alpha: float) -> str:
@@ -203,6 +211,12 @@ def transfer(
         add(name, conv, method, match, 0.0, time.perf_counter() - t0)
         for alpha, rule in [(1.0, "1")] + _norm_alpha(adapter, conv, setup.donor_profile, setup.recipient_profile):
             scored(name, alpha, rule, 1, half)
+        if method == "pinv":
+            continue
+        for layers in proper_subsets(adapter.layers):  # a layer whose pasted delta hurts is left out
+            sub = f"{name}/layers={'+'.join(map(str, layers))}"
+            add(sub, conv.restricted(adapter, layers), method, match, 0.0, 0.0, layers)
+            scored(sub, 1.0, "1", 1, half)
     for alpha in CHAIN_ALPHAS:
         scored(chained(alpha), alpha, "chain", 1, half)
 
@@ -218,8 +232,8 @@ def transfer(
             else:
                 scored(row.candidate, alpha, f"{row.alpha_rule}×{factor:g}", 2, None)
     best = search.best()
-    return Transfer(adapter, fits[best.candidate], float(best.alpha), positions, str(best.candidate), search.table(),
-                    search.flops, time.perf_counter() - start, recipient, dict(fits))
+    return Transfer(pasted[best.candidate], fits[best.candidate], float(best.alpha), positions, str(best.candidate),
+                    search.table(), search.flops, time.perf_counter() - start, recipient, dict(fits), dict(pasted))
 
 
 def _norm_alpha(adapter: Adapter, conv: Converters, p_donor, p_recipient) -> list[tuple[float, str]]:
