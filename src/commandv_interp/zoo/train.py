@@ -31,7 +31,8 @@ from commandv_interp.access import open_model
 from commandv_interp.adapters import load_adapter, save_adapter, train_adapter
 from commandv_interp.io import read_json, write_json
 from commandv_interp.zoo.architectures import SPECS, spec
-from commandv_interp.zoo.catalog import DATA, MANIFEST, file_digest, world_dir  # noqa: F401  (DATA: the CLI's --out)
+# DATA stays importable from here: the CLI's default --out
+from commandv_interp.zoo.catalog import DATA, MANIFEST, file_digest, world_dir  # noqa: F401
 from commandv_interp.zoo.evaluate import behavior_table, format_behavior_table
 from commandv_interp.zoo.tokenization import build_tokenizer
 from commandv_interp.zoo.pretrain import RECORD_FILE, pretrain, save_checkpoint, tokenization_digest, training_tokenizer
