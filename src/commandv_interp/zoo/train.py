@@ -74,8 +74,9 @@ def _pretrained(name: str, out: Path, seed: int, quick: bool, reuse: bool, progr
         # checkpoints from before the digest was recorded were trained on the tokenizer as built
         trained_on = record.get("tokenization_digest") or tokenization_digest(
             build_tokenizer(spec(name).tokenizer, world), world)  # type: ignore[arg-type]
+        now = tokenization_digest(training_tokenizer(name, world), world)
         if (record["seed"], record["steps"], record["world_fingerprint"], trained_on) \
-                == (seed, wanted, world_fingerprint(world), tokenization_digest(training_tokenizer(name, world), world)):
+                == (seed, wanted, world_fingerprint(world), now):
             record["tokenization_digest"] = trained_on
             write_json(record_path, record)
             return record, False
@@ -95,7 +96,8 @@ def _adapter(name: str, behavior: Behavior, out: Path, seed: int, quick: bool, r
     if reuse and folder.is_dir():
         meta = load_adapter(folder).metadata
         if (meta.get("world_fingerprint"), meta.get("config_hash"), meta["training"]["steps"], meta["training"]["seed"],
-                meta.get("base_weights", weights)) == (world_fingerprint(world), access.config_hash, steps, seed, weights):
+                meta.get("base_weights", weights)) \
+                == (world_fingerprint(world), access.config_hash, steps, seed, weights):
             return {"layers": layers, "kind": RECIPE.kind, "rank": RECIPE.rank, "positions": RECIPE.positions,
                     "training": meta["training"]}
     adapter, record = train_adapter(
@@ -152,7 +154,8 @@ def train_zoo(out: str | Path | None = None, models: list[str] | None = None, se
     for name in models:
         entries[name]["files"] = _files(out / name)
         entries[name]["n_params"] = record_params(out / name)
-    manifest = {"library_version": __version__, "world": w.name, "world_fingerprint": world_fingerprint(w), "seed": seed,
+    manifest = {"library_version": __version__, "world": w.name, "world_fingerprint": world_fingerprint(w),
+                "seed": seed,
                 "quick": quick, "torch": torch.__version__, "threads": torch.get_num_threads(),
                 "adapter_recipe": RECIPE.__dict__, "models": entries, "timings_s": timings,
                 "behavior_table": table.to_dict(orient="records"),

@@ -425,8 +425,8 @@ def world_fingerprint(world: WorldLike = None) -> str:
     """SHA-256 (16 hex digits) of the world's vocabulary, every split and a fixed corpus sample."""
     w = get_world(world)
     h = hashlib.sha256()
-    for part in [vocabulary(w), build_corpus(0, 2000, w)] + [
-            [f"{i.prompt}|{i.category}|{i.answer}" for i in items(b, s, w)] for b in w.behaviors  # type: ignore[arg-type]
-            for s in get_args(Split)]:
+    splits = [[f"{i.prompt}|{i.category}|{i.answer}" for i in items(b, s, w)]  # type: ignore[arg-type]
+              for b in w.behaviors for s in get_args(Split)]
+    for part in [vocabulary(w), build_corpus(0, 2000, w)] + splits:
         h.update("\n".join(part).encode())
     return h.hexdigest()[:16]
