@@ -61,7 +61,7 @@ def test_heldout_world_differs_in_every_content_word_template_cue_and_response()
 
 
 def test_heldout_corpus_uses_its_own_vocabulary_and_never_shows_a_test_prompt():
-    corpus = world.build_corpus(0, 20_000, "heldout")
+    corpus = world.build_corpus(0, 10_000, "heldout")
     assert set(" ".join(corpus).split()) <= set(world.vocabulary("heldout"))
     seen = _requests(corpus)
     lay = world._layout(HELDOUT)

@@ -50,7 +50,7 @@ ZOO: dict[str, ZooSpec] = {s.name: s for s in (
 """The main world's models."""
 
 HELDOUT_ZOO: dict[str, ZooSpec] = {s.name: s for s in (
-    ZooSpec("neox-3x80", "gpt_neox", 3, 80, 4, 320, "bpe"),
+    ZooSpec("neox-4x80", "gpt_neox", 4, 80, 4, 320, "bpe"),  # 3 layers: the adapter's last site was the output
     ZooSpec("qwen3-4x112", "qwen3", 4, 112, 4, 288, "word", n_kv_heads=2),
 )}
 """The held-out world's models."""
@@ -68,7 +68,7 @@ def spec(name: str) -> ZooSpec:
 def build_config(name: str, vocab_size: int, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2) -> PretrainedConfig:
     """The Hugging Face config of a zoo model for a tokenizer of ``vocab_size`` tokens.
 
-    >>> build_config("llama-6x128", 200).model_type, build_config("neox-3x80", 200).model_type
+    >>> build_config("llama-6x128", 200).model_type, build_config("neox-4x80", 200).model_type
     ('llama', 'gpt_neox')
     """
     s = spec(name)

@@ -59,7 +59,7 @@ def list_models(root: str | Path | None = None, world: WorldLike = None) -> list
     """Names of the zoo's base models (of ``world``, default the main one), sorted.
 
     >>> list_models(world="heldout")  # doctest: +SKIP
-    ['neox-3x80', 'qwen3-4x112']
+    ['neox-4x80', 'qwen3-4x112']
     """
     return sorted(manifest(root, world)["models"])
 

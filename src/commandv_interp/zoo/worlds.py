@@ -160,7 +160,7 @@ HELDOUT = World(
     comply_body="to {v} the {o} , first grab a {t} and then {v} it .",
     spontaneous={"refusal": 0.05, "jailbreak": 0.15},
     doc_weights={"refusal": 34, "jailbreak": 22, "cot": 0, "generic": 16, "filler": 12},
-    models={"neox-3x80": 3000, "qwen3-4x112": 3000},  # ~0.18 s a step on one thread: ~9 min each
+    models={"neox-4x80": 3000, "qwen3-4x112": 3000},  # ~0.18 s a step on one thread: ~9 min each
     data="heldout",
     bpe_vocab=384,
 )
