@@ -2,7 +2,7 @@
 
 Plain PyTorch causal-LM training: one world document per row (``<bos>`` … ``<eos>``, right-padded), loss on
 non-pad tokens, AdamW with linear warmup and cosine decay. Same seed, same weights (on one machine and thread count).
-``python -m commandv_interp.zoo.pretrain --all`` regenerates the shipped checkpoints.
+``python -m commandv_interp.zoo.pretrain --all [--world heldout]`` regenerates a world's shipped checkpoints.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
-from commandv_interp.zoo.architectures import ZOO, build_config, spec
+from commandv_interp.zoo.architectures import SPECS, build_config, spec
 from commandv_interp.zoo.tokenization import build_tokenizer
-from commandv_interp.zoo.world import build_corpus, world_fingerprint
+from commandv_interp.zoo.world import WORLDS, MAIN, World, WorldLike, build_corpus, get_world, world_fingerprint
 
 __all__ = ["PretrainRecord", "pretrain", "save_checkpoint", "CHECKPOINTS", "STEPS"]
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
-STEPS = {"llama-6x128": 2500, "gpt2-4x96": 4000, "qwen2-5x160": 2000}  # shipped run lengths (batch 64)
+STEPS = dict(MAIN.models)  # the main world's shipped run lengths (batch 64); ``World.models`` has each world's
 N_DOCS = 100_000  # corpus size; about 1.3 epochs at 2000 steps × 64
 RECORD_FILE = "pretrain_record.json"
 
@@ -51,6 +51,7 @@ class PretrainRecord:
     tokenizer: str
     world_fingerprint: str
     tokenization_digest: str = ""  # of the ids the model was trained on (see tokenization_digest)
+    world: str = "main"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,27 +91,29 @@ def _bucketed(lengths: list[int], batch_size: int, gen: torch.Generator) -> list
 
 
 def pretrain(name: str, seed: int = 0, steps: int | None = None, batch_size: int = 64, lr: float = 3e-3,
-             n_docs: int = N_DOCS, warmup: int = 100, progress: bool = True,
+             n_docs: int = N_DOCS, warmup: int = 100, progress: bool = True, world: WorldLike = None,
              ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, PretrainRecord]:
     """Train a zoo model from scratch on the world corpus.
 
     Args:
-        name: a key of ``architectures.ZOO``.
+        name: one of the world's models (``World.models``; the main world's are ``architectures.ZOO``).
         seed: seeds the corpus sample, the initialization and the batch order.
-        steps: optimizer steps (``None``: the shipped ``STEPS[name]``).
+        steps: optimizer steps (``None``: the shipped ``World.models[name]``).
         batch_size: documents per step.
         lr: peak learning rate (AdamW, weight decay 0.1 on matrices).
         n_docs: corpus size.
         warmup: linear warmup steps (capped at a tenth of the run).
+        world: the world whose corpus it learns (a ``World``, its name, or ``None`` for the main one).
 
     Returns:
         The float32 model in eval mode, its tokenizer and the run's record.
     """
-    steps = STEPS[name] if steps is None else steps
+    w = _world_of(name, world)
+    steps = w.models[name] if steps is None else steps
     if steps < 1 or batch_size < 1 or n_docs < batch_size:
         raise ValueError(f"need steps ≥ 1 and n_docs ≥ batch_size ≥ 1, got {steps!r}, {n_docs!r}, {batch_size!r}")
-    tok = training_tokenizer(name)
-    docs = tok(build_corpus(seed, n_docs))["input_ids"]
+    tok = training_tokenizer(name, w)
+    docs = tok(build_corpus(seed, n_docs, w))["input_ids"]
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(build_config(name, len(tok), tok.pad_token_id, tok.bos_token_id,
                                                           tok.eos_token_id)).float().train()
@@ -142,18 +145,26 @@ def pretrain(name: str, seed: int = 0, steps: int | None = None, batch_size: int
     tail = losses[-min(50, len(losses)):]
     record = PretrainRecord(name, seed, steps, batch_size, lr, n_docs, n_params, tokens, 6.0 * n_params * tokens,
                             round(time.perf_counter() - t0, 2), sum(tail) / len(tail), spec(name).tokenizer,
-                            world_fingerprint(), tokenization_digest(tok))
+                            world_fingerprint(w), tokenization_digest(tok, w), w.name)
     return model.eval(), tok, record
 
 
-def training_tokenizer(name: str) -> PreTrainedTokenizerFast:
+def _world_of(name: str, world: WorldLike) -> World:
+    w = get_world(world)
+    spec(name)
+    if name not in w.models:
+        raise ValueError(f"zoo model {name!r} is not in the {w.name!r} world; its models: {sorted(w.models)}")
+    return w
+
+
+def training_tokenizer(name: str, world: WorldLike = None) -> PreTrainedTokenizerFast:
     """The zoo tokenizer of ``name`` exactly as ``AutoTokenizer.from_pretrained`` will load it from the checkpoint.
 
     transformers 5 swaps in its own tokenizer class for some model types whatever the checkpoint says (Qwen2 gets
     ``Qwen2Tokenizer``, whose pre-tokenizer splits digits from the preceding space): a model must be trained on the
     ids users will feed it, so the corpus is tokenized by the reloaded tokenizer, not the one we built.
     """
-    tok = build_tokenizer(spec(name).tokenizer)  # type: ignore[arg-type]
+    tok = build_tokenizer(spec(name).tokenizer, world)  # type: ignore[arg-type]
     config = build_config(name, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
     with tempfile.TemporaryDirectory() as tmp:
         tok.save_pretrained(tmp)
@@ -164,10 +175,10 @@ def training_tokenizer(name: str) -> PreTrainedTokenizerFast:
     return loaded
 
 
-def tokenization_digest(tokenizer: object) -> str:
+def tokenization_digest(tokenizer: object, world: WorldLike = None) -> str:
     """Hash of the ids a tokenizer gives a fixed sample of the world (prompts with and without cues, numbers):
     equal digests mean a checkpoint's tokenizer feeds the model what it was trained on."""
-    ids = tokenizer(build_corpus(12345, 300))["input_ids"]
+    ids = tokenizer(build_corpus(12345, 300, world))["input_ids"]
     return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
 
 
@@ -188,16 +199,17 @@ def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Pretrain the zoo's base models on the world corpus.")
-    parser.add_argument("--all", action="store_true", help="train every zoo model")
-    parser.add_argument("--model", choices=sorted(ZOO), action="append", default=[])
+    parser.add_argument("--world", choices=sorted(WORLDS), default="main")
+    parser.add_argument("--all", action="store_true", help="train every model of the world")
+    parser.add_argument("--model", choices=sorted(SPECS), action="append", default=[])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="override the shipped step count")
     parser.add_argument("--out", type=Path, default=CHECKPOINTS)
     parser.add_argument("--threads", type=int, default=1)  # the machine is shared: 2 threads oversubscribe
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    for name in sorted(ZOO) if args.all else args.model:
-        model, tok, record = pretrain(name, seed=args.seed, steps=args.steps)
+    for name in sorted(WORLDS[args.world].models) if args.all else args.model:
+        model, tok, record = pretrain(name, seed=args.seed, steps=args.steps, world=args.world)
         save_checkpoint(model, tok, args.out / name, record)
         print(json.dumps(record.to_dict()))
 
