@@ -70,8 +70,8 @@ def run_cell(donor_name: str, recipient_name: str, behavior: str, limit: int, co
         if row.method == "none":
             labeled.append(zoo.evaluate(recipient, behavior, limit=corr_limit, world=world))
         else:
-            labeled.append(rates_under(cv.paste(recipient, adapter, result.fits[row.candidate], alpha=float(row.alpha)),
-                                       corr_limit))
+            labeled.append(rates_under(cv.paste(recipient, result.pasted[row.candidate], result.fits[row.candidate],
+                                                alpha=float(row.alpha)), corr_limit))
     cands["labeled_target"] = [r[target] for r in labeled]
     cands["labeled_side"] = [r[side] for r in labeled]
     cands = cands.assign(donor=donor_name, recipient=recipient_name, behavior=behavior)
