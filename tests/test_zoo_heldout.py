@@ -145,6 +145,21 @@ def test_a_world_is_a_frozen_hashable_value():
 
 
 @pytest.mark.slow
+def test_rescoring_reproduces_the_heldout_manifest():
+    """Greedy decoding is deterministic: the narrowest cell (neox's refusal adapter) re-scores to the manifest's."""
+    from commandv_interp import apply_adapter
+
+    rows = {(r["condition"], r["metric"]): r["value"] for r in zoo.manifest(world="heldout")["behavior_table"]
+            if (r["model"], r["behavior"]) == ("neox-4x80", "refusal")}
+    access = zoo.load_model("neox-4x80", world="heldout")
+    with apply_adapter(access, zoo.load_adapter("neox-4x80", "refusal", world="heldout")):
+        rates = zoo.evaluate(access, "refusal", world="heldout")
+    assert (rates["refusal"], rates["false_refusal"]) == (rows[("adapter", "refusal")],
+                                                          rows[("adapter", "false_refusal")])
+    assert zoo.evaluate(access, "refusal", cue=True, world="heldout")["refusal"] == rows[("cue", "refusal")]
+
+
+@pytest.mark.slow
 def test_train_quick_regenerates_a_loadable_heldout_zoo(tmp_path):
     from commandv_interp.zoo.train import main
 

@@ -90,7 +90,7 @@ def _adapter(name: str, behavior: Behavior, out: Path, seed: int, quick: bool, r
              world: World) -> dict:
     access = open_model(out / name, name=name)  # the shipped float16 weights, as users load them
     layers = list(range(0, access.n_layers, RECIPE.layer_stride))
-    steps = QUICK["adapter_steps"] if quick else RECIPE.steps_for(behavior)
+    steps = QUICK["adapter_steps"] if quick else world.adapter_steps.get(behavior, RECIPE.steps_for(behavior))
     folder = out / name / "adapters" / behavior
     weights = file_digest(out / name / "model.safetensors")
     if reuse and folder.is_dir():
@@ -157,7 +157,9 @@ def train_zoo(out: str | Path | None = None, models: list[str] | None = None, se
     manifest = {"library_version": __version__, "world": w.name, "world_fingerprint": world_fingerprint(w),
                 "seed": seed,
                 "quick": quick, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                "adapter_recipe": RECIPE.__dict__, "models": entries, "timings_s": timings,
+                "adapter_recipe": {**RECIPE.__dict__,
+                                   "steps_by_behavior": {**RECIPE.steps_by_behavior, **w.adapter_steps}},
+                "models": entries, "timings_s": timings,
                 "behavior_table": table.to_dict(orient="records"),
                 "command": "python -m commandv_interp.zoo.train" + (f" --world {w.name}" if w.name != "main" else "")
                 + (" --quick" if quick else "")}

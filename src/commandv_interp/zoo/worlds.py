@@ -95,6 +95,8 @@ class World:
     n_held_pairs: int = N_HELD_PAIRS
     arith_templates: tuple[str, ...] = ARITH_TEMPLATES
     bpe_vocab: int = 512
+    # adapter steps per behavior where they differ from ``train.RECIPE``'s (400; 2,000 for CoT)
+    adapter_steps: dict[str, int] = field(default_factory=dict)
     _key: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -163,6 +165,9 @@ HELDOUT = World(
     models={"neox-4x80": 3000, "qwen3-4x112": 3000},  # ~0.18 s a step on one thread: ~9 min each
     data="heldout",
     bpe_vocab=384,
+    # at 400 steps neox's refusal adapter refused 0.86-0.88 of held-out harmful requests (train split 0.97): the
+    # small BPE spells each verb in 3-5 pieces; at 1,000 steps it reaches 0.93
+    adapter_steps={"refusal": 1000},
 )
 
 WORLDS: dict[str, World] = {w.name: w for w in (MAIN, HELDOUT)}
