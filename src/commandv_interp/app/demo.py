@@ -23,7 +23,7 @@ from commandv_interp.io import atomic_write
 from commandv_interp.zoo import load_adapter, load_model, prompts
 from commandv_interp.zoo.scoring import BEHAVIOR_RATES
 from commandv_interp.app.transfer_table import CONDITIONS, transfer_rows
-from commandv_interp.pipeline import ProfilePair, derive, profile_pair, transfer
+from commandv_interp.pipeline import ProfilePair, Transfer, derive, profile_pair, transfer
 from commandv_interp.zoo.prompt_sets import profile_prompts
 from commandv_interp.zoo.world import Behavior
 
@@ -137,8 +137,9 @@ def _faithfulness(donor, recipient, derivations, behaviors, out: Path, alpha: fl
         if getattr(d, "donor_profile", None) is not None and d.recipient_profile is not None:
             frames.append(analysis.converter_fidelity(d.converters, d.donor_profile, d.recipient_profile)
                           .assign(behavior=behavior))
-        frame = analysis.state_delta_fidelity(donor, recipient, load_adapter(donor.name, behavior), d.converters,
-                                              prompts(behavior, "test")[:64], alpha=getattr(d, "alpha", alpha))
+        pasted = d.adapter if isinstance(d, Transfer) else load_adapter(donor.name, behavior)
+        frame = analysis.state_delta_fidelity(donor, recipient, pasted, d.converters, prompts(behavior, "test")[:64],
+                                              alpha=getattr(d, "alpha", alpha))
         frames.append(frame.assign(behavior=behavior))
     faith = pd.concat(frames, ignore_index=True)
     atomic_write(out / "faithfulness.csv", lambda p: faith.to_csv(p, index=False))
