@@ -16,10 +16,11 @@ divergence: teacher forcing gives every position's argmax in one pass, and the l
 how far a greedy generation under the paste follows the donor+adapter (a later match after a divergence counts for
 nothing, as in generation). The *margin* is the log-likelihood ratio ``log P(target) − log P(foil)`` (summed over
 tokens: the behavior shows in the first tokens where the two diverge and the rest is predictable in both, so a
-per-token mean would dilute it); scoring the foils is optional, and without them the *lift* over the plain
-recipient (``log P(target)`` under the paste minus without it) is the tie-breaker instead. The criterion is the agreement averaged over changed and over unchanged prompts,
-each group one half when both occur (so a paste that acts everywhere, or nowhere, scores at most one half); the same
-balance of ``sigmoid(margin)``, the *preference*, breaks ties: it still moves when no generation changes yet.
+per-token mean would dilute it). The criterion is the agreement averaged over changed and over unchanged prompts,
+each group one half when both occur (so a paste that acts everywhere, or nowhere, scores at most one half). A
+tie-breaker still moves when no generation changes yet: the same balance of ``sigmoid(margin)``, the *preference*,
+or, scoring the targets only (half the passes; what :func:`~commandv_interp.pipeline.transfer` does), of
+``sigmoid(log P(target) under the paste − log P(target) without it)``, the *lift*.
 Forward passes only.
 """
 
