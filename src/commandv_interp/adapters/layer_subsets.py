@@ -1,8 +1,8 @@
 """Stage 5 (adapters): consumes an adapter's layers, produces subsets of them to paste (a layer's share of the
 behavior, or a paste without the layer that hurts).
 
->>> layer_subsets([0, 2, 4], ["single", "cumulative_first"])
-[('single', (0,)), ('single', (2,)), ('single', (4,)), ('cumulative_first', (0,)), ('cumulative_first', (0, 2)), ('cumulative_first', (0, 2, 4))]
+>>> layer_subsets([0, 2, 4], ["single", "cumulative_last"])[2:]
+[('single', (4,)), ('cumulative_last', (4,)), ('cumulative_last', (2, 4)), ('cumulative_last', (0, 2, 4))]
 """
 
 from __future__ import annotations

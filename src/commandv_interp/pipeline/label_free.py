@@ -5,17 +5,18 @@ its task, produces a :class:`Transfer`: a paste chosen without behavior labels, 
 scoring split, the donor's answers with and without its adapter on the scoring prompts, both models profiled on the
 fitting prompts and on the same prompts followed by the donor's first response word) and fits a fixed set of
 candidates: adapter-aware ``interface`` converters by relative depth and by similarity, ridge and Procrustes
-converters by relative depth, chained interface converters at α = ½ (re-recorded on the plain fitting prompts: each chained fit
-runs both models again, so it uses the smaller set), and the paper-exact pinv (plain prompts,
-relative depth). Stage 1 scores each fit at α = 1 and at its norm-matched α (a chained fit at its own α), and each
-non-chained, non-pinv fit restricted to each of the adapter's layers alone and to all but one (a layer whose pasted
-delta garbles the recipient's answer is left out) at α = 1, with the donor-agreement criterion of :mod:`~commandv_interp.pipeline.agreement` on the first half of the scoring prompts;
-stage 2 scores the three best on all of them, as they are and rescaled by ½ and 2 (a chained fit is refitted at the
-new α). The best candidate scored on all prompts is kept (ties: the higher lift, then the smaller α). Forward passes
-only.
+converters by relative depth, chained interface converters at α = ½ (re-recorded on the plain fitting prompts: each
+chained fit runs both models again, so it uses the smaller set), and the paper-exact pinv (plain prompts, relative
+depth). Stage 1 scores, with the donor-agreement criterion of :mod:`~commandv_interp.pipeline.agreement` on the
+first half of the scoring prompts, each fit at α = 1 and at its norm-matched α (a chained fit at its own α), and
+each non-chained, non-pinv fit restricted to each of the adapter's layers alone and to all but one, at α = 1 (a
+layer whose pasted delta garbles the recipient's answers is left out). Stage 2 scores the three best on all the
+scoring prompts, as they are and rescaled by ½ and 2 (a chained fit is refitted at the new α). The best candidate
+scored on all prompts is kept (ties: the higher lift, then the smaller α). Forward passes only.
 
-Defaults were fixed before any transfer outcome was looked at; ``candidates`` reports every candidate's criterion,
-the FLOPs of its own fit and of its scoring, so that a user can see what the choice rested on.
+``candidates`` reports every candidate's criterion and the FLOPs of its own fit and of its scoring, so that a user
+can see what the choice rested on. The layer-subset candidates were added after a failing zoo cell was diagnosed;
+the second zoo world was run once, after every default was fixed (``docs/transfer.md``).
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ class Transfer:
             the subset of its layers the chosen candidate pastes).
         choice: the chosen candidate's name (``<method>/<match>``, ``<method>/<match>/layers=<l>+<l>`` for a
             subset of the adapter's layers, or ``interface-chained/depth/<α>``).
-        candidates: one row per scoring of a candidate × α: ``candidate, alpha, method, match, layers, fit_flops, fit_s,
-            alpha_rule, stage, paper_exact, criterion, agree_changed, agree_unchanged, lift, lift_changed,
+        candidates: one row per scoring of a candidate × α: ``candidate, alpha, method, match, layers, fit_flops,
+            fit_s, alpha_rule, stage, paper_exact, criterion, agree_changed, agree_unchanged, lift, lift_changed,
             lift_unchanged, n_scoring, n_changed, score_flops, score_s`` (the first row is the recipient without a
             paste, for reference; stage 1 rows are scored on half of the scoring prompts, stage 2 rows on all).
         flops, wall_s: the whole call (targets, profiles, fits and scoring).
