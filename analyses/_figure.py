@@ -46,6 +46,17 @@ def run(args: argparse.Namespace) -> tuple[Study, pd.DataFrame]:
     return study, frame.assign(pair=frame.donor + " → " + frame.recipient)
 
 
+def first_behavior(doc: str, study_name: str) -> tuple[argparse.Namespace, Study, str, pd.DataFrame, float]:
+    """The common start of a figure script: parse the command line, run the study, keep its first behavior's rows.
+
+    Returns ``(args, study, behavior, frame, started)`` (``started``: the wall clock before anything ran)."""
+    started = time.perf_counter()
+    args = parser(doc, study_name).parse_args()
+    study, frame = run(args)
+    behavior = study.behaviors[0]
+    return args, study, behavior, frame[frame.behavior == behavior].copy(), started
+
+
 def rates(behavior: str) -> list[str]:
     """The behavior's target rate and its side effect (``zoo.scoring.BEHAVIOR_RATES``)."""
     return list(BEHAVIOR_RATES[behavior])

@@ -9,7 +9,6 @@ Writes alpha_dose_response.{png,pdf,csv}. Seeded; about 2 minutes on 2 CPU cores
 
 from __future__ import annotations
 
-import time
 
 import pandas as pd
 
@@ -35,11 +34,7 @@ def caption(frame: pd.DataFrame) -> str:
 
 
 def main() -> None:
-    started = time.perf_counter()
-    args = _figure.parser(__doc__, STUDY).parse_args()
-    study, frame = _figure.run(args)
-    behavior = study.behaviors[0]
-    frame = frame[frame.behavior == behavior]
+    args, study, behavior, frame, started = _figure.first_behavior(__doc__, STUDY)
     fig = plotting.plot_dose_response(frame, _figure.rates(behavior), x="alpha_used", panel="pair",
                                       references=_figure.references(frame),
                                       title=f"{behavior}: rates against the paste scale α ({study.methods[0]} "

@@ -9,7 +9,6 @@ matrices behind the search: analyses/fig_similarity.py.
 
 from __future__ import annotations
 
-import time
 
 import pandas as pd
 
@@ -31,11 +30,7 @@ def caption(frame: pd.DataFrame) -> str:
 
 
 def main() -> None:
-    started = time.perf_counter()
-    args = _figure.parser(__doc__, STUDY).parse_args()
-    study, frame = _figure.run(args)
-    behavior = study.behaviors[0]
-    frame = frame[frame.behavior == behavior]
+    args, study, behavior, frame, started = _figure.first_behavior(__doc__, STUDY)
     fig = plotting.plot_comparison(frame, _figure.rates(behavior), x="match", panel="pair", order=study.matches,
                                    references=_figure.references(frame),
                                    title=f"{behavior}: layer map by relative depth or CKA similarity "

@@ -9,7 +9,6 @@ Writes converter_method.{png,pdf,csv}. Seeded; a few minutes on 2 CPU cores (cac
 
 from __future__ import annotations
 
-import time
 
 import pandas as pd
 
@@ -34,11 +33,7 @@ def caption(frame: pd.DataFrame) -> str:
 
 
 def main() -> None:
-    started = time.perf_counter()
-    args = _figure.parser(__doc__, STUDY).parse_args()
-    study, frame = _figure.run(args)
-    behavior = study.behaviors[0]
-    frame = frame[frame.behavior == behavior]
+    args, study, behavior, frame, started = _figure.first_behavior(__doc__, STUDY)
     fig = plotting.plot_comparison(frame, _figure.rates(behavior), x="method", panel="pair", order=study.methods,
                                    references=_figure.references(frame),
                                    title=f"{behavior}: converter method ({study.matches[0]} map, α = "

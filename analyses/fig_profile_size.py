@@ -9,7 +9,6 @@ Writes profile_size.{png,pdf,csv}. Seeded; a couple of minutes on 2 CPU cores (c
 
 from __future__ import annotations
 
-import time
 
 import pandas as pd
 
@@ -33,11 +32,7 @@ def caption(frame: pd.DataFrame) -> str:
 
 
 def main() -> None:
-    started = time.perf_counter()
-    args = _figure.parser(__doc__, STUDY).parse_args()
-    study, frame = _figure.run(args)
-    behavior = study.behaviors[0]
-    frame = frame[frame.behavior == behavior].copy()
+    args, study, behavior, frame, started = _figure.first_behavior(__doc__, STUDY)
     everything = {s: len(ZooWorld().profile_prompts(s, behavior, None)) for s in set(frame.profile_set)}
     frame["profile_size"] = [everything[s] if pd.isna(n) else int(n)
                              for s, n in zip(frame.profile_set, frame.profile_size)]  # "all" as its count

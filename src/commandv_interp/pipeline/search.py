@@ -156,7 +156,8 @@ class CandidateSearch:
     def _scored(self, key: tuple, per_layer, alpha: float, n: int) -> _Scored:
         have = self._cache.get(key)
         done = have.rows if have is not None else []
-        todo = [i for i in range(n) if i not in set(done)]
+        seen = set(done)
+        todo = [i for i in range(n) if i not in seen]
         if todo:
             deltas = per_layer() if callable(per_layer) else per_layer
             new = score_responses(self.setup.recipient, self.setup.targets, deltas, alpha, self.setup.batch_size,
