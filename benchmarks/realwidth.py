@@ -5,9 +5,11 @@ MLP (to keep CPU runs short) and the word-level tokenizer of :func:`~commandv_in
 
 - donor: hidden 3072, 28 blocks, 24 heads of 128, 8 KV heads (Llama-3.2-3B's shape);
 - recipient: hidden 2048, 16 blocks, 32 heads of 64, 8 KV heads (Llama-3.2-1B's shape);
-- both: MLP width ``--intermediate`` (default 1024); vocabulary ``--vocab`` rows of embedding and head (default:
-  the tokenizer's 208, where the final norm and head are a fraction of a percent of a forward; ``--vocab 128256``
-  gives Llama 3's, where the head is a real part of a forward; the prompts use the tokenizer's ids either way).
+- both: MLP width ``--intermediate`` (default 1024); ``--vocab`` rows of embedding and head (default: Llama 3's
+  128,256, the paper's models' own; with ``--quick`` the tokenizer's 208). The prompts use the tokenizer's ids
+  either way. The vocabulary decides how much a profile can save over a forward: at 208 the final norm and head are
+  a fraction of a percent of a forward, so a profile of every block costs what a forward costs; at 128,256 the head
+  is a real part of it (with this small MLP a larger part than at the real MLP width of 8192).
 
 The donor adapter is the reference NodiReFT adapter (rank 8, 14 layers) read with ``cv.load_adapter``. With
 ``--quick`` the models are small (donor 192 × 6, recipient 128 × 4) and the adapter is the reference adapter's first
@@ -39,13 +41,13 @@ What is measured (times are CPU seconds, see :class:`Stages`):
 Peak memory: ``scaling.PeakRSS`` (a thread samples ``/proc/self/statm`` every millisecond while a stage runs; before
 it ``gc.collect()`` and glibc's ``malloc_trim(0)`` return freed memory; ``tracemalloc`` does not see torch's tensors).
 
-Run (``--quick``: about 30 CPU seconds; the full run about 10 CPU minutes, 20 minutes on 2 busy cores)::
+Run (``--quick``: about 30 CPU seconds; the full run about 20 CPU minutes)::
 
-    HF_HUB_OFFLINE=1 python benchmarks/realwidth.py [--quick] [--rounds R] [--timing-batches B] [--gen-rounds G]
-        [--write-docs]
+    HF_HUB_OFFLINE=1 python benchmarks/realwidth.py [--quick] [--vocab V] [--rounds R] [--timing-batches B]
+        [--gen-rounds G] [--write-docs [PATH]]
 
-``--write-docs`` writes the tables to ``docs/realwidth.md``. ``--threads`` defaults to 1 (see overhead.py: two
-OpenMP threads on a shared 2-core machine spin against each other).
+``--write-docs`` writes the tables to ``docs/realwidth.md`` (or PATH). ``--threads`` defaults to 1 (see overhead.py:
+two OpenMP threads on a shared 2-core machine spin against each other).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ REFERENCE_ADAPTER = Path("/work/shared/reference_adapters/cot_reasoning-Llama-3.
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "realwidth.md"
 MIB = 2**20
 BATCH_SIZE = 32
+LLAMA3_VOCAB = 128256  # the paper's Llama 3.2 models' vocabulary
 
 
 @dataclass(frozen=True)
@@ -390,7 +393,8 @@ def write_docs(path: Path, setup: Setup, args, targets, stages_table, notes: lis
         "# Command-V at the paper's widths (CPU)",
         "",
         "Written by `benchmarks/realwidth.py" + (" --quick" if args.quick else "")
-        + (f" --vocab {args.vocab}" if args.vocab != len(word_tokenizer()) else "") + " --write-docs`; see its "
+        + (f" --vocab {args.vocab}" if args.vocab != (len(word_tokenizer()) if args.quick else LLAMA3_VOCAB) else "")
+        + " --write-docs`; see its "
         "docstring for what each stage runs.",
         "",
         f"- donor: random Llama {shape.format(setup.donor)}, recipient: {shape.format(setup.recipient)}; "
@@ -428,8 +432,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--timing-batches", type=int, default=None,
                         help="batches of the profiling time rounds (default: quick all 2, full 4 of 8)")
     parser.add_argument("--gen-rounds", type=int, default=None, help="generation rounds (default: quick 5, full 9)")
-    parser.add_argument("--vocab", type=int, default=0,
-                        help="rows of embedding and head (default: the word tokenizer's 208; Llama 3: 128256)")
+    parser.add_argument("--vocab", type=int, default=None,
+                        help="rows of embedding and head (default: Llama 3's 128256; quick: the tokenizer's 208)")
     parser.add_argument("--intermediate", type=int, default=None, help="MLP width (default: full 1024, quick 256)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--write-docs", nargs="?", const=DOCS, type=Path, default=None, metavar="PATH",
@@ -439,7 +443,7 @@ def parse_args() -> argparse.Namespace:
     args.intermediate = args.intermediate or (256 if args.quick else 1024)
     args.rounds = args.rounds or 3
     args.gen_rounds = args.gen_rounds or (5 if args.quick else 9)
-    args.vocab = max(args.vocab, len(word_tokenizer()))
+    args.vocab = max(args.vocab or (0 if args.quick else LLAMA3_VOCAB), len(word_tokenizer()))
     args.timing_batches = args.timing_batches or (2 if args.quick else 4)
     return args
 
