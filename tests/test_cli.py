@@ -199,14 +199,6 @@ def _fake_zoo(root: Path) -> Path:
     return root
 
 
-def test_zoo_list(tmp_path):
-    root = _fake_zoo(tmp_path)
-    table = ok("zoo", "list", "--zoo-root", root).stdout
-    assert "llama-6x128" in table and "family" in table and "tokenizer" in table
-    rows = json.loads(ok("zoo", "list", "--json", "--zoo-root", root).stdout)["models"]
-    assert {r["model"]: (r["family"], r["layers"], r["width"]) for r in rows}["gpt2-4x96"] == ("gpt2", 4, 96)
-
-
 def test_choices_mirror_the_library():
     from commandv_interp import converters, correspondence, types, zoo
     from commandv_interp.correspondence.layer_map import Assignment
@@ -220,6 +212,7 @@ def test_choices_mirror_the_library():
     assert get_args(cli.Backend) == get_args(zoo.catalog.Backend)
     assert get_args(cli.ProfileSet) == PROFILE_SETS
     assert get_args(cli.Behavior) == zoo.BEHAVIORS and get_args(cli.Split) == get_args(zoo.world.Split)
+    assert get_args(cli.WorldName) == tuple(zoo.WORLDS)
 
 
 def test_console_script_help():
@@ -245,6 +238,46 @@ def test_remote_local_profile_and_paste_equal_local(pipeline, server_like):
            "--out", tmp / name, *args, *extra)
     assert (tmp / "remote.jsonl").read_text() == (tmp / "local.jsonl").read_text()
     assert server_like.requests >= 2 and server_like.refused == []
+
+
+def test_profile_reaches_the_heldout_world(tmp_path):
+    """``--world heldout``: the zoo name and the zoo:<behavior>:<split> prompts both resolve in the held-out world."""
+    from commandv_interp import zoo
+
+    report = json.loads(ok("profile", "neox-4x80", "zoo:refusal:profile", "--world", "heldout", "--out",
+                           tmp_path / "p.safetensors", "--layers", "0", "--json").stdout)
+    got = cv.ActivationProfile.load(tmp_path / "p.safetensors")
+    prompts = zoo.prompts("refusal", "profile", world="heldout")
+    expected = cv.profile(zoo.load_model("neox-4x80", world="heldout"), prompts, layers=[0], progress=False)
+    assert report["layers"] == [0] and report["n_prompts"] == len(prompts) and got.model_name == "neox-4x80"
+    assert got.prompts_fingerprint == expected.prompts_fingerprint and torch.equal(got[0], expected[0])
+    assert prompts != zoo.prompts("refusal", "profile")  # not the main world's prompts
+
+
+def test_paste_scores_in_the_world_of_its_prompts(tmp_path):
+    """``paste --world heldout``: model, zoo:<model>:<behavior> adapter and prompts of the held-out world; ``--score``
+    scores with its refusal and comply words."""
+    from commandv_interp import zoo
+
+    donor, recipient = (zoo.load_model(m, world="heldout") for m in ("neox-4x80", "qwen3-4x112"))
+    prompts = zoo.prompts("refusal", "profile", world="heldout")[:64]  # any converters do: the test is the world
+    p_donor, p_recipient = cv.profile(donor, prompts, progress=False), cv.profile(recipient, prompts, progress=False)
+    cv.fit_converters(p_donor, p_recipient, cv.match_layers(p_donor, p_recipient), method="pinv").save(
+        tmp_path / "converters.safetensors")
+    report = json.loads(ok("paste", "qwen3-4x112", "zoo:neox-4x80:refusal", tmp_path / "converters.safetensors",
+                           "zoo:refusal:test", "--world", "heldout", "--out", tmp_path / "g.jsonl", "--score",
+                           "refusal", "--max-new-tokens", "4", "--batch-size", "64", "--json").stdout)
+    rows = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == zoo.prompts("refusal", "test", world="heldout")
+    expected = zoo.score("refusal", [r["prompt"] for r in rows], [r["output"] for r in rows], world="heldout")
+    assert report["rates"] == expected and expected["n_harmful"] > 0 and expected["n_benign"] > 0
+
+
+def test_sweep_names_models_of_its_world(tmp_path):
+    study = tmp_path / "study.toml"
+    study.write_text('pairs = [["llama-6x128", "neox-4x80"]]\nbehaviors = ["refusal"]\n')
+    line = user_error("sweep", study, "--out", tmp_path / "s", "--world", "heldout")
+    assert "['llama-6x128']" in line and "'heldout' world" in line and "qwen3-4x112" in line
 
 
 def _same_parts(stored, fitted) -> bool:

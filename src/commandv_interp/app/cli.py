@@ -44,13 +44,14 @@ PastePositions = Literal["last", "last+decode", "all", "all+decode"]
 Behavior = Literal["refusal", "jailbreak", "cot"]
 ProfileSet = Literal["profile", "profile+train", "profile+train+cue", "task"]
 Split = Literal["train", "test", "profile"]
+WorldName = Literal["main", "heldout"]
 
 
 app = typer.Typer(name="commandv", add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Command-V: profile a donor and a recipient LLM, match layers, fit converters and paste "
                        "the donor's ReFT adapter into the recipient.\n\n"
                        "Every subcommand also takes --json (one JSON object on stdout instead of tables) and --debug "
-                       "(tracebacks instead of one-line errors); those naming zoo models take --zoo-root.")
+                       "(tracebacks instead of one-line errors); those naming zoo models take --zoo-root and --world.")
 zoo_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                       help="The embedded model zoo: list, regenerate and score its models.")
 app.add_typer(zoo_app, name="zoo")
@@ -58,11 +59,13 @@ app.add_typer(zoo_app, name="zoo")
 
 @dataclass(frozen=True)
 class Globals:
-    """The options every subcommand takes (``--json``, ``--debug``; ``--zoo-root`` where zoo names are read)."""
+    """The options every subcommand takes (``--json``, ``--debug``; ``--zoo-root`` and ``--world`` where zoo names
+    are read)."""
 
     json: bool = False
     debug: bool = False
-    zoo_root: Path | None = None  # None: the shipped zoo
+    zoo_root: Path | None = None  # None: the shipped zoo of `world`
+    world: str = "main"  # the zoo world of zoo model names, zoo:<...> specs, scorers (`zoo.WORLDS`)
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
@@ -70,6 +73,8 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of user
 ZooRootOpt = Annotated[Path | None, typer.Option(
     "--zoo-root", envvar="COMMANDV_ZOO_ROOT",
     help="Zoo folder for zoo names (default: the shipped zoo; e.g. one written by `commandv zoo train`).")]
+WorldOpt = Annotated[WorldName, typer.Option(
+    help="Zoo world of zoo names, zoo:<...> prompts and adapters, and scoring ('heldout': the second world).")]
 
 
 # ---------------------------------------------------------------- inputs: models, prompts, adapters, layers
@@ -96,7 +101,7 @@ def _model(g: Globals, spec: str, backend: str):
     from commandv_interp import zoo
 
     try:
-        return zoo.load_model(spec, backend, g.zoo_root)
+        return zoo.load_model(spec, backend, g.zoo_root, g.world)
     except (ValueError, FileNotFoundError) as error:
         raise type(error)(f"{spec!r} is not a checkpoint directory, and {_one_line(error)}") from error
 
@@ -108,23 +113,23 @@ def _zoo_spec(spec: str, form: str) -> tuple[str, str]:
     return parts[1], parts[2]
 
 
-def _prompts(spec: str) -> list[str]:
-    """A prompts file (``load_prompts``) or ``zoo:<behavior>:<split>``."""
+def _prompts(g: Globals, spec: str) -> list[str]:
+    """A prompts file (``load_prompts``) or ``zoo:<behavior>:<split>`` of ``g.world``."""
     if spec.startswith("zoo:"):
         from commandv_interp import zoo
 
-        return zoo.prompts(*_zoo_spec(spec, "zoo:<behavior>:<split>"))
+        return zoo.prompts(*_zoo_spec(spec, "zoo:<behavior>:<split>"), g.world)
     from commandv_interp import load_prompts
 
     return load_prompts(spec)
 
 
 def _adapter(g: Globals, spec: str):
-    """A pyreft adapter folder or ``zoo:<model>:<behavior>``."""
+    """A pyreft adapter folder or ``zoo:<model>:<behavior>`` of ``g.world``."""
     if spec.startswith("zoo:"):
         from commandv_interp import zoo
 
-        return zoo.load_adapter(*_zoo_spec(spec, "zoo:<model>:<behavior>"), g.zoo_root)
+        return zoo.load_adapter(*_zoo_spec(spec, "zoo:<model>:<behavior>"), g.zoo_root, g.world)
     from commandv_interp import load_adapter
 
     return load_adapter(spec)
@@ -212,7 +217,7 @@ def profile_cmd(
     out: Annotated[Path, typer.Option(help="Profile file to write (.safetensors).")],
     layers: Annotated[str | None, typer.Option(help="Comma-separated block indices (default: all).")] = None,
     batch_size: BatchOpt = 32, backend: BackendOpt = "nnsight", remote: RemoteOpt = None, chat_template: ChatOpt = False,
-    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
+    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None, world: WorldOpt = "main",
 ) -> None:
     """Profile MODEL's block outputs at the last token of each prompt.
 
@@ -220,9 +225,9 @@ def profile_cmd(
     """
     import commandv_interp as cv
 
-    g = Globals(json_output, debug, zoo_root)
+    g = Globals(json_output, debug, zoo_root, world)
     _out(out, model, prompts)
-    texts, layer_list = _prompts(prompts), _layers(layers)  # cheap inputs first: fail before loading the model
+    texts, layer_list = _prompts(g, prompts), _layers(layers)  # cheap inputs first: fail before loading the model
     prof = cv.profile(_model(g, model, backend), texts, layers=layer_list, batch_size=batch_size,
                       remote=_remote(remote), chat_template=True if chat_template else None)
     prof.save(out)
@@ -276,7 +281,7 @@ def derive_cmd(
     prompts: Annotated[str | None, typer.Option(
         help="The prompts both profiles were taken on (file or zoo:<behavior>:<split>), for --chain-alpha.")] = None,
     backend: BackendOpt = "nnsight",
-    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
+    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None, world: WorldOpt = "main",
 ) -> None:
     """Fit the converters of every mapped layer pair; print their held-out fit scores.
 
@@ -292,7 +297,7 @@ def derive_cmd(
     import commandv_interp as cv
     from commandv_interp.access.limits import check_fits_context
 
-    g = Globals(json_output, debug, zoo_root)
+    g = Globals(json_output, debug, zoo_root, world)
     _out(out, donor_profile, recipient_profile, map_file, adapter, prompts)
     if chain_alpha is not None:
         _alpha(chain_alpha, "--chain-alpha")
@@ -307,7 +312,7 @@ def derive_cmd(
         if method != "interface" or missing:
             raise ValueError(f"--chain-alpha chains an interface fit: it needs --method interface and "
                              f"{', '.join(chain_inputs)}; missing: {missing or '--method interface'}")
-        texts = _prompts(prompts)
+        texts = _prompts(g, prompts)
         for given in (donor, recipient):  # cheap inputs first: fail before loading the models
             given.check_taken_on(texts)
         donor_access, recipient_access = _model(g, donor_model, backend), _model(g, recipient_model, backend)
@@ -338,7 +343,7 @@ def paste_cmd(
     batch_size: BatchOpt = 32, backend: BackendOpt = "nnsight", remote: RemoteOpt = None,
     score: Annotated[Behavior | None, typer.Option(help="Score the outputs as this zoo behavior.")] = None,
     chat_template: ChatOpt = False,
-    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
+    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None, world: WorldOpt = "main",
 ) -> None:
     """Generate from RECIPIENT with the donor ADAPTER pasted in through CONVERTERS (greedy).
 
@@ -351,10 +356,10 @@ def paste_cmd(
     from commandv_interp.access.limits import check_fits_context
     from commandv_interp.io import atomic_write
 
-    g = Globals(json_output, debug, zoo_root)
+    g = Globals(json_output, debug, zoo_root, world)
     _out(out, recipient, adapter, converters, prompts)
     _alpha(alpha)
-    donor_adapter, conv, texts = _adapter(g, adapter), cv.Converters.load(converters), _prompts(prompts)
+    donor_adapter, conv, texts = _adapter(g, adapter), cv.Converters.load(converters), _prompts(g, prompts)
     donor_adapter.check_positions(positions)
     conv.check_adapter(donor_adapter)
     access = _model(g, recipient, backend)
@@ -376,7 +381,7 @@ def paste_cmd(
     if score is not None:
         from commandv_interp import zoo
 
-        result["rates"] = zoo.score(score, texts, outputs)
+        result["rates"] = zoo.score(score, texts, outputs, g.world)
         rows = [{"metric": k, "value": v} for k, v in result["rates"].items()]
     _emit(g, result, f"wrote {len(outputs)} generations to {out}", rows)
 
@@ -387,7 +392,7 @@ def compile_cmd(
     converters: ConvertersArg,
     out: Annotated[Path, typer.Option(help="pyreft folder to write (the native recipient adapter).")],
     positions: PositionsOpt = "last", alpha: AlphaOpt = 1.0,
-    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
+    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None, world: WorldOpt = "main",
 ) -> None:
     """Compile the pasted edit into a native recipient adapter (pyreft folder format).
 
@@ -395,7 +400,7 @@ def compile_cmd(
     """
     import commandv_interp as cv
 
-    g = Globals(json_output, debug, zoo_root)
+    g = Globals(json_output, debug, zoo_root, world)
     _out_folder(out, adapter, converters)
     _alpha(alpha)
     donor_adapter, conv = _adapter(g, adapter), cv.Converters.load(converters)
@@ -405,90 +410,6 @@ def compile_cmd(
     _emit(g, {"out": str(out), "layers": native.layers, "rank": native.rank, "d_model": native.d_model,
               "positions": native.positions},
           f"wrote {out}: NodiReFT at recipient layers {native.layers}, rank {native.rank}, d_model {native.d_model}")
-
-
-# ---------------------------------------------------------------- zoo commands
-
-
-@_command(zoo_app, "list")
-def zoo_list_cmd(
-    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
-) -> None:
-    """List the zoo's models (from its manifest).
-
-    Example: commandv zoo list
-    """
-    from commandv_interp import zoo
-
-    g = Globals(json_output, debug, zoo_root)
-    models = zoo.manifest(g.zoo_root)["models"]
-    rows = [{"model": name, "family": e["spec"]["family"], "layers": e["spec"]["n_layers"],
-             "width": e["spec"]["d_model"], "tokenizer": e["spec"]["tokenizer"], "params": e.get("n_params", ""),
-             "adapters": ",".join(sorted(e.get("adapters", {})))} for name, e in sorted(models.items())]
-    _emit(g, {"models": rows}, rows=rows)
-
-
-@_command(zoo_app, "train")
-def zoo_train_cmd(
-    quick: Annotated[bool, typer.Option(help="A few steps of everything (about a minute; learns nothing).")] = False,
-    out: Annotated[Path | None, typer.Option(help="Destination folder (default: the shipped zoo).")] = None,
-    model: Annotated[list[str] | None, typer.Option(help="Only this zoo model (repeatable).")] = None,
-    seed: Annotated[int, typer.Option(help="Seeds pretraining and adapter training.")] = 0,
-    reuse: Annotated[bool, typer.Option(help="Keep matching pretrained checkpoints in --out.")] = False,
-    json_output: JsonOpt = False, debug: DebugOpt = False,
-) -> None:
-    """Regenerate the zoo (base models, donor adapters, manifest) from seeds.
-
-    Example: commandv zoo train --quick --out /tmp/zoo --model gpt2-4x96
-    """
-    from commandv_interp.zoo import train
-
-    g = Globals(json_output, debug)
-    if out is not None:
-        _out_folder(out)
-    if model and len(set(model)) != len(model):
-        raise ValueError(f"--model names {sorted(m for m in set(model) if model.count(m) > 1)} more than once; give "
-                         "each model once")
-    if not g.json:
-        argv = (["--quick"] if quick else []) + (["--out", str(out)] if out else []) + ["--seed", str(seed)]
-        train.main(argv + [a for m in model or [] for a in ("--model", m)] + (["--reuse"] if reuse else []))
-        return
-    manifest = train.train_zoo(out if out is not None else train.DATA, model, seed, quick, reuse)
-    _emit(g, {"out": str(out or train.DATA), "models": sorted(manifest["models"]),
-              "behavior_table": manifest["behavior_table"], "timings_s": manifest["timings_s"]})
-
-
-@_command(zoo_app, "score")
-def zoo_score_cmd(
-    model: ModelArg, behavior: Annotated[Behavior, typer.Argument(help="Zoo behavior to score.")],
-    split: Annotated[Split, typer.Option(help="Prompt split.")] = "test",
-    cue: Annotated[bool, typer.Option(help="Prepend the behavior's cue line (the latent trigger).")] = False,
-    adapter: Annotated[str | None, typer.Option(
-        help="Apply this adapter natively: pyreft folder (e.g. from `commandv compile`) or zoo:<model>:<behavior>.")
-    ] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Score only the first LIMIT prompts.")] = None,
-    backend: BackendOpt = "nnsight",
-    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
-) -> None:
-    """Score MODEL's greedy responses on a zoo behavior (optionally with a native adapter).
-
-    Example: commandv zoo score qwen2-5x160 refusal --adapter recipient-refusal
-    """
-    import contextlib
-
-    import commandv_interp as cv
-    from commandv_interp import zoo
-
-    g = Globals(json_output, debug, zoo_root)
-    native = _adapter(g, adapter) if adapter is not None else None
-    access = _model(g, model, backend)
-    if native is not None:
-        native.check_model(access.name, access.n_layers, access.d_model, access.config_hash)
-    with cv.apply_adapter(access, native) if native is not None else contextlib.nullcontext():
-        rates = zoo.evaluate(access, behavior, split, cue=cue, limit=limit)
-    title = f"{access.name} on {behavior} ({split}{', cue' if cue else ''}{', adapter ' + adapter if adapter else ''}):"
-    _emit(g, {"model": access.name, "behavior": behavior, "split": split, "cue": cue, "adapter": adapter,
-              "rates": rates}, title, [{"metric": k, "value": v} for k, v in rates.items()])
 
 
 @_command(app, "demo")
@@ -537,3 +458,4 @@ def demo_cmd(
 
 
 from commandv_interp.app import cli_transfer  # noqa: E402,F401  registers `transfer`, `sweep` and `analyze` on `app`
+from commandv_interp.app import cli_zoo  # noqa: E402,F401  registers `list`, `train` and `score` on `zoo_app`

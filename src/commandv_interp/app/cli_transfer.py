@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from commandv_interp.app.cli import (AdapterArg, BackendOpt, DebugOpt, Globals, JsonOpt, PromptsArg, ZooRootOpt,
-                                     _adapter, _command, _emit, _model, _out_folder, _prompts, app)
+from commandv_interp.app.cli import (AdapterArg, BackendOpt, DebugOpt, Globals, JsonOpt, PromptsArg, WorldOpt,
+                                     ZooRootOpt, _adapter, _command, _emit, _model, _out_folder, _prompts, app)
 
 __all__: list[str] = []
 
@@ -25,7 +25,7 @@ def transfer_cmd(
                                            "report.md, converters and the adapter.")],
     limit: Annotated[int | None, typer.Option(min=16, help="Use only the first LIMIT prompts.")] = 128,
     backend: BackendOpt = "nnsight",
-    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
+    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None, world: WorldOpt = "main",
 ) -> None:
     """Label-free transfer: choose converters, layers and alpha by agreement with the donor+adapter, and compile.
 
@@ -35,11 +35,11 @@ def transfer_cmd(
     """
     import commandv_interp as cv
 
-    g = Globals(json_output, debug, zoo_root)
+    g = Globals(json_output, debug, zoo_root, world)
     _out_folder(out, adapter, prompts)
     from commandv_interp.pipeline.search import check_transfer_prompts
 
-    texts = check_transfer_prompts(_prompts(prompts)[:limit])  # cheap inputs first: fail before loading the models
+    texts = check_transfer_prompts(_prompts(g, prompts)[:limit])  # cheap inputs first: fail before loading the models
     donor_adapter = _adapter(g, adapter)
     result = cv.transfer(_model(g, donor, backend), _model(g, recipient, backend), donor_adapter, texts,
                          progress=not g.json)
@@ -68,7 +68,7 @@ def transfer_cmd(
 def sweep_cmd(
     study: Annotated[Path, typer.Argument(metavar="STUDY", help="Study file (TOML; see examples/*.toml).")],
     out: Annotated[Path, typer.Option(help="Folder for results.csv and the cache (a re-run resumes).")],
-    json_output: JsonOpt = False, debug: DebugOpt = False,
+    json_output: JsonOpt = False, debug: DebugOpt = False, world: WorldOpt = "main",
 ) -> None:
     """Run an ablation study on the zoo: every cell of the study's grid, cached, with bootstrap CIs.
 
@@ -78,9 +78,9 @@ def sweep_cmd(
     """
     from commandv_interp.app.sweep import run_zoo_study
 
-    g = Globals(json_output, debug)
+    g = Globals(json_output, debug, world=world)
     _out_folder(out, study)
-    table = run_zoo_study(study, out, progress=not g.json)
+    table = run_zoo_study(study, out, progress=not g.json, world=g.world)
     cells = table.drop(columns=["metric", "value", "ci_low", "ci_high", "n"]).drop_duplicates()
     _emit(g, {"out": str(out), "cells": len(cells), "rows": len(table)},
           f"wrote {out / 'results.csv'}: {len(cells)} cells, {len(table)} rows")
@@ -96,7 +96,7 @@ def analyze_cmd(
     out: Annotated[Path, typer.Option(help="Folder for the per-layer CSVs, figures and report.md.")],
     limit: Annotated[int, typer.Option(min=4, help="Use the first LIMIT prompts.")] = 64,
     backend: BackendOpt = "nnsight",
-    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None,
+    json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None, world: WorldOpt = "main",
 ) -> None:
     """Per-layer faithfulness report of one transfer: state/delta fidelity and layer attribution, as CSVs, figures
     and report.md.
@@ -106,8 +106,8 @@ def analyze_cmd(
     from commandv_interp.app.report import analyze_transfer
     from commandv_interp.pipeline import load_transfer
 
-    g = Globals(json_output, debug, zoo_root)
+    g = Globals(json_output, debug, zoo_root, world)
     _out_folder(out, transfer_folder, prompts)
-    chosen, texts = load_transfer(transfer_folder), _prompts(prompts)[:limit]  # before loading the models
+    chosen, texts = load_transfer(transfer_folder), _prompts(g, prompts)[:limit]  # before loading the models
     files = analyze_transfer(chosen, _model(g, donor, backend), _model(g, recipient, backend), texts, out)
     _emit(g, {"out": str(out), "files": [str(f) for f in files]}, f"wrote {out / 'report.md'} and {len(files)} files")
