@@ -321,13 +321,29 @@ def markdown(table: pd.DataFrame, costs: pd.DataFrame, summary: pd.DataFrame) ->
     return "\n".join(lines) + "\n"
 
 
+FIGURE_BARS = {  # condition: (tick label, color), in the figure's order
+    "recipient_base": ("recipient alone", "gray"),
+    "cv_paper": ("paper-exact", "tab:orange"),
+    "cv_paper_norm_matched": ("paper, norm-matched α", "tab:brown"),
+    "steering_affine": ("steering vector (affine)", "tab:pink"),
+    "cv_transfer": ("label-free transfer", "tab:blue"),
+    "cv_best": ("labeled best variant", "tab:cyan"),
+    "cv_budget": ("labeled, ≤ 1% FLOPs", "teal"),
+    "recipient_finetune": ("recipient finetune", "tab:green"),
+    "donor_adapter": ("donor + adapter", "tab:purple"),
+    "null_random_delta": ("null: random delta", "lightgray"),
+    "null_shuffled": ("null: shuffled fit", "lightgray"),
+}
+
+
 def figure(table: pd.DataFrame, out: Path) -> None:
+    """One panel per behavior: each condition's target rate, mean over pairs with the mean 95% CI, and the
+    recipient finetune's mean as a dashed reference line."""
     import matplotlib.pyplot as plt
 
-    conditions = ["recipient_base", "cv_paper", "cv_paper_norm_matched", "cv_best", "cv_budget", "recipient_finetune",
-                  "donor_adapter", "null_random_delta", "null_shuffled"]
+    conditions = [c for c in FIGURE_BARS if c in set(table.condition)]
     behaviors = list(dict.fromkeys(table.behavior))
-    fig, axes = plt.subplots(1, len(behaviors), figsize=(5 * len(behaviors), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(behaviors), figsize=(5 * len(behaviors), 4.4), squeeze=False)
     for ax, behavior in zip(axes[0], behaviors):
         target = BEHAVIOR_RATES[behavior][0]
         sub = table[(table.behavior == behavior) & (table.metric == target)]
@@ -335,13 +351,14 @@ def figure(table: pd.DataFrame, out: Path) -> None:
         lows = [m - sub[sub.condition == c].ci_low.mean() for c, m in zip(conditions, means)]
         highs = [sub[sub.condition == c].ci_high.mean() - m for c, m in zip(conditions, means)]
         ax.bar(range(len(conditions)), means, yerr=[lows, highs], capsize=3,
-               color=["gray", "tab:orange", "tab:blue", "tab:cyan", "teal", "tab:green", "tab:purple", "lightgray",
-                      "lightgray"])
-        ax.set_xticks(range(len(conditions)), conditions, rotation=45, ha="right")
+               color=[FIGURE_BARS[c][1] for c in conditions])
+        finetune = sub[sub.condition == "recipient_finetune"].value.mean()
+        ax.axhline(finetune, color="tab:green", linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(conditions)), [FIGURE_BARS[c][0] for c in conditions], rotation=45, ha="right")
         ax.set_ylim(0, 1.05)
-        ax.set_ylabel(f"{target} (mean over pairs, mean 95% CI)")
+        ax.set_ylabel(f"{target.replace('_', ' ')} rate (mean over pairs)")
         ax.set_title(behavior)
-    fig.suptitle("Command-V on the zoo: held-out test prompts")
+    fig.suptitle("Command-V on the zoo, held-out test prompts (bars: mean 95% CI; dashed: the recipient finetune)")
     fig.tight_layout()
     plotting.save_figure(fig, out / "transfer")
 
