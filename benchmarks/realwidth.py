@@ -394,7 +394,7 @@ def write_docs(path: Path, setup: Setup, args, targets, stages_table, notes: lis
         "",
         "Written by `benchmarks/realwidth.py" + (" --quick" if args.quick else "")
         + (f" --vocab {args.vocab}" if args.vocab != (len(word_tokenizer()) if args.quick else LLAMA3_VOCAB) else "")
-        + " --write-docs`; see its "
+        + " --write-docs" + ("" if Path(path).resolve() == DOCS else f" {path}") + "`; see its "
         "docstring for what each stage runs.",
         "",
         f"- donor: random Llama {shape.format(setup.donor)}, recipient: {shape.format(setup.recipient)}; "
