@@ -335,7 +335,7 @@ def profile_bytes(profile: cv.ActivationProfile) -> int:
 
 
 # -- report ---------------------------------------------------------------------------------------------------------
-def target_rows(stages: Stages, setup: Setup, sizes: dict[str, int], storage: int) -> list[tuple[str, str, str, str]]:
+def target_rows(stages: Stages, setup: Setup, sizes: dict[str, int], storage: int) -> list[tuple[str, ...]]:
     """(metric, value, spread, target, met) rows: a ratio is the median of its paired rounds."""
     rows = []
 
