@@ -37,7 +37,8 @@ from commandv_interp.adapters import Adapter
 from commandv_interp.adapters.edits import DeltaFn, adapter_edits
 from commandv_interp.types import Float, Tensor
 
-__all__ = ["DonorTargets", "ResponseScores", "at_prompt_end", "donor_targets", "onset_prompts", "score_responses", "summarize"]
+__all__ = ["DonorTargets", "ResponseScores", "at_prompt_end", "donor_targets", "greedy_responses", "onset_prompts",
+           "response_sequences", "score_responses", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,9 @@ def donor_targets(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], 
             the adapter's task, or more tokens).
     """
     prompts = list(prompts)
-    plain = _respond(donor, prompts, max_new_tokens, batch_size)
+    plain = greedy_responses(donor, prompts, max_new_tokens, batch_size)
     with donor.edited(adapter_edits(donor, adapter)):
-        adapted = _respond(donor, prompts, max_new_tokens, batch_size)
+        adapted = greedy_responses(donor, prompts, max_new_tokens, batch_size)
     changed = [a != b for a, b in zip(adapted, plain)]
     moved = [a for a, c in zip(adapted, changed) if c]
     if not moved:
@@ -93,24 +94,25 @@ def onset_prompts(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], 
     step-by-step solution): both models read the same text, so their states there are paired. Label-free: the
     words come from the donor itself."""
     prompts = list(prompts)
-    plain = _respond(donor, prompts, 1, batch_size)
+    plain = greedy_responses(donor, prompts, 1, batch_size)
     with donor.edited(adapter_edits(donor, adapter)):
-        adapted = _respond(donor, prompts, 1, batch_size)
+        adapted = greedy_responses(donor, prompts, 1, batch_size)
     out = []
     for prompt, a, b in zip(prompts, adapted, plain):
         out += [f"{prompt} {w}" for w in dict.fromkeys((b, a)) if w]
     return out
 
 
-def _respond(access: ModelAccess, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+def greedy_responses(access: ModelAccess, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy responses of ``access`` under its active edits (decoded texts, in batches of ``batch_size``)."""
     out: list[str] = []
     for batch in batches(access, prompts, batch_size):
         out += access.generate(batch, max_new_tokens=max_new_tokens)
     return out
 
 
-def _sequences(access: ModelAccess, prompts: Sequence[str], responses: Sequence[str]
-               ) -> tuple[Batch, list[int], list[int]]:
+def response_sequences(access: ModelAccess, prompts: Sequence[str], responses: Sequence[str]
+                       ) -> tuple[Batch, list[int], list[int]]:
     """Right-padded ``prompt + " " + response`` ids, each row's prompt length and total length (recipient's tokens)."""
     tok = access.tokenizer
     rows, prompt_lens = [], []
@@ -197,7 +199,7 @@ def score_responses(recipient: ModelAccess, targets: DonorTargets,
 def _loglik(recipient: ModelAccess, prompts: Sequence[str], responses: Sequence[str],
             per_layer: dict[int, list[DeltaFn]] | None, alpha: float) -> tuple[Tensor, Tensor]:
     """Summed log-likelihood of each response and its greedy prefix agreement (see :class:`ResponseScores`)."""
-    batch, prompt_lens, lengths = _sequences(recipient, prompts, responses)
+    batch, prompt_lens, lengths = response_sequences(recipient, prompts, responses)
     edits = at_prompt_end(per_layer, prompt_lens, alpha) if per_layer else {}
     with torch.no_grad(), recipient.edited(edits):
         logits = recipient.forward(batch).float()

@@ -3,26 +3,33 @@ its task, produces a :class:`Transfer`: a paste chosen without behavior labels, 
 
 ``transfer`` prepares the search with :func:`~commandv_interp.pipeline.search.prepare` (a fitting and a held-out
 scoring split, the donor's answers with and without its adapter on the scoring prompts, both models profiled on the
-fitting prompts and on the same prompts followed by the donor's first response word) and fits a fixed set of
-candidates: adapter-aware ``interface`` converters by relative depth and by similarity, ridge and Procrustes
-converters by relative depth, chained interface converters at α = ½ (re-recorded on the plain fitting prompts: each
-chained fit runs both models again, so it uses the smaller set), and the paper-exact pinv (plain prompts, relative
-depth). Stage 1 scores, with the donor-agreement criterion of :mod:`~commandv_interp.pipeline.agreement` on the
-first half of the scoring prompts, each fit at α = 1 and at its norm-matched α (a chained fit at its own α), and
-each non-chained, non-pinv fit restricted to each of the adapter's layers alone and to all but one, at α = 1 (a
-layer whose pasted delta garbles the recipient's answers is left out). Stage 2 scores the three best on all the
-scoring prompts, as they are and rescaled by ½ and 2 (a chained fit is refitted at the new α). The best candidate
-scored on all prompts is kept (ties: the higher lift, then the smaller α). Forward passes only.
+fitting prompts and on the same prompts followed by the donor's first response word) and then:
+
+1. scores, with the donor-agreement criterion of :mod:`~commandv_interp.pipeline.agreement` on the first half of the
+   scoring prompts, adapter-aware ``interface`` converters by relative depth and by similarity and ridge and
+   Procrustes converters by relative depth, each at α = 1 and at its norm-matched α, and the paper-exact pinv
+   (plain prompts, relative depth, α = 1) as a named row; then the best of them restricted to each of the adapter's
+   layers alone and to all but one, at its α (a layer whose pasted delta garbles the recipient's answers is left
+   out);
+2. scores the best stage-1 paste on all the scoring prompts;
+3. *polishes* it (:mod:`~commandv_interp.pipeline.polish`): the paste compiled to a native recipient adapter is
+   trained, in rounds of a few steps, to reproduce the donor+adapter's answers on the fitting prompts (distillation
+   from the donor itself: no labels), each round scored on all the scoring prompts, stopping when a round does not
+   raise the criterion.
+
+The best candidate scored on all the scoring prompts is kept (ties: the higher lift, then the earlier). Forward
+passes only, except the polish's few training steps, whose FLOPs are counted as a finetune's are.
 
 ``candidates`` reports every candidate's criterion and the FLOPs of its own fit and of its scoring, so that a user
-can see what the choice rested on. The layer-subset candidates were added after a failing zoo cell was diagnosed;
-the second zoo world was run once, after every default was fixed (``docs/transfer.md``).
+can see what the choice rested on. ``start="scratch"`` skips the paste and polishes a fresh adapter: the
+distillation baseline that shows what the paste contributes.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,26 +37,30 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from commandv_interp.access import ModelAccess, forward_flops, open_model
+import torch
+
+from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.adapters import Adapter, load_adapter, save_adapter
+from commandv_interp.adapters.edits import adapter_edits, placed
 from commandv_interp.adapters.layer_subsets import proper_subsets
-from commandv_interp.converters import Converters, fit_chained_converters, fit_converters, norm_matched_alpha
+from commandv_interp.adapters.linear_form import has_linear_form
+from commandv_interp.converters import Converters, fit_converters, norm_matched_alpha
 from commandv_interp.converters.transport import pasted_deltas
-from commandv_interp.correspondence import LayerMap
 from commandv_interp.io import atomic_write, read_json, write_json
-from commandv_interp.paste import compile_paste, paste
-from commandv_interp.pipeline.search import MIN_PROMPTS, CandidateSearch, check_transfer_prompts, prepare
-from commandv_interp.types import PositionRule
+from commandv_interp.paste import apply_adapter, compile_paste, paste
+from commandv_interp.pipeline.agreement import greedy_responses
+from commandv_interp.pipeline.polish import POLISH_ROUND, POLISH_STEPS, Distillation, fresh_adapter
+from commandv_interp.pipeline.search import (MIN_PROMPTS, CandidateSearch, check_transfer_prompts, generation_flops,
+                                             prepare)
+from commandv_interp.types import PositionRule, check_choice
 from commandv_interp.version import __version__
 
-__all__ = ["Transfer", "transfer", "load_transfer", "check_transfer_prompts", "MIN_PROMPTS", "PAPER_EXACT",
-           "CHAIN_ALPHAS", "REFINE_FACTORS", "REFINE_TOP"]
+__all__ = ["Transfer", "transfer", "load_transfer", "check_transfer_prompts", "polishable", "native_deltas",
+           "MIN_PROMPTS", "PAPER_EXACT", "STARTS"]
 
 PAPER_EXACT = "pinv/depth"
 """The paper's configuration: pinv converters, relative depth, α = 1 (always among the candidates)."""
-CHAIN_ALPHAS = (0.5,)  # the scale a chained fit is fitted (and pasted) under in stage 1 (stage 2 refits it at ¼ and 1)
-REFINE_TOP = 3  # stage 2 rescales the best stage-1 candidates ...
-REFINE_FACTORS = (0.5, 2.0)  # ... by these factors (a chained one is refitted at its new scale)
+STARTS = ("paste", "scratch")
 PROFILE_FITS = (("interface", "depth"), ("interface", "similarity"), ("ridge", "depth"), ("procrustes", "depth"),
                 ("pinv", "depth"))
 KIND = "commandv.transfer"
@@ -57,22 +68,27 @@ KIND = "commandv.transfer"
 
 @dataclass
 class Transfer:
-    """A paste chosen by :func:`transfer`: the donor's adapter, converters, α and positions for one recipient.
+    """A paste chosen by :func:`transfer`: the donor's adapter, converters, α and positions for one recipient, and
+    the native recipient adapter the polish made of it.
 
     Attributes:
-        adapter, converters, alpha, positions: what :meth:`paste` pastes (``adapter`` is the donor's adapter, or
-            the subset of its layers the chosen candidate pastes).
+        adapter, converters, alpha, positions: the chosen paste (``adapter`` is the donor's adapter, or the subset
+            of its layers the chosen candidate pastes; ``converters`` is None for ``start="scratch"``).
         choice: the chosen candidate's name (``<method>/<match>``, ``<method>/<match>/layers=<l>+<l>`` for a
-            subset of the adapter's layers, or ``interface-chained/depth/<α>``).
+            subset of the adapter's layers, ``<paste>+polish/<steps>`` for a polished one, ``scratch+polish/<steps>``
+            for the distillation baseline).
+        polished: the chosen native recipient adapter when the choice is polished (what :meth:`paste` applies and
+            :meth:`compile` returns), else None.
         candidates: one row per scoring of a candidate × α: ``candidate, alpha, method, match, layers, fit_flops,
-            fit_s, alpha_rule, stage, paper_exact, criterion, agree_changed, agree_unchanged, lift, lift_changed,
-            lift_unchanged, n_scoring, n_changed, score_flops, score_s`` (the first row is the recipient without a
-            paste, for reference; stage 1 rows are scored on half of the scoring prompts, stage 2 rows on all).
-        flops, wall_s: the whole call (targets, profiles, fits and scoring).
+            fit_s, polish_steps, alpha_rule, stage, paper_exact, criterion, agree_changed, agree_unchanged, lift,
+            lift_changed, lift_unchanged, n_scoring, n_changed, score_flops, score_s`` (the first row is the
+            recipient without a paste, for reference; stage 1 rows are scored on half of the scoring prompts, stages
+            2 and 3 on all; a polished row's ``fit_flops`` is its round of training).
+        flops, wall_s: the whole call (targets, profiles, fits, scoring and polish).
     """
 
     adapter: Adapter
-    converters: Converters
+    converters: Converters | None
     alpha: float
     positions: PositionRule
     choice: str
@@ -82,42 +98,63 @@ class Transfer:
     recipient: ModelAccess | None = field(default=None, repr=False)
     fits: dict[str, Converters] = field(default_factory=dict, repr=False)  # every candidate's converters (not saved)
     pasted: dict[str, Adapter] = field(default_factory=dict, repr=False)  # the adapter each candidate pastes
+    polished: Adapter | None = field(default=None, repr=False)
+    rounds: dict[str, Adapter] = field(default_factory=dict, repr=False)  # every polish round's adapter (not saved)
 
     @property
     def layer_map(self) -> dict[int, int]:
-        return self.converters.layer_map()
+        """Donor layer → recipient layer of the paste (``{}`` for the distillation baseline, which has none)."""
+        return self.converters.layer_map() if self.converters is not None else {}
 
     def paste(self, recipient: ModelAccess | None = None):
-        """The chosen paste as a context manager (``cv.paste(recipient, adapter, converters, positions, alpha)``)."""
+        """The chosen edit as a context manager: the polished native adapter, or
+        ``cv.paste(recipient, adapter, converters, positions, alpha)``."""
         target = recipient if recipient is not None else self.recipient
         if target is None:
             raise ValueError("this Transfer was loaded from disk and holds no recipient: pass paste(recipient)")
+        if self.polished is not None:
+            return apply_adapter(open_model(target), self.polished)
         return paste(target, self.adapter, self.converters, self.positions, self.alpha)
 
     def compile(self) -> Adapter:
-        """The chosen paste as a native recipient adapter (:func:`~commandv_interp.paste.compile_paste`)."""
+        """The chosen edit as a native recipient adapter: the polished one, or
+        :func:`~commandv_interp.paste.compile_paste` of the paste."""
+        if self.polished is not None:
+            return self.polished
         return compile_paste(self.adapter, self.converters, self.positions, self.alpha)
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``transfer.json``, ``converters.safetensors``, ``adapter/`` (pyreft folder) and ``candidates.csv``."""
+        """Write ``transfer.json``, ``converters.safetensors``, ``adapter/`` (pyreft folder), ``polished/`` (when
+        the choice is polished) and ``candidates.csv``."""
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"{str(folder)!r} exists and is not a folder; choose a folder for the transfer")
         folder.mkdir(parents=True, exist_ok=True)
-        self.converters.save(folder / "converters.safetensors")
+        if self.converters is not None:
+            self.converters.save(folder / "converters.safetensors")
         save_adapter(self.adapter, folder / "adapter")
+        if self.polished is not None:
+            save_adapter(self.polished, folder / "polished")
         atomic_write(folder / "candidates.csv", lambda p: self.candidates.to_csv(p, index=False))
+        donor, recipient = _models(self)
         meta = {"kind": KIND, "alpha": self.alpha, "positions": self.positions, "choice": self.choice,
-                "adapter_digest": self.adapter.digest(), "donor_model": self.converters.donor_model,
-                "recipient_model": self.converters.recipient_model, "flops": self.flops, "wall_s": self.wall_s,
-                "library_version": __version__}
+                "adapter_digest": self.adapter.digest(), "donor_model": donor, "recipient_model": recipient,
+                "converters": self.converters is not None,
+                "polished_digest": self.polished.digest() if self.polished is not None else None,
+                "flops": self.flops, "wall_s": self.wall_s, "library_version": __version__}
         write_json(folder / "transfer.json", meta)
         return folder
 
 
+def _models(t: Transfer) -> tuple[str | None, str | None]:
+    if t.converters is not None:
+        return t.converters.donor_model, t.converters.recipient_model
+    return t.adapter.metadata.get("model_name"), t.polished.metadata.get("model_name") if t.polished else None
+
+
 def load_transfer(folder: str | Path, recipient: ModelAccess | None = None) -> Transfer:
-    """Read a folder written by :meth:`Transfer.save`; refuses a folder whose adapter is not the one its converters
-    were chosen for."""
+    """Read a folder written by :meth:`Transfer.save`; refuses a folder whose adapter (or polished adapter) is not
+    the one its converters were chosen for, and converters fitted for another recipient."""
     folder = Path(folder)
     meta = read_json(folder / "transfer.json")
     if not isinstance(meta, dict) or meta.get("kind") != KIND:
@@ -127,12 +164,22 @@ def load_transfer(folder: str | Path, recipient: ModelAccess | None = None) -> T
     if adapter.digest() != meta["adapter_digest"]:
         raise ValueError(f"the adapter in {str(folder / 'adapter')!r} is not the one this transfer was made for "
                          f"(digest {adapter.digest()!r}, expected {meta['adapter_digest']!r})")
-    converters = Converters.load(folder / "converters.safetensors")
-    if recipient is not None:
-        converters.check_recipient(open_model(recipient))
+    polished = None
+    if meta.get("polished_digest"):
+        polished = load_adapter(folder / "polished")
+        if polished.digest() != meta["polished_digest"]:
+            raise ValueError(f"the adapter in {str(folder / 'polished')!r} is not the one this transfer chose "
+                             f"(digest {polished.digest()!r}, expected {meta['polished_digest']!r})")
+    converters = Converters.load(folder / "converters.safetensors") if meta.get("converters", True) else None
+    access = open_model(recipient) if recipient is not None else None
+    if access is not None and converters is not None:
+        converters.check_recipient(access)
+    if access is not None and polished is not None and polished.d_model != access.d_model:
+        raise ValueError(f"the polished adapter in {str(folder)!r} has d_model {polished.d_model}, the recipient "
+                         f"{access.name!r} {access.d_model}: load it with the recipient it was made for")
     candidates = pd.read_csv(folder / "candidates.csv")
     return Transfer(adapter, converters, float(meta["alpha"]), meta["positions"], meta["choice"], candidates,
-                    float(meta["flops"]), float(meta["wall_s"]), open_model(recipient) if recipient else None)
+                    float(meta["flops"]), float(meta["wall_s"]), access, polished=polished)
 
 
 def transfer(
@@ -144,6 +191,8 @@ def transfer(
     max_new_tokens: int = 8,
     batch_size: int = 32,
     seed: int = 0,
+    polish_steps: int = POLISH_STEPS,
+    start: str = "paste",
     progress: bool = True,
 ) -> Transfer:
     """Derive a working paste of ``adapter`` into the recipient without behavior labels (see the module doc).
@@ -153,9 +202,13 @@ def transfer(
         adapter: the donor's ReFT adapter (linear-source kinds for the adapter-aware candidates).
         prompts: unlabeled prompts of the adapter's task (e.g. its training inputs), at least 16.
         scoring_fraction: share of the prompts held out from fitting and used to score the candidates.
-        max_new_tokens: response tokens the donor generates for the targets (what the criterion compares).
+        max_new_tokens: response tokens the donor generates for the targets (what the criterion compares and the
+            polish learns).
         batch_size: prompts per forward pass.
-        seed: the fit/scoring split.
+        seed: the fit/scoring split and the polish's batches.
+        polish_steps: at most this many distillation steps on the chosen paste (0: the paste as it is).
+        start: ``"paste"`` (search the candidates, polish the best) or ``"scratch"`` (no paste: polish a fresh
+            rank-r adapter at the depth-matched recipient layers; the distillation baseline).
         progress: show a progress bar over the candidates.
 
     Returns:
@@ -166,7 +219,14 @@ def transfer(
         >>> with t.paste():  # doctest: +SKIP
         ...     recipient.generate(recipient.encode(new_prompts))
     """
-    start = time.perf_counter()
+    check_choice("start", start, STARTS)
+    if isinstance(polish_steps, bool) or not isinstance(polish_steps, int) or polish_steps < 0:
+        raise ValueError(f"polish_steps must be an int >= 0, got {polish_steps!r}")
+    if start == "scratch" and (polish_steps == 0 or adapter.positions != "last"):
+        raise ValueError(f"start='scratch' learns everything in the polish, which acts at the last prompt token: "
+                         f"pass polish_steps >= 1 (got {polish_steps}) and a positions='last' adapter "
+                         f"(got {adapter.positions!r})")
+    began = time.perf_counter()
     setup = prepare(donor_model, recipient_model, adapter, prompts, scoring_fraction, max_new_tokens, batch_size,
                     seed)
     recipient, positions = setup.recipient, adapter.positions
@@ -175,66 +235,117 @@ def transfer(
     pasted: dict[str, Adapter] = {}  # the adapter each candidate pastes (a subset of its layers for some)
     info: dict[str, dict] = {}
     half = math.ceil(search.n_scoring / 2)
-    plain_donor, plain_recipient = setup.plain_profiles()  # the paper's pinv and the chained fits use these
     search.score("recipient (no paste)", 0.0, None, method="none", match="none", alpha_rule="none", stage=0,
-                 fit_flops=0.0, fit_s=0.0, paper_exact=False)
+                 fit_flops=0.0, fit_s=0.0, paper_exact=False, polish_steps=0)
 
-    def add(name: str, conv: Converters, method: str, match: str, fit_flops: float, fit_s: float,
+    def add(name: str, conv: Converters, method: str, match: str, fit_s: float,
             layers: tuple[int, ...] = tuple(adapter.layers)) -> None:
         fits[name], pasted[name] = conv, adapter if layers == tuple(adapter.layers) else adapter.restricted(layers)
-        info[name] = {"method": method, "match": match, "layers": "+".join(map(str, layers)), "fit_flops": fit_flops,
-                      "fit_s": fit_s}
+        info[name] = {"method": method, "match": match, "layers": "+".join(map(str, layers)), "fit_flops": 0.0,
+                      "fit_s": fit_s, "polish_steps": 0}
 
     def scored(name: str, alpha: float, rule: str, stage: int, n: int | None) -> dict:
         conv, used = fits[name], pasted[name]
         return search.score(name, alpha, lambda: pasted_deltas(recipient, used, conv), n, **info[name],
                             alpha_rule=rule, stage=stage, paper_exact=name == PAPER_EXACT and rule == "1")
 
-    def chained(alpha: float) -> str:
-        name = f"interface-chained/depth/{alpha:g}"
-        if name not in fits:
-            t0 = time.perf_counter()
-            conv = fit_chained_converters(setup.donor, recipient, adapter, setup.fitting, setup.layer_maps["depth"],
-                                          alpha, plain_donor, plain_recipient, positions, batch_size)
-            fit_flops = _chain_flops(setup.donor, recipient, setup.fitting, adapter, setup.layer_maps["depth"])
-            search.flops += fit_flops
-            add(name, conv, "interface-chained", "depth", fit_flops, time.perf_counter() - t0)
-        return name
-
-    jobs = [(f"{m}/{match}", m, match) for m, match in PROFILE_FITS]
-    for name, method, match in tqdm(jobs, desc="transfer: stage 1", disable=not progress):
-        t0 = time.perf_counter()
-        if method == "pinv":
-            conv = fit_converters(plain_donor, plain_recipient, setup.layer_maps[match], "pinv")
-        else:
-            conv = fit_converters(setup.donor_profile, setup.recipient_profile, setup.layer_maps[match], method,
-                                  adapter)
-        add(name, conv, method, match, 0.0, time.perf_counter() - t0)
-        for alpha, rule in [(1.0, "1")] + _norm_alpha(adapter, conv, setup.donor_profile, setup.recipient_profile):
-            scored(name, alpha, rule, 1, half)
-        if method == "pinv":
-            continue
-        for layers in proper_subsets(adapter.layers):  # a layer whose pasted delta hurts is left out
-            sub = f"{name}/layers={'+'.join(map(str, layers))}"
-            add(sub, conv.restricted(adapter, layers), method, match, 0.0, 0.0, layers)
-            scored(sub, 1.0, "1", 1, half)
-    for alpha in CHAIN_ALPHAS:
-        scored(chained(alpha), alpha, "chain", 1, half)
-
-    table = search.table()
-    top = (table[(table.stage == 1) & ~table.paper_exact.astype(bool)]
-           .sort_values(["criterion", "lift"], ascending=False, kind="stable").head(REFINE_TOP))
-    for row in tqdm(list(top.itertuples()), desc="transfer: stage 2", disable=not progress):
-        scored(row.candidate, row.alpha, row.alpha_rule, 2, None)
-        for factor in REFINE_FACTORS:
-            alpha = row.alpha * factor
-            if row.method == "interface-chained":
-                scored(chained(alpha), alpha, "chain", 2, None)
+    base: pd.Series | None = None
+    if start == "paste":
+        plain_donor, plain_recipient = setup.plain_profiles()  # the paper's pinv uses these
+        for method, match in tqdm(PROFILE_FITS, desc="transfer: stage 1", disable=not progress):
+            t0, name = time.perf_counter(), f"{method}/{match}"
+            if method == "pinv":
+                conv = fit_converters(plain_donor, plain_recipient, setup.layer_maps[match], "pinv")
             else:
-                scored(row.candidate, alpha, f"{row.alpha_rule}×{factor:g}", 2, None)
+                conv = fit_converters(setup.donor_profile, setup.recipient_profile, setup.layer_maps[match], method,
+                                      adapter)
+            add(name, conv, method, match, time.perf_counter() - t0)
+            alphas = [(1.0, "1")] + ([] if method == "pinv" else
+                                     _norm_alpha(adapter, conv, setup.donor_profile, setup.recipient_profile))
+            for alpha, rule in alphas:
+                scored(name, alpha, rule, 1, half)
+        lead = _leader(search, stage=1)
+        for layers in proper_subsets(adapter.layers):  # a layer whose pasted delta hurts is left out
+            sub = f"{lead.candidate}/layers={'+'.join(map(str, layers))}"
+            add(sub, fits[lead.candidate].restricted(adapter, layers), str(lead.method), str(lead.match), 0.0, layers)
+            scored(sub, float(lead.alpha), str(lead.alpha_rule), 1, half)
+        base = _leader(search, stage=1)
+        base = pd.Series(scored(str(base.candidate), float(base.alpha), str(base.alpha_rule), 2, None))
+    rounds: dict[str, Adapter] = {}
+    if polish_steps:
+        rounds = _polish(search, setup, base, fits, pasted, polish_steps, max_new_tokens, seed, info)
     best = search.best()
-    return Transfer(pasted[best.candidate], fits[best.candidate], float(best.alpha), positions, str(best.candidate),
-                    search.table(), search.flops, time.perf_counter() - start, recipient, dict(fits), dict(pasted))
+    name = str(best.candidate)
+    if base is None:  # the distillation baseline: no paste
+        chosen, converters, alpha = adapter, None, 1.0
+    else:  # the stage-2 paste, as it is or polished (the only paste scored on all prompts)
+        chosen, converters, alpha = pasted[str(base.candidate)], fits[str(base.candidate)], float(base.alpha)
+    return Transfer(chosen, converters, alpha, positions, name, search.table(), search.flops,
+                    time.perf_counter() - began, recipient, dict(fits), dict(pasted), rounds.get(name), rounds)
+
+
+def _leader(search: CandidateSearch, stage: int) -> pd.Series:
+    """The best scored paste of ``stage`` that is not the paper-exact row (criterion, then lift, then smaller α)."""
+    table = search.table()
+    table = table[(table.stage == stage) & ~table.paper_exact.astype(bool)]
+    return table.sort_values(["criterion", "lift", "alpha"], ascending=[False, False, True], kind="stable").iloc[0]
+
+
+def _polish(search: CandidateSearch, setup, base: pd.Series | None, fits: dict[str, Converters],
+            pasted: dict[str, Adapter], steps: int, max_new_tokens: int, seed: int, info: dict) -> dict[str, Adapter]:
+    """Stage 3: distill the donor+adapter's answers on the fitting prompts into the chosen paste (compiled to a
+    native recipient adapter) or, without a paste, into a fresh adapter; score each round on all scoring prompts and
+    stop when a round does not raise the criterion (or it is 1)."""
+    donor, recipient, adapter = setup.donor, setup.recipient, setup.adapter
+    if base is not None and not polishable(adapter):
+        warnings.warn(f"the adapter acts at positions={adapter.positions!r} or has a kind without a linear form: "
+                      "the paste is kept as it is (polish_steps needs a last-token adapter of a linear kind)",
+                      stacklevel=3)
+        return {}
+    with torch.no_grad(), donor.edited(adapter_edits(donor, adapter)):
+        answers = greedy_responses(donor, setup.fitting, max_new_tokens, setup.batch_size)
+    search.flops += generation_flops(donor, setup.fitting, max_new_tokens)
+    if base is not None:
+        lead = str(base.candidate)
+        begin = compile_paste(pasted[lead], fits[lead], "last", float(base.alpha))
+        best, name, row_info = float(base.criterion), lead, dict(info[lead])
+    else:
+        layers = setup.layer_maps["depth"].restrict(adapter.layers).as_dict().values()
+        begin = fresh_adapter(recipient, sorted(set(layers)), _rank(adapter), seed)
+        best, name = -1.0, "scratch"
+        row_info = {"method": "scratch", "match": "depth", "layers": "+".join(map(str, adapter.layers))}
+    trainer = Distillation(recipient, begin, setup.fitting, answers, seed=seed)
+    rounds: dict[str, Adapter] = {}
+    while trainer.steps < steps:
+        t0, flops0 = time.perf_counter(), trainer.flops
+        trainer.run(min(POLISH_ROUND, steps - trainer.steps))
+        search.flops += trainer.flops - flops0
+        candidate = f"{name}+polish/{trainer.steps}"
+        rounds[candidate] = trainer.adapter()
+        row = search.score(candidate, 1.0, native_deltas(recipient, rounds[candidate]), None,
+                           **(row_info | {"polish_steps": trainer.steps, "fit_flops": trainer.flops - flops0,
+                                          "fit_s": time.perf_counter() - t0}),
+                           alpha_rule="polished", stage=3, paper_exact=False)
+        if row["criterion"] <= best or row["criterion"] >= 1.0:
+            break
+        best = row["criterion"]
+    return rounds
+
+
+def polishable(adapter: Adapter) -> bool:
+    """Whether :func:`transfer` can polish a paste of ``adapter``: it acts at the last prompt token only (where the
+    criterion and the distillation act) and every intervention has a linear form (so it compiles)."""
+    return adapter.positions == "last" and all(has_linear_form(iv) for iv in adapter.interventions.values())
+
+
+def native_deltas(recipient: ModelAccess, adapter: Adapter) -> dict[int, list]:
+    """Recipient layer → the delta function of a native recipient adapter (placed on that layer's device)."""
+    return {layer: [placed(iv, recipient.block_device(layer)).delta] for layer, iv in adapter.interventions.items()}
+
+
+def _rank(adapter: Adapter) -> int:
+    """The adapter's rank (its largest intervention's), the fresh adapter's rank in the distillation baseline."""
+    return max(int(iv.rank) for iv in adapter.interventions.values())
 
 
 def _norm_alpha(adapter: Adapter, conv: Converters, p_donor, p_recipient) -> list[tuple[float, str]]:
@@ -244,13 +355,3 @@ def _norm_alpha(adapter: Adapter, conv: Converters, p_donor, p_recipient) -> lis
     except ValueError:
         return []
     return [(norm, "norm")] if math.isfinite(norm) and norm > 0 and not math.isclose(norm, 1.0) else []
-
-
-def _chain_flops(donor: ModelAccess, recipient: ModelAccess, prompts: Sequence[str], adapter: Adapter,
-                 layer_map: LayerMap) -> float:
-    """The chained fit's own passes beyond the profiles: the donor under its adapter up to its highest layer, the
-    recipient up to each mapped recipient layer but the lowest (which the recipient profile supplies)."""
-    targets = sorted(set(layer_map.restrict(adapter.layers).as_dict().values()))[1:]
-    return (forward_flops(donor, prompts, max(adapter.layers))
-            + sum(forward_flops(recipient, prompts, r) for r in targets))
-
