@@ -270,6 +270,11 @@ class ModelAccess(ABC):
         ``remote`` as in :meth:`read`: the active edits run on the server (they must have a low-rank form,
         as every paste and adapter of the supported kinds has), and only the new token ids come back.
         """
+        return self.decode_continuations(self.generate_ids(batch, max_new_tokens, remote))
+
+    def generate_ids(self, batch: Batch, max_new_tokens: int = 32, remote: bool | str = False
+                     ) -> Int[Tensor, "batch new"]:
+        """The new token ids of :meth:`generate` (``max_new_tokens`` per row, EOS and what follows it included)."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
         if remote:
@@ -279,9 +284,8 @@ class ModelAccess(ABC):
         check_fits_context(self, batch, max_new_tokens)
         batch = batch.left_padded()
         with torch.no_grad():
-            ids = (self._generate_ids_remote(batch, max_new_tokens, remote) if remote
-                   else self._generate_ids(batch, max_new_tokens))
-        return self.decode_continuations(ids)
+            return (self._generate_ids_remote(batch, max_new_tokens, remote) if remote
+                    else self._generate_ids(batch, max_new_tokens))
 
     def decode_continuations(self, ids: Int[Tensor, "batch new"]) -> list[str]:
         eos = self.tokenizer.eos_token_id

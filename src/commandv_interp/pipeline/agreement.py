@@ -57,16 +57,17 @@ class DonorTargets:
 
 def donor_targets(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], max_new_tokens: int,
                   batch_size: int = 32) -> DonorTargets:
-    """Greedy responses of the donor with and without ``adapter`` and the target/foil pairs they give.
+    """Greedy responses of the donor with and without ``adapter`` (whole words: see :func:`greedy_responses`) and
+    the target/foil pairs they give.
 
     Raises:
         ValueError: the adapter changes none of the prompts' responses (no signal to select with: give prompts of
             the adapter's task, or more tokens).
     """
     prompts = list(prompts)
-    plain = greedy_responses(donor, prompts, max_new_tokens, batch_size)
+    plain = greedy_responses(donor, prompts, max_new_tokens, batch_size, whole_words=True)
     with donor.edited(adapter_edits(donor, adapter)):
-        adapted = greedy_responses(donor, prompts, max_new_tokens, batch_size)
+        adapted = greedy_responses(donor, prompts, max_new_tokens, batch_size, whole_words=True)
     changed = [a != b for a, b in zip(adapted, plain)]
     moved = [a for a, c in zip(adapted, changed) if c]
     if not moved:
@@ -103,11 +104,23 @@ def onset_prompts(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], 
     return out
 
 
-def greedy_responses(access: ModelAccess, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy responses of ``access`` under its active edits (decoded texts, in batches of ``batch_size``)."""
+def greedy_responses(access: ModelAccess, prompts: list[str], max_new_tokens: int, batch_size: int,
+                     whole_words: bool = False) -> list[str]:
+    """Greedy responses of ``access`` under its active edits (decoded texts, in batches of ``batch_size``).
+
+    With ``whole_words`` a response that ran to ``max_new_tokens`` without ending loses its last word, which the
+    cut may have split (``"... how to wea"``): another tokenizer re-tokenizes a split word unlike the model that
+    would have finished it, so a recipient could never agree with it, and a distillation would teach the fragment.
+    """
     out: list[str] = []
+    eos = access.tokenizer.eos_token_id
     for batch in batches(access, prompts, batch_size):
-        out += access.generate(batch, max_new_tokens=max_new_tokens)
+        ids = access.generate_ids(batch, max_new_tokens=max_new_tokens)
+        texts = access.decode_continuations(ids)
+        if whole_words:
+            texts = [text.rsplit(" ", 1)[0] if eos not in row and " " in text else text
+                     for row, text in zip(ids.tolist(), texts)]
+        out += texts
     return out
 
 

@@ -14,8 +14,8 @@ fitting prompts and on the same prompts followed by the donor's first response w
 2. scores the best stage-1 paste on all the scoring prompts;
 3. *polishes* it (:mod:`~commandv_interp.pipeline.polish`): the paste compiled to a native recipient adapter is
    trained, in rounds of a few steps, to reproduce the donor+adapter's answers on the fitting prompts (distillation
-   from the donor itself: no labels), each round scored on all the scoring prompts, stopping when a round does not
-   raise the criterion.
+   from the donor itself: no labels), each round scored on all the scoring prompts (skipped when the paste already
+   reproduces every scoring answer; stopped early when a round does).
 
 The best candidate scored on all the scoring prompts is kept (ties: the higher lift, then the earlier). Forward
 passes only, except the polish's few training steps, whose FLOPs are counted as a finetune's are.
@@ -294,8 +294,8 @@ def _leader(search: CandidateSearch, stage: int) -> pd.Series:
 def _polish(search: CandidateSearch, setup, base: pd.Series | None, fits: dict[str, Converters],
             pasted: dict[str, Adapter], steps: int, max_new_tokens: int, seed: int, info: dict) -> dict[str, Adapter]:
     """Stage 3: distill the donor+adapter's answers on the fitting prompts into the chosen paste (compiled to a
-    native recipient adapter) or, without a paste, into a fresh adapter; score each round on all scoring prompts and
-    stop when a round does not raise the criterion (or it is 1)."""
+    native recipient adapter) or, without a paste, into a fresh adapter; score each round on all scoring prompts (the
+    best of the paste and its rounds is chosen afterwards); stop early only when a round reproduces every answer."""
     donor, recipient, adapter = setup.donor, setup.recipient, setup.adapter
     if base is not None and not polishable(adapter):
         warnings.warn(f"the adapter acts at positions={adapter.positions!r} or has a kind without a linear form: "
@@ -303,16 +303,18 @@ def _polish(search: CandidateSearch, setup, base: pd.Series | None, fits: dict[s
                       stacklevel=3)
         return {}
     with torch.no_grad(), donor.edited(adapter_edits(donor, adapter)):
-        answers = greedy_responses(donor, setup.fitting, max_new_tokens, setup.batch_size)
+        answers = greedy_responses(donor, setup.fitting, max_new_tokens, setup.batch_size, whole_words=True)
     search.flops += generation_flops(donor, setup.fitting, max_new_tokens)
     if base is not None:
         lead = str(base.candidate)
         begin = compile_paste(pasted[lead], fits[lead], "last", float(base.alpha))
-        best, name, row_info = float(base.criterion), lead, dict(info[lead])
+        if float(base.criterion) >= 1.0:  # the paste already reproduces every scoring answer: nothing to polish
+            return {}
+        name, row_info = lead, dict(info[lead])
     else:
         layers = setup.layer_maps["depth"].restrict(adapter.layers).as_dict().values()
         begin = fresh_adapter(recipient, sorted(set(layers)), _rank(adapter), seed)
-        best, name = -1.0, "scratch"
+        name = "scratch"
         row_info = {"method": "scratch", "match": "depth", "layers": "+".join(map(str, adapter.layers))}
     trainer = Distillation(recipient, begin, setup.fitting, answers, seed=seed)
     rounds: dict[str, Adapter] = {}
@@ -326,9 +328,8 @@ def _polish(search: CandidateSearch, setup, base: pd.Series | None, fits: dict[s
                            **(row_info | {"polish_steps": trainer.steps, "fit_flops": trainer.flops - flops0,
                                           "fit_s": time.perf_counter() - t0}),
                            alpha_rule="polished", stage=3, paper_exact=False)
-        if row["criterion"] <= best or row["criterion"] >= 1.0:
+        if row["criterion"] >= 1.0:
             break
-        best = row["criterion"]
     return rounds
 
 

@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 import torch
 
 from commandv_interp.access import ModelAccess
-from commandv_interp.adapters import Adapter
+from commandv_interp.adapters import Adapter, Intervention, NodiReFT
 from commandv_interp.adapters.interventions import make_intervention
+from commandv_interp.adapters.linear_form import read_activation
 from commandv_interp.pipeline.agreement import at_prompt_end, response_sequences
 
-__all__ = ["Distillation", "fresh_adapter", "POLISH_STEPS", "POLISH_ROUND", "POLISH_BATCH", "POLISH_LR"]
+__all__ = ["Distillation", "balanced", "fresh_adapter", "POLISH_STEPS", "POLISH_ROUND", "POLISH_BATCH", "POLISH_LR"]
 
 POLISH_STEPS = 12  # at most this many optimizer steps ...
 POLISH_ROUND = 4  # ... in rounds of this many, each scored on the held-out scoring prompts
@@ -67,7 +68,7 @@ class Distillation:
         if self.start.d_model != self.recipient.d_model:
             raise ValueError(f"the start adapter has d_model {self.start.d_model}, the recipient "
                              f"{self.recipient.d_model}: start from a compiled paste or a fresh recipient adapter")
-        self._interventions = {layer: copy.deepcopy(iv).to(self.recipient.block_device(layer), torch.float32)
+        self._interventions = {layer: balanced(iv).to(self.recipient.block_device(layer), torch.float32)
                                .requires_grad_(True) for layer, iv in self.start.interventions.items()}
         params = [p for iv in self._interventions.values() for p in iv.parameters()]
         self._optimizer = torch.optim.AdamW(params, lr=self.lr)
@@ -118,6 +119,26 @@ class Distillation:
                                                         "flops": self.flops, "lr": self.lr,
                                                         "batch_size": self.batch_size, "seed": self.seed}}
         return Adapter(ivs, positions=self.start.positions, first_last_k=self.start.first_last_k, metadata=meta)
+
+
+def balanced(iv: Intervention) -> Intervention:
+    """A copy of a NodiReFT with a linear activation whose read (``W, b``) and write (``P``) factors are rescaled to
+    equal RMS, ``W, b ← c W, c b`` and ``P ← P / c``: the same edit, better conditioned for training. A compiled
+    paste puts the converters' scale into its factors (``W' = W A``, ``P' = α P Mᵀ``), so one factor can be many
+    times the other; AdamW's steps are about the learning rate per weight whatever its scale, so an unbalanced
+    factor would be jolted or frozen. Other kinds are copied unchanged."""
+    out = copy.deepcopy(iv)
+    if not isinstance(out, NodiReFT) or read_activation(out) != "linear":
+        return out
+    with torch.no_grad():
+        w, p = out.learned_source.weight, out.proj_layer.weight
+        w_rms, p_rms = w.float().pow(2).mean().sqrt(), p.float().pow(2).mean().sqrt()
+        if w_rms > 0 and p_rms > 0:
+            c = (p_rms / w_rms).sqrt()
+            w.mul_(c)
+            out.learned_source.bias.mul_(c)
+            p.div_(c)
+    return out
 
 
 def fresh_adapter(recipient: ModelAccess, layers: Sequence[int], rank: int, seed: int = 0,
