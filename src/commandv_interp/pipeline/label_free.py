@@ -15,7 +15,8 @@ fitting prompts and on the same prompts followed by the donor's first response w
 3. *polishes* it (:mod:`~commandv_interp.pipeline.polish`): the paste compiled to a native recipient adapter is
    trained, in rounds of a few steps, to reproduce the donor+adapter's answers on the fitting prompts (distillation
    from the donor itself: no labels), each round scored on all the scoring prompts (skipped when the paste already
-   reproduces every scoring answer; stopped early when a round does).
+   reproduces every scoring answer; stopped early when a round does). The first round also trains a fresh adapter
+   at the depth-matched layers, and the start that scores higher goes on.
 
 The best candidate scored on all the scoring prompts is kept (ties: the higher lift, then the earlier). Forward
 passes only, except the polish's few training steps, whose FLOPs are counted as a finetune's are.
@@ -260,10 +261,7 @@ def transfer(
                 conv = fit_converters(setup.donor_profile, setup.recipient_profile, setup.layer_maps[match], method,
                                       adapter)
             add(name, conv, method, match, time.perf_counter() - t0)
-            alphas = [(1.0, "1")] + ([] if method == "pinv" else
-                                     _norm_alpha(adapter, conv, setup.donor_profile, setup.recipient_profile))
-            for alpha, rule in alphas:
-                scored(name, alpha, rule, 1, half)
+            scored(name, 1.0, "1", 1, half)
         lead = _leader(search, stage=1)
         for layers in proper_subsets(adapter.layers):  # a layer whose pasted delta hurts is left out
             sub = f"{lead.candidate}/layers={'+'.join(map(str, layers))}"
@@ -276,7 +274,7 @@ def transfer(
         rounds = _polish(search, setup, base, fits, pasted, polish_steps, max_new_tokens, seed, info)
     best = search.best()
     name = str(best.candidate)
-    if base is None:  # the distillation baseline: no paste
+    if base is None or name.startswith("scratch+"):  # the distillation baseline (or it won the polish): no paste
         chosen, converters, alpha = adapter, None, 1.0
     else:  # the stage-2 paste, as it is or polished (the only paste scored on all prompts)
         chosen, converters, alpha = pasted[str(base.candidate)], fits[str(base.candidate)], float(base.alpha)
@@ -294,42 +292,49 @@ def _leader(search: CandidateSearch, stage: int) -> pd.Series:
 def _polish(search: CandidateSearch, setup, base: pd.Series | None, fits: dict[str, Converters],
             pasted: dict[str, Adapter], steps: int, max_new_tokens: int, seed: int, info: dict) -> dict[str, Adapter]:
     """Stage 3: distill the donor+adapter's answers on the fitting prompts into the chosen paste (compiled to a
-    native recipient adapter) or, without a paste, into a fresh adapter; score each round on all scoring prompts (the
-    best of the paste and its rounds is chosen afterwards); stop early only when a round reproduces every answer."""
+    native recipient adapter) and, in a first round run beside it, into a fresh adapter at the depth-matched layers;
+    the start whose first round scores higher goes on (a paste that pushes the recipient far off can be slower to
+    correct than nothing). Each round is scored on all scoring prompts (the best of the paste and the rounds is
+    chosen afterwards); rounds stop early only when one reproduces every answer."""
     donor, recipient, adapter = setup.donor, setup.recipient, setup.adapter
     if base is not None and not polishable(adapter):
         warnings.warn(f"the adapter acts at positions={adapter.positions!r} or has a kind without a linear form: "
                       "the paste is kept as it is (polish_steps needs a last-token adapter of a linear kind)",
                       stacklevel=3)
         return {}
+    if base is not None and float(base.criterion) >= 1.0:  # the paste reproduces every scoring answer already
+        return {}
     with torch.no_grad(), donor.edited(adapter_edits(donor, adapter)):
         answers = greedy_responses(donor, setup.fitting, max_new_tokens, setup.batch_size, whole_words=True)
     search.flops += generation_flops(donor, setup.fitting, max_new_tokens)
+    layers = sorted(set(setup.layer_maps["depth"].restrict(adapter.layers).as_dict().values()))
+    starts = {"scratch": (fresh_adapter(recipient, layers, _rank(adapter), seed),
+                          {"method": "scratch", "match": "depth", "layers": "+".join(map(str, adapter.layers)),
+                           "polish_steps": 0})}
     if base is not None:
         lead = str(base.candidate)
-        begin = compile_paste(pasted[lead], fits[lead], "last", float(base.alpha))
-        if float(base.criterion) >= 1.0:  # the paste already reproduces every scoring answer: nothing to polish
-            return {}
-        name, row_info = lead, dict(info[lead])
-    else:
-        layers = setup.layer_maps["depth"].restrict(adapter.layers).as_dict().values()
-        begin = fresh_adapter(recipient, sorted(set(layers)), _rank(adapter), seed)
-        name = "scratch"
-        row_info = {"method": "scratch", "match": "depth", "layers": "+".join(map(str, adapter.layers))}
-    trainer = Distillation(recipient, begin, setup.fitting, answers, seed=seed)
+        starts = {lead: (compile_paste(pasted[lead], fits[lead], "last", float(base.alpha)), dict(info[lead]))} | starts
+    trainers = {name: Distillation(recipient, begin, setup.fitting, answers, seed=seed)
+                for name, (begin, _) in starts.items()}
     rounds: dict[str, Adapter] = {}
-    while trainer.steps < steps:
+
+    def one_round(name: str) -> dict:
+        trainer = trainers[name]
         t0, flops0 = time.perf_counter(), trainer.flops
         trainer.run(min(POLISH_ROUND, steps - trainer.steps))
         search.flops += trainer.flops - flops0
         candidate = f"{name}+polish/{trainer.steps}"
         rounds[candidate] = trainer.adapter()
-        row = search.score(candidate, 1.0, native_deltas(recipient, rounds[candidate]), None,
-                           **(row_info | {"polish_steps": trainer.steps, "fit_flops": trainer.flops - flops0,
-                                          "fit_s": time.perf_counter() - t0}),
-                           alpha_rule="polished", stage=3, paper_exact=False)
-        if row["criterion"] >= 1.0:
-            break
+        return search.score(candidate, 1.0, native_deltas(recipient, rounds[candidate]), None,
+                            **(starts[name][1] | {"polish_steps": trainer.steps, "fit_flops": trainer.flops - flops0,
+                                                  "fit_s": time.perf_counter() - t0}),
+                            alpha_rule="polished", stage=3, paper_exact=False)
+
+    first = {name: one_round(name) for name in trainers}
+    name = max(first, key=lambda n: (first[n]["criterion"], first[n]["lift"]))  # ties: the paste (listed first)
+    row = first[name]
+    while trainers[name].steps < steps and row["criterion"] < 1.0:
+        row = one_round(name)
     return rounds
 
 

@@ -4,7 +4,8 @@ candidates (:class:`CandidateSearch`).
 
 :func:`prepare` splits the prompts into a fitting and a held-out scoring set, has the donor answer the scoring
 prompts with and without its adapter (:func:`~commandv_interp.pipeline.agreement.donor_targets`), and profiles
-both models on the fitting prompts plus the same prompts followed by the donor's first response word
+both models on (at most ``PROFILE_PROMPTS`` of) the fitting prompts plus the same prompts followed by the donor's
+first response word
 (:func:`~commandv_interp.pipeline.agreement.onset_prompts`), with the two layer maps (relative depth, similarity).
 
 :class:`CandidateSearch` scores pastes (recipient layer → delta functions, at a scale α) by the donor-agreement
@@ -32,9 +33,11 @@ from commandv_interp.pipeline.agreement import (DonorTargets, ResponseScores, do
 from commandv_interp.profiles import ActivationProfile, profile
 from commandv_interp.prompts import prompts_fingerprint
 
-__all__ = ["SearchSetup", "CandidateSearch", "prepare", "check_transfer_prompts", "generation_flops", "MIN_PROMPTS"]
+__all__ = ["SearchSetup", "CandidateSearch", "prepare", "check_transfer_prompts", "generation_flops", "MIN_PROMPTS",
+           "PROFILE_PROMPTS"]
 
 MIN_PROMPTS = 16  # a quarter held out for scoring leaves at least 12 to fit on
+PROFILE_PROMPTS = 96  # fitting prompts profiled (with their onsets): the profiles' cost stays bounded as prompts grow
 PerLayer = dict[int, list[DeltaFn]]
 
 
@@ -44,7 +47,8 @@ class SearchSetup:
 
     Attributes:
         fitting, scoring: the two disjoint prompt sets.
-        augmented: ``fitting`` followed by its onset prompts (what the profiles were taken on).
+        profiled: the first ``PROFILE_PROMPTS`` fitting prompts (all of them when there are fewer).
+        augmented: ``profiled`` followed by its onset prompts (what the profiles were taken on).
         targets: the donor's answers with and without its adapter on ``scoring``.
         donor_profile, recipient_profile: profiles over ``augmented`` (the donor's at the adapter's layers).
         layer_maps: ``{"depth": ..., "similarity": ...}`` for the adapter's layers.
@@ -56,6 +60,7 @@ class SearchSetup:
     adapter: Adapter
     fitting: list[str]
     scoring: list[str]
+    profiled: list[str]
     augmented: list[str]
     targets: DonorTargets
     donor_profile: ActivationProfile
@@ -66,7 +71,7 @@ class SearchSetup:
 
     def plain_profiles(self) -> tuple[ActivationProfile, ActivationProfile]:
         """The profiles' rows of the plain fitting prompts (no onset word): the paper's profile set."""
-        rows, fingerprint = list(range(len(self.fitting))), prompts_fingerprint(self.fitting)
+        rows, fingerprint = list(range(len(self.profiled))), prompts_fingerprint(self.profiled)
         return (self.donor_profile.subset(rows, fingerprint), self.recipient_profile.subset(rows, fingerprint))
 
 
@@ -96,15 +101,16 @@ def prepare(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Ada
     fitting = [prompts[i] for i in order[n_score:]]
     targets = donor_targets(donor, adapter, scoring, max_new_tokens, batch_size)
     flops = 2 * generation_flops(donor, scoring, max_new_tokens)
-    augmented = fitting + onset_prompts(donor, adapter, fitting, batch_size)
-    flops += 2 * forward_flops(donor, fitting)
+    profiled = fitting[:PROFILE_PROMPTS]
+    augmented = profiled + onset_prompts(donor, adapter, profiled, batch_size)
+    flops += 2 * forward_flops(donor, profiled)
     p_donor = profile(donor, augmented, layers=adapter.layers, batch_size=batch_size, progress=False)
     p_recipient = profile(recipient, augmented, batch_size=batch_size, progress=False)
     flops += (forward_flops(donor, augmented, max(adapter.layers))
               + forward_flops(recipient, augmented, recipient.n_layers - 1))
     maps = {match: match_layers(p_donor, p_recipient, match, adapter.layers) for match in ("depth", "similarity")}
-    return SearchSetup(donor, recipient, adapter, fitting, scoring, augmented, targets, p_donor, p_recipient, maps,
-                       batch_size, flops)
+    return SearchSetup(donor, recipient, adapter, fitting, scoring, profiled, augmented, targets, p_donor, p_recipient,
+                       maps, batch_size, flops)
 
 
 @dataclass
