@@ -1,6 +1,7 @@
 """Label-free transfer on a zoo world: ``cv.transfer`` with its defaults on every ordered pair × behavior, scored
-with labels only afterwards, beside the steering-vector baseline (``cv.steering_transfer``), paper-exact Command-V
-and the recipient's direct ReFT finetune.
+with labels only afterwards, beside the paste it polished (as it was), the distillation baseline
+(``cv.transfer(..., start="scratch")``: the same polish from a fresh adapter), the steering-vector baseline
+(``cv.steering_transfer``), paper-exact Command-V and the recipient's direct ReFT finetune.
 
 Per cell: the chosen candidate, its labeled rates on held-out test prompts, the steering baseline's and the
 paper-exact candidate's, the finetune's (from the zoo manifest, measured on all 160 test prompts), the compute of
@@ -56,6 +57,9 @@ def run_cell(donor_name: str, recipient_name: str, behavior: str, limit: int, co
     t0 = time.perf_counter()
     steering = cv.steering_transfer(donor, recipient, adapter, prompts, progress=False)
     steering_wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scratch = cv.transfer(donor, recipient, adapter, prompts, start="scratch", progress=False)
+    scratch_wall = time.perf_counter() - t0
 
     def rates_under(ctx, n: int) -> dict:
         with ctx:
@@ -63,15 +67,24 @@ def run_cell(donor_name: str, recipient_name: str, behavior: str, limit: int, co
 
     chosen = rates_under(result.paste(), limit)
     steered = rates_under(steering.paste(), limit)
+    distilled = rates_under(scratch.paste(), limit)
     paper_rates = rates_under(cv.paste(recipient, adapter, result.fits[PAPER_EXACT], alpha=1.0), limit)
     cands = result.candidates.drop_duplicates(["candidate", "alpha"], keep="last").reset_index(drop=True)
+    base = cands[cands.stage == 2].iloc[-1]  # the paste the polish started from (as it is)
+    unpolished = rates_under(cv.paste(recipient, result.pasted[base.candidate], result.fits[base.candidate],
+                                      alpha=float(base.alpha)), limit)
+
+    def edit_of(row):
+        if row.candidate in result.rounds:
+            return cv.apply_adapter(recipient, result.rounds[row.candidate])
+        return cv.paste(recipient, result.pasted[row.candidate], result.fits[row.candidate], alpha=float(row.alpha))
+
     labeled = []
     for row in cands.itertuples():
         if row.method == "none":
             labeled.append(zoo.evaluate(recipient, behavior, limit=corr_limit, world=world))
         else:
-            labeled.append(rates_under(cv.paste(recipient, result.pasted[row.candidate], result.fits[row.candidate],
-                                                alpha=float(row.alpha)), corr_limit))
+            labeled.append(rates_under(edit_of(row), corr_limit))
     cands["labeled_target"] = [r[target] for r in labeled]
     cands["labeled_side"] = [r[side] for r in labeled]
     cands = cands.assign(donor=donor_name, recipient=recipient_name, behavior=behavior)
@@ -85,10 +98,15 @@ def run_cell(donor_name: str, recipient_name: str, behavior: str, limit: int, co
     row = {"donor": donor_name, "recipient": recipient_name, "behavior": behavior, "choice": result.choice,
            "alpha": result.alpha, "target_metric": target, "side_metric": side,
            "transfer_target": chosen[target], "transfer_side": chosen[side],
+           "paste_target": unpolished[target], "paste_side": unpolished[side], "paste_choice": base.candidate,
+           "polish_steps": int(result.polished.metadata["polish"]["steps"]) if result.polished is not None else 0,
            "steering_target": steered[target], "steering_side": steered[side], "steering_alpha": steering.alpha,
+           "distill_target": distilled[target], "distill_side": distilled[side],
            "paper_target": paper_rates[target], "paper_side": paper_rates[side],
            "finetune_target": ft["rates"][target], "finetune_side": ft["rates"][side], "meets_bar": meets(chosen),
            "steering_meets_bar": meets(steered), "paper_meets_bar": meets(paper_rates),
+           "paste_meets_bar": meets(unpolished), "distill_meets_bar": meets(distilled),
+           "distill_flops_ratio": scratch.flops / ft["flops"], "distill_wall_ratio": scratch_wall / ft["wall_s"],
            "flops_ratio": result.flops / ft["flops"], "wall_ratio": wall / ft["wall_s"],
            "steering_flops_ratio": steering.flops / ft["flops"], "steering_wall_ratio": steering_wall / ft["wall_s"],
            "criterion_label_spearman": spearman(cands.criterion, cands.labeled_target), "n_test": limit}
@@ -96,21 +114,26 @@ def run_cell(donor_name: str, recipient_name: str, behavior: str, limit: int, co
 
 
 def markdown(table: pd.DataFrame) -> str:
-    lines = ["| donor → recipient | behavior | transfer (target / side) | steering | paper-exact | finetune | "
-             "meets bar | choice | FLOPs ratio | wall ratio | Spearman(criterion, labeled) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| donor → recipient | behavior | transfer (target / side) | its paste before the polish | "
+             "distillation from scratch | steering | paper-exact | finetune | meets bar | choice | FLOPs ratio | "
+             "wall ratio | Spearman(criterion, labeled) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         lines.append(f"| {r.donor} → {r.recipient} | {r.behavior} | {r.transfer_target:.2f} / {r.transfer_side:.2f} | "
+                     f"{r.paste_target:.2f} / {r.paste_side:.2f} | {r.distill_target:.2f} / {r.distill_side:.2f} | "
                      f"{r.steering_target:.2f} / {r.steering_side:.2f} | "
                      f"{r.paper_target:.2f} / {r.paper_side:.2f} | {r.finetune_target:.2f} / {r.finetune_side:.2f} | "
-                     f"{'yes' if r.meets_bar else 'no'} | `{r.choice}` α={r.alpha:.2f} | {r.flops_ratio:.3f} | "
+                     f"{'yes' if r.meets_bar else 'no'} | `{r.choice}` | {r.flops_ratio:.3f} | "
                      f"{r.wall_ratio:.3f} | {r.criterion_label_spearman:.2f} |")
-    lines += ["", f"Cells meeting the bar: transfer {int(table.meets_bar.sum())} of {len(table)}, steering "
-                  f"{int(table.steering_meets_bar.sum())}, paper-exact {int(table.paper_meets_bar.sum())}. Transfer: "
-                  f"median FLOPs ratio {table.flops_ratio.median():.3f}, median wall-time ratio "
-                  f"{table.wall_ratio.median():.3f}; steering: {table.steering_flops_ratio.median():.3f} and "
-                  f"{table.steering_wall_ratio.median():.3f}. Median Spearman correlation of the criterion with the "
-                  f"labeled target rate across candidates {table.criterion_label_spearman.median():.2f}."]
+    lines += ["", f"Cells meeting the bar: transfer {int(table.meets_bar.sum())} of {len(table)} (its paste before "
+                  f"the polish {int(table.paste_meets_bar.sum())}), distillation from scratch "
+                  f"{int(table.distill_meets_bar.sum())}, steering {int(table.steering_meets_bar.sum())}, paper-exact "
+                  f"{int(table.paper_meets_bar.sum())}. Transfer: median FLOPs ratio {table.flops_ratio.median():.3f}, "
+                  f"median wall-time ratio {table.wall_ratio.median():.3f}; distillation from scratch: "
+                  f"{table.distill_flops_ratio.median():.3f} and {table.distill_wall_ratio.median():.3f}; steering: "
+                  f"{table.steering_flops_ratio.median():.3f} and {table.steering_wall_ratio.median():.3f}. Median "
+                  f"Spearman correlation of the criterion with the labeled target rate across candidates "
+                  f"{table.criterion_label_spearman.median():.2f}."]
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,8 @@ held-out test prompts, with bootstrap 95% CIs, side by side in one run:
 - ``cv_transfer``          ``cv.transfer`` with its defaults: the paste chosen without labels by donor agreement on
                            the adapter's first 128 training inputs (its whole cost, selection included, in the
                            costs table);
+- ``distill_scratch``      the distillation baseline (``cv.transfer(..., start="scratch")``): the same polish as
+                           ``cv_transfer``'s, from a fresh adapter, with no paste;
 - ``steering_affine``      the steering-vector baseline (``cv.steering_transfer``): the adapter's mean delta mapped
                            by an affine converter and added at the mapped layer, its scale chosen by the same
                            label-free criterion;
@@ -175,10 +177,12 @@ def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limi
         chosen_lf = cv.transfer(donor, recipient, adapters[behavior], prompts, progress=False)
         t1 = time.perf_counter()
         steering = cv.steering_transfer(donor, recipient, adapters[behavior], prompts, progress=False)
-        label_free[behavior] = (chosen_lf, t1 - t0, steering, time.perf_counter() - t1)
+        t2 = time.perf_counter()
+        scratch = cv.transfer(donor, recipient, adapters[behavior], prompts, start="scratch", progress=False)
+        label_free[behavior] = (chosen_lf, t1 - t0, steering, t2 - t1, scratch, time.perf_counter() - t2)
     rows, costs = [], []
     for behavior in behaviors:
-        chosen_lf, transfer_s, steering, steering_s = label_free[behavior]
+        chosen_lf, transfer_s, steering, steering_s, scratch, scratch_s = label_free[behavior]
         variant, best, alpha, select_score = chosen[behavior]
         budget_variant, budget_d, budget_alpha, _ = budget[behavior] or ("none", None, 1.0, None)
         adapter = adapters[behavior]
@@ -189,6 +193,7 @@ def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limi
                 "cv_paper_norm_matched": (recipient, cv.paste(recipient, adapter, paper.converters, alpha=paper_alpha)),
                 "cv_best": (recipient, cv.paste(recipient, adapter, best.converters, alpha=alpha)),
                 "cv_transfer": (recipient, chosen_lf.paste()),
+                "distill_scratch": (recipient, scratch.paste()),
                 "steering_affine": (recipient, steering.paste()),
                 **({"cv_budget": (recipient, cv.paste(recipient, adapter, budget_d.converters, alpha=budget_alpha))}
                    if budget_d is not None else {}),
@@ -217,6 +222,7 @@ def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limi
                       "transfer_choice": chosen_lf.choice, "alpha_transfer": chosen_lf.alpha,
                       "cv_transfer_flops": chosen_lf.flops, "cv_transfer_s": transfer_s,
                       "alpha_steering": steering.alpha, "steering_flops": steering.flops, "steering_s": steering_s,
+                      "distill_flops": scratch.flops, "distill_s": scratch_s,
                       "budget_variant": budget_variant,
                       "cv_budget_flops": budget_d.flops if budget_d is not None else float("nan"),
                       "alpha_paper": paper_alpha,
@@ -259,6 +265,8 @@ def summarize_pairs(table: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
         rows.append({"behavior": behavior, "target": target, "pairs": len(pairs), "pairs_meeting_target": sum(ok),
                      "pairs_transfer": sum(bar("cv_transfer", d, r) for d, r in pairs),
                      "pairs_steering": sum(bar("steering_affine", d, r) for d, r in pairs),
+                     "pairs_distill": sum(bar("distill_scratch", d, r) for d, r in pairs),
+                     "median_distill_flops": float(np.median(c.distill_flops / c.finetune_flops)),
                      "median_transfer_flops": float(np.median(c.cv_transfer_flops / c.finetune_flops)),
                      "median_transfer_time": float(np.median(c.cv_transfer_s / c.finetune_s)),
                      "median_steering_flops": float(np.median(c.steering_flops / c.finetune_flops)),
@@ -291,9 +299,10 @@ def markdown(table: pd.DataFrame, costs: pd.DataFrame, summary: pd.DataFrame) ->
             return "–"
         return f"{val.loc[(d, r, b, condition, target)].value:.2f} / {val.loc[(d, r, b, condition, side)].value:.2f}"
 
-    lines = ["| donor → recipient | behavior | paper-exact | paper + norm α | label-free transfer | steering (affine) | "
-             "best variant [95% CI] | within 1% FLOPs | direct finetune | donor + adapter | nulls (random / shuffled) "
-             "| variant chosen on train prompts |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| donor → recipient | behavior | paper-exact | paper + norm α | label-free transfer | distillation from "
+             "scratch | steering (affine) | best variant [95% CI] | within 1% FLOPs | direct finetune | donor + adapter | "
+             "nulls (random / shuffled) | variant chosen on train prompts |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (d, r), _ in table.groupby(["donor", "recipient"], sort=True):
         for b in [b for b in zoo.BEHAVIORS if b in set(table.behavior)]:
             target = BEHAVIOR_RATES[b][0]
@@ -303,17 +312,19 @@ def markdown(table: pd.DataFrame, costs: pd.DataFrame, summary: pd.DataFrame) ->
             lines.append(
                 f"| {short(d)} → {short(r)} | {b} | {cell(d, r, b, 'cv_paper')} | "
                 f"{cell(d, r, b, 'cv_paper_norm_matched')} | {cell(d, r, b, 'cv_transfer')} | "
-                f"{cell(d, r, b, 'steering_affine')} | **{cell(d, r, b, 'cv_best')}** "
+                f"{cell(d, r, b, 'distill_scratch')} | {cell(d, r, b, 'steering_affine')} | **{cell(d, r, b, 'cv_best')}** "
                 f"[{best.ci_low:.2f}, {best.ci_high:.2f}] | {cell(d, r, b, 'cv_budget')} | "
                 f"{cell(d, r, b, 'recipient_finetune')} | {cell(d, r, b, 'donor_adapter')} | "
                 f"{nulls[0]:.2f} / {nulls[1]:.2f} | `{c.best_variant}` ({c.cv_best_flops / c.finetune_flops:.3f}) |")
     lines += ["", "| behavior | pairs ≥ 0.9 × finetune (FR ≤ finetune's) | label-free transfer: pairs (FR ≤ "
-              "finetune's + 0.02) / FLOPs / wall ratio | steering: pairs / FLOPs ratio | median best / finetune | "
-              "median paper-exact / finetune | compute ratio, FLOPs (median) | within 1% FLOPs: pairs / median ratio | "
-              "wall time without / with the search |", "|---|---|---|---|---|---|---|---|---|"]
+              "finetune's + 0.02) / FLOPs / wall ratio | distillation from scratch: pairs / FLOPs ratio | steering: "
+              "pairs / FLOPs ratio | median best / finetune | median paper-exact / finetune | compute ratio, FLOPs "
+              "(median) | within 1% FLOPs: pairs / median ratio | wall time without / with the search |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for _, x in summary.iterrows():
         lines.append(f"| {x.behavior} | {x.pairs_meeting_target} of {x.pairs} | {x.pairs_transfer} of {x.pairs} / "
-                     f"{x.median_transfer_flops:.3f} / {x.median_transfer_time:.3f} | {x.pairs_steering} of "
+                     f"{x.median_transfer_flops:.3f} / {x.median_transfer_time:.3f} | {x.pairs_distill} of "
+                     f"{x.pairs} / {x.median_distill_flops:.3f} | {x.pairs_steering} of "
                      f"{x.pairs} / {x.median_steering_flops:.3f} | {x.median_best_over_finetune:.2f} | "
                      f"{x.median_paper_over_finetune:.2f} | {x.median_compute_ratio_flops:.3f} | "
                      f"{x.pairs_meeting_target_within_budget} of {x.pairs} / {x.median_budget_over_finetune:.2f} | "
@@ -326,6 +337,7 @@ FIGURE_BARS = {  # condition: (tick label, color), in the figure's order
     "cv_paper": ("paper-exact", "tab:orange"),
     "cv_paper_norm_matched": ("paper, norm-matched α", "tab:brown"),
     "steering_affine": ("steering vector (affine)", "tab:pink"),
+    "distill_scratch": ("distillation from scratch", "olive"),
     "cv_transfer": ("label-free transfer", "tab:blue"),
     "cv_best": ("labeled best variant", "tab:cyan"),
     "cv_budget": ("labeled, ≤ 1% FLOPs", "teal"),

@@ -7,10 +7,9 @@ fitting prompts and on the same prompts followed by the donor's first response w
 
 1. scores, with the donor-agreement criterion of :mod:`~commandv_interp.pipeline.agreement` on the first half of the
    scoring prompts, adapter-aware ``interface`` converters by relative depth and by similarity and ridge and
-   Procrustes converters by relative depth, each at α = 1 and at its norm-matched α, and the paper-exact pinv
-   (plain prompts, relative depth, α = 1) as a named row; then the best of them restricted to each of the adapter's
-   layers alone and to all but one, at its α (a layer whose pasted delta garbles the recipient's answers is left
-   out);
+   Procrustes converters by relative depth, at α = 1 (the polish learns the scale), and the paper-exact pinv (plain
+   prompts, relative depth, α = 1) as a named row; then the best of them restricted to each of the adapter's layers
+   alone and to all but one (a layer whose pasted delta garbles the recipient's answers is left out);
 2. scores the best stage-1 paste on all the scoring prompts;
 3. *polishes* it (:mod:`~commandv_interp.pipeline.polish`): the paste compiled to a native recipient adapter is
    trained, in rounds of a few steps, to reproduce the donor+adapter's answers on the fitting prompts (distillation
@@ -45,7 +44,7 @@ from commandv_interp.adapters import Adapter, load_adapter, save_adapter
 from commandv_interp.adapters.edits import adapter_edits, placed
 from commandv_interp.adapters.layer_subsets import proper_subsets
 from commandv_interp.adapters.linear_form import has_linear_form
-from commandv_interp.converters import Converters, fit_converters, norm_matched_alpha
+from commandv_interp.converters import Converters, fit_converters
 from commandv_interp.converters.transport import pasted_deltas
 from commandv_interp.io import atomic_write, read_json, write_json
 from commandv_interp.paste import apply_adapter, compile_paste, paste
@@ -352,12 +351,3 @@ def native_deltas(recipient: ModelAccess, adapter: Adapter) -> dict[int, list]:
 def _rank(adapter: Adapter) -> int:
     """The adapter's rank (its largest intervention's), the fresh adapter's rank in the distillation baseline."""
     return max(int(iv.rank) for iv in adapter.interventions.values())
-
-
-def _norm_alpha(adapter: Adapter, conv: Converters, p_donor, p_recipient) -> list[tuple[float, str]]:
-    """The norm-matched α (none when the paste is zero on every profile prompt, or it is 1 already)."""
-    try:
-        norm = norm_matched_alpha(adapter, conv, p_donor, p_recipient)
-    except ValueError:
-        return []
-    return [(norm, "norm")] if math.isfinite(norm) and norm > 0 and not math.isclose(norm, 1.0) else []
