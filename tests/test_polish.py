@@ -1,0 +1,122 @@
+"""The polish stage of cv.transfer (distillation from the donor+adapter's answers) and the whole-word targets it
+learns: closed forms (a rebalanced NodiReFT is the same edit; FLOPs are 4 · params · tokens), a planted teacher
+(a recipient adapter distilled from a donor that is the recipient in a rotated basis), and the saved transfer."""
+
+import pytest
+import torch
+
+from conftest import random_adapter, random_prompts, rotated_llama
+
+import commandv_interp as cv
+from commandv_interp.adapters.edits import adapter_edits
+from commandv_interp.pipeline.agreement import greedy_responses
+from commandv_interp.pipeline.polish import Distillation, balanced, fresh_adapter
+
+
+@pytest.fixture(scope="module")
+def pair(hf_llama, nn_llama):
+    model, _ = rotated_llama(hf_llama[0], seed=5)
+    recipient = cv.open_model(model, tokenizer=hf_llama[1], name="rotated-llama")
+    adapter = random_adapter(nn_llama.d_model, layers=(0, 2), scale=0.6, seed=3)
+    return nn_llama, recipient, adapter
+
+
+def test_balanced_is_the_same_edit_with_factors_of_equal_rms():
+    iv = random_adapter(16, layers=(0,), scale=0.5, rank=4).interventions[0]
+    with torch.no_grad():
+        iv.proj_layer.weight.mul_(40.0)  # a compiled paste can put the converters' scale into one factor
+    out = balanced(iv)
+    h = torch.randn(7, 16)
+    torch.testing.assert_close(out.delta(h), iv.delta(h), rtol=1e-5, atol=1e-5)
+    rms = lambda t: float(t.pow(2).mean().sqrt())  # noqa: E731
+    assert rms(out.learned_source.weight) == pytest.approx(rms(out.proj_layer.weight), rel=1e-5)
+    assert rms(iv.proj_layer.weight) > 10 * rms(iv.learned_source.weight)  # the input is untouched
+
+
+def test_whole_words_drop_only_a_word_the_token_limit_may_have_cut(nn_llama):
+    """A response that ran to max_new_tokens loses its last word; one that ended (EOS) keeps all of it."""
+    prompts = random_prompts(12, seed=3)
+    batch = nn_llama.encode(prompts)
+    ids = nn_llama.generate_ids(batch, max_new_tokens=5)
+    assert ids.shape == (len(prompts), 5)
+    full = nn_llama.generate(batch, max_new_tokens=5)
+    assert full == nn_llama.decode_continuations(ids)
+    trimmed = greedy_responses(nn_llama, prompts, 5, batch_size=5, whole_words=True)
+    eos = nn_llama.tokenizer.eos_token_id
+    for row, whole, cut in zip(ids.tolist(), full, trimmed):
+        if eos in row or " " not in whole:
+            assert cut == whole
+        else:
+            assert cut == whole.rsplit(" ", 1)[0]
+
+
+def test_distillation_learns_a_planted_teacher_and_counts_finetune_flops(pair):
+    """The teacher is the donor with its adapter; the recipient is the donor in a rotated basis, so the exact paste
+    (pinv converters on more prompts than the width), compiled, reproduces the teacher: its loss is the floor. Started
+    from that paste at the wrong scale (α = 0.3), distillation closes most of the gap to the floor, leaves its start
+    untouched and counts 4 · params · tokens."""
+    donor, recipient, adapter = pair
+    fit = random_prompts(80, seed=21)
+    p_d, p_r = cv.profile(donor, fit, progress=False), cv.profile(recipient, fit, progress=False)
+    exact = cv.fit_converters(p_d, p_r, cv.match_layers(p_d, p_r, "depth", adapter.layers), "pinv")
+    prompts = random_prompts(48, seed=6)
+    with torch.no_grad(), donor.edited(adapter_edits(donor, adapter)):
+        answers = greedy_responses(donor, prompts, 6, 16, whole_words=True)
+
+    def loss_of(start) -> float:
+        return float(Distillation(recipient, start, prompts, answers)._loss(prompts, answers).detach())
+
+    floor = loss_of(cv.compile_paste(adapter, exact, alpha=1.0))
+    start = cv.compile_paste(adapter, exact, alpha=0.3)
+    gap = loss_of(start) - floor
+    assert gap > 0.02  # the wrong scale is measurably worse (a random tiny model predicts flatly: small losses)
+    before = {k: v.clone() for k, v in start.interventions[0].state_dict().items()}
+    flags = [p.requires_grad for p in recipient.torch_module.parameters()]
+    trainer = Distillation(recipient, start, prompts, answers, batch_size=16)
+    trainer.run(30)
+    assert trainer.steps == 30 and loss_of(trainer.adapter()) - floor < 0.5 * gap
+    n = sum(p.numel() for p in recipient.torch_module.parameters())
+    assert trainer.flops == pytest.approx(4.0 * n * trainer.tokens)
+    for k, v in start.interventions[0].state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    out = trainer.adapter()
+    assert out.metadata["polish"]["steps"] == 30 and out.layers == start.layers
+    assert not any(p.requires_grad for iv in out.interventions.values() for p in iv.parameters())
+    assert [p.requires_grad for p in recipient.torch_module.parameters()] == flags  # the base is left as it was
+
+
+@pytest.mark.slow
+def test_scratch_start_is_the_distillation_baseline_and_round_trips(pair, tmp_path):
+    """start="scratch": no paste, a polished fresh adapter, scored round by round; saved and loaded it gives the same
+    outputs, and a tampered polished adapter is refused."""
+    donor, recipient, adapter = pair
+    t = cv.transfer(donor, recipient, adapter, random_prompts(48, seed=12), start="scratch", polish_steps=8,
+                    progress=False)
+    assert t.converters is None and t.layer_map == {} and t.polished is not None
+    assert t.choice.startswith("scratch+polish/") and t.compile() is t.polished
+    rounds = t.candidates[t.candidates.stage == 3]
+    assert len(rounds) >= 1 and (rounds.fit_flops > 0).all() and set(rounds.polish_steps) <= {4, 8}
+    assert t.flops > rounds.fit_flops.sum() + rounds.score_flops.sum()
+    batch = recipient.encode(random_prompts(4, seed=2))
+    with t.paste():
+        a = recipient.forward(batch)
+    assert not recipient.active_edits
+    back = cv.load_transfer(t.save(tmp_path / "s"), recipient)
+    assert back.polished is not None and back.converters is None
+    with back.paste():
+        b = recipient.forward(batch)
+    torch.testing.assert_close(a, b)
+    cv.save_adapter(fresh_adapter(recipient, [0, 2], rank=4, seed=9), tmp_path / "s" / "polished")
+    with pytest.raises(ValueError, match="not the one this transfer chose"):
+        cv.load_transfer(tmp_path / "s")
+
+
+def test_transfer_refuses_bad_polish_arguments(pair):
+    donor, recipient, adapter = pair
+    prompts = random_prompts(32, seed=2)
+    with pytest.raises(ValueError, match="start='fresh' is not one of"):
+        cv.transfer(donor, recipient, adapter, prompts, start="fresh", progress=False)
+    with pytest.raises(ValueError, match="polish_steps must be an int >= 0"):
+        cv.transfer(donor, recipient, adapter, prompts, polish_steps=-1, progress=False)
+    with pytest.raises(ValueError, match="start='scratch' learns everything in the polish"):
+        cv.transfer(donor, recipient, adapter, prompts, start="scratch", polish_steps=0, progress=False)
