@@ -52,6 +52,8 @@ def transfer_cmd(
     report = [f"# Transfer: {donor} → {recipient}", "",
               f"Chosen: `{result.choice}` at α = {result.alpha:.3g}, positions `{result.positions}`, layer map "
               f"{result.layer_map}; {len(texts)} prompts, {result.wall_s:.0f} s, {result.flops:.2e} FLOPs.", "",
+              *(["The chosen paste was then polished: trained for a few steps to reproduce the donor+adapter's "
+                 "answers (`compiled/` holds the polished adapter).", ""] if result.polished is not None else []),
               "The criterion is the share of the donor+adapter's response tokens the pasted recipient reproduces "
               "greedily on held-out prompts (balanced over prompts the adapter changes and prompts it leaves alone).",
               "", "| candidate | α | criterion | lift |", "|---|---|---|---|"]

@@ -21,6 +21,10 @@ def analyze_transfer(t: Transfer, donor: ModelAccess, recipient: ModelAccess, pr
     """Write ``fidelity.csv``, ``attribution.csv``, their figures and ``report.md`` into ``out``; return the files."""
     import matplotlib.pyplot as plt
 
+    if t.converters is None:
+        raise ValueError(f"the transfer {t.choice!r} has no paste (the distillation from scratch was chosen), so there "
+                         "are no converters to break down layer by layer; run the report on a transfer whose choice "
+                         "is a paste (e.g. cv.transfer(..., polish_steps=0))")
     t.converters.check_recipient(recipient)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
