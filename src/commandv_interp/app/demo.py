@@ -116,7 +116,8 @@ def run_demo(donor: str = DEFAULT_PAIR[0], recipient: str = DEFAULT_PAIR[1],
         setup = "; ".join(f"{b}: `{d.choice}`, α = {d.alpha:.2f}, layer map {d.layer_map}"
                           for b, d in derivations.items())
         header = (f"Label-free `cv.transfer` per behavior on {TRANSFER_PROMPTS} unlabeled training prompts ({setup}); "
-                  f"test prompts per behavior: {limit or 'all'}.")
+                  f"test prompts per behavior: {limit or 'all'}. The per-layer faithfulness below is of each "
+                  "chosen paste before its polish (none where the distillation from scratch was chosen).")
     else:
         header = (f"Converters: `{method}`{' (chained)' if chain else ''}; α = {alpha:g}; layer matching: `{match}`; "
                   f"profile prompts: `{profile_set}` ({first.n_prompts}); layer map {first.layer_map.as_dict()}; "
@@ -137,11 +138,13 @@ def _faithfulness(donor, recipient, derivations, behaviors, out: Path, alpha: fl
         if getattr(d, "donor_profile", None) is not None and d.recipient_profile is not None:
             frames.append(analysis.converter_fidelity(d.converters, d.donor_profile, d.recipient_profile)
                           .assign(behavior=behavior))
+        if d.converters is None:  # the transfer chose the distillation from scratch: no paste to break down
+            continue
         pasted = d.adapter if isinstance(d, Transfer) else load_adapter(donor.name, behavior)
         frame = analysis.state_delta_fidelity(donor, recipient, pasted, d.converters, prompts(behavior, "test")[:64],
                                               alpha=getattr(d, "alpha", alpha))
         frames.append(frame.assign(behavior=behavior))
-    faith = pd.concat(frames, ignore_index=True)
+    faith = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["behavior"])
     atomic_write(out / "faithfulness.csv", lambda p: faith.to_csv(p, index=False))
     figures = []
     first = derivations[behaviors[0]]
@@ -154,7 +157,7 @@ def _faithfulness(donor, recipient, derivations, behaviors, out: Path, alpha: fl
                 metric="cka", donor_layers=tuple(rows), recipient_layers=tuple(first.recipient_profile.layers))
         fig = plotting.plot_similarity(analysis.similarity_frame(layer_map))
         figures.append(plotting.save_figure(fig, out / "similarity")[0])
-    for behavior in behaviors:
+    for behavior in [b for b in behaviors if (faith.behavior == b).any()]:
         fig = plotting.plot_fidelity(faith[faith.behavior == behavior],
                                      ["state_cosine", "delta_cosine", "backward_cosine", "pasted_to_residual_norm"],
                                      title=f"{behavior}: state and delta fidelity")

@@ -63,9 +63,10 @@ def transfer_rows(donor: ModelAccess, recipient: ModelAccess,
     for behavior in behaviors:
         adapter, d = load_adapter(donor.name, behavior), per_behavior[behavior]
         add(behavior, "recipient_base", evaluate(recipient, behavior, limit=limit))
-        chosen = (d.alpha, d.positions) if isinstance(d, Transfer) else (alpha, positions)
-        pasted = d.adapter if isinstance(d, Transfer) else adapter  # a transfer may paste some layers only
-        with paste(recipient, pasted, d.converters, positions=chosen[1], alpha=chosen[0]):
+        # a transfer applies what it chose (a paste of some layers, or the polished adapter)
+        edit = d.paste(recipient) if isinstance(d, Transfer) else paste(recipient, adapter, d.converters,
+                                                                         positions=positions, alpha=alpha)
+        with edit:
             add(behavior, "command_v", evaluate(recipient, behavior, limit=limit))
         if recompute or limit is not None:
             with apply_adapter(donor, adapter):
