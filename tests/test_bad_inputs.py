@@ -551,6 +551,12 @@ CLI_ROWS = [
     CliRow("transfer-limit-too-small", lambda w: ["transfer", w.tiny / "llama", w.tiny / "gpt2", w.p.adapter,
                                                   w.root / "prompts.txt", "--out", w.root / "t", "--limit", "3"],
            "--limit"),
+    CliRow("transfer-unknown-start", lambda w: ["transfer", w.tiny / "llama", w.tiny / "gpt2", w.p.adapter,
+                                                w.root / "prompts.txt", "--out", w.root / "t", "--start", "fresh"],
+           "--start"),
+    CliRow("transfer-negative-polish", lambda w: ["transfer", w.tiny / "llama", w.tiny / "gpt2", w.p.adapter,
+                                                  w.root / "prompts.txt", "--out", w.root / "t", "--polish-steps",
+                                                  "-1"], "--polish-steps"),
     CliRow("sweep-study-missing", lambda w: ["sweep", w.root / "none.toml", "--out", w.root / "s"], "cannot read"),
     CliRow("sweep-study-not-toml", lambda w: ["sweep", w.root / "prompts.txt", "--out", w.root / "s"], "cannot read"),
     CliRow("sweep-unknown-model", lambda w: ["sweep", _study(w, 'pairs = [["x-1", "gpt2-4x96"]]\nbehaviors = '

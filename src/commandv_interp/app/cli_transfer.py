@@ -24,6 +24,10 @@ def transfer_cmd(
     out: Annotated[Path, typer.Option(help="Folder to write: compiled/, transfer.json, candidates.csv, "
                                            "report.md, converters and the adapter.")],
     limit: Annotated[int | None, typer.Option(min=16, help="Use only the first LIMIT prompts.")] = 128,
+    polish_steps: Annotated[int, typer.Option(min=0, help="At most this many distillation steps on the chosen "
+                                                           "paste (0: the paste as it is).")] = 12,
+    start: Annotated[str, typer.Option(help="paste (search, then polish) or scratch (the distillation baseline: "
+                                            "polish a fresh adapter, no paste).")] = "paste",
     backend: BackendOpt = "nnsight",
     json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None, world: WorldOpt = "main",
 ) -> None:
@@ -37,12 +41,16 @@ def transfer_cmd(
 
     g = Globals(json_output, debug, zoo_root, world)
     _out_folder(out, adapter, prompts)
+    from commandv_interp.pipeline.label_free import STARTS
     from commandv_interp.pipeline.search import check_transfer_prompts
+    from commandv_interp.types import check_choice
+
+    check_choice("--start", start, STARTS)
 
     texts = check_transfer_prompts(_prompts(g, prompts)[:limit])  # cheap inputs first: fail before loading the models
     donor_adapter = _adapter(g, adapter)
     result = cv.transfer(_model(g, donor, backend), _model(g, recipient, backend), donor_adapter, texts,
-                         progress=not g.json)
+                         polish_steps=polish_steps, start=start, progress=not g.json)
     result.save(out)
     native = result.compile()
     cv.save_adapter(native, out / "compiled")
