@@ -37,7 +37,8 @@ def _planted() -> tuple[pd.DataFrame, pd.DataFrame]:
         conditions = {"cv_best": (best, best_fr), "cv_budget": (cheap, cheap_fr), "recipient_finetune": (ft, ft_fr),
                       "cv_paper": (0.0, 0.0), "cv_paper_norm_matched": (0.1, 0.0), "donor_adapter": (1.0, 0.0),
                       "null_random_delta": (0.02, 0.0), "null_shuffled": (0.03, 0.0),
-                      "cv_transfer": TRANSFER[(d, r)], "steering_affine": (1.0, 1.0)}
+                      "cv_transfer": TRANSFER[(d, r)], "steering_affine": (1.0, 1.0),
+                      "distill_scratch": (0.95, 0.0) if (d, r) == ("a-1", "b-1") else (0.2, 0.0)}
         for condition, (target, side) in conditions.items():
             for metric, value in (("refusal", target), ("false_refusal", side)):
                 rows.append({"donor": d, "recipient": r, "behavior": "refusal", "condition": condition,
@@ -46,7 +47,7 @@ def _planted() -> tuple[pd.DataFrame, pd.DataFrame]:
         costs.append({"donor": d, "recipient": r, "behavior": "refusal", "cv_best_flops": 2.0, "cv_budget_flops": 0.5,
                       "finetune_flops": 100.0, "cv_best_s": 1.0, "selection_s": 9.0, "finetune_s": 20.0,
                       "best_variant": "interface/depth/task/alpha=1", "cv_transfer_flops": 3.0,
-                      "cv_transfer_s": 0.4, "steering_flops": 1.0})
+                      "cv_transfer_s": 0.4, "steering_flops": 1.0, "distill_flops": 4.0, "distill_s": 0.5})
     return pd.DataFrame(rows), pd.DataFrame(costs)
 
 
@@ -64,6 +65,7 @@ def test_summary_counts_only_pairs_at_09_of_the_finetune_without_more_false_refu
     assert s.pairs_transfer == 2 and s.pairs_steering == 0  # steering refuses every benign prompt
     assert s.median_transfer_flops == pytest.approx(0.03) and s.median_transfer_time == pytest.approx(0.02)
     assert s.median_steering_flops == pytest.approx(0.01)
+    assert s.pairs_distill == 1 and s.median_distill_flops == pytest.approx(0.04)  # only a-1 → b-1 reaches 0.9
 
 
 def test_markdown_tables_carry_the_planted_cells(bench):
@@ -72,12 +74,14 @@ def test_markdown_tables_carry_the_planted_cells(bench):
     row = next(line for line in md.splitlines() if line.startswith("| b → a | refusal"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[4] == "1.00 / 0.03"  # label-free transfer
-    assert cells[5] == "1.00 / 1.00"  # steering
-    assert cells[6] == "**1.00 / 0.05** [0.95, 1.05]"  # best variant with its CI
-    assert cells[7] == "0.50 / 0.00"  # within budget
-    assert cells[8] == "1.00 / 0.00"  # finetune
-    assert cells[11] == "`interface/depth/task/alpha=1` (0.020)"
-    assert "| refusal | 2 of 4 | 2 of 4 / 0.030 / 0.020 | 0 of 4 / 0.010 | 0.92 | 0.00 | 0.020 | 1 of 4 / 0.70 |" in md
+    assert cells[5] == "0.20 / 0.00"  # distillation from scratch
+    assert cells[6] == "1.00 / 1.00"  # steering
+    assert cells[7] == "**1.00 / 0.05** [0.95, 1.05]"  # best variant with its CI
+    assert cells[8] == "0.50 / 0.00"  # within budget
+    assert cells[9] == "1.00 / 0.00"  # finetune
+    assert cells[12] == "`interface/depth/task/alpha=1` (0.020)"
+    assert ("| refusal | 2 of 4 | 2 of 4 / 0.030 / 0.020 | 1 of 4 / 0.040 | 0 of 4 / 0.010 | 0.92 | 0.00 | 0.020 | "
+            "1 of 4 / 0.70 |") in md
 
 
 def test_grid_profile_sets_name_the_task_size(bench):
