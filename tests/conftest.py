@@ -156,6 +156,16 @@ def rotated_llama(model, seed: int = 0):
     return m.eval(), q
 
 
+def rotated_pair(hf_llama, nn_llama, rotation_seed: int):
+    """(donor, recipient, adapter): the tiny Llama, the same model in a residual basis rotated by ``rotation_seed``
+    (an exactly corresponding recipient) and a random NodiReFT adapter at donor layers 0 and 2."""
+    import commandv_interp as cv
+
+    model, _ = rotated_llama(hf_llama[0], seed=rotation_seed)
+    recipient = cv.open_model(model, tokenizer=hf_llama[1], name="rotated-llama")
+    return nn_llama, recipient, random_adapter(nn_llama.d_model, layers=(0, 2), scale=0.6, seed=3)
+
+
 @pytest.fixture(scope="session")
 def zoo_llama():
     from commandv_interp import zoo

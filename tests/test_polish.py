@@ -5,7 +5,7 @@ learns: closed forms (a rebalanced NodiReFT is the same edit; FLOPs are 4 · par
 import pytest
 import torch
 
-from conftest import random_adapter, random_prompts, rotated_llama
+from conftest import random_adapter, random_prompts, rotated_pair
 
 import commandv_interp as cv
 from commandv_interp.adapters.edits import adapter_edits
@@ -15,10 +15,7 @@ from commandv_interp.pipeline.polish import Distillation, balanced, fresh_adapte
 
 @pytest.fixture(scope="module")
 def pair(hf_llama, nn_llama):
-    model, _ = rotated_llama(hf_llama[0], seed=5)
-    recipient = cv.open_model(model, tokenizer=hf_llama[1], name="rotated-llama")
-    adapter = random_adapter(nn_llama.d_model, layers=(0, 2), scale=0.6, seed=3)
-    return nn_llama, recipient, adapter
+    return rotated_pair(hf_llama, nn_llama, rotation_seed=5)
 
 
 def test_balanced_is_the_same_edit_with_factors_of_equal_rms():

@@ -4,7 +4,7 @@ rotated residual basis), where a faithful paste must reproduce the donor+adapter
 import pytest
 import torch
 
-from conftest import random_adapter, random_prompts, rotated_llama
+from conftest import random_adapter, random_prompts, rotated_pair
 
 import commandv_interp as cv
 from commandv_interp.converters import pasted_deltas
@@ -13,10 +13,7 @@ from commandv_interp.pipeline.agreement import donor_targets, score_responses, s
 
 @pytest.fixture(scope="module")
 def pair(hf_llama, nn_llama):
-    model, _ = rotated_llama(hf_llama[0], seed=7)
-    recipient = cv.open_model(model, tokenizer=hf_llama[1], name="rotated-llama")
-    adapter = random_adapter(nn_llama.d_model, layers=(0, 2), scale=0.6, seed=3)
-    return nn_llama, recipient, adapter
+    return rotated_pair(hf_llama, nn_llama, rotation_seed=7)
 
 
 @pytest.fixture(scope="module")
