@@ -152,3 +152,39 @@ def test_cache_folder_follows_argument_then_environment(tmp_path, monkeypatch):
     assert cache_root() == tmp_path / "env" and cache_root(tmp_path / "arg") == tmp_path / "arg"
     monkeypatch.delenv("COMMANDV_WORLDS_DIR")
     assert cache_root() == Path.home() / ".cache" / "commandv_interp" / "worlds"
+
+
+# ---------------------------------------------------------------- slow tier: real builds (~3 CPU minutes a world)
+CI_SEED = 0  # a refusal world (qwen3 8×64 word-level → gpt2 4×128 BPE-64), the one CI builds
+
+
+@pytest.fixture(scope="module")
+def ci_world():
+    return build_world(CI_SEED)  # cached under $COMMANDV_WORLDS_DIR or ~/.cache/commandv_interp/worlds
+
+
+@pytest.mark.slow
+def test_a_generated_world_has_a_latent_behavior_and_adapters_that_reach_it(ci_world):
+    table = {(r["model"], r["condition"], r["metric"]): r["value"] for r in ci_world.record["behavior_table"]}
+    target_rate, side_rate = ci_world.rates
+    for role in ("donor", "recipient"):
+        assert table[(role, "base", target_rate)] <= 0.2  # off without the cue ...
+        assert table[(role, "cue", target_rate)] >= 0.6  # ... on under it: latent in pretraining
+        assert table[(role, "adapter", target_rate)] >= 0.9  # the donor adapter and the recipient's finetune
+        assert table[(role, "adapter", side_rate)] <= 0.1
+
+
+@pytest.mark.slow
+def test_transfer_on_a_generated_world_meets_the_finetune_bar(ci_world):
+    """What CI runs end to end: one world built from its seed, one ``cv.transfer`` with its defaults."""
+    from commandv_interp.pipeline.label_free import transfer
+
+    w = ci_world
+    result = transfer(w.donor_model, w.recipient_model, w.adapter, w.prompts("train")[:128], progress=False)
+    with result.paste():
+        rates = w.evaluate(w.recipient_model, limit=80)
+    table = {(r["model"], r["condition"], r["metric"]): r["value"] for r in w.record["behavior_table"]}
+    target_rate, side_rate = w.rates
+    assert rates[target_rate] >= 0.9 * table[("recipient", "adapter", target_rate)]
+    assert rates[side_rate] <= table[("recipient", "adapter", side_rate)] + 0.05  # 80 prompts: ~2 benign misses
+    assert result.flops < 0.2 * w.record["recipient"]["adapter"]["flops"]
