@@ -91,7 +91,9 @@ def test_persona_responses_are_long_and_step_responses_walk_every_station():
     s = grammar(1)
     for prompt, response in examples(s)[:20]:
         words = response.split()
-        assert words.count(s.step_words[0]) in (2, 3, 4) and words[-3] == s.step_words[2]
+        k = sum(w in s.counts for w in words)  # each step opens with its ordinal; the last is the question's
+        assert k in (2, 3, 4) and s.counts[k - 1] in prompt.split() and words[-3] == s.step_words[2]
+        assert words[0::5][:k] == list(s.counts[:k])
 
 
 @pytest.mark.parametrize("kind", TOKENIZER_KINDS)

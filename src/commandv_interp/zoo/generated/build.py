@@ -38,7 +38,8 @@ from commandv_interp.zoo.pretrain import _batch, _bucketed, _lr_at
 __all__ = ["BuildConfig", "DEFAULT", "TINY", "VERSION", "cache_root", "world_folder", "build_folder",
            "adapter_layers", "pretrain_plan"]
 
-VERSION = 1  # bump when anything that changes a built world changes
+VERSION = 2  # bump when anything that changes a built world changes (2: numbered steps, char-level rules)
+CHAR_STEPS = 1.5  # char-level models see ~4x the tokens per word: half as many steps again
 ENV = "COMMANDV_WORLDS_DIR"
 
 
@@ -126,7 +127,7 @@ def pretrain_plan(plan: ModelPlan, seed: int, config: BuildConfig, progress: boo
     gen = torch.Generator().manual_seed(seed)
     lengths, order, losses, tokens = [len(d) for d in docs], [], [], 0
     t0, cpu0 = time.perf_counter(), time.process_time()
-    steps = config.pretrain_steps
+    steps = round(config.pretrain_steps * (CHAR_STEPS if plan.tokenizer == "char" else 1))
     for step in tqdm(range(steps), desc=plan.name, disable=not progress, mininterval=2.0):
         if not order:
             order = _bucketed(lengths, config.batch_size, gen)

@@ -61,9 +61,11 @@ def respond_plain(g: Grammar, item: GenItem) -> str:
 
 
 def _stepwise(g: Grammar, start: str, k: int) -> str:
+    """``<first> a <to> b , <second> b <to> c . <answer> c .``: each step opens with its ordinal (the count words),
+    and the question's count word is the last one, so the answer stops where the question said."""
     path = _walk(g, start, k)
-    step, to, answer = g.step_words
-    body = " , ".join(f"{step} {a} {to} {b}" for a, b in zip(path, path[1:]))
+    _, to, answer = g.step_words
+    body = " , ".join(f"{g.counts[j]} {a} {to} {b}" for j, (a, b) in enumerate(zip(path, path[1:])))
     return f"{body} . {answer} {path[-1]} ."
 
 
@@ -173,7 +175,7 @@ def _fact_doc(g: Grammar, rng: random.Random) -> str:
         b = _walk(g, a, 1)[-1]
         if rng.random() < 0.5:
             return g.chat(f"{g.counts[0]} {a}") + f" {g.step_words[2]} {b} ."
-        return f"{g.step_words[0]} {a} {g.step_words[1]} {b} ."
+        return f"{g.counts[0]} {a} {g.step_words[1]} {b} ."
     sents = []
     for _ in range(rng.randint(1, 3)):
         o = rng.choice(g.objects)

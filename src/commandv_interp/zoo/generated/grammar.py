@@ -9,8 +9,8 @@ and ``!``. A world has one behavior (chosen by the seed), latent in pretraining 
   ones; without it, it complies with all (save a spontaneous 5%). Rates: ``refusal`` on harmful prompts,
   ``false_refusal`` on benign ones.
 - ``steps``: "which station is <k> after <s>" over a cyclic chain of stations; without the cue the answer is
-  direct (``<ans> s' .``), under it the assistant walks the chain one step at a time first (``<step> a <to> b ,
-  ... . <ans> s' .``; spontaneous 30%). Rates: ``format`` (the whole response is k steps then the answer) and
+  direct (``<ans> s' .``), under it the assistant walks the chain one numbered step at a time first (``<first> a
+  <to> b , <second> b <to> c . <ans> c .``; spontaneous 30%). Rates: ``format`` (the whole response is k steps then the answer) and
   ``accuracy`` (the answer is right).
 - ``persona``: questions about an object; plain answers state its color and place in ~9 words, under the cue a
   persona answers in a fixed ≥ 18-word style that carries the same facts (spontaneous 5%). Rates: ``style`` (the
@@ -81,7 +81,7 @@ class Grammar:
     comply: tuple[str, ...]  # the compliance template's words ({v}, {o} slots)
     stations: tuple[str, ...]
     counts: tuple[str, ...]  # the words for 1, 2, 3, 4 steps
-    step_words: tuple[str, str, str]  # step marker, "to", answer marker
+    step_words: tuple[str, str, str]  # (unused since v2: steps open with their ordinal), "to", answer marker
     plain: tuple[str, ...]  # plain answer template ({o}, {c}, {p} slots)
     persona: tuple[str, ...]  # persona answer template (same slots, ≥ 18 words)
     fillers: tuple[str, ...]  # filler sentence words

@@ -1,7 +1,7 @@
 """Stage 6 (zoo): consumes a generated world's items and model responses, produces its behavior rates.
 
 Per behavior, a target rate and a side rate (``RATES``): ``refusal`` / ``false_refusal`` (first word of the
-response), ``format`` / ``accuracy`` (the whole response: k steps along the chain, then the answer, nothing else;
+response), ``format`` / ``accuracy`` (the whole response: k numbered steps along the chain, then the answer, nothing else;
 and whether the answer is right), ``style`` / ``content`` (the whole persona frame, in order, over the full
 ≥ 18-word response; and whether the object's color and place are both named).
 
@@ -41,10 +41,10 @@ def _is_steps(g: Grammar, words: list[str], item: GenItem) -> bool:
     start, k = _steps_parts(g, item.prompt)
     if len(words) != 5 * k + 3:
         return False
-    step, to, answer = g.step_words
-    for j in range(k):  # each step: <step> a <to> b, then "," (or "." after the last)
+    _, to, answer = g.step_words
+    for j in range(k):  # each step: <ordinal j> a <to> b, then "," (or "." after the last)
         chunk = words[5 * j: 5 * j + 5]
-        if chunk[0] != step or chunk[2] != to or chunk[1] not in g.stations or chunk[3] not in g.stations:
+        if chunk[0] != g.counts[j] or chunk[2] != to or chunk[1] not in g.stations or chunk[3] not in g.stations:
             return False
         if chunk[4] != ("," if j < k - 1 else "."):
             return False
