@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -288,9 +289,8 @@ def main() -> None:
             args.out.mkdir(parents=True, exist_ok=True)
             table.to_csv(args.out / f"{stem}.csv", index=False)
             pd.concat(frames).to_csv(args.out / f"{stem}_candidates.csv", index=False)
-            header = (f"`python benchmarks/label_free.py --world {args.world} --seeds {args.seeds}"
-                      + (f" --world-seeds {args.world_seeds}" if args.world == "generated" else "")
-                      + f"`: {len(rows)} runs, {time.perf_counter() - began:.0f} s.")
+            header = (f"`python benchmarks/label_free.py {' '.join(sys.argv[1:])}`: {len(rows)} runs, "
+                      f"{time.perf_counter() - began:.0f} s wall.")
             (args.out / f"{stem}.md").write_text(markdown(table, header))
     print((args.out / f"{stem}.md").read_text())
 
