@@ -120,7 +120,7 @@ def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
 
 
-def write_error(path: Path, err: BaseException) -> OSError:
+def write_error(path: Path, err: BaseException, what: str = "") -> OSError:
     """One ``OSError`` for any failed write of ``path`` (``ENOSPC``, a permission, safetensors' or torch's own
     exceptions wrapping them), naming the path and the fix."""
     code = getattr(err, "errno", None)
@@ -131,7 +131,8 @@ def write_error(path: Path, err: BaseException) -> OSError:
     if full:
         code, text = errno.ENOSPC, "no space left on the device"
     fix = "free disk space or choose another path" if full else "check the path's permissions or choose another path"
-    return OSError(code or errno.EIO, f"cannot write {str(path)!r} ({text}); {fix}; any earlier file there is intact")
+    name = f"{what} {str(path)!r}" if what else repr(str(path))
+    return OSError(code or errno.EIO, f"cannot write {name} ({text}); {fix}; any earlier file there is intact")
 
 
 def _disk_full(folder: Path) -> bool:

@@ -40,7 +40,7 @@ def transfer_cmd(
     import commandv_interp as cv
 
     g = Globals(json_output, debug, zoo_root, world)
-    _out_folder(out, adapter, prompts)
+    _out_folder(out, donor, recipient, adapter, prompts, command="transfer", zoo_root=g.zoo_root)
     from commandv_interp.pipeline.label_free import STARTS
     from commandv_interp.pipeline.search import check_transfer_prompts
     from commandv_interp.types import check_choice
@@ -89,7 +89,7 @@ def sweep_cmd(
     from commandv_interp.app.sweep import run_zoo_study
 
     g = Globals(json_output, debug, world=world)
-    _out_folder(out, study)
+    _out_folder(out, study, command="sweep")
     table = run_zoo_study(study, out, progress=not g.json, world=g.world)
     cells = table.drop(columns=["metric", "value", "ci_low", "ci_high", "n"]).drop_duplicates()
     _emit(g, {"out": str(out), "cells": len(cells), "rows": len(table)},
@@ -117,7 +117,7 @@ def analyze_cmd(
     from commandv_interp.pipeline import load_transfer
 
     g = Globals(json_output, debug, zoo_root, world)
-    _out_folder(out, transfer_folder, prompts)
+    _out_folder(out, transfer_folder, donor, recipient, prompts, command="analyze", zoo_root=g.zoo_root)
     chosen, texts = load_transfer(transfer_folder), _prompts(g, prompts)[:limit]  # before loading the models
     files = analyze_transfer(chosen, _model(g, donor, backend), _model(g, recipient, backend), texts, out)
     _emit(g, {"out": str(out), "files": [str(f) for f in files]}, f"wrote {out / 'report.md'} and {len(files)} files")
