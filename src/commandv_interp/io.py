@@ -27,7 +27,7 @@ import torch
 
 __all__ = ["atomic_write", "read_json", "write_json", "read_safetensors", "write_safetensors", "tensors_checksum",
            "check_fields", "check_finite", "check_output_path", "check_input_file", "DegenerateDataWarning",
-           "file_mode", "dir_mode", "temp_path", "clean_stale_temps", "write_error", "file_digest",
+           "file_mode", "dir_mode", "temp_path", "clean_stale_temps", "write_error", "is_io_failure", "file_digest",
            "write_manifest", "verify_manifest", "MANIFEST"]
 
 META_KEY = "commandv"
@@ -135,6 +135,13 @@ def write_error(path: Path, err: BaseException, what: str = "") -> OSError:
     return OSError(code or errno.EIO, f"cannot write {name} ({text}); {fix}; any earlier file there is intact")
 
 
+def is_io_failure(err: BaseException, path: Path) -> bool:
+    """Whether a non-``OSError`` exception of a writer (torch, safetensors) reports a failed write, not a bug."""
+    text = str(err)
+    return _disk_full(path.parent) or any(sign in text for sign in (
+        "basic_ios", "file write failed", "No space left", "os error", "IoError", "Input/output error"))
+
+
 def _disk_full(folder: Path) -> bool:
     try:
         st = os.statvfs(folder)
@@ -178,10 +185,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         write(tmp_path)
         os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
-    except (OSError, RuntimeError) as err:  # RuntimeError: torch's "basic_ios::clear", safetensors' I/O errors
+    except OSError as err:
         raise write_error(path, err) from err
-    except Exception as err:
-        if type(err).__name__ != "SafetensorError":
+    except Exception as err:  # torch's "basic_ios::clear" RuntimeError, safetensors' SafetensorError on I/O
+        if not is_io_failure(err, path):
             raise
         raise write_error(path, err) from err
     finally:
@@ -277,7 +284,11 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], met
     """
     from safetensors.torch import save_file
 
-    tensors = {name: t.detach().contiguous() for name, t in tensors.items()}
+    tensors, seen = {name: t.detach().contiguous() for name, t in tensors.items()}, set()
+    for name, t in tensors.items():  # safetensors refuses tensors sharing memory: store such views as copies
+        if t.untyped_storage().data_ptr() in seen:
+            tensors[name] = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
     for name, t in tensors.items():
         check_finite(t, f"{what} tensor {name!r}", f"not writing {str(path)!r}; recompute it from finite inputs")
     meta = json.loads(json.dumps(meta, allow_nan=False))  # the metadata exactly as it will be read back

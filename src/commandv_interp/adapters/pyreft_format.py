@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from commandv_interp.adapters.interventions import INTERVENTION_KINDS, Adapter, Intervention
-from commandv_interp.io import TMP_SUFFIX, dir_mode, file_mode, read_json, write_error
+from commandv_interp.io import TMP_SUFFIX, dir_mode, file_mode, is_io_failure, read_json, write_error
 
 __all__ = ["load_pyreft_folder", "save_pyreft_folder", "META_FILE", "parse_pyreft_positions"]
 
@@ -337,7 +337,11 @@ def save_pyreft_folder(adapter: Adapter, path: str | Path) -> Path:
         tmp.mkdir()
         _write_folder(adapter, keys, config, meta, tmp, folder)
         _install(tmp, folder)
-    except (OSError, RuntimeError) as err:  # RuntimeError: torch.save's "basic_ios::clear" on a full disk
+    except OSError as err:
+        raise write_error(folder, err, "adapter folder") from err
+    except RuntimeError as err:  # torch.save's "basic_ios::clear" / "file write failed" on a full disk
+        if not is_io_failure(err, folder):
+            raise
         raise write_error(folder, err, "adapter folder") from err
     finally:
         if tmp.exists():

@@ -43,9 +43,9 @@ class StudyFile(BaseModel):
 
 
 def _where(loc: tuple) -> str:
-    key = ".".join(str(part) for part in loc if not isinstance(part, int) and part not in ("str", "float", "int"))
+    """``key`` or ``key entry i`` (pydantic's union-branch names, e.g. ``constrained-float``, left out)."""
     index = [part for part in loc if isinstance(part, int)]
-    return key + (f" entry {index[0]}" if index else "")
+    return str(loc[0]) + (f" entry {index[0]}" if index else "")
 
 
 def study_arguments(raw: dict, where: str) -> dict:

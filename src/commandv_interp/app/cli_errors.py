@@ -77,6 +77,10 @@ def command(group: typer.Typer, name: str):
             if failed is not None:
                 typer.echo(f"error: {one_line(failed)}", err=True)
                 raise typer.Exit(2) from None
+            if isinstance(kwargs.get("out"), Path) and kwargs["out"].is_dir():
+                from commandv_interp.app.out_paths import mark_out
+
+                mark_out(kwargs["out"], name)  # a re-run may write there again
             return result
         return group.command(name, cls=_OneLineCommand)(run)
     return register

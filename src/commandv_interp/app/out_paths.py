@@ -8,7 +8,7 @@ One check for every subcommand (:func:`check_out`):
 - ``--out`` may not equal, contain or lie inside any input;
 - a file output may not be a folder or lie under a file;
 - a folder output must be new, empty, or this command's own earlier output: a folder holding ``OUT_MARKER`` of the
-  same command (written when the check passes), or the command's own kind file (``transfer.json`` of a transfer,
+  same command (:func:`mark_out`: written when the command starts writing or has finished), or the command's own kind file (``transfer.json`` of a transfer,
   an adapter's ``config.json`` for ``compile``, the zoo's ``manifest.json`` for ``zoo train``).
 """
 
@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["OUT_MARKER", "check_out", "input_paths", "shipped_zoo_dir"]
+__all__ = ["OUT_MARKER", "check_out", "mark_out", "input_paths", "shipped_zoo_dir"]
 
 OUT_MARKER = "commandv_output.json"  # {"kind": "commandv.output", "command": ...}: marks a folder as a command's output
 _MARKER_KIND = "commandv.output"
@@ -42,7 +42,7 @@ def _is_zoo_name(spec: str) -> bool:
 
 
 def input_paths(inputs: Iterable[object], zoo_root: Path | None = None) -> list[tuple[str, Path]]:
-    """``(as given, real path)`` of every input that exists; zoo specs and zoo model names give the zoo folders."""
+    """``(label, real path)`` of every input that exists; zoo specs and zoo model names give the zoo folders."""
     out: list[tuple[str, Path]] = []
     for given in inputs:
         if given is None:
@@ -50,11 +50,11 @@ def input_paths(inputs: Iterable[object], zoo_root: Path | None = None) -> list[
         text = str(given)
         path = Path(text)
         if path.exists():
-            out.append((text, path.resolve()))
+            out.append((repr(text), path.resolve()))
         elif _is_zoo_name(text):
             for root in (zoo_root, shipped_zoo_dir()):
                 if root is not None and Path(root).exists():
-                    out.append((f"{text} (zoo folder {str(root)!r})", Path(root).resolve()))
+                    out.append((f"{text!r} (zoo folder {str(root)!r})", Path(root).resolve()))
     return out
 
 
@@ -68,13 +68,13 @@ def _clash(out: Path, inputs: list[tuple[str, Path]], option: str) -> None:
     real = out.resolve()
     for given, path in inputs:
         if real == path:
-            raise ValueError(f"{_shown(out, option)} is also an input of this command ({given!r}); write to a new "
+            raise ValueError(f"{_shown(out, option)} is also an input of this command ({given}); write to a new "
                              "path")
         if path in real.parents:
-            raise ValueError(f"{_shown(out, option)} lies inside the input {given!r}; writing there could replace "
+            raise ValueError(f"{_shown(out, option)} lies inside the input {given}; writing there could replace "
                              "it: choose a path outside it")
         if real in path.parents:
-            raise ValueError(f"{_shown(out, option)} contains the input {given!r}; writing there could replace it: "
+            raise ValueError(f"{_shown(out, option)} contains the input {given}; writing there could replace it: "
                              "choose a new folder")
 
 
@@ -115,8 +115,7 @@ def _check_file(out: Path, option: str) -> None:
 
 def check_out(out: Path, inputs: Iterable[object] = (), *, folder: bool, command: str, zoo_root: Path | None = None,
               option: str = "--out") -> Path:
-    """``out`` once it is safe to write (see the module docstring); a folder output of a marked command is created
-    and marked, so that a re-run (e.g. a resumed sweep) recognizes it.
+    """``out`` once it is safe to write (see the module docstring); nothing is written here (see :func:`mark_out`).
 
     Raises:
         ValueError: an empty path, a file where a folder is wanted (or the reverse), a path under a file, a clash
@@ -133,14 +132,15 @@ def check_out(out: Path, inputs: Iterable[object] = (), *, folder: bool, command
     _clash(out, input_paths(inputs, zoo_root), option)
     if folder:
         _check_folder(out, command, option)
-    if folder and command in _MARKED:
-        from commandv_interp.io import write_json
-
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            if not (out / OUT_MARKER).is_file():
-                write_json(out / OUT_MARKER, {"kind": _MARKER_KIND, "command": command})
-        except OSError as err:
-            raise OSError(err.errno, f"cannot create {option} {str(out)!r} ({err.strerror or err}); choose another "
-                                     "path") from err
     return out
+
+
+def mark_out(out: Path, command: str) -> None:
+    """Mark ``out`` (created if needed) as ``command``'s output, so that a re-run may write there again: called once
+    a command has checked its inputs and starts writing (a sweep, to resume), or when it has finished."""
+    if command not in _MARKED or (out / OUT_MARKER).is_file():
+        return
+    from commandv_interp.io import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / OUT_MARKER, {"kind": _MARKER_KIND, "command": command})
