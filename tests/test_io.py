@@ -18,8 +18,9 @@ from safetensors.torch import load_file, save_file
 from conftest import random_adapter
 
 import commandv_interp as cv
-from commandv_interp.io import (MANIFEST, TMP_SUFFIX, atomic_write, read_safetensors, temp_path, tensors_checksum,
-                                verify_manifest, write_json, write_manifest, write_safetensors)
+from commandv_interp.io import (TMP_SUFFIX, atomic_write, read_safetensors, temp_path, tensors_checksum, write_json,
+                                write_safetensors)
+from commandv_interp.manifests import MANIFEST, verify_manifest, write_manifest
 
 KIND = "test.kind"
 
