@@ -241,7 +241,7 @@ CLI_ROWS = [
                                                              b'pairs = [["a", "b", "c"]]\nbehaviors = ["refusal"]\n'),
                                              "--out", s.root / "sw_new"], "pairs entry 0"),
     CliRow("sweep-n-boot-zero", lambda s: _sweep(s, "nboot", "n_boot = 0"), "n_boot = 0 is refused"),
-    CliRow("sweep-methods-empty", lambda s: _sweep(s, "methods", "methods = []"), "methods = [] is refused"),
+    CliRow("sweep-methods-empty", lambda s: _sweep(s, "methods", "methods = []"), "methods is empty"),
     CliRow("sweep-seed-bool", lambda s: _sweep(s, "seed", "seed = true"), "seed = True is refused"),
     # values: one validation everywhere
     CliRow("profile-layers-repeated", lambda s: ["profile", s.tiny / "llama", s.root / "prompts.txt", "--out",
