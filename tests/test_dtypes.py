@@ -228,3 +228,17 @@ def test_bf16_generation_under_a_paste_equals_hf_generate(bf16_llama, pair):
         assert torch.equal(got, truth), side
     plain = bf16_llama.generate_ids(batch, 12)
     assert not torch.equal(plain, got), "the paste changes no token; the test is vacuous"
+
+
+# -- the label-free transfer in bf16 ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_transfer_makes_the_same_choice_in_bf16(zoo_llama, zoo_gpt2):
+    """The README's pair (llama donor, gpt2 recipient, jailbreak): the float32 models and both loaded in bf16 choose
+    the same candidate, layers and α bracket."""
+    adapter = zoo.load_adapter("llama-6x128", BEHAVIOR)
+    prompts = zoo.prompts(BEHAVIOR, "train")[:128]
+    ref = cv.transfer(zoo_llama, zoo_gpt2, adapter, prompts, progress=False)
+    got = cv.transfer(opened("llama-6x128", torch.bfloat16), opened("gpt2-4x96", torch.bfloat16), adapter, prompts,
+                      progress=False)
+    assert got.choice == ref.choice and got.layer_map == ref.layer_map
+    assert got.alpha == pytest.approx(ref.alpha, rel=0.05)
