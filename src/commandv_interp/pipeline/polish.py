@@ -117,12 +117,16 @@ class Distillation:
                 p.requires_grad_(flag)
         return loss_value
 
-    def _next_batch(self) -> tuple[Batch, list[int], list[int]]:
-        """The next batch of pairs, drawn with replacement (an equal share from each stratum)."""
+    def next_indices(self) -> list[int]:
+        """The pairs of the next batch (by index), drawn with replacement, an equal share from each stratum."""
         idx: list[int] = []
         for k, group in enumerate(self._strata):
             n = self.batch_size // len(self._strata) + (k < self.batch_size % len(self._strata))
             idx += [group[j] for j in torch.randint(len(group), (n,), generator=self._generator).tolist()]
+        return idx
+
+    def _next_batch(self) -> tuple[Batch, list[int], list[int]]:
+        idx = self.next_indices()
         return response_sequences(self.recipient, [self.prompts[i] for i in idx], [self.answers[i] for i in idx])
 
     def expected_step_flops(self) -> float:
