@@ -56,6 +56,8 @@ class ActivationProfile:
 
     def __post_init__(self) -> None:
         check_fields(vars(self), _SCHEMA, f"profile of {self.model_name!r}")
+        if isinstance(self.activations, dict):  # bf16/fp16 states are kept in float32 (``dtype`` names the model's)
+            object.__setattr__(self, "activations", {layer: _at_least_float32(a) for layer, a in self.activations.items()})
         if self.n_layers < 1 or self.d_model < 1:
             raise ValueError(f"profile of {self.model_name!r} has n_layers={self.n_layers}, d_model={self.d_model}; "
                              "both must be >= 1")
@@ -179,6 +181,12 @@ class ActivationProfile:
                        meta["prompts_fingerprint"], meta["position_rule"], meta["library_version"], meta["extra"])
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
+
+
+def _at_least_float32(t: object) -> object:
+    """A bf16/fp16 tensor as float32; anything else (float32, float64, non-tensors left to the checks) as is."""
+    half = isinstance(t, Tensor) and t.is_floating_point() and t.element_size() < 4
+    return t.float() if half else t
 
 
 def check_profile_rank(prof: ActivationProfile, needed: int = MIN_FIT_PROMPTS, refuse_constant: bool = False) -> None:
