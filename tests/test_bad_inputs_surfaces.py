@@ -384,6 +384,8 @@ API_ROWS = [
     ApiRow("study-file-limit-string", lambda s: _from_toml(s, 'limit = "8"'), ValueError, "limit = '8' is refused"),
     ApiRow("study-file-behaviors-string", lambda s: _from_toml(s, "", 'behaviors = "jailbreak"'), ValueError,
            "behaviors = 'jailbreak' is refused"),
+    ApiRow("profile-layers-repeated", lambda s: cv.profile(s.llama, ["w5 w6"] * 4, layers=[1, 1], progress=False),
+           ValueError, "layers names layer 1 more than once"),
     ApiRow("converters-shuffled-recipient", lambda s: s.conv_obj.check_recipient(s.shuffled), ValueError,
            "has other weights"),
 ]
