@@ -444,7 +444,7 @@ KEPT = "\n## On a GPU"
 
 def _kept_sections(path: Path) -> str:
     old = path.read_text() if path.is_file() else ""
-    return old[old.index(KEPT) + 1:] if KEPT in old else ""
+    return old[old.index(KEPT):] if KEPT in old else ""  # from the blank line before the heading
 
 
 def parse_args() -> argparse.Namespace:
