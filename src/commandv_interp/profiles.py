@@ -17,6 +17,7 @@ import torch
 from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.access.chat import ChatTemplate, format_prompts
 from commandv_interp.access.limits import check_fits_context
+from commandv_interp.access.fingerprint import weights_digest
 from commandv_interp.io import DegenerateDataWarning, check_fields, read_safetensors, write_safetensors
 from commandv_interp.prompts import prompts_fingerprint
 from commandv_interp.types import POSITION_RULES, Float, Tensor
@@ -114,6 +115,12 @@ class ActivationProfile:
                              f"{self.prompts_fingerprint[:12]!r}, these prompts give {fingerprint[:12]!r}); pass the "
                              "exact texts it was profiled on (after any chat template)")
 
+    @property
+    def weights_digest(self) -> str | None:
+        """:func:`~commandv_interp.access.fingerprint.weights_digest` of the profiled model (None: not recorded)."""
+        value = self.extra.get("weights_digest")
+        return value if isinstance(value, str) else None
+
     def metadata(self) -> dict:
         return {
             "kind": KIND, "model_name": self.model_name, "config_hash": self.config_hash,
@@ -145,7 +152,8 @@ class ActivationProfile:
                    dtype=str(access.dtype).removeprefix("torch."), prompts_fingerprint=prompts_fingerprint(list(texts)),
                    position_rule="last", library_version=__version__,
                    extra={"backend": access.backend, "hook_points": {str(layer): access.hook_point(layer)
-                                                                     for layer in sorted(activations)}})
+                                                                     for layer in sorted(activations)},
+                          "weights_digest": weights_digest(access)})
 
     def save(self, path: str | Path) -> Path:
         """Write one safetensors file (tensors ``layer.<l>`` + JSON metadata with a checksum), atomically."""
