@@ -5,7 +5,8 @@ Oracles:
 - provenance: the same zoo checkpoint loaded in float32, bf16 and fp16, with eager and sdpa attention, has the config
   hash its own adapters recorded, so the pairing checks pass; a load that changes the function (another normalization
   epsilon, another width) is still refused;
-- profiles: a bf16 model's profile is stored in float32 and equals Hugging Face's bf16 ``hidden_states`` exactly;
+- profiles: a bf16 model's profile is stored in float32, holds bf16 values (upcast losslessly) and agrees with Hugging
+  Face's bf16 ``hidden_states`` to bf16's spacing; converters fitted on it are the float64 fit of those values;
 - edits: a paste (and a compiled paste) applied to a bf16 hidden state ``h`` computes ``h + δ`` in float32 and rounds
   it once to bf16, as pyreft does. So its output is the float32 edit of the same state, rounded: bit for bit on the
   same device, and element by element within bf16's rounding of it (round to nearest, unit roundoff ``u = 2⁻⁸``: 8
@@ -16,7 +17,10 @@ Oracles:
   That tolerance is tight enough to tell: rounding twice (``h + bf16(δ)``, then the sum) and computing ``δ`` in bf16
   both break it (checked);
 - generation: under a paste, a bf16 model generates what Hugging Face ``generate`` of the same bf16 model generates
-  with the same edit functions as forward hooks (the pattern of ``tests/test_generation_parity.py``).
+  with the same edit functions as forward hooks (the pattern of ``tests/test_generation_parity.py``), on the nnsight
+  backend. The TransformerLens backend generates without a KV cache (``access/tl_backend.py``), so in bf16 the layers
+  after an edit recompute the earlier positions with other rounding than a cached run; greedy choices can then part
+  at near ties (one of four rows did in 12 tokens on the zoo Llama), and its bf16 generation is not held to HF's.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import torch
 
 import commandv_interp as cv
 from commandv_interp import zoo
-from commandv_interp.access import EditContext
 from commandv_interp.adapters.edits import adapter_edits
 from commandv_interp.converters.transport import pasted_edits
 
