@@ -1,5 +1,6 @@
 """Benchmark: the GPU check (issue 30): Command-V at the paper's shapes in bf16 on one GPU, and the label-free transfer
-on that GPU against the CPU, in one command that finishes in a few minutes on one H100 (budget: 8).
+on that GPU against the CPU, in one command sized for the 8 minutes a lent H100 allows (not yet timed on one: no
+device has been lent so far).
 
 1. Paper shapes (``realwidth.py``'s stages, run on ``--device`` in ``--dtype``): two random Llamas, donor 3072 × 28
    blocks (Llama-3.2-3B's shape), recipient 2048 × 16 (Llama-3.2-1B's), MLP width 8192 and vocabulary 128,256 as
