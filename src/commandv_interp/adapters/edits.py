@@ -46,8 +46,8 @@ def selected_positions(ctx: EditContext, hidden: Tensor, rule: PositionRule,
 
 
 class DeltaEdit:
-    """The edit ``h ← h + α Σ_f f(h)`` at the positions ``rule`` selects: computed in float32 and rounded once to the
-    model's dtype (as pyreft adds its edit), so in bf16 it is the float32 edit of the same state, rounded.
+    """The edit ``h ← h + α Σ_f f(h)`` at the positions ``rule`` selects: computed in float32 and rounded once to
+    the model's dtype (as pyreft adds its edit), so in bf16 it is the float32 edit of the same state, rounded.
 
     Attributes:
         acts_on_decode: whether decode steps are edited (False lets generation skip them).
