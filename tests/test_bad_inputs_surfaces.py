@@ -386,6 +386,11 @@ API_ROWS = [
            "behaviors = 'jailbreak' is refused"),
     ApiRow("profile-layers-repeated", lambda s: cv.profile(s.llama, ["w5 w6"] * 4, layers=[1, 1], progress=False),
            ValueError, "layers names layer 1 more than once"),
+    ApiRow("compiled-adapter-on-shuffled-recipient", lambda s: cv.apply_adapter(
+        s.shuffled, cv.compile_paste(s.adapter_obj, s.conv_obj)).__enter__(), ValueError, "(same config) has other "
+        "weights"),
+    ApiRow("trained-adapter-on-shuffled-model", lambda s: cv.apply_adapter(s.shuffled, s.trained).__enter__(),
+           ValueError, "(same config) has other weights"),
     ApiRow("converters-shuffled-recipient", lambda s: s.conv_obj.check_recipient(s.shuffled), ValueError,
            "has other weights"),
 ]
@@ -393,8 +398,11 @@ API_ROWS = [
 
 @pytest.fixture(scope="module")
 def api(s, nn_llama, nn_gpt2):
+    examples = [(p, " w7") for p in random_prompts(4, seed=9)]
+    trained, _ = cv.train_adapter(nn_gpt2, examples, layers=[0], rank=2, steps=1, progress=False)
     return SimpleNamespace(root=s.root, gpt2=nn_gpt2, llama=nn_llama, adapter_obj=cv.load_adapter(s.adapter),
-                           conv_obj=cv.Converters.load(s.conv), shuffled=cv.open_model(s.root / "gpt2_shuffled"))
+                           conv_obj=cv.Converters.load(s.conv), shuffled=cv.open_model(s.root / "gpt2_shuffled"),
+                           trained=trained)
 
 
 @pytest.mark.parametrize("row", API_ROWS, ids=[r.id for r in API_ROWS])
