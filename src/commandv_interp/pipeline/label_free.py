@@ -48,6 +48,7 @@ from commandv_interp.converters import Converters, fit_converters
 from commandv_interp.converters.transport import pasted_deltas
 from commandv_interp.io import atomic_write, read_json, write_json
 from commandv_interp.paste import apply_adapter, compile_paste, paste
+from commandv_interp.pipeline.agreement import ANSWER_CAP
 from commandv_interp.pipeline.polish import (POLISH_BUDGET, POLISH_STEPS, Distillation, finetune_flops_estimate,
                                              fresh_adapter)
 from commandv_interp.pipeline.polish_race import PolishPlan, race
@@ -188,7 +189,7 @@ def transfer(
     adapter: Adapter,
     prompts: Sequence[str],
     scoring_fraction: float = 0.25,
-    max_new_tokens: int = 8,
+    max_new_tokens: int = ANSWER_CAP,
     batch_size: int = 32,
     seed: int = 0,
     polish_steps: int = POLISH_STEPS,
@@ -203,8 +204,9 @@ def transfer(
         adapter: the donor's ReFT adapter (linear-source kinds for the adapter-aware candidates).
         prompts: unlabeled prompts of the adapter's task (e.g. its training inputs), at least 16.
         scoring_fraction: share of the prompts held out from fitting and used to score the candidates.
-        max_new_tokens: response tokens the donor generates for the targets (what the criterion compares and the
-            polish learns).
+        max_new_tokens: at most this many response tokens in the donor's answers (what the criterion compares and
+            the polish learns); an answer ends at EOS or a newline before, so multi-token behaviors are judged
+            over the whole answer.
         batch_size: prompts per forward pass.
         seed: the fit/scoring split and the polish's batches.
         polish_steps: at most this many distillation steps on the chosen paste (0: the paste as it is, the
