@@ -150,18 +150,20 @@ def greedy_responses(access: ModelAccess, prompts: list[str], max_new_tokens: in
 
 def behavior_span(adapted: Sequence[str], plain: Sequence[str]) -> tuple[list[str], list[str], int]:
     """The donor's answers with (``adapted``) and without (``plain``) its adapter cut to the length of the behavior:
-    the median number of words of the adapted answers that differ from the plain ones (at least 1). A refusal
-    (``"sorry . i can not help with that ."``) keeps its whole sentence and a benign answer as many words, not the
-    tail where the donor's own knowledge (which tool, which object) shows and no paste could follow it; a
-    step-by-step solution keeps every step and the final answer. Whole words, so nothing is split.
+    the longest adapted answer that differs from the plain one from its first word on (else the longest that
+    differs at all), in words. A refusal (``"sorry . i can not help with that ."``) stays whole and a benign answer
+    keeps as many words, not the tail where the donor's own knowledge shows (which tool, which object) and no paste
+    could follow it; a step-by-step solution keeps every step and its final answer. Whole words: nothing is split.
 
     Returns:
-        ``(adapted, plain, words)``: the cut answers and the length in words.
+        ``(adapted, plain, words)``: the cut answers and the length in words (0 when no answer differs).
     """
-    lengths = sorted(len(a.split()) for a, b in zip(adapted, plain) if a != b)
-    if not lengths:
+    first = lambda text: text.split()[:1]  # noqa: E731
+    moved = [a for a, b in zip(adapted, plain) if a != b]
+    onset = [a for a, b in zip(adapted, plain) if first(a) != first(b)]
+    if not moved:
         return list(adapted), list(plain), 0
-    words = max(1, lengths[(len(lengths) - 1) // 2])
+    words = max(1, max(len(a.split()) for a in (onset or moved)))
     cut = lambda text: " ".join(text.split()[:words])  # noqa: E731
     return [cut(a) for a in adapted], [cut(b) for b in plain], words
 

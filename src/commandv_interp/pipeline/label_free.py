@@ -331,6 +331,9 @@ def _polish(search: CandidateSearch, setup, base: pd.Series | None, fits: dict[s
                             alpha_rule="polished", stage=3, paper_exact=False)
 
     outcome = race({name: begin for name, (begin, _) in starts.items()}, trainer, score, plan)
+    if base is None and not outcome.rounds:
+        raise ValueError(f"start='scratch' learns everything in the polish, and polish_budget={budget!r} pays for no "
+                         f"training round ({budget_flops:.3g} FLOPs); raise polish_budget")
     search.flops += outcome.train_flops  # the scoring is counted by the search itself
     return outcome.rounds
 
