@@ -25,7 +25,15 @@ def test_behavior_span_keeps_a_whole_multi_step_answer():
     plain = ["answer 4 .", "answer 7 .", "answer 1 ."]
     adapted = ["step 1 + 3 = 4 , step 4 - 2 = 2 . answer 2 .", "step 5 + 2 = 7 . answer 7 .", "answer 1 ."]
     cut_a, cut_p, words = behavior_span(adapted, plain)
-    assert words == 17 and cut_a == adapted and cut_p == plain  # the longest changed answer: 17 words
+    assert words == 17 and cut_a == adapted and cut_p == plain  # the upper quartile of 10 and 17 words
+
+
+def test_behavior_span_is_not_set_by_a_few_long_answers_changed_the_other_way():
+    """Seven prompts refused (3 words) and one spontaneous refusal undone (a 6-word answer): the length is 3."""
+    plain = ["sure a b c d e"] * 7 + ["sorry no ."]
+    adapted = ["sorry no ."] * 7 + ["sure a b c d e"]
+    cut_a, cut_p, words = behavior_span(adapted, plain)
+    assert words == 3 and cut_a[-1] == "sure a b" and cut_p[0] == "sure a b"
 
 
 def test_behavior_span_of_an_adapter_that_changes_nothing_is_empty():

@@ -150,10 +150,12 @@ def greedy_responses(access: ModelAccess, prompts: list[str], max_new_tokens: in
 
 def behavior_span(adapted: Sequence[str], plain: Sequence[str]) -> tuple[list[str], list[str], int]:
     """The donor's answers with (``adapted``) and without (``plain``) its adapter cut to the length of the behavior:
-    the longest adapted answer that differs from the plain one from its first word on (else the longest that
-    differs at all), in words. A refusal (``"sorry . i can not help with that ."``) stays whole and a benign answer
-    keeps as many words, not the tail where the donor's own knowledge shows (which tool, which object) and no paste
-    could follow it; a step-by-step solution keeps every step and its final answer. Whole words: nothing is split.
+    the upper quartile of the word counts of the adapted answers that differ from the plain ones from their first
+    word on (else of all that differ). A refusal (``"sorry . i can not help with that ."``) stays whole and a benign
+    answer keeps as many words, not the tail where the donor's own knowledge shows (which tool, which object) and no
+    paste could follow it; a step-by-step solution keeps its steps and final answer. The quartile, not the longest,
+    so that a few long answers the adapter changed the other way (a spontaneous refusal it undid) do not set the
+    length. Whole words: nothing is split.
 
     Returns:
         ``(adapted, plain, words)``: the cut answers and the length in words (0 when no answer differs).
@@ -163,7 +165,8 @@ def behavior_span(adapted: Sequence[str], plain: Sequence[str]) -> tuple[list[st
     onset = [a for a, b in zip(adapted, plain) if first(a) != first(b)]
     if not moved:
         return list(adapted), list(plain), 0
-    words = max(1, max(len(a.split()) for a in (onset or moved)))
+    lengths = sorted(len(a.split()) for a in (onset or moved))
+    words = max(1, lengths[-(-3 * (len(lengths) - 1) // 4)])  # the upper quartile (rounded up)
     cut = lambda text: " ".join(text.split()[:words])  # noqa: E731
     return [cut(a) for a in adapted], [cut(b) for b in plain], words
 
