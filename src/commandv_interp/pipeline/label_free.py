@@ -14,8 +14,9 @@ fitting prompts and on the same prompts followed by the donor's first response w
 3. *polishes* it (:mod:`~commandv_interp.pipeline.polish`): the paste compiled to a native recipient adapter is
    trained, in rounds of a few steps, to reproduce the donor+adapter's answers on the fitting prompts (distillation
    from the donor itself: no labels), each round scored on all the scoring prompts (skipped when the paste already
-   reproduces every scoring answer; stopped early when a round does). The first round also trains a fresh adapter
-   at the depth-matched layers, and the start that scores higher goes on.
+   reproduces every scoring answer). A fresh adapter at the depth-matched layers races it: both try the same
+   learning rates in a first round, the best held-out trial goes on while the criterion improves, within
+   ``polish_budget`` of an estimated finetune's FLOPs (:mod:`~commandv_interp.pipeline.polish_race`).
 
 The best candidate scored on all the scoring prompts is kept (ties: the higher lift, then the earlier). Forward
 passes only, except the polish's few training steps, whose FLOPs are counted as a finetune's are.
