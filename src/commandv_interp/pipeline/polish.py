@@ -150,7 +150,7 @@ class Distillation:
         per_layer = {layer: [iv.delta] for layer, iv in self._interventions.items()}
         with self.recipient.edited(at_prompt_end(per_layer, prompt_lens, 1.0)):
             logits = self.recipient.forward(batch).float()
-        labels = torch.full(batch.input_ids.shape, -100, dtype=torch.long)
+        labels = torch.full(batch.input_ids.shape, -100, dtype=torch.long, device=logits.device)
         for i, (p, n) in enumerate(zip(prompt_lens, lengths)):
             labels[i, p:n] = batch.input_ids[i, p:n]
         self.tokens += int(batch.attention_mask.sum())
