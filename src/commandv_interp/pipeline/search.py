@@ -100,13 +100,13 @@ def prepare(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Ada
             seed: int = 0) -> SearchSetup:
     """Split ``prompts``, take the donor's targets on the scoring part and profile both models on the fitting part
     (see the module doc). The donor's answers are whole (up to EOS or a newline), at most ``max_new_tokens`` tokens
-    and what the donor's context leaves after the longest prompt. Forward passes only; the FLOPs are counted in
+    and what either model's context leaves after the longest prompt. Forward passes only; the FLOPs are counted in
     ``flops``."""
     donor, recipient = open_model(donor_model), open_model(recipient_model)
     prompts = check_transfer_prompts(prompts)
     if not (isinstance(scoring_fraction, float | int) and 0 < scoring_fraction < 1):
         raise ValueError(f"scoring_fraction must be in (0, 1), got {scoring_fraction!r}")
-    max_new_tokens = answer_limit(donor, prompts, max_new_tokens)
+    max_new_tokens = min(answer_limit(model, prompts, max_new_tokens) for model in (donor, recipient))
     adapted, plain = donor_answers(donor, adapter, prompts, max_new_tokens, batch_size)
     flops = sum(forward_flops(donor, [f"{p} {a}" for p, a in zip(prompts, answers)])  # a cached generation: one
                 for answers in (adapted, plain))  # pass over each prompt and answer token
