@@ -77,8 +77,8 @@ class Transfer:
         adapter, converters, alpha, positions: the chosen paste (``adapter`` is the donor's adapter, or the subset
             of its layers the chosen candidate pastes; ``converters`` is None for ``start="scratch"``).
         choice: the chosen candidate's name (``<method>/<match>``, ``<method>/<match>/layers=<l>+<l>`` for a
-            subset of the adapter's layers, ``<paste>+polish/<steps>`` for a polished one, ``scratch+polish/<steps>``
-            for the distillation baseline).
+            subset of the adapter's layers, ``<paste>+polish/<steps>/lr=<lr>`` for a polished one,
+            ``scratch+polish/<steps>/lr=<lr>`` for a fresh adapter, e.g. the distillation baseline).
         polished: the chosen native recipient adapter when the choice is polished (what :meth:`paste` applies and
             :meth:`compile` returns), else None.
         candidates: one row per scoring of a candidate × α: ``candidate, alpha, method, match, layers, fit_flops,
