@@ -20,6 +20,7 @@ from typing import Literal, get_args
 import torch
 
 from commandv_interp.access import ModelAccess
+from commandv_interp.access.fingerprint import weights_digest
 from commandv_interp.adapters import Adapter
 from commandv_interp.converters.regression import FitResult
 from commandv_interp.correspondence import LayerMap
@@ -28,7 +29,7 @@ from commandv_interp.profiles import MIN_FIT_PROMPTS, ActivationProfile, check_p
 from commandv_interp.types import Float, Tensor
 
 __all__ = ["LinearConverter", "LayerConverter", "Converters", "ConverterMethod", "CONVERTER_METHODS",
-           "check_fit_inputs"]
+           "check_fit_inputs", "provenance_extra"]
 
 ConverterMethod = Literal["pinv", "ridge", "affine", "procrustes", "interface"]
 """``interface`` fits only an adapter's read and write directions (:mod:`~commandv_interp.converters.interface`)."""
@@ -156,11 +157,16 @@ class Converters:
         if not self.pairs:
             raise ValueError("converters need at least one layer pair; match at least one donor layer")
         seen: set[int] = set()
+        depth = {side: self.extra.get(f"{side}_n_layers") for side in ("donor", "recipient")}
         for p in self.pairs:
             layers = (p.donor_layer, p.recipient_layer)
             if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in layers):
                 raise ValueError(f"converter layers must be ints >= 0, got donor {p.donor_layer!r}, recipient "
                                  f"{p.recipient_layer!r}")
+            for side, layer in (("donor", p.donor_layer), ("recipient", p.recipient_layer)):
+                if isinstance(depth[side], int) and layer >= depth[side]:
+                    raise ValueError(f"converters name {side} layer {layer} but their {side} has {depth[side]} layers "
+                                     f"(0..{depth[side] - 1}); match layers within both models")
             if p.donor_layer in seen:
                 raise ValueError(f"converters hold donor layer {p.donor_layer} twice; keep one pair per donor layer")
             seen.add(p.donor_layer)
@@ -210,6 +216,11 @@ class Converters:
                 raise ValueError(f"the {side} profile is of {prof.model_name!r} (config hash {prof.config_hash!r}) but "
                                  f"the converters' {side} has config hash {hash_!r}; pass profiles of the converters' "
                                  "models")
+            recorded = self.extra.get(f"{side}_weights_digest")
+            if isinstance(recorded, str) and prof.weights_digest is not None and prof.weights_digest != recorded:
+                raise ValueError(f"the {side} profile is of {prof.model_name!r} with weights digest "
+                                 f"{prof.weights_digest!r} but the converters' {side} has {recorded!r} (same config, "
+                                 "other weights); pass profiles of the converters' models")
 
     def check_recipient(self, recipient: ModelAccess) -> None:
         """Refuse a recipient these converters were not fitted for (width, config hash, layer range)."""
@@ -224,6 +235,11 @@ class Converters:
         if bad:
             raise ValueError(f"converters name recipient layers {bad} but {recipient.name!r} has "
                              f"{recipient.n_layers} layers; derive converters for this recipient")
+        recorded, actual = self.extra.get("recipient_weights_digest"), weights_digest(recipient)
+        if isinstance(recorded, str) and actual is not None and recorded != actual:
+            raise ValueError(f"converters were fitted for recipient {self.recipient_model!r} with weights digest "
+                             f"{recorded!r} but {recipient.name!r} (same config) has other weights ({actual!r}); "
+                             "derive converters from this recipient's profile")
 
     def __iter__(self) -> Iterator[LayerConverter]:
         return iter(self.pairs)
@@ -302,6 +318,14 @@ class Converters:
                        meta["prompts_fingerprint"], extra, digest, alpha)
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
+
+
+def provenance_extra(donor_profile: ActivationProfile, recipient_profile: ActivationProfile) -> dict:
+    """Both profiled models' depth and weights digest, for a fit's ``extra`` (checked when the converters are built,
+    by :meth:`Converters.check_recipient` and by :meth:`Converters.check_profiles`)."""
+    sides = (("donor", donor_profile), ("recipient", recipient_profile))
+    return {f"{side}_n_layers": prof.n_layers for side, prof in sides} | {
+        f"{side}_weights_digest": prof.weights_digest for side, prof in sides if prof.weights_digest is not None}
 
 
 def _finite_scores(scores: dict) -> dict:
