@@ -19,7 +19,8 @@ seed 0), ``label_free_<world>`` for another world, plus ``_seeds<spec>`` for oth
 
     python benchmarks/label_free.py                                  # the main world: 6 pairs × 3 behaviors, seed 0
     python benchmarks/label_free.py --seeds 0-4 --world heldout      # the second world over five seeds
-    python benchmarks/label_free.py --seeds 0-4 --world generated    # generated dev worlds (--world-seeds test)
+    python benchmarks/label_free.py --seeds 0-4 --world generated    # generated dev worlds (--world-seeds test);
+                                                                     # builds missing worlds first (1.5-7 CPU min each)
     python benchmarks/label_free.py --quick                          # one cell
 """
 
