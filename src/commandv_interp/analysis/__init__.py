@@ -1,4 +1,4 @@
-"""Stage 7 (analysis): per-layer faithfulness of a pasted behavior — converter fidelity, state and delta fidelity,
+"""Per-layer faithfulness of a pasted behavior — converter fidelity, state and delta fidelity,
 downstream effect fidelity, causal layer attribution and null baselines — as tidy pandas DataFrames.
 
 Layer-pair tables have columns ``donor_layer, recipient_layer, metric, value, split``; attribution and baseline

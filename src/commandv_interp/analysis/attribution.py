@@ -1,4 +1,4 @@
-"""Stage 7 (analysis): consumes a recipient, a donor adapter and converters, produces causal layer attribution
+"""Consumes a recipient, a donor adapter and converters, produces causal layer attribution
 and null baselines (tidy DataFrames), each scored by the behavior logit difference and, optionally, a behavior
 metric computed from generations.
 

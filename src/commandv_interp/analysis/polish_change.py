@@ -35,7 +35,7 @@ from commandv_interp.pipeline.agreement import donor_targets
 from commandv_interp.pipeline.labels import transfer_label
 from commandv_interp.types import Float, Tensor
 
-__all__ = ["polish_change", "edit_attribution", "final_edit_analysis", "CHANGE_COLUMNS", "EDIT_MODES"]
+__all__ = ["polish_change", "edit_norms", "edit_attribution", "final_edit_analysis", "CHANGE_COLUMNS", "EDIT_MODES"]
 
 CHANGE_COLUMNS = ["recipient_layer", "edit", "reference", "metric", "value", "split"]
 EDIT_MODES = ("single", "leave_one_out")
@@ -68,7 +68,8 @@ def _deltas(access: ModelAccess, adapter: Adapter, prompts: Sequence[str], batch
     return out
 
 
-def polish_change(recipient_model: ModelAccess | object, paste_adapter_compiled: Adapter, polished_adapter: Adapter,
+def polish_change(recipient_model: ModelAccess | object, paste_adapter_compiled: Adapter | None,
+                  polished_adapter: Adapter,
                   prompts: Sequence[str], scratch_adapter: Adapter | None = None, split: str = "test",
                   batch_size: int = 32) -> pd.DataFrame:
     """What the polish changed, per recipient layer (see the module doc).
@@ -76,7 +77,8 @@ def polish_change(recipient_model: ModelAccess | object, paste_adapter_compiled:
     Args:
         recipient_model: the recipient the adapters edit.
         paste_adapter_compiled: the paste the polish started from, compiled to a native recipient adapter
-            (:func:`~commandv_interp.paste.compile_paste`).
+            (:func:`~commandv_interp.paste.compile_paste`); None when there was no paste (distillation only): then
+            only the ``residual`` (and ``scratch``) rows.
         polished_adapter: the adapter the polish made of it.
         prompts: held-out prompts (``split`` names them in the output).
         scratch_adapter: the distillation-from-scratch adapter, to compare with (optional).
@@ -92,7 +94,9 @@ def polish_change(recipient_model: ModelAccess | object, paste_adapter_compiled:
     if isinstance(prompts, str) or not prompts:
         raise ValueError(f"polish_change needs a non-empty list of prompts, got {prompts!r}")
     prompts = list(prompts)
-    edits = {"polished": polished_adapter, "paste": paste_adapter_compiled}
+    edits = {"polished": polished_adapter}
+    if paste_adapter_compiled is not None:
+        edits["paste"] = paste_adapter_compiled
     if scratch_adapter is not None:
         edits["scratch"] = scratch_adapter
     runs = {name: _deltas(access, adapter, prompts, batch_size) for name, adapter in edits.items()}
@@ -107,10 +111,22 @@ def polish_change(recipient_model: ModelAccess | object, paste_adapter_compiled:
             mine, theirs = runs["polished"][layer][1], runs[reference][layer][1]
             add(layer, "polished", reference, "delta_cosine", _cosine(mine, theirs))
             add(layer, "polished", reference, "norm_ratio", _norm_ratio(mine, theirs))
-    for name, run in runs.items():
-        for layer, (h, delta) in sorted(run.items()):
-            add(layer, name, "residual", "norm_ratio", _norm_ratio(delta, h))
-    return pd.DataFrame(rows, columns=CHANGE_COLUMNS)
+    frame = pd.DataFrame(rows, columns=CHANGE_COLUMNS)
+    return pd.concat([frame] + [_residual_rows(run, name, split) for name, run in runs.items()], ignore_index=True)
+
+
+def _residual_rows(run: dict[int, tuple[Tensor, Tensor]], edit: str, split: str) -> pd.DataFrame:
+    return pd.DataFrame([{"recipient_layer": layer, "edit": edit, "reference": "residual", "metric": "norm_ratio",
+                          "value": _norm_ratio(delta, h), "split": split} for layer, (h, delta) in sorted(run.items())],
+                        columns=CHANGE_COLUMNS)
+
+
+def edit_norms(recipient_model: ModelAccess | object, adapter: Adapter, prompts: Sequence[str], edit: str = "paste",
+               split: str = "test", batch_size: int = 32) -> pd.DataFrame:
+    """Per recipient layer, ``‖δ‖ / ‖h‖`` of a native recipient adapter (rows as :func:`polish_change`'s
+    ``residual`` rows, named ``edit``): how hard an edit that no polish changed pushes the recipient."""
+    access = open_model(recipient_model)
+    return _residual_rows(_deltas(access, adapter, list(prompts), batch_size), edit, split)
 
 
 def edit_attribution(donor_model: ModelAccess | object, recipient_model: ModelAccess | object, donor_adapter: Adapter,
@@ -158,8 +174,9 @@ def final_edit_analysis(donor_model: ModelAccess | object, recipient_model: Mode
 
     Returns:
         ``{"attribution": ..., "change": ...}``: :func:`edit_attribution` of the final edit (the polished adapter,
-        the compiled paste, or the distillation-only adapter), and :func:`polish_change` when a paste was polished
-        (against the distillation from scratch when the transfer ran one); every row carries ``label``
+        the compiled paste, or the distillation-only adapter), and :func:`polish_change` when the final edit was
+        trained (against the paste it started from, if any, and against the distillation from scratch when the
+        transfer ran one beside the paste), else :func:`edit_norms` of the paste; every row carries ``label``
         (:func:`~commandv_interp.pipeline.labels.transfer_label`).
     """
     label = transfer_label(result)
@@ -168,6 +185,9 @@ def final_edit_analysis(donor_model: ModelAccess | object, recipient_model: Mode
     final = result.polished if result.polished is not None else paste
     frames = {"attribution": edit_attribution(donor_model, recipient_model, donor_adapter, final, prompts,
                                               max_new_tokens=max_new_tokens)}
-    if paste is not None and result.polished is not None:
-        frames["change"] = polish_change(recipient_model, paste, result.polished, prompts, _scratch_of(result))
+    if result.polished is not None:
+        scratch = _scratch_of(result) if paste is not None else None  # distillation only: the final edit is it
+        frames["change"] = polish_change(recipient_model, paste, result.polished, prompts, scratch)
+    else:
+        frames["change"] = edit_norms(recipient_model, paste, prompts, "paste")
     return {name: frame.assign(label=label) for name, frame in frames.items()}

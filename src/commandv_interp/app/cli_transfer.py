@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from commandv_interp.app.cli import (AdapterArg, BackendOpt, DebugOpt, Globals, JsonOpt, PromptsArg, WorldOpt,
-                                     ZooRootOpt, _adapter, _command, _emit, _model, _out_folder, _prompts, app)
+from commandv_interp.app.cli_app import (AdapterArg, BackendOpt, DebugOpt, Globals, JsonOpt, PromptsArg, WorldOpt,
+                                         ZooRootOpt, _adapter, _command, _emit, _model, _out_folder, _prompts, app)
 
 __all__: list[str] = []
 

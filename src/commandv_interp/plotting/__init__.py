@@ -1,4 +1,4 @@
-"""Stage 8 (plotting): consumes the analysis DataFrames (never models), produces matplotlib figures saved as PNG
+"""Consumes the analysis DataFrames (never models), produces matplotlib figures saved as PNG
 and PDF.
 
 Every figure puts one quantity on each axis with a human label, keeps its legend off the data (beside or below
