@@ -285,3 +285,4 @@ def demo_cmd(
 
 from commandv_interp.app import cli_transfer  # noqa: E402,F401  registers `transfer`, `sweep` and `analyze` on `app`
 from commandv_interp.app import cli_zoo  # noqa: E402,F401  registers `list`, `train` and `score` on `zoo_app`
+from commandv_interp.app import cli_generate  # noqa: E402,F401  registers `generate` on `app`
