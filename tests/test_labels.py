@@ -73,3 +73,26 @@ def test_the_demo_table_says_distillation_only_for_a_planted_scratch_choice():
     pasted = format_transfer_tables(_planted_table(transfer_label(_outcome("ridge/depth+polish/4", True, 4))))
     assert "| recipient + Command-V paste + 4 distillation steps |" in pasted
     assert "compute: Command-V paste + 4 distillation steps 1.5 s" in pasted
+
+
+def test_the_transfer_command_labels_a_planted_scratch_choice(tiny_dir, tmp_path):
+    """`commandv transfer --start scratch` plants the distillation-only outcome: the report, the summary and --json
+    say "distillation only (no paste)", never Command-V."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import commandv_interp as cv
+    from commandv_interp.app.cli import app
+    from conftest import random_prompts
+
+    cv.save_adapter(random_adapter(32, layers=(0, 2), scale=1.0, seed=1), tmp_path / "adapter")
+    (tmp_path / "prompts.txt").write_text("\n".join(random_prompts(16, seed=12)) + "\n")
+    run = CliRunner().invoke(app, ["transfer", str(tiny_dir / "llama"), str(tiny_dir / "gpt2"), str(tmp_path / "adapter"),
+                                   str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "t"), "--start", "scratch",
+                                   "--polish-steps", "4", "--json"])
+    assert run.exit_code == 0, run.output
+    assert json.loads(run.stdout)["label"] == DISTILLATION_ONLY
+    report = (tmp_path / "t" / "report.md").read_text()
+    assert f"Applied: **{DISTILLATION_ONLY}**" in report and "No paste was kept" in report
+    assert "was then polished" not in report
