@@ -27,6 +27,7 @@ import pandas as pd
 import commandv_interp as cv
 from commandv_interp import zoo
 from commandv_interp.pipeline.label_free import PAPER_EXACT
+from commandv_interp.pipeline.labels import BACKPROP_FREE_PASTE, transfer_label
 from commandv_interp.zoo.scoring import BEHAVIOR_RATES
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "figures"
@@ -96,6 +97,7 @@ def run_cell(donor_name: str, recipient_name: str, behavior: str, limit: int, co
                     and (behavior != "cot" or rates[side] >= 0.9 * ft["rates"][side] - 1e-9))
 
     row = {"donor": donor_name, "recipient": recipient_name, "behavior": behavior, "choice": result.choice,
+           "label": transfer_label(result),
            "alpha": result.alpha, "target_metric": target, "side_metric": side,
            "transfer_target": chosen[target], "transfer_side": chosen[side],
            "paste_target": unpolished[target], "paste_side": unpolished[side], "paste_choice": base.candidate,
@@ -114,8 +116,9 @@ def run_cell(donor_name: str, recipient_name: str, behavior: str, limit: int, co
 
 
 def markdown(table: pd.DataFrame) -> str:
-    lines = ["| donor → recipient | behavior | transfer (target / side) | its paste before the polish | "
-             "distillation from scratch | steering | paper-exact | finetune | meets bar | choice | FLOPs ratio | "
+    lines = ["| donor → recipient | behavior | transfer (target / side) | its paste before the polish "
+             f"({BACKPROP_FREE_PASTE}) | distillation from scratch | steering | paper-exact | finetune | meets bar | "
+             "what the transfer applied (choice) | FLOPs ratio | "
              "wall ratio | Spearman(criterion, labeled) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
@@ -123,7 +126,7 @@ def markdown(table: pd.DataFrame) -> str:
                      f"{r.paste_target:.2f} / {r.paste_side:.2f} | {r.distill_target:.2f} / {r.distill_side:.2f} | "
                      f"{r.steering_target:.2f} / {r.steering_side:.2f} | "
                      f"{r.paper_target:.2f} / {r.paper_side:.2f} | {r.finetune_target:.2f} / {r.finetune_side:.2f} | "
-                     f"{'yes' if r.meets_bar else 'no'} | `{r.choice}` | {r.flops_ratio:.3f} | "
+                     f"{'yes' if r.meets_bar else 'no'} | {r.label} (`{r.choice}`) | {r.flops_ratio:.3f} | "
                      f"{r.wall_ratio:.3f} | {r.criterion_label_spearman:.2f} |")
     lines += ["", f"Cells meeting the bar: transfer {int(table.meets_bar.sum())} of {len(table)} (its paste before "
                   f"the polish {int(table.paste_meets_bar.sum())}), distillation from scratch "
