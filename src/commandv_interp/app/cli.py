@@ -31,7 +31,7 @@ from commandv_interp.app.cli_app import (  # noqa: F401  the shared app, options
     AdapterArg, AlphaOpt, Assignment, Backend, BackendOpt, BatchOpt, Behavior, ChatOpt, ConvertersArg, DebugOpt,
     DemoMethod, DeriveMethod, DonorProfileArg, Globals, JsonOpt, MatchMethod, Metric, ModelArg, PastePositions,
     PositionsOpt, ProfileSet, PromptsArg, RecipientProfileArg, RemoteOpt, Split, WorldName, WorldOpt, ZooRootOpt,
-    _adapter, _cell, _emit, _layers, _model, _plain, _prompts, _remote, _table, _zoo_spec, app, zoo_app,
+    _adapter, _cell, _chat_texts, _emit, _layers, _model, _plain, _prompts, _remote, _table, _zoo_spec, app, zoo_app,
 )
 
 __all__ = ["app", "zoo_app", "USER_ERRORS", "MAX_ALPHA"]
@@ -51,11 +51,16 @@ def profile_cmd(
     """
     import commandv_interp as cv
 
+    from commandv_interp.validation import check_layers
+
     g = Globals(json_output, debug, zoo_root, world)
-    _out(out, model, prompts)
+    _out(out, model, prompts, zoo_root=g.zoo_root)
     texts, layer_list = _prompts(g, prompts), _layers(layers)  # cheap inputs first: fail before loading the model
-    prof = cv.profile(_model(g, model, backend), texts, layers=layer_list, batch_size=batch_size,
-                      remote=_remote(remote), chat_template=True if chat_template else None)
+    access = _model(g, model, backend)
+    if layer_list is not None:
+        check_layers(layer_list, access.n_layers, "--layers", access.name)
+    texts = _chat_texts(access, texts, chat_template)
+    prof = cv.profile(access, texts, layers=layer_list, batch_size=batch_size, remote=_remote(remote))
     prof.save(out)
     result = {"out": str(out), "model": prof.model_name, "n_prompts": prof.n_prompts, "d_model": prof.d_model,
               "layers": prof.layers, "prompts_fingerprint": prof.prompts_fingerprint}
@@ -124,7 +129,8 @@ def derive_cmd(
     from commandv_interp.access.limits import check_fits_context
 
     g = Globals(json_output, debug, zoo_root, world)
-    _out(out, donor_profile, recipient_profile, map_file, adapter, prompts)
+    _out(out, donor_profile, recipient_profile, map_file, adapter, prompts, donor_model, recipient_model,
+         zoo_root=g.zoo_root)
     if chain_alpha is not None:
         _alpha(chain_alpha, "--chain-alpha")
     donor, recipient = cv.ActivationProfile.load(donor_profile), cv.ActivationProfile.load(recipient_profile)
@@ -183,17 +189,14 @@ def paste_cmd(
     from commandv_interp.io import atomic_write
 
     g = Globals(json_output, debug, zoo_root, world)
-    _out(out, recipient, adapter, converters, prompts)
+    _out(out, recipient, adapter, converters, prompts, zoo_root=g.zoo_root)
     _alpha(alpha)
     donor_adapter, conv, texts = _adapter(g, adapter), cv.Converters.load(converters), _prompts(g, prompts)
     donor_adapter.check_positions(positions)
     conv.check_adapter(donor_adapter)
     access = _model(g, recipient, backend)
     conv.check_recipient(access)
-    if chat_template:
-        from commandv_interp.access.chat import format_prompts
-
-        texts = format_prompts(access.tokenizer, texts, True)
+    texts = _chat_texts(access, texts, chat_template)
     check_fits_context(access, texts, new_tokens=max_new_tokens)  # refuse before any generation runs
     outputs: list[str] = []
     with cv.paste(access, donor_adapter, conv, positions=positions, alpha=alpha):
@@ -227,7 +230,7 @@ def compile_cmd(
     import commandv_interp as cv
 
     g = Globals(json_output, debug, zoo_root, world)
-    _out_folder(out, adapter, converters)
+    _out_folder(out, adapter, converters, command="compile", zoo_root=g.zoo_root)
     _alpha(alpha)
     donor_adapter, conv = _adapter(g, adapter), cv.Converters.load(converters)
     donor_adapter.check_positions(positions)
@@ -270,8 +273,8 @@ def demo_cmd(
     from commandv_interp.app.demo import format_transfer_tables, run_demo
 
     g = Globals(json_output, debug)
-    _out_folder(out)
     _alpha(alpha)
+    _out_folder(out, donor, recipient, command="demo")
     if behavior and len(set(behavior)) != len(behavior):
         raise ValueError(f"--behavior names {behavior!r} with repeats; give each behavior once")
     table = run_demo(donor, recipient, tuple(behavior or ("refusal", "jailbreak", "cot")), method, match,

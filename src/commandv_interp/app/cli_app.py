@@ -126,12 +126,23 @@ def _adapter(g: Globals, spec: str):
 
 
 def _layers(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--layers takes comma-separated block indices like 0,2,4, got {text!r}") from None
+    """``--layers``: distinct block indices (``validation.parse_layers``); the range is checked once the model is
+    open."""
+    from commandv_interp.validation import parse_layers
+
+    return parse_layers(text)
+
+
+def _chat_texts(access, texts: list[str], chat_template: bool) -> list[str]:
+    """``texts`` through ``access``'s chat template when ``--chat-template`` is given (refused without one)."""
+    if not chat_template:
+        return texts
+    if not getattr(access.tokenizer, "chat_template", None):
+        raise ValueError(f"--chat-template: the tokenizer of {access.name!r} has no chat template; drop "
+                         "--chat-template, or use a model whose tokenizer defines one")
+    from commandv_interp.access.chat import format_prompts
+
+    return format_prompts(access.tokenizer, texts, True)
 
 
 # ---------------------------------------------------------------- outputs: one JSON object or tables

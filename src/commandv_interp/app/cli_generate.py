@@ -16,8 +16,8 @@ from typing import Annotated
 import typer
 
 from commandv_interp.app.cli_app import (BackendOpt, BatchOpt, ChatOpt, DebugOpt, Globals, JsonOpt, ModelArg,
-                                         PromptsArg, WorldOpt, ZooRootOpt, _adapter, _command, _emit, _model,
-                                         _prompts, app)
+                                         PromptsArg, WorldOpt, ZooRootOpt, _adapter, _chat_texts, _command, _emit,
+                                         _model, _prompts, app)
 from commandv_interp.app.cli_errors import out_file as _out
 
 __all__: list[str] = []
@@ -82,15 +82,11 @@ def generate_cmd(
     from commandv_interp.io import atomic_write
 
     g = Globals(json_output, debug, zoo_root, world)
-    _out(out, model, prompts, edit, converters)
+    _out(out, model, prompts, edit, converters, zoo_root=g.zoo_root)
     texts = _prompts(g, prompts)  # cheap inputs first: fail before loading the model
     access = _model(g, model, backend)
     context, applied = _edit(g, edit, converters, access)
-    fed = texts
-    if chat_template:
-        from commandv_interp.access.chat import format_prompts
-
-        fed = format_prompts(access.tokenizer, texts, True)
+    fed = _chat_texts(access, texts, chat_template)
     check_fits_context(access, fed, new_tokens=max_new_tokens)  # refuse before any generation runs
     outputs: list[str] = []
     with context:
