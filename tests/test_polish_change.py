@@ -83,3 +83,38 @@ def test_a_native_adapter_on_its_own_model_reproduces_the_donor_answers(nn_llama
     assert crit[("all", "0,2")] == 1.0
     assert {("single", "0"), ("single", "2"), ("leave_one_out", "2"), ("leave_one_out", "0")} <= set(crit.index)
     assert ("none", "") in crit.index
+
+
+def test_final_edit_analysis_of_a_planted_transfer(nn_llama, nn_gpt2):
+    """A planted polished paste (the compiled paste itself, so cosine 1) beside two scratch rounds: the comparison
+    is with the better-scored one (its last layer's write tripled: norm ratio 1/3 there, 1 before), and every row
+    carries the label."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    import commandv_interp as cv
+    from commandv_interp.analysis import final_edit_analysis
+
+    adapter = random_adapter(nn_llama.d_model, layers=(0, 2), scale=1.0, seed=4)
+    fit = random_prompts(40, seed=9)
+    p_d, p_r = cv.profile(nn_llama, fit, progress=False), cv.profile(nn_gpt2, fit, progress=False)
+    conv = cv.fit_converters(p_d, p_r, cv.match_layers(p_d, p_r, "depth", adapter.layers), "ridge")
+    compiled = cv.compile_paste(adapter, conv)
+    worse, better = copy.deepcopy(compiled), copy.deepcopy(compiled)
+    last = max(better.interventions)
+    with torch.no_grad():
+        better.interventions[last].proj_layer.weight.mul_(3.0)  # the last layer: the states it reads are unchanged
+    rounds = {"scratch+polish/4/lr=0.004": worse, "scratch+polish/4/lr=0.016": better}
+    candidates = pd.DataFrame({"candidate": list(rounds) + ["ridge/depth+polish/4/lr=0.004"],
+                               "criterion": [0.5, 0.7, 0.9], "lift": [0.1, 0.1, 0.2]})
+    result = SimpleNamespace(choice="ridge/depth+polish/4/lr=0.004", converters=conv, adapter=adapter,
+                             positions="last", alpha=1.0, polished=copy.deepcopy(compiled), rounds=rounds,
+                             candidates=candidates)
+    frames = final_edit_analysis(nn_llama, nn_gpt2, adapter, result, random_prompts(8, seed=10), max_new_tokens=3)
+    change = frames["change"]
+    for layer in set(change.recipient_layer):
+        assert _value(change, layer, "paste", "delta_cosine") == 1.0
+        expected = 1 / 3 if layer == last else 1.0
+        assert _value(change, layer, "scratch", "norm_ratio") == pytest.approx(expected, rel=1e-6)
+    assert set(frames["attribution"].label) == set(change.label) == {"Command-V paste + 4 distillation steps"}

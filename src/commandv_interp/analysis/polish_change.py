@@ -154,11 +154,17 @@ def edit_attribution(donor_model: ModelAccess | object, recipient_model: ModelAc
 
 
 def _scratch_of(result) -> Adapter | None:
-    """The last round of the distillation from scratch that the transfer ran beside its paste, if any."""
+    """The best-scored round of the distillation from scratch that the transfer ran beside its paste (by its
+    ``candidates`` rows: criterion, then lift), if any."""
     rounds = getattr(result, "rounds", None) or {}
-    scratch = [(int(name.rsplit("/", 1)[1]), name) for name in rounds
-               if name.startswith("scratch+polish/") and name.rsplit("/", 1)[1].isdigit()]
-    return rounds[max(scratch)[1]] if scratch else None
+    table = getattr(result, "candidates", None)
+    if table is None or "candidate" not in getattr(table, "columns", ()):
+        return None
+    rows = table[table.candidate.astype(str).str.startswith("scratch+polish/") & table.candidate.isin(list(rounds))]
+    if rows.empty:
+        return None
+    best = rows.sort_values(["criterion", "lift"], ascending=False, kind="stable").iloc[0]
+    return rounds[str(best.candidate)]
 
 
 def final_edit_analysis(donor_model: ModelAccess | object, recipient_model: ModelAccess | object,

@@ -29,7 +29,7 @@ PAPER_EXACT_PASTE = "Command-V paste, paper-exact (pinv, relative depth, α = 1)
 BACKPROP_FREE_PASTE = "Command-V paste, backprop-free (polish_steps=0)"
 """The row of the label-free paste without its polish where a table compares methods."""
 
-_POLISH = re.compile(r"\+polish/(\d+)$")
+_POLISH = re.compile(r"\+polish/(\d+)(?:/|$)")  # <start>+polish/<steps>, optionally /lr=<rate> after it
 
 
 def edit_label(pasted: bool, polish_steps: int) -> str:
@@ -53,11 +53,13 @@ def edit_label(pasted: bool, polish_steps: int) -> str:
 
 
 def polish_steps_of(choice: str, polished: Any = None) -> int:
-    """The distillation steps behind a transfer's choice: the ``+polish/<steps>`` suffix of its name, else the
+    """The distillation steps behind a transfer's choice: the ``+polish/<steps>`` part of its name, else the
     ``polish`` record of the polished adapter's metadata, else 0 (an unpolished paste).
 
-    >>> polish_steps_of("procrustes/depth/layers=4+polish/12"), polish_steps_of("interface/depth")
-    (12, 0)
+    >>> polish_steps_of("procrustes/depth/layers=4+polish/12"), polish_steps_of("scratch+polish/8/lr=0.016")
+    (12, 8)
+    >>> polish_steps_of("interface/depth")
+    0
     """
     found = _POLISH.search(str(choice))
     if found:
