@@ -58,7 +58,8 @@ def test_a_compiled_folder_and_a_donor_adapter_with_converters(setup, tiny_dir, 
     assert run.exit_code == 0, run.output
     assert [r["output"] for r in rows] == compiled
     fit = random_prompts(48, seed=14)
-    donor_profile, recipient_profile = cv.profile(donor, fit, progress=False), cv.profile(recipient, fit, progress=False)
+    donor_profile = cv.profile(donor, fit, progress=False)
+    recipient_profile = cv.profile(recipient, fit, progress=False)
     converters = cv.fit_converters(donor_profile, recipient_profile,
                                    cv.match_layers(donor_profile, recipient_profile, "depth", adapter.layers), "ridge")
     cv.save_adapter(adapter, root / "donor_adapter")

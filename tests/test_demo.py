@@ -126,7 +126,8 @@ def test_cli_demo_prints_the_four_rows(tmp_path):
     label = next(r["label"] for r in json.loads(result.stdout)["rows"] if r["condition"] == "command_v")
     assert label.startswith("recipient + Command-V paste") and f"compute: {label.removeprefix('recipient + ')} " in (
         format_transfer_tables(pd.DataFrame(json.loads(result.stdout)["rows"])))
-    assert "## The final edit, layer by layer" in report and "![final edit, jailbreak](final_edit_jailbreak.png)" in report
+    assert "## The final edit, layer by layer" in report
+    assert "![final edit, jailbreak](final_edit_jailbreak.png)" in report
 
 
 def test_demo_labels_and_analyzes_the_final_edit_of_cot(tmp_path):

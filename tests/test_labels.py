@@ -88,9 +88,9 @@ def test_the_transfer_command_labels_a_planted_scratch_choice(tiny_dir, tmp_path
 
     cv.save_adapter(random_adapter(32, layers=(0, 2), scale=1.0, seed=1), tmp_path / "adapter")
     (tmp_path / "prompts.txt").write_text("\n".join(random_prompts(16, seed=12)) + "\n")
-    run = CliRunner().invoke(app, ["transfer", str(tiny_dir / "llama"), str(tiny_dir / "gpt2"), str(tmp_path / "adapter"),
-                                   str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "t"), "--start", "scratch",
-                                   "--polish-steps", "4", "--json"])
+    run = CliRunner().invoke(app, ["transfer", str(tiny_dir / "llama"), str(tiny_dir / "gpt2"),
+                                   str(tmp_path / "adapter"), str(tmp_path / "prompts.txt"), "--out",
+                                   str(tmp_path / "t"), "--start", "scratch", "--polish-steps", "4", "--json"])
     assert run.exit_code == 0, run.output
     assert json.loads(run.stdout)["label"] == DISTILLATION_ONLY
     report = (tmp_path / "t" / "report.md").read_text()

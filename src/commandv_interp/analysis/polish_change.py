@@ -87,8 +87,8 @@ def polish_change(recipient_model: ModelAccess | object, paste_adapter_compiled:
         Tidy rows ``recipient_layer, edit, reference, metric, value, split``.
 
     Example:
-        >>> compiled = t.compile() if t.polished is None else None  # doctest: +SKIP
-        >>> polish_change(recipient, cv.compile_paste(t.adapter, t.converters), t.polished, test_prompts)  # doctest: +SKIP
+        >>> paste = cv.compile_paste(t.adapter, t.converters)  # doctest: +SKIP
+        >>> polish_change(recipient, paste, t.polished, test_prompts)  # doctest: +SKIP
     """
     access = open_model(recipient_model)
     if isinstance(prompts, str) or not prompts:
@@ -148,7 +148,8 @@ def edit_attribution(donor_model: ModelAccess | object, recipient_model: ModelAc
     rows = agreement_rows(recipient, targets, "none", (), None)
     for mode, layers in [("all", tuple(recipient_adapter.layers))] + layer_subsets(recipient_adapter.layers, modes):
         sub = recipient_adapter.restricted(layers)
-        per_layer = {layer: [placed(iv, recipient.block_device(layer)).delta] for layer, iv in sub.interventions.items()}
+        per_layer = {layer: [placed(iv, recipient.block_device(layer)).delta]
+                     for layer, iv in sub.interventions.items()}
         rows += agreement_rows(recipient, targets, mode, layers, per_layer)
     return pd.DataFrame(rows, columns=ATTRIBUTION_COLUMNS)
 

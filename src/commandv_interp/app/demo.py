@@ -182,7 +182,7 @@ def _final_edit_table(found: dict[str, pd.DataFrame]) -> str:
             mask &= frame[column] == value
         return f"{frame[mask].value.iloc[0]:.2f}" if mask.any() else "–"
 
-    final_edit = "polished" if (change.edit == "polished").any() else "paste"
+    final = "polished" if (change.edit == "polished").any() else "paste"
     for layer in every:
         rest = ",".join(str(x) for x in every if x != layer)
         rows.append(f"| {layer} | {cell(crit, condition='single', layers=str(layer))} | "
@@ -190,7 +190,7 @@ def _final_edit_table(found: dict[str, pd.DataFrame]) -> str:
                     f"{cell(change, recipient_layer=layer, reference='paste', metric='delta_cosine')} | "
                     f"{cell(change, recipient_layer=layer, reference='paste', metric='norm_ratio')} | "
                     f"{cell(change, recipient_layer=layer, reference='scratch', metric='delta_cosine')} | "
-                    f"{cell(change, recipient_layer=layer, reference='residual', metric='norm_ratio', edit=final_edit)} |")
+                    f"{cell(change, recipient_layer=layer, reference='residual', metric='norm_ratio', edit=final)} |")
     whole = cell(crit, condition="all")
     rows += ["", f"All layers together: agreement {whole}; the recipient alone: {cell(crit, condition='none')}."]
     return "\n".join(rows)
