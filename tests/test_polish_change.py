@@ -118,3 +118,30 @@ def test_final_edit_analysis_of_a_planted_transfer(nn_llama, nn_gpt2):
         expected = 1 / 3 if layer == last else 1.0
         assert _value(change, layer, "scratch", "norm_ratio") == pytest.approx(expected, rel=1e-6)
     assert set(frames["attribution"].label) == set(change.label) == {"Command-V paste + 4 distillation steps"}
+
+
+def test_plot_polish_change_draws_the_panels_the_frames_hold(nn_gpt2, paste):
+    """Polished vs paste and scratch: direction, size, push and share panels; distillation only (no paste to compare
+    with): the push and share panels only. Axes carry human labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from commandv_interp import plotting
+
+    prompts = random_prompts(6, seed=11)
+    change = polish_change(nn_gpt2, paste, copy.deepcopy(paste), prompts, scratch_adapter=copy.deepcopy(paste))
+    attribution = pd.DataFrame({"condition": ["none", "all", "single", "single", "leave_one_out", "leave_one_out"],
+                                "layers": ["", "0,2", "0", "2", "2", "0"], "metric": "criterion",
+                                "value": [0.1, 1.0, 0.4, 0.9, 0.4, 0.9]})
+    fig = plotting.plot_polish_change(change, attribution, title="planted")
+    assert [ax.get_title() for ax in fig.axes] == ["direction", "size", "push against the residual stream",
+                                                  "share of the behavior"]
+    assert all(ax.get_xlabel() == "recipient layer" for ax in fig.axes)
+    only = polish_change(nn_gpt2, None, paste, prompts)
+    assert set(only.reference) == {"residual"}
+    fig2 = plotting.plot_polish_change(only, attribution)
+    assert [ax.get_title() for ax in fig2.axes] == ["push against the residual stream", "share of the behavior"]
+    plt.close("all")

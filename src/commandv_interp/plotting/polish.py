@@ -67,6 +67,7 @@ def plot_polish_change(change: pd.DataFrame, attribution: pd.DataFrame | None = 
                 ax.set_ylabel("norm ratio, polished / reference\n(1 = same size)")
             ax.set_title(panel)
         ax.set_xticks(range(len(layers)), [str(layer) for layer in layers])
+        ax.set_xlim(-0.5, len(layers) - 0.5)
         ax.set_xlabel("recipient layer")
     if title:
         fig.suptitle(title)
@@ -113,6 +114,7 @@ def _attribution_panel(ax, attribution: pd.DataFrame, pos: dict[int, int]) -> No
     if not none.empty:
         ax.axhline(float(none.value.mean()), color="0.45", ls=":", lw=1.4, label="recipient alone")
     ax.set_xticks(range(len(pos)), [str(layer) for layer in pos])
+    ax.set_xlim(-0.5, len(pos) - 0.5)
     ax.set_xlabel("recipient layer")
     ax.set_ylabel("agreement with donor + adapter")
     ax.set_ylim(-0.04, 1.04)
