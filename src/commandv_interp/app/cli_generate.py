@@ -25,33 +25,50 @@ __all__: list[str] = []
 TRANSFER_FILE = "transfer.json"  # what marks a `commandv transfer` folder
 
 
-def _edit(g: Globals, spec: str, converters: Path | None, access):
-    """The context manager applying the edit ``spec`` names to ``access``, and the words for what it is."""
+def _load_edit(g: Globals, spec: str, converters: Path | None) -> tuple[str, object, object]:
+    """Read the edit ``spec`` names from disk (before any model loads): ``("transfer", Transfer, None)``,
+    ``("paste", donor adapter, converters)`` or ``("native", adapter, None)``."""
     import commandv_interp as cv
-    from commandv_interp.pipeline.labels import PASTE, transfer_label
 
     folder = Path(spec)
     if (folder / TRANSFER_FILE).is_file():
         if converters is not None:
             raise ValueError(f"--edit {spec!r} is a transfer folder, which holds its own converters; drop --converters "
                              f"{str(converters)!r}")
-        result = cv.load_transfer(folder, access)
-        return result.paste(access), transfer_label(result)
+        return "transfer", cv.load_transfer(folder), None
     adapter = _adapter(g, spec)
-    if converters is not None:
-        conv = cv.Converters.load(converters)
-        conv.check_adapter(adapter)
+    if converters is None:
+        return "native", adapter, None
+    conv = cv.Converters.load(converters)
+    conv.check_adapter(adapter)
+    return "paste", adapter, conv
+
+
+def _applied(kind: str, edit, conv, spec: str, access):
+    """The context manager applying a loaded edit to ``access`` (refused if made for another model), and the words
+    for what it is."""
+    import commandv_interp as cv
+    from commandv_interp.pipeline.labels import PASTE, transfer_label
+
+    if kind == "transfer":
+        if edit.converters is not None:
+            edit.converters.check_recipient(access)
+        if edit.polished is not None and edit.polished.d_model != access.d_model:
+            raise ValueError(f"the transfer {spec!r} was made for a recipient of d_model {edit.polished.d_model}, "
+                             f"{access.name!r} has {access.d_model}: pass the recipient it was made for")
+        return edit.paste(access), transfer_label(edit)
+    if kind == "paste":
         conv.check_recipient(access)
-        return cv.paste(access, adapter, conv), PASTE
-    if adapter.d_model != access.d_model:
-        raise ValueError(f"the adapter {spec!r} has d_model {adapter.d_model} but {access.name!r} has "
+        return cv.paste(access, edit, conv), PASTE
+    if edit.d_model != access.d_model:
+        raise ValueError(f"the adapter {spec!r} has d_model {edit.d_model} but {access.name!r} has "
                          f"{access.d_model}: a donor's adapter needs --converters (from `commandv derive`), or pass "
                          "a transfer folder or a compiled adapter of this model")
-    made_for = adapter.metadata.get("config_hash")
+    made_for = edit.metadata.get("config_hash")
     if made_for is not None and made_for != access.config_hash:
         raise ValueError(f"the adapter {spec!r} was made for a model with config hash {made_for!r}, but "
                          f"{access.name!r} has {access.config_hash!r}: pass the model it was made for")
-    return cv.apply_adapter(access, adapter), "native adapter"
+    return cv.apply_adapter(access, edit), "native adapter"
 
 
 @_command(app, "generate")
@@ -84,8 +101,9 @@ def generate_cmd(
     g = Globals(json_output, debug, zoo_root, world)
     _out(out, model, prompts, edit, converters, zoo_root=g.zoo_root)
     texts = _prompts(g, prompts)  # cheap inputs first: fail before loading the model
+    loaded = _load_edit(g, edit, converters)
     access = _model(g, model, backend)
-    context, applied = _edit(g, edit, converters, access)
+    context, applied = _applied(*loaded, edit, access)
     fed = _chat_texts(access, texts, chat_template)
     check_fits_context(access, fed, new_tokens=max_new_tokens)  # refuse before any generation runs
     outputs: list[str] = []
