@@ -14,8 +14,9 @@ fitting prompts and on the same prompts followed by the donor's first response w
 3. *polishes* it (:mod:`~commandv_interp.pipeline.polish`): the paste compiled to a native recipient adapter is
    trained, in rounds of a few steps, to reproduce the donor+adapter's answers on the fitting prompts (distillation
    from the donor itself: no labels), each round scored on all the scoring prompts (skipped when the paste already
-   reproduces every scoring answer; stopped early when a round does). The first round also trains a fresh adapter
-   at the depth-matched layers, and the start that scores higher goes on.
+   reproduces every scoring answer). A fresh adapter at the depth-matched layers races it: both try the same
+   learning rates in a first round, the best held-out trial goes on while the criterion improves, within
+   ``polish_budget`` of an estimated finetune's FLOPs (:mod:`~commandv_interp.pipeline.polish_race`).
 
 The best candidate scored on all the scoring prompts is kept (ties: the higher lift, then the earlier). Forward
 passes only, except the polish's few training steps, whose FLOPs are counted as a finetune's are.
@@ -48,6 +49,7 @@ from commandv_interp.converters import Converters, fit_converters
 from commandv_interp.converters.transport import pasted_deltas
 from commandv_interp.io import atomic_write, read_json, write_json
 from commandv_interp.paste import apply_adapter, compile_paste, paste
+from commandv_interp.pipeline.agreement import ANSWER_CAP
 from commandv_interp.pipeline.polish import (POLISH_BUDGET, POLISH_STEPS, Distillation, finetune_flops_estimate,
                                              fresh_adapter)
 from commandv_interp.pipeline.polish_race import PolishPlan, race
@@ -75,8 +77,8 @@ class Transfer:
         adapter, converters, alpha, positions: the chosen paste (``adapter`` is the donor's adapter, or the subset
             of its layers the chosen candidate pastes; ``converters`` is None for ``start="scratch"``).
         choice: the chosen candidate's name (``<method>/<match>``, ``<method>/<match>/layers=<l>+<l>`` for a
-            subset of the adapter's layers, ``<paste>+polish/<steps>`` for a polished one, ``scratch+polish/<steps>``
-            for the distillation baseline).
+            subset of the adapter's layers, ``<paste>+polish/<steps>/lr=<lr>`` for a polished one,
+            ``scratch+polish/<steps>/lr=<lr>`` for a fresh adapter, e.g. the distillation baseline).
         polished: the chosen native recipient adapter when the choice is polished (what :meth:`paste` applies and
             :meth:`compile` returns), else None.
         candidates: one row per scoring of a candidate × α: ``candidate, alpha, method, match, layers, fit_flops,
@@ -188,7 +190,7 @@ def transfer(
     adapter: Adapter,
     prompts: Sequence[str],
     scoring_fraction: float = 0.25,
-    max_new_tokens: int = 8,
+    max_new_tokens: int = ANSWER_CAP,
     batch_size: int = 32,
     seed: int = 0,
     polish_steps: int = POLISH_STEPS,
@@ -203,8 +205,9 @@ def transfer(
         adapter: the donor's ReFT adapter (linear-source kinds for the adapter-aware candidates).
         prompts: unlabeled prompts of the adapter's task (e.g. its training inputs), at least 16.
         scoring_fraction: share of the prompts held out from fitting and used to score the candidates.
-        max_new_tokens: response tokens the donor generates for the targets (what the criterion compares and the
-            polish learns).
+        max_new_tokens: at most this many response tokens in the donor's answers (what the criterion compares and
+            the polish learns); an answer ends at EOS or a newline before, so multi-token behaviors are judged
+            over the whole answer.
         batch_size: prompts per forward pass.
         seed: the fit/scoring split and the polish's batches.
         polish_steps: at most this many distillation steps on the chosen paste (0: the paste as it is, the
@@ -329,6 +332,9 @@ def _polish(search: CandidateSearch, setup, base: pd.Series | None, fits: dict[s
                             alpha_rule="polished", stage=3, paper_exact=False)
 
     outcome = race({name: begin for name, (begin, _) in starts.items()}, trainer, score, plan)
+    if base is None and not outcome.rounds:
+        raise ValueError(f"start='scratch' learns everything in the polish, and polish_budget={budget!r} pays for no "
+                         f"training round ({budget_flops:.3g} FLOPs); raise polish_budget")
     search.flops += outcome.train_flops  # the scoring is counted by the search itself
     return outcome.rounds
 
