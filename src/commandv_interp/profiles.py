@@ -21,6 +21,7 @@ from commandv_interp.access.fingerprint import weights_digest
 from commandv_interp.io import DegenerateDataWarning, check_fields, read_safetensors, write_safetensors
 from commandv_interp.prompts import prompts_fingerprint
 from commandv_interp.types import POSITION_RULES, Float, Tensor
+from commandv_interp.validation import check_layers
 from commandv_interp.version import __version__
 
 __all__ = ["ActivationProfile", "profile", "ChatTemplate", "check_profile_rank"]
@@ -57,7 +58,8 @@ class ActivationProfile:
     def __post_init__(self) -> None:
         check_fields(vars(self), _SCHEMA, f"profile of {self.model_name!r}")
         if isinstance(self.activations, dict):  # bf16/fp16 states are kept in float32 (``dtype`` names the model's)
-            object.__setattr__(self, "activations", {layer: _at_least_float32(a) for layer, a in self.activations.items()})
+            object.__setattr__(self, "activations", {layer: _at_least_float32(a)
+                                                     for layer, a in self.activations.items()})
         if self.n_layers < 1 or self.d_model < 1:
             raise ValueError(f"profile of {self.model_name!r} has n_layers={self.n_layers}, d_model={self.d_model}; "
                              "both must be >= 1")
@@ -254,7 +256,8 @@ def profile(
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     texts = format_prompts(access.tokenizer, prompts, chat_template)
     check_fits_context(access, texts)
-    layers = list(range(access.n_layers)) if layers is None else access._check_layers(layers)
+    layers = list(range(access.n_layers)) if layers is None else access._check_layers(
+        check_layers(layers, access.n_layers, "layers", access.name))  # duplicates and range refused, not merged
     batches = [access.encode(texts[start:start + batch_size], padding_side=padding_side)
                for start in range(0, len(texts), batch_size)]
     parts = access.read_batches(batches, layers, positions="last", remote=remote, progress=progress)

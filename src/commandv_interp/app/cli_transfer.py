@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from commandv_interp.app.cli import (AdapterArg, BackendOpt, DebugOpt, Globals, JsonOpt, PromptsArg, WorldOpt,
-                                     ZooRootOpt, _adapter, _command, _emit, _model, _out_folder, _prompts, app)
+from commandv_interp.app.cli_app import (AdapterArg, BackendOpt, DebugOpt, Globals, JsonOpt, PromptsArg, WorldOpt,
+                                         ZooRootOpt, _adapter, _command, _emit, _model, _out_folder, _prompts, app)
 
 __all__: list[str] = []
 
@@ -45,6 +45,7 @@ def transfer_cmd(
     g = Globals(json_output, debug, zoo_root, world)
     _out_folder(out, donor, recipient, adapter, prompts, command="transfer", zoo_root=g.zoo_root)
     from commandv_interp.pipeline.label_free import STARTS
+    from commandv_interp.pipeline.labels import transfer_label
     from commandv_interp.pipeline.search import check_transfer_prompts
     from commandv_interp.types import check_choice
 
@@ -58,24 +59,31 @@ def transfer_cmd(
     check_models_fit(models, texts, new_tokens=_ANSWER_TOKENS)  # prompt + the donor's answer, before any work
     result = cv.transfer(*models, donor_adapter, texts, polish_steps=polish_steps, start=start, progress=not g.json)
     result.save(out)
+    label = transfer_label(result)  # what was applied: a paste, a paste + N distillation steps, or distillation only
     native = result.compile()
     cv.save_adapter(native, out / "compiled")
     scored = result.candidates
     best = (scored[scored.n_scoring == scored.n_scoring.max()]
             .sort_values(["criterion", "lift"], ascending=False).head(8))
     report = [f"# Transfer: {donor} → {recipient}", "",
-              f"Chosen: `{result.choice}` at α = {result.alpha:.3g}, positions `{result.positions}`, layer map "
+              f"Applied: **{label}**. Chosen: `{result.choice}` at α = {result.alpha:.3g}, positions "
+              f"`{result.positions}`, layer map "
               f"{result.layer_map}; {len(texts)} prompts, {result.wall_s:.0f} s, {result.flops:.2e} FLOPs.", "",
               *(["The chosen paste was then polished: trained for a few steps to reproduce the donor+adapter's "
-                 "answers (`compiled/` holds the polished adapter).", ""] if result.polished is not None else []),
+                 "answers (`compiled/` holds the polished adapter).", ""] if result.polished is not None
+                and result.converters is not None else []),
+              *(["No paste was kept: a fresh adapter trained to reproduce the donor+adapter's answers scored higher "
+                 "(`compiled/` holds it).", ""] if result.converters is None else []),
               "The criterion is the share of the donor+adapter's response tokens the pasted recipient reproduces "
               "greedily on held-out prompts (balanced over prompts the adapter changes and prompts it leaves alone).",
               "", "| candidate | α | criterion | lift |", "|---|---|---|---|"]
     report += [f"| {r.candidate} | {r.alpha:.3g} | {r.criterion:.3f} | {r.lift:.3f} |" for r in best.itertuples()]
     (out / "report.md").write_text("\n".join(report) + "\n")
-    _emit(g, {"out": str(out), "choice": result.choice, "alpha": result.alpha, "layer_map": result.layer_map,
+    _emit(g, {"out": str(out), "label": label, "choice": result.choice, "alpha": result.alpha,
+              "layer_map": result.layer_map,
               "flops": result.flops, "wall_s": result.wall_s},
-          f"wrote {out}: `{result.choice}` at alpha {result.alpha:.3g}, compiled adapter in {out / 'compiled'}; "
+          f"wrote {out}: {label} (`{result.choice}`) at alpha {result.alpha:.3g}, compiled adapter in "
+          f"{out / 'compiled'}; "
           "best candidates:", [{"candidate": r.candidate, "alpha": round(r.alpha, 4), "criterion": round(r.criterion, 4)}
                                for r in best.itertuples()])
 

@@ -1,4 +1,4 @@
-"""Stage 6 (pipeline): label-free transfer in one call (and its steering-vector baseline); profile → match → fit
+"""Label-free transfer in one call (and its steering-vector baseline); profile → match → fit
 with its cost; artifact storage."""
 
 from commandv_interp.pipeline.derive import Derivation, ProfilePair, derive, profile_pair
