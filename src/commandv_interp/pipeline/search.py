@@ -31,9 +31,8 @@ from commandv_interp.access import ModelAccess, forward_flops, open_model
 from commandv_interp.adapters import Adapter
 from commandv_interp.adapters.edits import DeltaFn
 from commandv_interp.correspondence import LayerMap, match_layers
-from commandv_interp.pipeline.agreement import (DonorTargets, ResponseScores, ANSWER_CAP, answer_limit, behavior_span,
-                                                donor_answers,
-                                                onset_prompts, score_responses, summarize, targets_from)
+from commandv_interp.pipeline.agreement import (ANSWER_CAP, DonorTargets, ResponseScores, answer_limit, behavior_span,
+                                                donor_answers, onset_prompts, score_responses, summarize, targets_from)
 from commandv_interp.pipeline.split import stratified_split
 from commandv_interp.profiles import ActivationProfile, profile
 from commandv_interp.prompts import prompts_fingerprint
