@@ -1,0 +1,87 @@
+"""Stage 6 (pipeline): consumes the settings of one label-free transfer, produces :class:`TransferConfig`: the frozen,
+validated record of how :func:`~commandv_interp.pipeline.label_free.transfer` ran, which a transfer folder stores
+and ``commandv transfer --replay`` runs again.
+
+>>> config = TransferConfig(seed=3)
+>>> TransferConfig.from_dict(config.to_dict()) == config
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from commandv_interp.pipeline.polish import POLISH_BATCH, POLISH_LR, POLISH_ROUND, POLISH_STEPS
+from commandv_interp.pipeline.search import PROFILE_PROMPTS
+
+__all__ = ["TransferConfig", "Start", "STARTS"]
+
+Start = Literal["paste", "scratch"]
+STARTS: tuple[str, ...] = get_args(Start)
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Every setting of :func:`~commandv_interp.pipeline.label_free.transfer`.
+
+    Attributes:
+        scoring_fraction: share of the prompts held out from fitting and used to score the candidates.
+        max_new_tokens: response tokens the donor generates for the targets (what the criterion compares and the
+            polish learns).
+        batch_size: prompts per forward pass.
+        seed: the fit/scoring split, the fresh adapter's initialization and the polish's batches.
+        polish_steps: at most this many distillation steps on the chosen paste (0: the paste as it is).
+        start: ``"paste"`` (search the candidates, polish the best) or ``"scratch"`` (polish a fresh adapter at the
+            depth-matched layers: the distillation baseline).
+        polish_round: steps per polish round (each round is scored on the scoring prompts).
+        polish_batch: (prompt, answer) pairs per polish step.
+        polish_lr: the polish's AdamW learning rate (constant).
+        profile_prompts: at most this many fitting prompts are profiled (with their onsets).
+    """
+
+    scoring_fraction: float = 0.25
+    max_new_tokens: int = 8
+    batch_size: int = 32
+    seed: int = 0
+    polish_steps: int = POLISH_STEPS
+    start: Start = "paste"
+    polish_round: int = POLISH_ROUND
+    polish_batch: int = POLISH_BATCH
+    polish_lr: float = POLISH_LR
+    profile_prompts: int = PROFILE_PROMPTS
+
+    def __post_init__(self) -> None:
+        if isinstance(self.scoring_fraction, bool) or not isinstance(self.scoring_fraction, float | int) \
+                or not 0 < self.scoring_fraction < 1:
+            raise ValueError(f"scoring_fraction must be a number in (0, 1), got {self.scoring_fraction!r}")
+        for name, least in (("max_new_tokens", 1), ("batch_size", 1), ("seed", 0), ("polish_steps", 0),
+                            ("polish_round", 1), ("polish_batch", 1), ("profile_prompts", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+        if isinstance(self.polish_lr, bool) or not isinstance(self.polish_lr, float | int) \
+                or not 0 < self.polish_lr < 1:
+            raise ValueError(f"polish_lr must be a number in (0, 1), got {self.polish_lr!r}")
+        if self.start not in STARTS:
+            raise ValueError(f"start={self.start!r} is not one of {list(STARTS)}")
+        if self.start == "scratch" and self.polish_steps == 0:
+            raise ValueError("start='scratch' learns everything in the polish: pass polish_steps >= 1 (got 0)")
+
+    def to_dict(self) -> dict:
+        """The settings as a JSON-able dict (what ``transfer.json`` stores under ``config``)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> TransferConfig:
+        """The config :meth:`to_dict` wrote; refuses unknown and missing keys (a config read back is complete)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a transfer config is a JSON object, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown, missing = sorted(set(data) - names), sorted(names - set(data))
+        if unknown or missing:
+            raise ValueError(f"transfer config has unknown keys {unknown} and lacks keys {missing}; re-create it "
+                             "with commandv transfer")
+        return cls(**dict(data))

@@ -1,0 +1,265 @@
+"""Stage 6 (pipeline): consumes a finished label-free search, produces a :class:`Transfer` (the chosen edit, the
+configuration and fingerprints it was made with, every candidate considered) and its saved folder.
+
+A transfer folder holds ``transfer.json`` (choice, configuration, fingerprints, digests), ``donor_adapter/`` (the
+donor's whole adapter), ``adapter/`` and ``converters.safetensors`` (the paste, when the choice is one: the adapter
+is the subset of the donor's layers pasted), ``polished/`` (when the choice is polished), ``compiled/`` (the chosen
+edit as a native recipient adapter), ``candidates.csv``, an optional ``report.md``, and ``manifest.json`` over all of
+them (:mod:`~commandv_interp.pipeline.manifest`). :func:`load_transfer` verifies the folder as a whole.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from commandv_interp.access import ModelAccess, open_model
+from commandv_interp.adapters import Adapter, load_adapter, save_adapter
+from commandv_interp.adapters.linear_form import has_linear_form
+from commandv_interp.converters import Converters
+from commandv_interp.io import atomic_write, dir_mode, read_json, write_json
+from commandv_interp.paste import apply_adapter, compile_paste, paste
+from commandv_interp.pipeline.candidates import Candidate
+from commandv_interp.pipeline.config import TransferConfig
+from commandv_interp.pipeline.fingerprints import Fingerprints
+from commandv_interp.pipeline.manifest import verify_manifest, write_manifest
+from commandv_interp.types import PositionRule
+from commandv_interp.version import __version__
+
+__all__ = ["Transfer", "load_transfer", "KIND"]
+
+KIND = "commandv.transfer"
+FIX = "re-create it with commandv transfer (or commandv transfer --replay)"
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """The edit :func:`~commandv_interp.pipeline.label_free.transfer` chose, how it was made, and what it considered.
+
+    Attributes:
+        config: the settings of the call (:class:`~commandv_interp.pipeline.config.TransferConfig`).
+        fingerprints: its prompts, both models and the donor's whole adapter.
+        donor_adapter: the donor's whole adapter (its answers are what the transfer reproduces).
+        adapter, converters, positions: the chosen paste (``adapter`` is ``donor_adapter`` or the subset of its
+            layers the choice pastes; ``converters`` is None when the distillation from scratch was chosen).
+        choice: the chosen candidate's name (``<method>/<match>``, ``…/layers=<l>+<l>`` for a subset of the
+            adapter's layers, ``<paste>+polish/<steps>`` for a polished paste, ``scratch+polish/<steps>`` for the
+            distillation baseline).
+        polished: the chosen native recipient adapter when the choice is polished (what :meth:`paste` applies and
+            :meth:`compile` returns), else None.
+        candidates: one row per scoring of a candidate: ``candidate, stage, method, match, layers, polish_steps,
+            paper_exact, fit_flops, fit_s, criterion, agree_changed, agree_unchanged, lift, lift_changed,
+            lift_unchanged, n_scoring, n_changed, score_flops, score_s`` (the first row is the recipient without a
+            paste; stage 1 rows are scored on half of the scoring prompts, stages 2 and 3 on all; a polished row's
+            ``fit_flops`` is its round of training).
+        flops, wall_s: the whole call (targets, profiles, fits, scoring and polish).
+        considered: every candidate scored, by name (not saved).
+    """
+
+    config: TransferConfig
+    fingerprints: Fingerprints
+    donor_adapter: Adapter = field(repr=False)
+    adapter: Adapter = field(repr=False)
+    converters: Converters | None = field(repr=False)
+    positions: PositionRule
+    choice: str
+    candidates: pd.DataFrame = field(repr=False)
+    polished: Adapter | None = field(default=None, repr=False)
+    flops: float = 0.0
+    wall_s: float = 0.0
+    recipient: ModelAccess | None = field(default=None, repr=False)
+    considered: dict[str, Candidate] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_search(cls, config: TransferConfig, fingerprints: Fingerprints, donor_adapter: Adapter,
+                    chosen: Candidate, finalist: Candidate | None, candidates: pd.DataFrame,
+                    considered: dict[str, Candidate], flops: float, wall_s: float,
+                    recipient: ModelAccess) -> Transfer:
+        """The transfer of ``chosen``: a paste (``finalist`` itself), its polish (a native adapter started from
+        ``finalist``), or a fresh adapter's polish (no paste: ``finalist`` is then ignored)."""
+        if chosen.is_paste:
+            paste_of, polished = chosen, None
+        else:
+            paste_of = finalist if chosen.method != "scratch" else None
+            polished = chosen.edit
+        adapter = paste_of.edit if paste_of is not None else donor_adapter
+        converters = paste_of.converters if paste_of is not None else None
+        return cls(config, fingerprints, donor_adapter, adapter, converters, donor_adapter.positions, chosen.name,
+                   candidates, polished, flops, wall_s, recipient, dict(considered))
+
+    @property
+    def alpha(self) -> float:
+        """The scale of the paste: always 1 (the polish learns the scale)."""
+        return 1.0
+
+    @property
+    def layer_map(self) -> dict[int, int]:
+        """Donor layer → recipient layer of the paste (``{}`` for the distillation baseline, which has none)."""
+        return self.converters.layer_map() if self.converters is not None else {}
+
+    def paste(self, recipient: ModelAccess | None = None):
+        """The chosen edit as a context manager: the polished native adapter, or
+        ``cv.paste(recipient, adapter, converters, positions)``."""
+        target = recipient if recipient is not None else self.recipient
+        if target is None:
+            raise ValueError("this Transfer was loaded from disk and holds no recipient: pass paste(recipient)")
+        if self.polished is not None:
+            return apply_adapter(open_model(target), self.polished)
+        return paste(target, self.adapter, self.converters, self.positions, self.alpha)
+
+    def compile(self) -> Adapter:
+        """The chosen edit as a native recipient adapter: the polished one, or
+        :func:`~commandv_interp.paste.compile_paste` of the paste."""
+        if self.polished is not None:
+            return self.polished
+        return compile_paste(self.adapter, self.converters, self.positions, self.alpha)
+
+    def check_models(self, donor_model: ModelAccess | None, recipient_model: ModelAccess | None) -> None:
+        """Refuse a donor or recipient other than the ones this transfer was made with (config hash and weights)."""
+        where = f"the transfer {self.choice!r}"
+        if donor_model is not None:
+            self.fingerprints.donor_model.check(donor_model, "donor", where)
+        if recipient_model is not None:
+            self.fingerprints.recipient_model.check(recipient_model, "recipient", where)
+
+    def save(self, folder: str | Path, sources: dict | None = None, report: str | None = None) -> Path:
+        """Write the transfer folder (see the module doc), replacing an earlier transfer folder as a whole.
+
+        Args:
+            folder: a new or empty folder, or an earlier transfer folder (other non-empty folders are refused).
+            sources: where the inputs came from (model paths or zoo names, ...), recorded for ``--replay``.
+            report: markdown written as ``report.md``.
+        """
+        folder = Path(folder)
+        _check_writable(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".saving", dir=folder.parent))
+        try:
+            self._write(staging, sources, report)
+            os.chmod(staging, dir_mode())
+            _swap_into(staging, folder)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+        return folder
+
+    def _write(self, folder: Path, sources: dict | None, report: str | None) -> None:
+        save_adapter(self.donor_adapter, folder / "donor_adapter")
+        if self.converters is not None:
+            save_adapter(self.adapter, folder / "adapter")
+            self.converters.save(folder / "converters.safetensors")
+        if self.polished is not None:
+            save_adapter(self.polished, folder / "polished")
+        compiled = None
+        if self.polished is not None or all(has_linear_form(iv) for iv in self.adapter.interventions.values()):
+            compiled = self.compile()
+            save_adapter(compiled, folder / "compiled")
+        atomic_write(folder / "candidates.csv", lambda p: self.candidates.to_csv(p, index=False))
+        if report is not None:
+            atomic_write(folder / "report.md", lambda p: p.write_text(report))
+        meta = {"kind": KIND, "choice": self.choice, "alpha": self.alpha, "positions": self.positions,
+                "config": self.config.to_dict(), "fingerprints": self.fingerprints.to_dict(),
+                "paste": self.converters is not None,
+                "pasted_digest": self.adapter.digest() if self.converters is not None else None,
+                "polished_digest": self.polished.digest() if self.polished is not None else None,
+                "compiled_digest": compiled.digest() if compiled is not None else None,
+                "layer_map": {str(k): v for k, v in self.layer_map.items()}, "n_candidates": len(self.candidates),
+                "flops": self.flops, "wall_s": self.wall_s, "sources": sources, "library_version": __version__}
+        write_json(folder / "transfer.json", meta)
+        write_manifest(folder, KIND, self.config.to_dict())
+
+
+def _check_writable(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{str(folder)!r} exists and is not a folder; choose a folder for the transfer")
+    if folder.is_dir() and any(folder.iterdir()):
+        meta = read_json(folder / "transfer.json") if (folder / "transfer.json").is_file() else None
+        if not (isinstance(meta, dict) and meta.get("kind") == KIND):
+            raise ValueError(f"{str(folder)!r} holds other files and is not a transfer folder; choose a new or empty "
+                             "folder")
+
+
+def _swap_into(staging: Path, folder: Path) -> None:
+    """Put ``staging`` in ``folder``'s place; an earlier folder is moved aside first and removed last."""
+    old = None
+    if folder.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
+        os.replace(folder, old / "t")
+    os.replace(staging, folder)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def load_transfer(folder: str | Path, recipient: ModelAccess | None = None) -> Transfer:
+    """Read a folder written by :meth:`Transfer.save`, verified as a whole: the manifest's digest of every file
+    (nothing missing, added, edited, swapped or truncated), then the consistency of what ``transfer.json`` says
+    with the artifacts; with ``recipient``, that it is the recipient the transfer was made with (config and weights).
+    Each refusal is a ``ValueError`` naming the part."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{str(folder)!r} is not a folder; pass a folder written by commandv transfer")
+    if not (folder / "transfer.json").is_file():
+        raise ValueError(f"{str(folder)!r} is not a commandv transfer folder (no transfer.json)")
+    manifest = verify_manifest(folder, KIND, FIX)
+    meta = read_json(folder / "transfer.json")
+    if not isinstance(meta, dict) or meta.get("kind") != KIND:
+        raise ValueError(f"{str(folder)!r} is not a commandv transfer folder (transfer.json kind "
+                         f"{meta.get('kind') if isinstance(meta, dict) else meta!r})")
+    config = TransferConfig.from_dict(meta.get("config"))
+    if manifest["config"] != config.to_dict():
+        raise ValueError(f"{str(folder / 'transfer.json')!r}: its configuration differs from the manifest's; {FIX}")
+    fingerprints = Fingerprints.from_dict(meta.get("fingerprints") or {})
+    donor_adapter = _adapter_with_digest(folder, "donor_adapter", fingerprints.donor_adapter)
+    adapter, converters, polished = donor_adapter, None, None
+    if meta.get("paste"):
+        adapter = _adapter_with_digest(folder, "adapter", meta.get("pasted_digest"))
+        converters = Converters.load(folder / "converters.safetensors")
+        converters.check_adapter(adapter)
+    if meta.get("polished_digest") is not None:
+        polished = _adapter_with_digest(folder, "polished", meta["polished_digest"])
+    _check_consistent(folder, meta, converters, polished, adapter)
+    candidates = pd.read_csv(folder / "candidates.csv")
+    if len(candidates) != meta.get("n_candidates") or meta["choice"] not in set(candidates.candidate):
+        raise ValueError(f"{str(folder / 'candidates.csv')!r} does not list the {meta.get('n_candidates')} "
+                         f"candidates of this transfer; {FIX}")
+    t = Transfer(config, fingerprints, donor_adapter, adapter, converters, adapter.positions, str(meta["choice"]),
+                 candidates, polished, float(meta["flops"]), float(meta["wall_s"]))
+    if recipient is not None:
+        access = open_model(recipient)
+        t.check_models(None, access)
+        t = Transfer(config, fingerprints, donor_adapter, adapter, converters, adapter.positions, t.choice,
+                     candidates, polished, t.flops, t.wall_s, access)
+    return t
+
+
+def _adapter_with_digest(folder: Path, name: str, digest: object) -> Adapter:
+    adapter = load_adapter(folder / name)
+    if adapter.digest() != digest:
+        raise ValueError(f"the adapter in {str(folder / name)!r} is not the one this transfer records (digest "
+                         f"{adapter.digest()!r}, transfer.json says {digest!r}); {FIX}")
+    return adapter
+
+
+def _check_consistent(folder: Path, meta: dict, converters: Converters | None, polished: Adapter | None,
+                      adapter: Adapter) -> None:
+    """What ``transfer.json`` says must match the artifacts: α 1, the adapter's positions, a polish where the choice
+    names one, a paste unless the choice is the distillation from scratch."""
+    choice = meta.get("choice")
+    problems = []
+    if not isinstance(choice, str):
+        problems.append(f"choice {choice!r} is not a name")
+    elif ("+polish/" in choice) != (polished is not None):
+        problems.append(f"choice {choice!r} and polished_digest {meta.get('polished_digest')!r} disagree")
+    elif choice.startswith("scratch+") == (converters is not None):
+        problems.append(f"choice {choice!r} and paste {meta.get('paste')!r} disagree")
+    if meta.get("alpha") != 1.0:
+        problems.append(f"alpha is {meta.get('alpha')!r}; a transfer's paste has α = 1")
+    if meta.get("positions") != adapter.positions:
+        problems.append(f"positions {meta.get('positions')!r} differ from the adapter's {adapter.positions!r}")
+    if problems:
+        raise ValueError(f"{str(folder / 'transfer.json')!r}: {problems[0]}; {FIX}")
