@@ -7,7 +7,8 @@ from commandv_interp.pipeline.config import TransferConfig
 from commandv_interp.pipeline.candidates import Candidate
 from commandv_interp.pipeline.result import Transfer, load_transfer
 from commandv_interp.pipeline.label_free import run_transfer, transfer
+from commandv_interp.pipeline.replay import Replay, replay_transfer
 from commandv_interp.pipeline.steering import Steering, steering_transfer
 
 __all__ = ["Candidate", "Derivation", "ProfilePair", "Steering", "Transfer", "TransferConfig", "converter_numbers",
-           "derive", "load_transfer", "profile_pair", "run_transfer", "steering_transfer", "storage_table", "transfer"]
+           "derive", "load_transfer", "profile_pair", "Replay", "replay_transfer", "run_transfer", "steering_transfer", "storage_table", "transfer"]

@@ -47,7 +47,7 @@ class TransferConfig:
     batch_size: int = 32
     seed: int = 0
     polish_steps: int = POLISH_STEPS
-    start: Start = "paste"
+    start: str = "paste"  # a Start, checked in __post_init__ (a clear ValueError, not a type-check error)
     polish_round: int = POLISH_ROUND
     polish_batch: int = POLISH_BATCH
     polish_lr: float = POLISH_LR

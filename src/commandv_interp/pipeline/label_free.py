@@ -47,7 +47,7 @@ from commandv_interp.converters import fit_converters
 from commandv_interp.paste import compile_paste
 from commandv_interp.pipeline.agreement import greedy_responses
 from commandv_interp.pipeline.candidates import Candidate, Cost, native_deltas, rank
-from commandv_interp.pipeline.config import STARTS, Start, TransferConfig
+from commandv_interp.pipeline.config import STARTS, TransferConfig
 from commandv_interp.pipeline.fingerprints import Fingerprints
 from commandv_interp.pipeline.polish import POLISH_STEPS, Distillation, fresh_adapter
 from commandv_interp.pipeline.result import Transfer
@@ -73,7 +73,7 @@ def transfer(
     batch_size: int = 32,
     seed: int = 0,
     polish_steps: int = POLISH_STEPS,
-    start: Start = "paste",
+    start: str = "paste",  # a Start; checked by TransferConfig with a clear message
     progress: bool = True,
 ) -> Transfer:
     """Derive a working edit of ``adapter`` for the recipient without behavior labels (see the module doc).

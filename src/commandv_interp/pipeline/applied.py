@@ -1,0 +1,81 @@
+"""Stage 6 (pipeline): consumes a :class:`~commandv_interp.pipeline.result.Transfer`, the two models and prompts,
+produces the edit the transfer applies (a :class:`~commandv_interp.pipeline.candidates.Candidate`: the paste, or
+the polished native adapter), its label, and its label-free layer attribution as a tidy frame.
+
+The attribution scores, by the donor-agreement criterion, the recipient under the applied edit restricted to subsets
+of its layers (``single``, ``leave_one_out``; ``all`` is the whole edit, ``none`` the plain recipient) against the
+answers of the donor with its *whole* adapter, whatever subset of it the transfer pastes. The layers are donor layers
+for a paste and recipient layers for a native adapter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+
+from commandv_interp.access import ModelAccess, open_model
+from commandv_interp.adapters.layer_subsets import layer_subsets
+from commandv_interp.pipeline.agreement import donor_targets, score_responses, summarize
+from commandv_interp.pipeline.candidates import Candidate
+from commandv_interp.pipeline.result import Transfer
+
+__all__ = ["applied_edit", "edit_label", "edit_attribution", "COLUMNS"]
+
+COLUMNS = ["condition", "layers", "n_pairs", "metric", "value", "split"]
+
+
+def applied_edit(t: Transfer) -> Candidate:
+    """What :meth:`Transfer.paste` applies, as a candidate: the polished native adapter, or the paste."""
+    if t.polished is not None:
+        method = "scratch" if t.converters is None else "polished"
+        return Candidate(t.choice, 3, method, "depth" if t.converters is None else "-", t.polished, None,
+                         polish_steps=polish_steps(t))
+    return Candidate(t.choice, 2, "paste", "-", t.adapter, t.converters)
+
+
+def polish_steps(t: Transfer) -> int:
+    """Distillation steps behind the applied edit (0 for a paste as it is)."""
+    return int(t.choice.rsplit("+polish/", 1)[1]) if "+polish/" in t.choice else 0
+
+
+def edit_label(t: Transfer) -> str:
+    """What kind of edit the transfer applies, in words: ``Command-V paste``, ``Command-V paste + N distillation
+    steps`` or ``distillation only (no paste)``."""
+    if t.converters is None:
+        return "distillation only (no paste)"
+    steps = polish_steps(t)
+    return f"Command-V paste + {steps} distillation steps" if steps else "Command-V paste"
+
+
+def edit_attribution(t: Transfer, donor_model: ModelAccess, recipient_model: ModelAccess, prompts: Sequence[str],
+                     max_new_tokens: int | None = None) -> pd.DataFrame:
+    """Layer attribution of the applied edit (see the module doc).
+
+    Args:
+        t: the transfer; its donor and recipient must be the given models (checked by fingerprint).
+        prompts: prompts to score on (held out from the transfer's own, ideally).
+        max_new_tokens: response tokens compared (default: the transfer's own setting).
+
+    Returns:
+        Tidy rows ``condition (none|all|single|leave_one_out), layers, n_pairs, metric (criterion, agree_changed,
+        agree_unchanged, ...), value, split ("agreement")``.
+    """
+    donor, recipient = open_model(donor_model), open_model(recipient_model)
+    t.check_models(donor, recipient)
+    targets = donor_targets(donor, t.donor_adapter, list(prompts),
+                            t.config.max_new_tokens if max_new_tokens is None else max_new_tokens,
+                            t.config.batch_size)
+    edit = applied_edit(t)
+    layers = tuple(edit.edit.layers)
+    runs = [("none", (), None), ("all", layers, edit)]
+    runs += [(mode, sub, edit.restricted(sub)) for mode, sub in layer_subsets(layers, ("single", "leave_one_out"))]
+    rows = []
+    for condition, sub, candidate in runs:
+        deltas = candidate.deltas(recipient) if candidate is not None else None
+        summary = summarize(score_responses(recipient, targets, deltas, 1.0, t.config.batch_size), targets.changed)
+        rows += [{"condition": condition, "layers": ",".join(map(str, sub)), "n_pairs": len(sub), "metric": k,
+                  "value": v, "split": "agreement"} for k, v in summary.items()
+                 if not (isinstance(v, float) and math.isnan(v))]
+    return pd.DataFrame(rows, columns=COLUMNS)
