@@ -17,14 +17,13 @@ from pathlib import Path
 
 from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.adapters import Adapter
-from commandv_interp.adapters.linear_form import has_linear_form
 from commandv_interp.io import read_json
 from commandv_interp.pipeline.fingerprints import Fingerprints
 from commandv_interp.pipeline.label_free import run_transfer
 from commandv_interp.pipeline.result import Transfer, load_transfer
 from commandv_interp.pipeline.search import check_transfer_prompts
 
-__all__ = ["Replay", "replay_transfer", "edit_digest", "recorded_sources"]
+__all__ = ["Replay", "replay_transfer", "recorded_sources"]
 
 
 @dataclass(frozen=True)
@@ -54,14 +53,6 @@ class Replay:
                 "reproduced": self.reproduced}
 
 
-def edit_digest(t: Transfer) -> str:
-    """The digest of the edit a transfer applies: its native recipient adapter (polished, or the compiled paste),
-    else the pasted adapter's."""
-    if t.polished is not None or all(has_linear_form(iv) for iv in t.adapter.interventions.values()):
-        return t.compile().digest()
-    return t.adapter.digest()
-
-
 def replay_transfer(folder: str | Path, donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Adapter,
                     prompts: Sequence[str], progress: bool = False) -> tuple[Replay, Transfer]:
     """Run the transfer saved in ``folder`` again on the same inputs, with its recorded configuration.
@@ -80,7 +71,7 @@ def replay_transfer(folder: str | Path, donor_model: ModelAccess, recipient_mode
         raise ValueError(f"the transfer in {str(folder)!r} was made from other {', '.join(differ)} than the ones "
                          "given (fingerprints differ); pass the inputs it was made from")
     again = run_transfer(donor, recipient, adapter, prompts, recorded.config, progress)
-    return Replay(recorded.choice, again.choice, edit_digest(recorded), edit_digest(again)), again
+    return Replay(recorded.choice, again.choice, recorded.edit_digest(), again.edit_digest()), again
 
 
 SOURCE_KEYS = ("donor", "recipient", "adapter", "prompts", "limit", "backend")

@@ -10,6 +10,8 @@ them (:mod:`~commandv_interp.pipeline.manifest`). :func:`load_transfer` verifies
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -17,17 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.adapters import Adapter, load_adapter, save_adapter
 from commandv_interp.adapters.linear_form import has_linear_form
 from commandv_interp.converters import Converters
-from commandv_interp.io import atomic_write, dir_mode, read_json, write_json
+from commandv_interp.io import atomic_write, dir_mode, read_json, tensors_checksum, write_json
 from commandv_interp.paste import apply_adapter, compile_paste, paste
 from commandv_interp.pipeline.candidates import Candidate
 from commandv_interp.pipeline.config import TransferConfig
 from commandv_interp.pipeline.fingerprints import Fingerprints
-from commandv_interp.pipeline.manifest import verify_manifest, write_manifest
+from commandv_interp.pipeline.manifest import file_digest, verify_manifest, write_manifest
 from commandv_interp.types import PositionRule
 from commandv_interp.version import __version__
 
@@ -119,6 +122,19 @@ class Transfer:
             return self.polished
         return compile_paste(self.adapter, self.converters, self.positions, self.alpha)
 
+    def edit_digest(self) -> str:
+        """SHA-256 (16 hex digits) of the edit this transfer applies: the polished adapter's digest, or the pasted
+        adapter's digest with the converters' tensors as saved (float32), so that a loaded transfer and the one it
+        was saved from agree."""
+        if self.polished is not None:
+            return self.polished.digest()
+        tensors = {f"{i}.{direction}.{part}": getattr(getattr(pair, direction), part).to(torch.float32)
+                   for i, pair in enumerate(self.converters.pairs) for direction in ("to_donor", "to_recipient")
+                   for part in ("left", "right", "bias") if getattr(getattr(pair, direction), part) is not None}
+        layers = json.dumps([[p.donor_layer, p.recipient_layer] for p in self.converters.pairs])
+        payload = f"{self.adapter.digest()}:{layers}:{tensors_checksum(tensors)}"
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
     def check_models(self, donor_model: ModelAccess | None, recipient_model: ModelAccess | None) -> None:
         """Refuse a donor or recipient other than the ones this transfer was made with (config hash and weights)."""
         where = f"the transfer {self.choice!r}"
@@ -168,6 +184,9 @@ class Transfer:
                 "pasted_digest": self.adapter.digest() if self.converters is not None else None,
                 "polished_digest": self.polished.digest() if self.polished is not None else None,
                 "compiled_digest": compiled.digest() if compiled is not None else None,
+                "edit_digest": self.edit_digest(),
+                "converters_sha256": (file_digest(folder / "converters.safetensors") if self.converters is not None
+                                      else None),
                 "layer_map": {str(k): v for k, v in self.layer_map.items()}, "n_candidates": len(self.candidates),
                 "flops": self.flops, "wall_s": self.wall_s, "sources": sources, "library_version": __version__}
         write_json(folder / "transfer.json", meta)
@@ -218,13 +237,20 @@ def load_transfer(folder: str | Path, recipient: ModelAccess | None = None) -> T
     adapter, converters, polished = donor_adapter, None, None
     if meta.get("paste"):
         adapter = _adapter_with_digest(folder, "adapter", meta.get("pasted_digest"))
+        if file_digest(folder / "converters.safetensors") != meta.get("converters_sha256"):
+            raise ValueError(f"{str(folder / 'converters.safetensors')!r} is not the converters this transfer chose "
+                             f"(its SHA-256 differs from transfer.json's); {FIX}")
         converters = Converters.load(folder / "converters.safetensors")
         converters.check_adapter(adapter)
     if meta.get("polished_digest") is not None:
         polished = _adapter_with_digest(folder, "polished", meta["polished_digest"])
     _check_consistent(folder, meta, converters, polished, adapter)
-    candidates = pd.read_csv(folder / "candidates.csv")
-    if len(candidates) != meta.get("n_candidates") or meta["choice"] not in set(candidates.candidate):
+    try:
+        candidates = pd.read_csv(folder / "candidates.csv")
+    except (ValueError, pd.errors.ParserError) as err:
+        raise ValueError(f"{str(folder / 'candidates.csv')!r} cannot be read ({' '.join(str(err).split())}); "
+                         f"{FIX}") from None
+    if "candidate" not in candidates.columns or len(candidates) != meta.get("n_candidates") or meta["choice"] not in set(candidates.candidate):
         raise ValueError(f"{str(folder / 'candidates.csv')!r} does not list the {meta.get('n_candidates')} "
                          f"candidates of this transfer; {FIX}")
     t = Transfer(config, fingerprints, donor_adapter, adapter, converters, adapter.positions, str(meta["choice"]),
