@@ -68,16 +68,17 @@ def run_cell(donor_name: str, recipient_name: str, behavior: str, limit: int, co
     chosen = rates_under(result.paste(), limit)
     steered = rates_under(steering.paste(), limit)
     distilled = rates_under(scratch.paste(), limit)
-    paper_rates = rates_under(cv.paste(recipient, adapter, result.fits[PAPER_EXACT], alpha=1.0), limit)
-    cands = result.candidates.drop_duplicates(["candidate", "alpha"], keep="last").reset_index(drop=True)
+    paper_rates = rates_under(cv.paste(recipient, adapter, result.considered[PAPER_EXACT].converters), limit)
+    cands = result.candidates.drop_duplicates("candidate", keep="last").reset_index(drop=True)
     base = cands[cands.stage == 2].iloc[-1]  # the paste the polish started from (as it is)
-    unpolished = rates_under(cv.paste(recipient, result.pasted[base.candidate], result.fits[base.candidate],
-                                      alpha=float(base.alpha)), limit)
+    finalist = result.considered[base.candidate]
+    unpolished = rates_under(cv.paste(recipient, finalist.edit, finalist.converters), limit)
 
     def edit_of(row):
-        if row.candidate in result.rounds:
-            return cv.apply_adapter(recipient, result.rounds[row.candidate])
-        return cv.paste(recipient, result.pasted[row.candidate], result.fits[row.candidate], alpha=float(row.alpha))
+        candidate = result.considered[row.candidate]
+        if candidate.converters is None:  # a polished round: a native recipient adapter
+            return cv.apply_adapter(recipient, candidate.edit)
+        return cv.paste(recipient, candidate.edit, candidate.converters)
 
     labeled = []
     for row in cands.itertuples():
