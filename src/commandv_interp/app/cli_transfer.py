@@ -126,12 +126,11 @@ def _replay(g: Globals, folder: Path, inputs: tuple, limit: int | None, backend:
     outcome, _ = replay_transfer(folder, _model(g, sources["donor"], sources["backend"]),
                                  _model(g, sources["recipient"], sources["backend"]), _adapter(g, sources["adapter"]),
                                  texts, progress=not g.json)
-    verdict = ("reproduced: the same choice and the same adapter digest" if outcome.reproduced else
-               "NOT reproduced: " + "; ".join(
-                   f"{what} {old!r} was recorded, the replay gives {new!r}"
-                   for what, old, new, same in (("choice", outcome.recorded_choice, outcome.choice, outcome.same_choice),
-                                                ("adapter digest", outcome.recorded_digest, outcome.digest,
-                                                 outcome.same_digest)) if not same))
+    differ = [f"{what} {old!r} was recorded, the replay gives {new!r}" for what, old, new, same in (
+        ("choice", outcome.recorded_choice, outcome.choice, outcome.same_choice),
+        ("adapter digest", outcome.recorded_digest, outcome.digest, outcome.same_digest)) if not same]
+    verdict = ("reproduced: the same choice and the same adapter digest" if outcome.reproduced
+               else "NOT reproduced: " + "; ".join(differ))
     _emit(g, {"replay": str(folder)} | outcome.to_dict(), f"replayed {folder}: {verdict}")
     if not outcome.reproduced:
         raise typer.Exit(1)

@@ -44,8 +44,8 @@ def analyze_transfer(t: Transfer, donor_model: ModelAccess, recipient_model: Mod
     fig = plotting.plot_attribution(attribution, metric="criterion", title=f"{kind}: agreement by layer subset")
     fig.axes[0].set_xlabel(f"{where}, by mode")
     files += plotting.save_figure(fig, out / "attribution")
-    captions = [("attribution.png", f"Agreement with the donor+adapter (its whole adapter) under the applied edit "
-                                    f"({kind}) restricted to some of its layers ({where}): which layers carry it.")]
+    captions = [("attribution.png", f"Agreement with the donor+adapter (its whole adapter) under the applied edit, "
+                                    f"{kind}, restricted to some of its {where}: which layers carry it.")]
     if "fidelity" in frames:
         which = "the paste the polish started from" if native else "the paste"
         fig = plotting.plot_fidelity(frames["fidelity"], ["state_cosine", "delta_cosine", "backward_cosine"],

@@ -10,5 +10,6 @@ from commandv_interp.pipeline.label_free import run_transfer, transfer
 from commandv_interp.pipeline.replay import Replay, replay_transfer
 from commandv_interp.pipeline.steering import Steering, steering_transfer
 
-__all__ = ["Candidate", "Derivation", "ProfilePair", "Steering", "Transfer", "TransferConfig", "converter_numbers",
-           "derive", "load_transfer", "profile_pair", "Replay", "replay_transfer", "run_transfer", "steering_transfer", "storage_table", "transfer"]
+__all__ = ["Candidate", "Derivation", "ProfilePair", "Replay", "Steering", "Transfer", "TransferConfig",
+           "converter_numbers", "derive", "load_transfer", "profile_pair", "replay_transfer", "run_transfer",
+           "steering_transfer", "storage_table", "transfer"]

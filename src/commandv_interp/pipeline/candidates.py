@@ -65,11 +65,11 @@ class Candidate:
     def is_paste(self) -> bool:
         return self.converters is not None
 
-    def deltas(self, recipient: ModelAccess) -> dict[int, list[DeltaFn]]:
+    def deltas(self, recipient_model: ModelAccess) -> dict[int, list[DeltaFn]]:
         """Recipient layer → the delta functions this candidate adds there (at scale 1)."""
         if self.converters is not None:
-            return pasted_deltas(recipient, self.edit, self.converters)
-        return native_deltas(recipient, self.edit)
+            return pasted_deltas(recipient_model, self.edit, self.converters)
+        return native_deltas(recipient_model, self.edit)
 
     def restricted(self, layers: Sequence[int]) -> Candidate:
         """The same candidate at ``layers`` of its edit only (donor layers of a paste, recipient layers of a native
@@ -91,16 +91,18 @@ class Candidate:
                 "paper_exact": self.paper_exact, "fit_flops": self.cost.flops, "fit_s": self.cost.seconds}
 
 
-def native_deltas(recipient: ModelAccess, adapter: Adapter) -> dict[int, list[DeltaFn]]:
+def native_deltas(recipient_model: ModelAccess, adapter: Adapter) -> dict[int, list[DeltaFn]]:
     """Recipient layer → the delta function of a native recipient adapter (placed on that layer's device)."""
-    return {layer: [placed(iv, recipient.block_device(layer)).delta] for layer, iv in adapter.interventions.items()}
+    return {layer: [placed(iv, recipient_model.block_device(layer)).delta]
+            for layer, iv in adapter.interventions.items()}
 
 
 def rank(table: pd.DataFrame) -> pd.DataFrame:
     """``table``'s rows best first by :data:`RANKING` (descending; ties keep their order). The one ranking rule of
     the label-free search.
 
-    >>> table = pd.DataFrame({"candidate": list("abcd"), "criterion": [0.5, 0.9, 0.9, 0.9], "lift": [0.6, 0.6, 0.7, 0.6]})
+    >>> table = pd.DataFrame({"candidate": list("abcd"), "criterion": [0.5, 0.9, 0.9, 0.9],
+    ...                       "lift": [0.6, 0.6, 0.7, 0.6]})
     >>> rank(table).candidate.tolist()
     ['c', 'b', 'd', 'a']
     """

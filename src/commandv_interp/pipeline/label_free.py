@@ -110,7 +110,7 @@ def run_transfer(donor_model: ModelAccess, recipient_model: ModelAccess, adapter
     prompts = check_transfer_prompts(prompts)
     setup = prepare(donor_model, recipient_model, adapter, prompts, config.scoring_fraction, config.max_new_tokens,
                     config.batch_size, config.seed, config.profile_prompts)
-    fingerprints = Fingerprints.of(setup.donor, setup.recipient, adapter, prompts)
+    fingerprints = Fingerprints.of(setup.donor_model, setup.recipient_model, adapter, prompts)
     search = CandidateSearch(setup)
     finalist = None
     if config.start == "paste":
@@ -121,7 +121,7 @@ def run_transfer(donor_model: ModelAccess, recipient_model: ModelAccess, adapter
     if config.polish_steps:
         _polish(search, finalist, config)
     return Transfer.from_search(config, fingerprints, adapter, search.best(), finalist, search.table(),
-                                search.scored, search.flops, time.perf_counter() - began, setup.recipient)
+                                search.scored, search.flops, time.perf_counter() - began, setup.recipient_model)
 
 
 def _fits(search: CandidateSearch, progress: bool, n: int) -> None:
@@ -161,7 +161,7 @@ def _polish(search: CandidateSearch, finalist: Candidate | None, config: Transfe
     than nothing). Each round is a stage-3 candidate scored on all scoring prompts; rounds stop early only when one
     reproduces every answer."""
     setup = search.setup
-    donor, recipient, adapter = setup.donor, setup.recipient, setup.adapter
+    donor, recipient, adapter = setup.donor_model, setup.recipient_model, setup.adapter
     if finalist is not None and not polishable(adapter):
         warnings.warn(f"the adapter acts at positions={adapter.positions!r} or has a kind without a linear form: "
                       "the paste is kept as it is (polish_steps needs a last-token adapter of a linear kind)",
@@ -173,7 +173,8 @@ def _polish(search: CandidateSearch, finalist: Candidate | None, config: Transfe
         answers = greedy_responses(donor, setup.fitting, config.max_new_tokens, setup.batch_size, whole_words=True)
     search.flops += generation_flops(donor, setup.fitting, config.max_new_tokens)
     layers = sorted(set(setup.layer_maps["depth"].restrict(adapter.layers).as_dict().values()))
-    starts = [Candidate("scratch", 3, "scratch", "depth", fresh_adapter(recipient, layers, _rank(adapter), config.seed))]
+    fresh = fresh_adapter(recipient, layers, _rank(adapter), config.seed)
+    starts = [Candidate("scratch", 3, "scratch", "depth", fresh)]
     if finalist is not None:
         native = compile_paste(finalist.edit, finalist.converters, "last", 1.0)
         starts.insert(0, Candidate(finalist.name, 3, finalist.method, finalist.match, native))

@@ -75,14 +75,14 @@ class Transfer:
     polished: Adapter | None = field(default=None, repr=False)
     flops: float = 0.0
     wall_s: float = 0.0
-    recipient: ModelAccess | None = field(default=None, repr=False)
+    recipient_model: ModelAccess | None = field(default=None, repr=False)
     considered: dict[str, Candidate] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_search(cls, config: TransferConfig, fingerprints: Fingerprints, donor_adapter: Adapter,
                     chosen: Candidate, finalist: Candidate | None, candidates: pd.DataFrame,
                     considered: dict[str, Candidate], flops: float, wall_s: float,
-                    recipient: ModelAccess) -> Transfer:
+                    recipient_model: ModelAccess) -> Transfer:
         """The transfer of ``chosen``: a paste (``finalist`` itself), its polish (a native adapter started from
         ``finalist``), or a fresh adapter's polish (no paste: ``finalist`` is then ignored)."""
         if chosen.is_paste:
@@ -93,7 +93,7 @@ class Transfer:
         adapter = paste_of.edit if paste_of is not None else donor_adapter
         converters = paste_of.converters if paste_of is not None else None
         return cls(config, fingerprints, donor_adapter, adapter, converters, donor_adapter.positions, chosen.name,
-                   candidates, polished, flops, wall_s, recipient, dict(considered))
+                   candidates, polished, flops, wall_s, recipient_model, dict(considered))
 
     @property
     def alpha(self) -> float:
@@ -105,10 +105,10 @@ class Transfer:
         """Donor layer → recipient layer of the paste (``{}`` for the distillation baseline, which has none)."""
         return self.converters.layer_map() if self.converters is not None else {}
 
-    def paste(self, recipient: ModelAccess | None = None):
+    def paste(self, recipient_model: ModelAccess | None = None):
         """The chosen edit as a context manager: the polished native adapter, or
-        ``cv.paste(recipient, adapter, converters, positions)``."""
-        target = recipient if recipient is not None else self.recipient
+        ``cv.paste(recipient_model, adapter, converters, positions)``."""
+        target = recipient_model if recipient_model is not None else self.recipient_model
         if target is None:
             raise ValueError("this Transfer was loaded from disk and holds no recipient: pass paste(recipient)")
         if self.polished is not None:
@@ -214,11 +214,11 @@ def _swap_into(staging: Path, folder: Path) -> None:
         shutil.rmtree(old)
 
 
-def load_transfer(folder: str | Path, recipient: ModelAccess | None = None) -> Transfer:
+def load_transfer(folder: str | Path, recipient_model: ModelAccess | None = None) -> Transfer:
     """Read a folder written by :meth:`Transfer.save`, verified as a whole: the manifest's digest of every file
     (nothing missing, added, edited, swapped or truncated), then the consistency of what ``transfer.json`` says
-    with the artifacts; with ``recipient``, that it is the recipient the transfer was made with (config and weights).
-    Each refusal is a ``ValueError`` naming the part."""
+    with the artifacts; with ``recipient_model``, that it is the recipient the transfer was made with (config and
+    weights). Each refusal is a ``ValueError`` naming the part."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{str(folder)!r} is not a folder; pass a folder written by commandv transfer")
@@ -250,13 +250,14 @@ def load_transfer(folder: str | Path, recipient: ModelAccess | None = None) -> T
     except (ValueError, pd.errors.ParserError) as err:
         raise ValueError(f"{str(folder / 'candidates.csv')!r} cannot be read ({' '.join(str(err).split())}); "
                          f"{FIX}") from None
-    if "candidate" not in candidates.columns or len(candidates) != meta.get("n_candidates") or meta["choice"] not in set(candidates.candidate):
+    if ("candidate" not in candidates.columns or len(candidates) != meta.get("n_candidates")
+            or meta["choice"] not in set(candidates.candidate)):
         raise ValueError(f"{str(folder / 'candidates.csv')!r} does not list the {meta.get('n_candidates')} "
                          f"candidates of this transfer; {FIX}")
     t = Transfer(config, fingerprints, donor_adapter, adapter, converters, adapter.positions, str(meta["choice"]),
                  candidates, polished, float(meta["flops"]), float(meta["wall_s"]))
-    if recipient is not None:
-        access = open_model(recipient)
+    if recipient_model is not None:
+        access = open_model(recipient_model)
         t.check_models(None, access)
         t = Transfer(config, fingerprints, donor_adapter, adapter, converters, adapter.positions, t.choice,
                      candidates, polished, t.flops, t.wall_s, access)

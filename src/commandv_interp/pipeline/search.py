@@ -55,8 +55,8 @@ class SearchSetup:
         flops: the FLOPs spent so far (targets, onsets, profiles).
     """
 
-    donor: ModelAccess
-    recipient: ModelAccess
+    donor_model: ModelAccess
+    recipient_model: ModelAccess
     adapter: Adapter
     fitting: list[str]
     scoring: list[str]
@@ -138,7 +138,7 @@ class CandidateSearch:
     def __post_init__(self) -> None:
         self.flops = self.setup.flops
         texts = [p + " " + r for p, r in zip(self.setup.targets.prompts, self.setup.targets.target)]
-        self._per_prompt_flops = forward_flops(self.setup.recipient, texts) / max(len(texts), 1)
+        self._per_prompt_flops = forward_flops(self.setup.recipient_model, texts) / max(len(texts), 1)
         self.rows.append(self._row({"candidate": REFERENCE, "stage": 0, "method": "none", "match": "none",
                                     "layers": "", "polish_steps": 0, "paper_exact": False, "fit_flops": 0.0,
                                     "fit_s": 0.0}, None, self.n_scoring))
@@ -172,8 +172,8 @@ class CandidateSearch:
         seen = set(done)
         todo = [i for i in range(n) if i not in seen]
         if todo:
-            deltas = candidate.deltas(self.setup.recipient) if candidate is not None else None
-            new = score_responses(self.setup.recipient, self.setup.targets, deltas, 1.0, self.setup.batch_size,
+            deltas = candidate.deltas(self.setup.recipient_model) if candidate is not None else None
+            new = score_responses(self.setup.recipient_model, self.setup.targets, deltas, 1.0, self.setup.batch_size,
                                   foil=False, rows=todo)
             self.flops += self._per_prompt_flops * len(todo)
             if have is not None:

@@ -124,5 +124,5 @@ def steering_transfer(
     table.insert(1, "alpha", [0.0] + list(SCALES))
     best = dict(zip(table.candidate, table.alpha))[search.best().name]
     return Steering(vectors, float(best), adapter.positions, table, search.flops,
-                    time.perf_counter() - start, setup.recipient)
+                    time.perf_counter() - start, setup.recipient_model)
 
