@@ -16,7 +16,7 @@ import commandv_interp as cv
 from commandv_interp.pipeline import TransferConfig, load_transfer
 from commandv_interp.pipeline.agreement import donor_targets, score_responses, summarize
 from commandv_interp.pipeline.applied import applied_edit, edit_attribution, edit_label
-from commandv_interp.pipeline.manifest import write_manifest
+from commandv_interp.io import write_manifest
 from commandv_interp.pipeline.replay import replay_transfer
 from commandv_interp.prompts import prompts_fingerprint
 
@@ -80,7 +80,8 @@ def _edit_json(path, **changes):
 def _reseal(folder):
     """Recompute the manifest, as someone editing the folder on purpose would."""
     (folder / "manifest.json").unlink()
-    write_manifest(folder, "commandv.transfer", json.loads((folder / "transfer.json").read_text())["config"])
+    write_manifest(folder, {"kind": "commandv.transfer",
+                            "config": json.loads((folder / "transfer.json").read_text())["config"]})
 
 
 def _truncate(path):
@@ -109,15 +110,14 @@ TAMPERS = {  # name: (edit of the folder, what the one-line refusal names)
     "edited positions": (lambda f, o: _edit_json(f / "transfer.json", positions="all"), r"transfer\.json' was edited"),
     "polished_digest null": (lambda f, o: _edit_json(f / "transfer.json", polished_digest=None),
                              r"transfer\.json' was edited"),
-    "converters from another transfer": (_other_converters, r"converters\.safetensors' was edited, swapped"),
+    "converters from another transfer": (_other_converters, r"converters\.safetensors' was edited, truncated"),
     "truncated candidates.csv": (lambda f, o: _truncate(f / "candidates.csv"), r"candidates\.csv' was edited"),
     "truncated polished weights": (lambda f, o: _truncate(next((f / "polished").glob("*.bin"))),
-                                   r"polished/.*was edited, swapped or truncated"),
-    "swapped adapters": (lambda f, o: _swap(f / "donor_adapter", f / "polished"), r"was edited, swapped"),
-    "missing part": (lambda f, o: shutil.rmtree(f / "donor_adapter"), r"donor_adapter/.*is missing"),
-    "added file": (lambda f, o: (f / "notes.txt").write_text("x"), r"notes\.txt' is not part of this"),
+                                   r"polished/.*was edited, truncated or swapped"),
+    "swapped adapters": (lambda f, o: _swap(f / "donor_adapter", f / "polished"), r"was edited, truncated or swapped"),
+    "missing part": (lambda f, o: shutil.rmtree(f / "donor_adapter"), r"donor_adapter/.*is missing from"),
     "manifest deleted": (lambda f, o: (f / "manifest.json").unlink(), r"has no manifest\.json"),
-    "manifest checksum deleted": (lambda f, o: _without_checksum(f), r"lacks its checksum \(it is mandatory\)"),
+    "manifest checksum deleted": (lambda f, o: _without_checksum(f), r"has no checksum"),
     "manifest edited": (lambda f, o: _edit_json(f / "manifest.json", config={}), r"manifest\.json' was edited"),
     "alpha 50, resealed": (lambda f, o: (_edit_json(f / "transfer.json", alpha=50.0), _reseal(f)), r"alpha is 50"),
     "positions, resealed": (lambda f, o: (_edit_json(f / "transfer.json", positions="all"), _reseal(f)),

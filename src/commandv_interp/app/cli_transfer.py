@@ -13,6 +13,8 @@ from commandv_interp.app.cli import (BackendOpt, DebugOpt, Globals, JsonOpt, Pro
 
 __all__: list[str] = []
 
+_ANSWER_TOKENS = 8  # the donor answers' length in cv.transfer and the attribution (their max_new_tokens default)
+
 
 @_command(app, "transfer")
 def transfer_cmd(
@@ -58,7 +60,7 @@ def transfer_cmd(
         return
     if any(x is None for x in inputs) or out is None:
         raise ValueError("transfer needs DONOR RECIPIENT ADAPTER_FOLDER PROMPTS and --out FOLDER (or --replay FOLDER)")
-    _out_folder(out, adapter, prompts)
+    _out_folder(out, *inputs, command="transfer", zoo_root=g.zoo_root)
     from commandv_interp.pipeline.config import STARTS, TransferConfig
     from commandv_interp.pipeline.search import check_transfer_prompts
     from commandv_interp.types import check_choice
@@ -82,10 +84,13 @@ def _run_transfer(g: Globals, out: Path, sources: dict, texts: list[str], polish
     from commandv_interp.pipeline.applied import edit_label
     from commandv_interp.pipeline.candidates import rank
 
+    from commandv_interp.access.limits import check_models_fit
+
     backend = sources["backend"]
-    result = cv.transfer(_model(g, sources["donor"], backend), _model(g, sources["recipient"], backend),
-                         _adapter(g, sources["adapter"]), texts, polish_steps=polish_steps, start=start,
-                         progress=not g.json)
+    donor_adapter = _adapter(g, sources["adapter"])
+    models = _model(g, sources["donor"], backend), _model(g, sources["recipient"], backend)
+    check_models_fit(models, texts, new_tokens=_ANSWER_TOKENS)  # prompt + the donor's answer, before any work
+    result = cv.transfer(*models, donor_adapter, texts, polish_steps=polish_steps, start=start, progress=not g.json)
     scored = result.candidates
     best = rank(scored[scored.n_scoring == scored.n_scoring.max()]).head(8)
     kind = edit_label(result)
@@ -151,7 +156,7 @@ def sweep_cmd(
     from commandv_interp.app.sweep import run_zoo_study
 
     g = Globals(json_output, debug, world=world)
-    _out_folder(out, study)
+    _out_folder(out, study, command="sweep")
     table = run_zoo_study(study, out, progress=not g.json, world=g.world)
     cells = table.drop(columns=["metric", "value", "ci_low", "ci_high", "n"]).drop_duplicates()
     _emit(g, {"out": str(out), "cells": len(cells), "rows": len(table)},
@@ -181,7 +186,11 @@ def analyze_cmd(
     from commandv_interp.pipeline import load_transfer
 
     g = Globals(json_output, debug, zoo_root, world)
-    _out_folder(out, transfer_folder, prompts)
+    _out_folder(out, transfer_folder, donor_name, recipient_name, prompts, command="analyze", zoo_root=g.zoo_root)
     chosen, texts = load_transfer(transfer_folder), _prompts(g, prompts)[:limit]  # before loading the models
-    files = analyze_transfer(chosen, _model(g, donor_name, backend), _model(g, recipient_name, backend), texts, out)
+    from commandv_interp.access.limits import check_models_fit
+
+    models = _model(g, donor_name, backend), _model(g, recipient_name, backend)
+    check_models_fit(models, texts, new_tokens=_ANSWER_TOKENS)  # prompt + the donor's answer, before any work
+    files = analyze_transfer(chosen, *models, texts, out)
     _emit(g, {"out": str(out), "files": [str(f) for f in files]}, f"wrote {out / 'report.md'} and {len(files)} files")

@@ -11,6 +11,7 @@ for a paste and recipient layers for a native adapter.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import pandas as pd
@@ -37,7 +38,8 @@ def applied_edit(t: Transfer) -> Candidate:
 
 def polish_steps(t: Transfer) -> int:
     """Distillation steps behind the applied edit (0 for a paste as it is)."""
-    return int(t.choice.rsplit("+polish/", 1)[1]) if "+polish/" in t.choice else 0
+    found = re.search(r"\+polish/(\d+)", t.choice)
+    return int(found.group(1)) if found else 0
 
 
 def edit_label(t: Transfer) -> str:

@@ -48,6 +48,7 @@ class Candidate:
         converters: the donor → recipient converters of a paste; None for a native recipient adapter.
         cost: what its own fit (or polish round) cost.
         polish_steps: distillation steps behind a native adapter (0 for a paste).
+        polish_lr: the learning rate of those steps (None for a paste and a start).
         paper_exact: the paper's configuration (pinv converters by relative depth), listed for reference only.
     """
 
@@ -60,6 +61,7 @@ class Candidate:
     cost: Cost = Cost()
     polish_steps: int = 0
     paper_exact: bool = False
+    polish_lr: float | None = None
 
     @property
     def is_paste(self) -> bool:
@@ -88,6 +90,7 @@ class Candidate:
         """Its columns in the candidates table."""
         return {"candidate": self.name, "stage": self.stage, "method": self.method, "match": self.match,
                 "layers": "+".join(map(str, self.edit.layers)), "polish_steps": self.polish_steps,
+                "polish_lr": self.polish_lr,
                 "paper_exact": self.paper_exact, "fit_flops": self.cost.flops, "fit_s": self.cost.seconds}
 
 

@@ -1,41 +1,22 @@
 """Stage 6 (pipeline): consumes the models, adapter and prompts of a transfer, produces their :class:`Fingerprints`:
 what a saved transfer was made from, checked again when it is loaded with a model, analyzed or replayed.
 
-A model's fingerprint is its config hash and a digest of its weights. The weights digest reads a strided sample of
-at most ``SAMPLE`` values of every parameter tensor (cheap on any model size) and ignores parameter names and order,
-so the same weights opened through nnsight or TransformerLens agree, and the same architecture with shuffled or
-fine-tuned weights does not.
+A model's fingerprint is its config hash and the digest of its weights of
+:func:`~commandv_interp.access.fingerprint.weights_digest` (signs of sampled embedding and first-block weights: the
+same on both backends and in any float dtype; shuffled or re-trained weights differ).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
-
 from commandv_interp.access import ModelAccess, open_model
+from commandv_interp.access.fingerprint import weights_digest
 from commandv_interp.adapters import Adapter
 from commandv_interp.prompts import prompts_fingerprint
 
-__all__ = ["Fingerprints", "ModelFingerprint", "weights_digest", "SAMPLE"]
-
-SAMPLE = 4096  # values read per parameter tensor (evenly strided): a digest in milliseconds even for 7B models
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """SHA-256 (16 hex digits) over every parameter's shape, dtype and a strided sample of its values; the
-    per-tensor digests are sorted, so names and order do not matter."""
-    parts = []
-    with torch.no_grad():
-        for p in module.parameters():
-            flat = p.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // SAMPLE)][:SAMPLE].to("cpu", torch.float32).contiguous()
-            h = hashlib.sha256(f"{list(p.shape)}:{p.dtype}".encode())
-            h.update(sample.numpy().tobytes())
-            parts.append(h.hexdigest())
-    return hashlib.sha256("".join(sorted(parts)).encode()).hexdigest()[:16]
+__all__ = ["Fingerprints", "ModelFingerprint"]
 
 
 @dataclass(frozen=True)
@@ -44,17 +25,17 @@ class ModelFingerprint:
 
     name: str
     config_hash: str
-    weights: str
+    weights: str | None  # None: the weights were not in memory (offloaded) when it was taken; not compared
 
     @property
-    def identity(self) -> tuple[str, str]:
+    def identity(self) -> tuple[str, str | None]:
         """What makes two models the same: the config hash and the weights digest (not the name)."""
         return self.config_hash, self.weights
 
     @classmethod
     def of(cls, model: ModelAccess) -> ModelFingerprint:
         access = open_model(model)
-        return cls(str(access.name), access.config_hash, weights_digest(access.torch_module))
+        return cls(str(access.name), access.config_hash, weights_digest(access))
 
     def check(self, model: ModelAccess, role: str, where: str) -> None:
         """Refuse ``model`` unless it has this config hash and these weights, naming ``role`` and ``where``."""
@@ -63,7 +44,7 @@ class ModelFingerprint:
             raise ValueError(f"{where} was made with {role} {self.name!r} (config hash {self.config_hash!r}), but the "
                              f"{role} given, {got.name!r}, has config hash {got.config_hash!r}; pass the {role} it "
                              "was made with")
-        if got.weights != self.weights:
+        if None not in (got.weights, self.weights) and got.weights != self.weights:
             raise ValueError(f"{where} was made with {role} {self.name!r} whose weights digest is {self.weights!r}, "
                              f"but the {role} given, {got.name!r}, has weights digest {got.weights!r} (another "
                              f"checkpoint, fine-tune or dtype); pass the {role} it was made with")

@@ -14,11 +14,12 @@ everything it considered, the configuration it ran with and the fingerprints of 
    the best of them restricted to each of the adapter's layers alone and to all but one (a layer whose pasted delta
    garbles the recipient's answers is left out);
 2. :func:`_finalist`: the best stage-1 paste scored on all the scoring prompts;
-3. :func:`_polish` (:mod:`~commandv_interp.pipeline.polish`): the finalist compiled to a native recipient adapter
-   is trained, in rounds of a few steps, to reproduce the donor+adapter's answers on the fitting prompts
-   (distillation from the donor itself: no labels), each round scored on all the scoring prompts (skipped when the
-   finalist already reproduces every scoring answer; stopped early when a round does). The first round also trains
-   a fresh adapter at the depth-matched layers, and the start that scores higher goes on;
+3. :func:`_polish` (:mod:`~commandv_interp.pipeline.polish`, :mod:`~commandv_interp.pipeline.polish_race`): the
+   finalist compiled to a native recipient adapter, and beside it a fresh adapter at the depth-matched layers, are
+   trained in rounds to reproduce the donor+adapter's answers on the fitting prompts (distillation from the donor
+   itself: no labels); both try the same learning rates, the best held-out trial goes on while the criterion
+   improves, within a FLOPs budget; each round is a candidate scored on all the scoring prompts (skipped when the
+   finalist already reproduces every scoring answer);
 4. :meth:`~commandv_interp.pipeline.result.Transfer.from_search`: the best candidate scored on all the scoring
    prompts, by the one ranking rule :func:`~commandv_interp.pipeline.candidates.rank`.
 
@@ -34,25 +35,22 @@ import time
 import warnings
 from collections.abc import Sequence
 
-import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from commandv_interp.access import ModelAccess
 from commandv_interp.adapters import Adapter
-from commandv_interp.adapters.edits import adapter_edits
 from commandv_interp.adapters.layer_subsets import proper_subsets
 from commandv_interp.adapters.linear_form import has_linear_form
 from commandv_interp.converters import fit_converters
 from commandv_interp.paste import compile_paste
-from commandv_interp.pipeline.agreement import greedy_responses
-from commandv_interp.pipeline.candidates import Candidate, Cost, native_deltas, rank
+from commandv_interp.pipeline.candidates import Candidate, Cost, native_deltas
 from commandv_interp.pipeline.config import STARTS, TransferConfig
 from commandv_interp.pipeline.fingerprints import Fingerprints
-from commandv_interp.pipeline.polish import POLISH_STEPS, Distillation, fresh_adapter
+from commandv_interp.pipeline.polish import (POLISH_BUDGET, POLISH_STEPS, Distillation, finetune_flops_estimate,
+                                             fresh_adapter)
+from commandv_interp.pipeline.polish_race import PolishPlan, race
 from commandv_interp.pipeline.result import Transfer
-from commandv_interp.pipeline.search import (MIN_PROMPTS, CandidateSearch, check_transfer_prompts,
-                                             generation_flops, prepare)
+from commandv_interp.pipeline.search import MIN_PROMPTS, CandidateSearch, check_transfer_prompts, prepare
 
 __all__ = ["transfer", "run_transfer", "check_transfer_prompts", "polishable", "native_deltas", "MIN_PROMPTS",
            "PAPER_EXACT", "STARTS"]
@@ -74,6 +72,7 @@ def transfer(
     seed: int = 0,
     polish_steps: int = POLISH_STEPS,
     start: str = "paste",  # a Start; checked by TransferConfig with a clear message
+    polish_budget: float = POLISH_BUDGET,
     progress: bool = True,
 ) -> Transfer:
     """Derive a working edit of ``adapter`` for the recipient without behavior labels (see the module doc).
@@ -82,7 +81,7 @@ def transfer(
         donor_model, recipient_model: the two models (``ModelAccess`` or anything ``open_model`` accepts).
         adapter: the donor's ReFT adapter (linear-source kinds for the adapter-aware candidates).
         prompts: unlabeled prompts of the adapter's task (e.g. its training inputs), at least 16.
-        scoring_fraction, max_new_tokens, batch_size, seed, polish_steps, start: the settings, as
+        scoring_fraction, max_new_tokens, batch_size, seed, polish_steps, start, polish_budget: the settings, as
             :class:`~commandv_interp.pipeline.config.TransferConfig` documents them.
         progress: show a progress bar over the candidates.
 
@@ -96,7 +95,7 @@ def transfer(
         ...     recipient.generate(recipient.encode(new_prompts))
     """
     config = TransferConfig(scoring_fraction=scoring_fraction, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                            seed=seed, polish_steps=polish_steps, start=start)
+                            seed=seed, polish_steps=polish_steps, start=start, polish_budget=polish_budget)
     return run_transfer(donor_model, recipient_model, adapter, prompts, config, progress)
 
 
@@ -156,12 +155,12 @@ def _finalist(search: CandidateSearch, n: int) -> Candidate:
 
 def _polish(search: CandidateSearch, finalist: Candidate | None, config: TransferConfig) -> None:
     """Stage 3: distill the donor+adapter's answers on the fitting prompts into the finalist (compiled to a native
-    recipient adapter) and, in a first round run beside it, into a fresh adapter at the depth-matched layers; the
-    start whose first round ranks higher goes on (a paste that pushes the recipient far off can be slower to correct
-    than nothing). Each round is a stage-3 candidate scored on all scoring prompts; rounds stop early only when one
-    reproduces every answer."""
+    recipient adapter) and, beside it, into a fresh adapter at the depth-matched layers
+    (:func:`~commandv_interp.pipeline.polish_race.race`): both starts try the same learning rates in a first round,
+    the best held-out trial goes on while the criterion improves, all within ``config.polish_budget`` × the estimated
+    finetune's FLOPs. Every round is a stage-3 candidate scored on all scoring prompts."""
     setup = search.setup
-    donor, recipient, adapter = setup.donor_model, setup.recipient_model, setup.adapter
+    recipient, adapter = setup.recipient_model, setup.adapter
     if finalist is not None and not polishable(adapter):
         warnings.warn(f"the adapter acts at positions={adapter.positions!r} or has a kind without a linear form: "
                       "the paste is kept as it is (polish_steps needs a last-token adapter of a linear kind)",
@@ -169,32 +168,28 @@ def _polish(search: CandidateSearch, finalist: Candidate | None, config: Transfe
         return
     if finalist is not None and search.row(finalist)["criterion"] >= 1.0:  # it reproduces every answer already
         return
-    with torch.no_grad(), donor.edited(adapter_edits(donor, adapter)):
-        answers = greedy_responses(donor, setup.fitting, config.max_new_tokens, setup.batch_size, whole_words=True)
-    search.flops += generation_flops(donor, setup.fitting, config.max_new_tokens)
+    answers, changed = list(setup.fitting_answers), list(setup.fitting_changed)
     layers = sorted(set(setup.layer_maps["depth"].restrict(adapter.layers).as_dict().values()))
     fresh = fresh_adapter(recipient, layers, _rank(adapter), config.seed)
-    starts = [Candidate("scratch", 3, "scratch", "depth", fresh)]
+    starts = {"scratch": Candidate("scratch", 3, "scratch", "depth", fresh)}
     if finalist is not None:
         native = compile_paste(finalist.edit, finalist.converters, "last", 1.0)
-        starts.insert(0, Candidate(finalist.name, 3, finalist.method, finalist.match, native))
-    trainers = {s.name: Distillation(recipient, s.edit, setup.fitting, answers, batch_size=config.polish_batch,
-                                     lr=config.polish_lr, seed=config.seed) for s in starts}
+        starts = {finalist.name: Candidate(finalist.name, 3, finalist.method, finalist.match, native)} | starts
+    budget_flops = config.polish_budget * finetune_flops_estimate(recipient, setup.fitting, answers)
+    plan = PolishPlan(budget_flops, search.score_cost(), config.polish_steps, config.polish_lrs, config.polish_round,
+                      config.polish_patience)
 
-    def one_round(begin: Candidate) -> dict:
-        trainer = trainers[begin.name]
-        t0, flops0 = time.perf_counter(), trainer.flops
-        trainer.run(min(config.polish_round, config.polish_steps - trainer.steps))
-        search.flops += trainer.flops - flops0
-        return search.score(Candidate(f"{begin.name}+polish/{trainer.steps}", 3, begin.method, begin.match,
-                                      trainer.adapter(), None, Cost(trainer.flops - flops0, time.perf_counter() - t0),
-                                      trainer.steps))
+    def trainer(start: Adapter, lr: float) -> Distillation:
+        return Distillation(recipient, start, setup.fitting, answers, changed, config.polish_batch, lr, config.seed)
 
-    first = pd.DataFrame([one_round(s) for s in starts])
-    lead = int(rank(first).index[0])  # ties: the paste (listed first)
-    begin, row = starts[lead], first.loc[lead].to_dict()
-    while trainers[begin.name].steps < config.polish_steps and row["criterion"] < 1.0:
-        row = one_round(begin)
+    def score(start: str, name: str, polished: Adapter, extra: dict) -> dict:
+        begin = starts[start]
+        return search.score(Candidate(name, 3, begin.method, begin.match, polished, None,
+                                      Cost(extra["fit_flops"], extra["fit_s"]), extra["polish_steps"],
+                                      polish_lr=extra["polish_lr"]))
+
+    outcome = race({name: c.edit for name, c in starts.items()}, trainer, score, plan)
+    search.flops += outcome.train_flops  # the scoring is counted by the search itself
 
 
 def polishable(adapter: Adapter) -> bool:

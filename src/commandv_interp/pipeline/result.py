@@ -5,7 +5,8 @@ A transfer folder holds ``transfer.json`` (choice, configuration, fingerprints, 
 donor's whole adapter), ``adapter/`` and ``converters.safetensors`` (the paste, when the choice is one: the adapter
 is the subset of the donor's layers pasted), ``polished/`` (when the choice is polished), ``compiled/`` (the chosen
 edit as a native recipient adapter), ``candidates.csv``, an optional ``report.md``, and ``manifest.json`` over all of
-them (:mod:`~commandv_interp.pipeline.manifest`). :func:`load_transfer` verifies the folder as a whole.
+them with their SHA-256 and the configuration (:func:`~commandv_interp.io.write_manifest`). :func:`load_transfer`
+verifies the folder as a whole.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.adapters import Adapter, load_adapter, save_adapter
 from commandv_interp.adapters.linear_form import has_linear_form
 from commandv_interp.converters import Converters
-from commandv_interp.io import atomic_write, dir_mode, read_json, tensors_checksum, write_json
+from commandv_interp.io import (atomic_write, dir_mode, file_digest, read_json, tensors_checksum, verify_manifest,
+                               write_json, write_manifest)
 from commandv_interp.paste import apply_adapter, compile_paste, paste
 from commandv_interp.pipeline.candidates import Candidate
 from commandv_interp.pipeline.config import TransferConfig
 from commandv_interp.pipeline.fingerprints import Fingerprints
-from commandv_interp.pipeline.manifest import file_digest, verify_manifest, write_manifest
 from commandv_interp.types import PositionRule
 from commandv_interp.version import __version__
 
@@ -190,7 +191,7 @@ class Transfer:
                 "layer_map": {str(k): v for k, v in self.layer_map.items()}, "n_candidates": len(self.candidates),
                 "flops": self.flops, "wall_s": self.wall_s, "sources": sources, "library_version": __version__}
         write_json(folder / "transfer.json", meta)
-        write_manifest(folder, KIND, self.config.to_dict())
+        write_manifest(folder, {"kind": KIND, "config": self.config.to_dict()})
 
 
 def _check_writable(folder: Path) -> None:
@@ -224,13 +225,18 @@ def load_transfer(folder: str | Path, recipient_model: ModelAccess | None = None
         raise ValueError(f"{str(folder)!r} is not a folder; pass a folder written by commandv transfer")
     if not (folder / "transfer.json").is_file():
         raise ValueError(f"{str(folder)!r} is not a commandv transfer folder (no transfer.json)")
-    manifest = verify_manifest(folder, KIND, FIX)
+    try:
+        manifest = verify_manifest(folder)
+    except FileNotFoundError as err:  # a missing part is a broken folder, refused like an edited one
+        raise ValueError(f"{err}; {FIX}") from None
+    except ValueError as err:
+        raise ValueError(f"{err}; {FIX}") from None
     meta = read_json(folder / "transfer.json")
     if not isinstance(meta, dict) or meta.get("kind") != KIND:
         raise ValueError(f"{str(folder)!r} is not a commandv transfer folder (transfer.json kind "
                          f"{meta.get('kind') if isinstance(meta, dict) else meta!r})")
     config = TransferConfig.from_dict(meta.get("config"))
-    if manifest["config"] != config.to_dict():
+    if manifest != {"kind": KIND, "config": config.to_dict()}:
         raise ValueError(f"{str(folder / 'transfer.json')!r}: its configuration differs from the manifest's; {FIX}")
     fingerprints = Fingerprints.from_dict(meta.get("fingerprints") or {})
     donor_adapter = _adapter_with_digest(folder, "donor_adapter", fingerprints.donor_adapter)
