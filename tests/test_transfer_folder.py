@@ -185,7 +185,8 @@ def test_replay_reproduces_the_choice_and_the_digest(pair, other_recipient, anot
     assert outcome.reproduced and again.config == load_transfer(another).config
     scratch = cv.transfer(donor, recipient, adapter, prompts, start="scratch", polish_steps=4, progress=False)
     outcome, _ = replay_transfer(scratch.save(tmp_path / "s"), donor, recipient, adapter, prompts)
-    assert outcome.reproduced and outcome.choice == "scratch+polish/4" and outcome.digest == scratch.polished.digest()
+    assert outcome.reproduced and outcome.choice.startswith("scratch+polish/4/lr=")
+    assert outcome.digest == scratch.polished.digest()
     outcome, again = replay_transfer(saved, donor, recipient, adapter, PROMPTS)  # its polished choice was planted
     assert not outcome.same_choice and not outcome.same_digest and outcome.choice == again.choice
     with pytest.raises(ValueError, match="other prompts"):
@@ -194,10 +195,12 @@ def test_replay_reproduces_the_choice_and_the_digest(pair, other_recipient, anot
         replay_transfer(another, donor, other_recipient, adapter, prompts)
 
 
-def _scoring_prompts(prompts, config):
-    """The held-out scoring split of ``prepare`` (a seeded permutation; the first quarter)."""
-    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(config.seed)).tolist()
-    return [prompts[i] for i in order[: max(4, round(len(prompts) * config.scoring_fraction))]]
+def _scoring_prompts(pair, prompts, config):
+    """The transfer's own held-out scoring prompts (its split, made again by ``prepare``)."""
+    from commandv_interp.pipeline.search import prepare
+
+    return prepare(*pair, prompts, config.scoring_fraction, config.max_new_tokens, config.batch_size, config.seed,
+                   config.profile_prompts).scoring
 
 
 def test_the_analysis_scores_the_applied_polished_edit_as_the_search_did(pair, saved):
@@ -207,7 +210,7 @@ def test_the_analysis_scores_the_applied_polished_edit_as_the_search_did(pair, s
     t = load_transfer(saved, recipient)
     assert applied_edit(t).edit.digest() == t.polished.digest() and not applied_edit(t).is_paste
     assert edit_label(t) == "Command-V paste + 4 distillation steps"
-    frame = edit_attribution(t, donor, recipient, _scoring_prompts(PROMPTS, t.config))
+    frame = edit_attribution(t, donor, recipient, _scoring_prompts(pair, PROMPTS, t.config))
     got = frame[(frame.condition == "all") & (frame.metric == "criterion")].value.item()
     row = t.candidates[(t.candidates.candidate == t.choice) & (t.candidates.n_scoring == t.candidates.n_scoring.max())]
     assert got == pytest.approx(float(row.criterion.iloc[-1]), abs=1e-9)
