@@ -251,6 +251,19 @@ def load_transfer(folder: str | Path, recipient_model: ModelAccess | None = None
     if meta.get("polished_digest") is not None:
         polished = _adapter_with_digest(folder, "polished", meta["polished_digest"])
     _check_consistent(folder, meta, converters, polished, adapter)
+    candidates = _read_candidates(folder, meta)
+    t = Transfer(config, fingerprints, donor_adapter, adapter, converters, adapter.positions, str(meta["choice"]),
+                 candidates, polished, float(meta["flops"]), float(meta["wall_s"]))
+    if recipient_model is not None:
+        access = open_model(recipient_model)
+        t.check_models(None, access)
+        t = Transfer(config, fingerprints, donor_adapter, adapter, converters, adapter.positions, t.choice,
+                     candidates, polished, t.flops, t.wall_s, access)
+    return t
+
+
+def _read_candidates(folder: Path, meta: dict) -> pd.DataFrame:
+    """``candidates.csv``, refused unless it lists the recorded number of candidates and the choice among them."""
     try:
         candidates = pd.read_csv(folder / "candidates.csv")
     except (ValueError, pd.errors.ParserError) as err:
@@ -260,14 +273,7 @@ def load_transfer(folder: str | Path, recipient_model: ModelAccess | None = None
             or meta["choice"] not in set(candidates.candidate)):
         raise ValueError(f"{str(folder / 'candidates.csv')!r} does not list the {meta.get('n_candidates')} "
                          f"candidates of this transfer; {FIX}")
-    t = Transfer(config, fingerprints, donor_adapter, adapter, converters, adapter.positions, str(meta["choice"]),
-                 candidates, polished, float(meta["flops"]), float(meta["wall_s"]))
-    if recipient_model is not None:
-        access = open_model(recipient_model)
-        t.check_models(None, access)
-        t = Transfer(config, fingerprints, donor_adapter, adapter, converters, adapter.positions, t.choice,
-                     candidates, polished, t.flops, t.wall_s, access)
-    return t
+    return candidates
 
 
 def _adapter_with_digest(folder: Path, name: str, digest: object) -> Adapter:
