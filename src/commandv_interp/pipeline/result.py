@@ -41,7 +41,7 @@ KIND = "commandv.transfer"
 FIX = "re-create it with commandv transfer (or commandv transfer --replay)"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: it holds a DataFrame and models, compared by identity
 class Transfer:
     """The edit :func:`~commandv_interp.pipeline.label_free.transfer` chose, how it was made, and what it considered.
 
@@ -57,7 +57,7 @@ class Transfer:
         polished: the chosen native recipient adapter when the choice is polished (what :meth:`paste` applies and
             :meth:`compile` returns), else None.
         candidates: one row per scoring of a candidate: ``candidate, stage, method, match, layers, polish_steps,
-            paper_exact, fit_flops, fit_s, criterion, agree_changed, agree_unchanged, lift, lift_changed,
+            polish_lr, paper_exact, fit_flops, fit_s, criterion, agree_changed, agree_unchanged, lift, lift_changed,
             lift_unchanged, n_scoring, n_changed, score_flops, score_s`` (the first row is the recipient without a
             paste; stage 1 rows are scored on half of the scoring prompts, stages 2 and 3 on all; a polished row's
             ``fit_flops`` is its round of training).
