@@ -1,5 +1,6 @@
 """Benchmark: the GPU check (issue 30): Command-V at the paper's shapes in bf16 on one GPU, and the label-free transfer
-on that GPU against the CPU, in one command that finishes in a few minutes on one H100 (budget: 8).
+on that GPU against the CPU, in one command sized for the 8 minutes a lent H100 allows (not yet timed on one: no
+device has been lent so far).
 
 1. Paper shapes (``realwidth.py``'s stages, run on ``--device`` in ``--dtype``): two random Llamas, donor 3072 × 28
    blocks (Llama-3.2-3B's shape), recipient 2048 × 16 (Llama-3.2-1B's), MLP width 8192 and vocabulary 128,256 as
@@ -91,7 +92,8 @@ def paper_shapes(args, device: torch.device, dtype: torch.dtype) -> tuple[list[t
 
 def donor_adapter(shape: Shape) -> tuple[cv.Adapter, str]:
     """The reference adapter (realwidth's) where its folder is here; elsewhere (a lent machine has no shared data) a
-    random NodiReFT of the same kind, rank 8, at the same layers (every other one): the same cost, not a trained edit."""
+    random NodiReFT of the same kind, rank 8, at the same layers (every other one): the same cost, not a trained
+    edit."""
     if REFERENCE_ADAPTER.is_dir():
         return reference_adapter(shape), "the reference NodiReFT (rank 8, every other layer)"
     from commandv_interp.adapters import make_intervention
@@ -125,7 +127,7 @@ def transfer_rows(device: torch.device, dtype: torch.dtype, dtype_name: str) -> 
         print(f"  transfer on {where}: {result.choice}, alpha {result.alpha:.3g}, layers {result.layer_map}, "
               f"{results[where][1]:.1f} s", flush=True)
     (ref, ref_s), (got, got_s) = results.values()
-    same = got.choice == ref.choice and got.layer_map == ref.layer_map and abs(got.alpha - ref.alpha) <= 0.05 * ref.alpha
+    same = (got.choice, got.layer_map) == (ref.choice, ref.layer_map) and abs(got.alpha - ref.alpha) <= 0.05 * ref.alpha
     return [(f"transfer {donor_name} → {recipient_name} ({behavior}): choice, layers, α",
              f"{got.choice}, {got.layer_map}, {got.alpha:.3g}", f"as on cpu float32: {ref.choice}, {ref.layer_map}, "
              f"{ref.alpha:.3g}", "yes" if same else "NO"),

@@ -402,8 +402,9 @@ STAGE_HEADER = ("stage", "runs", "wall s", "CPU s", "peak MiB")
 
 def write_docs(path: Path, setup: Setup, args, targets, stages_table, notes: list[str]) -> None:
     shape = "{0.d_model} × {0.n_layers} blocks ({0.heads} heads, {0.kv_heads} KV heads)"
+    where = "CPU" if args.device == "cpu" else device_name(check_device(args.device))
     text = "\n".join([
-        f"# Command-V at the paper's widths ({'CPU' if args.device == 'cpu' else device_name(check_device(args.device))})",
+        f"# Command-V at the paper's widths ({where})",
         "",
         "Written by `benchmarks/realwidth.py" + (" --quick" if args.quick else "")
         + (f" --vocab {args.vocab}" if args.vocab != (len(word_tokenizer()) if args.quick else LLAMA3_VOCAB) else "")
@@ -444,7 +445,7 @@ KEPT = "\n## On a GPU"
 
 def _kept_sections(path: Path) -> str:
     old = path.read_text() if path.is_file() else ""
-    return old[old.index(KEPT) + 1:] if KEPT in old else ""
+    return old[old.index(KEPT):] if KEPT in old else ""  # from the blank line before the heading
 
 
 def parse_args() -> argparse.Namespace:

@@ -5,16 +5,22 @@ Oracles:
 - provenance: the same zoo checkpoint loaded in float32, bf16 and fp16, with eager and sdpa attention, has the config
   hash its own adapters recorded, so the pairing checks pass; a load that changes the function (another normalization
   epsilon, another width) is still refused;
-- profiles: a bf16 model's profile is stored in float32 and equals Hugging Face's bf16 ``hidden_states`` exactly;
-- edits: a paste (and a compiled paste) applied to a bf16 hidden state ``h`` computes its delta ``δ`` in float32 and
-  rounds once. Rounding ``δ`` to bf16 and then ``h + δ`` to bf16 (round to nearest, unit roundoff ``u = 2⁻⁸``: 8
-  significant bits) bounds the difference from the float32 result ``h + δ`` element by element::
+- profiles: a bf16 model's profile is stored in float32, holds bf16 values (upcast losslessly) and agrees with Hugging
+  Face's bf16 ``hidden_states`` to bf16's spacing; converters fitted on it are the float64 fit of those values;
+- edits: a paste (and a compiled paste) applied to a bf16 hidden state ``h`` computes ``h + δ`` in float32 and rounds
+  it once to bf16, as pyreft does. So its output is the float32 edit of the same state, rounded: bit for bit on the
+  same device, and element by element within bf16's rounding of it (round to nearest, unit roundoff ``u = 2⁻⁸``: 8
+  significant bits)::
 
-      |out_bf16 − (h + δ)| ≤ u |δ| + u |h + δ| (1 + u)
+      |out_bf16 − (h + δ)| ≤ u |h + δ|
 
-  and the same bound is violated when the delta is computed in bf16 (checked, so the tolerance is tight enough);
+  That tolerance is tight enough to tell: rounding twice (``h + bf16(δ)``, then the sum) and computing ``δ`` in bf16
+  both break it (checked);
 - generation: under a paste, a bf16 model generates what Hugging Face ``generate`` of the same bf16 model generates
-  with the same edit functions as forward hooks (the pattern of ``tests/test_generation_parity.py``).
+  with the same edit functions as forward hooks (the pattern of ``tests/test_generation_parity.py``), on the nnsight
+  backend. The TransformerLens backend generates without a KV cache (``access/tl_backend.py``), so in bf16 the layers
+  after an edit recompute the earlier positions with other rounding than a cached run; greedy choices can then part
+  at near ties (one of four rows did in 12 tokens on the zoo Llama), and its bf16 generation is not held to HF's.
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ import torch
 
 import commandv_interp as cv
 from commandv_interp import zoo
-from commandv_interp.access import EditContext
 from commandv_interp.adapters.edits import adapter_edits
 from commandv_interp.converters.transport import pasted_edits
 
@@ -166,9 +171,10 @@ def _edited_states(access, context, layers):
     return {l: (before[l][0], after[l][0], before[l][1]) for l in layers}
 
 
-def _check_rounded_once(states, reference_edits, bf16_edits=None):
-    """``out`` within the one-rounding bound of the float32 edit of the same ``h``; a bf16-math edit is not."""
-    violations = 0
+def _check_rounded_once(states, reference_edits, bf16_edits):
+    """``out`` is the float32 edit of the same ``h`` rounded once (so within ``u |h + δ|`` of it); rounding twice or
+    computing the delta in bf16 is not."""
+    violations = {"twice": 0, "bf16 math": 0}
     for layer, (h, out, ctx) in states.items():
         assert h.dtype == out.dtype == torch.bfloat16
         ref = reference_edits[layer](h.float(), ctx)  # the float32 edit of the same (bf16-representable) state
@@ -177,13 +183,14 @@ def _check_rounded_once(states, reference_edits, bf16_edits=None):
         assert bool(edited.any()) and bool(((out.float() - h.float())[~edited] == 0).all()), layer
         size = delta.norm(dim=-1)[edited] / h.float().norm(dim=-1)[edited]
         assert float(size.min()) > 0.01, f"the edit at layer {layer} is too small to test the rounding"
-        bound = BF16_U * delta.abs() + BF16_U * (1 + BF16_U) * ref.abs()
+        bound = BF16_U * ref.abs()
         assert bool(((out.float() - ref).abs() <= bound).all()), layer
-        if bf16_edits is not None:
-            naive = bf16_edits[layer](h, ctx)  # every piece in bf16
-            violations += int(((naive.float() - ref).abs() > bound).sum())
-    if bf16_edits is not None:
-        assert violations > 0, "the bound does not tell float32 math from bf16 math"
+        assert torch.equal(out, ref.to(torch.bfloat16)), layer  # the same float32 math on the same device
+        twice = h + delta.to(torch.bfloat16)  # δ rounded, then the sum
+        violations["twice"] += int(((twice.float() - ref).abs() > bound).sum())
+        naive = bf16_edits[layer](h, ctx)  # every piece in bf16
+        violations["bf16 math"] += int(((naive.float() - ref).abs() > bound).sum())
+    assert all(violations.values()), f"the bound does not tell these apart from one rounding: {violations}"
 
 
 def _bf16_pieces(edits):

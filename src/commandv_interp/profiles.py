@@ -57,7 +57,8 @@ class ActivationProfile:
     def __post_init__(self) -> None:
         check_fields(vars(self), _SCHEMA, f"profile of {self.model_name!r}")
         if isinstance(self.activations, dict):  # bf16/fp16 states are kept in float32 (``dtype`` names the model's)
-            object.__setattr__(self, "activations", {layer: _at_least_float32(a) for layer, a in self.activations.items()})
+            object.__setattr__(self, "activations", {layer: _at_least_float32(a)
+                                                     for layer, a in self.activations.items()})
         if self.n_layers < 1 or self.d_model < 1:
             raise ValueError(f"profile of {self.model_name!r} has n_layers={self.n_layers}, d_model={self.d_model}; "
                              "both must be >= 1")

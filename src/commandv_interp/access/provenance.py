@@ -62,7 +62,8 @@ def config_hash(cfg: object) -> str:
     """Short hash (16 hex digits) of :func:`config_fields`.
 
     >>> from transformers import GPT2Config
-    >>> config_hash(GPT2Config(n_embd=8, n_layer=1, n_head=2)) == config_hash(GPT2Config(n_embd=16, n_layer=1, n_head=2))
+    >>> narrow, wide = GPT2Config(n_embd=8, n_layer=1, n_head=2), GPT2Config(n_embd=16, n_layer=1, n_head=2)
+    >>> config_hash(narrow) == config_hash(wide)
     False
     """
     payload = json.dumps(config_fields(cfg), sort_keys=True, default=str)

@@ -176,7 +176,8 @@ def at_prompt_end(per_layer: dict[int, list[DeltaFn]], prompt_lens: Sequence[int
             r, c = rows.to(hidden.device), cols.to(hidden.device)
             h = hidden[r, c]
             out = hidden.clone()
-            out[r, c] = h + (alpha * sum(fn(h.float()) for fn in fns)).to(hidden.dtype)
+            wide = h.to(torch.promote_types(h.dtype, torch.float32))  # one rounding, as the paste
+            out[r, c] = (wide + alpha * sum(fn(h.float()) for fn in fns)).to(hidden.dtype)
             return out
 
         edit.acts_on_decode = False
