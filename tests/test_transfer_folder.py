@@ -1,4 +1,4 @@
-"""A saved transfer folder: its configuration and fingerprints, verified as a whole (every edited, missing, added,
+"""A saved transfer folder: its configuration and fingerprints, verified as a whole (every edited, missing,
 swapped or truncated part refused with one line naming it), models checked by weights, replayed to the same digest,
 and analyzed as what it applies (the polished adapter when it chose one; the donor's answers from its whole adapter).
 Tiny models: the recipient is the donor in a rotated basis, the "other" recipient the same config rotated otherwise."""

@@ -217,9 +217,10 @@ def _swap_into(staging: Path, folder: Path) -> None:
 
 def load_transfer(folder: str | Path, recipient_model: ModelAccess | None = None) -> Transfer:
     """Read a folder written by :meth:`Transfer.save`, verified as a whole: the manifest's digest of every file
-    (nothing missing, added, edited, swapped or truncated), then the consistency of what ``transfer.json`` says
-    with the artifacts; with ``recipient_model``, that it is the recipient the transfer was made with (config and
-    weights). Each refusal is a ``ValueError`` naming the part."""
+    (nothing missing, edited, swapped or truncated; files added later, such as the CLI's output marker, are not
+    read), then the consistency of what ``transfer.json`` says with the artifacts; with ``recipient_model``, that it
+    is the recipient the transfer was made with (config and weights). Each refusal is a ``ValueError`` naming the
+    part."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{str(folder)!r} is not a folder; pass a folder written by commandv transfer")
