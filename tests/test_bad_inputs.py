@@ -267,7 +267,7 @@ API_ROWS = [
     Row("fit-profiles-other-prompts", lambda w: cv.fit_converters(w.donor, w.recipient.subset(range(16)),
                                                                   w.layer_map), ValueError, "different prompts"),
     Row("converters-vs-recipient-layer-17", lambda w: _conv_with(w, recipient_layer=17).check_recipient(w.gpt2),
-        ValueError, "recipient layers [17]"),
+        ValueError, "converters name recipient layer 17 but their recipient has 3 layers"),
     Row("converters-vs-other-adapter-width", lambda w: w.conv.check_adapter(random_adapter(24)), ValueError,
         "d_model=24"),
     Row("converters-vs-other-profiles", lambda w: w.conv.check_profiles(replace(w.donor, config_hash="f" * 16),

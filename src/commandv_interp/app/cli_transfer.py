@@ -37,7 +37,8 @@ def transfer_cmd(
              "digest) come out; exit code 1 when they do not. Writes nothing.")] = None,
     limit: Annotated[int | None, typer.Option(min=16, help="Use only the first LIMIT prompts.")] = 128,
     polish_steps: Annotated[int, typer.Option(min=0, help="At most this many distillation steps on the chosen "
-                                                           "paste (0: the paste as it is).")] = 12,
+                                                           "paste (0: the paste as it is; its budget and patience "
+                                                           "stop it first).")] = 256,
     start: Annotated[str, typer.Option(help="paste (search, then polish) or scratch (the distillation baseline: "
                                             "polish a fresh adapter, no paste).")] = "paste",
     backend: BackendOpt = "nnsight",

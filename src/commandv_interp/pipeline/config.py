@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from commandv_interp.pipeline.agreement import ANSWER_CAP
 from commandv_interp.pipeline.polish import LR_GRID, PATIENCE, POLISH_BATCH, POLISH_BUDGET, POLISH_ROUND, POLISH_STEPS
 from commandv_interp.pipeline.search import PROFILE_PROMPTS
 
@@ -29,8 +30,9 @@ class TransferConfig:
 
     Attributes:
         scoring_fraction: share of the prompts held out from fitting and used to score the candidates.
-        max_new_tokens: response tokens the donor generates for the targets (what the criterion compares and the
-            polish learns).
+        max_new_tokens: at most this many response tokens in the donor's answers (what the criterion compares and
+            the polish learns); an answer ends at EOS or a newline before, so multi-token behaviors are judged over
+            the whole answer.
         batch_size: prompts per forward pass.
         seed: the fit/scoring split, the fresh adapter's initialization and the polish's batches.
         polish_steps: at most this many distillation steps on the chosen paste (0: the paste as it is, the
@@ -47,7 +49,7 @@ class TransferConfig:
     """
 
     scoring_fraction: float = 0.25
-    max_new_tokens: int = 8
+    max_new_tokens: int = ANSWER_CAP
     batch_size: int = 32
     seed: int = 0
     polish_steps: int = POLISH_STEPS

@@ -43,6 +43,7 @@ from commandv_interp.adapters.layer_subsets import proper_subsets
 from commandv_interp.adapters.linear_form import has_linear_form
 from commandv_interp.converters import fit_converters
 from commandv_interp.paste import compile_paste
+from commandv_interp.pipeline.agreement import ANSWER_CAP
 from commandv_interp.pipeline.candidates import Candidate, Cost, native_deltas
 from commandv_interp.pipeline.config import STARTS, TransferConfig
 from commandv_interp.pipeline.fingerprints import Fingerprints
@@ -67,7 +68,7 @@ def transfer(
     adapter: Adapter,
     prompts: Sequence[str],
     scoring_fraction: float = 0.25,
-    max_new_tokens: int = 8,
+    max_new_tokens: int = ANSWER_CAP,
     batch_size: int = 32,
     seed: int = 0,
     polish_steps: int = POLISH_STEPS,
@@ -189,6 +190,9 @@ def _polish(search: CandidateSearch, finalist: Candidate | None, config: Transfe
                                       polish_lr=extra["polish_lr"]))
 
     outcome = race({name: c.edit for name, c in starts.items()}, trainer, score, plan)
+    if finalist is None and not outcome.rounds:
+        raise ValueError(f"start='scratch' learns everything in the polish, and polish_budget={config.polish_budget!r} "
+                         f"pays for no training round ({budget_flops:.3g} FLOPs); raise polish_budget")
     search.flops += outcome.train_flops  # the scoring is counted by the search itself
 
 

@@ -30,8 +30,9 @@ import torch
 from commandv_interp.access import ModelAccess, forward_flops, open_model
 from commandv_interp.adapters import Adapter
 from commandv_interp.correspondence import LayerMap, match_layers
-from commandv_interp.pipeline.agreement import (DonorTargets, ResponseScores, donor_answers, onset_prompts,
-                                                score_responses, summarize, targets_from)
+from commandv_interp.pipeline.agreement import (ANSWER_CAP, DonorTargets, ResponseScores, answer_limit,
+                                                behavior_span, donor_answers, onset_prompts, score_responses,
+                                                summarize, targets_from)
 from commandv_interp.pipeline.candidates import Candidate, rank
 from commandv_interp.pipeline.split import stratified_split
 from commandv_interp.profiles import ActivationProfile, profile
@@ -95,16 +96,21 @@ def check_transfer_prompts(prompts: Sequence[str]) -> list[str]:
 
 
 def prepare(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Adapter, prompts: Sequence[str],
-            scoring_fraction: float = 0.25, max_new_tokens: int = 8, batch_size: int = 32,
+            scoring_fraction: float = 0.25, max_new_tokens: int = ANSWER_CAP, batch_size: int = 32,
             seed: int = 0, profile_prompts: int = PROFILE_PROMPTS) -> SearchSetup:
     """Split ``prompts``, take the donor's targets on the scoring part and profile both models on the fitting part
-    (see the module doc). Forward passes only; the FLOPs are counted in ``flops``."""
+    (see the module doc). The donor's answers are whole (up to EOS or a newline), at most ``max_new_tokens`` tokens
+    and what either model's context leaves after the longest prompt. Forward passes only; the FLOPs are counted in
+    ``flops``."""
     donor, recipient = open_model(donor_model), open_model(recipient_model)
     prompts = check_transfer_prompts(prompts)
     if not (isinstance(scoring_fraction, float | int) and 0 < scoring_fraction < 1):
         raise ValueError(f"scoring_fraction must be in (0, 1), got {scoring_fraction!r}")
+    max_new_tokens = min(answer_limit(model, prompts, max_new_tokens) for model in (donor, recipient))
     adapted, plain = donor_answers(donor, adapter, prompts, max_new_tokens, batch_size)
-    flops = 2 * generation_flops(donor, prompts, max_new_tokens)
+    flops = sum(forward_flops(donor, [f"{p} {a}" for p, a in zip(prompts, answers)])  # a cached generation: one
+                for answers in (adapted, plain))  # pass over each prompt and answer token
+    adapted, plain, _ = behavior_span(adapted, plain)
     changed = [a != b for a, b in zip(adapted, plain)]
     targets_from(prompts, adapted, plain, max_new_tokens)  # refuses an adapter that changes no answer
     score_rows, fit_rows = stratified_split(changed, scoring_fraction, seed)
