@@ -18,11 +18,12 @@ import pandas as pd
 
 from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.adapters.layer_subsets import layer_subsets
-from commandv_interp.pipeline.agreement import donor_targets, score_responses, summarize
+from commandv_interp.pipeline.agreement import (DonorTargets, answer_limit, donor_answers, score_responses,
+                                                summarize, targets_from)
 from commandv_interp.pipeline.candidates import Candidate
 from commandv_interp.pipeline.result import Transfer
 
-__all__ = ["applied_edit", "edit_label", "edit_attribution", "COLUMNS"]
+__all__ = ["applied_edit", "answer_targets", "edit_label", "edit_attribution", "COLUMNS"]
 
 COLUMNS = ["condition", "layers", "n_pairs", "metric", "value", "split"]
 
@@ -58,7 +59,8 @@ def edit_attribution(t: Transfer, donor_model: ModelAccess, recipient_model: Mod
     Args:
         t: the transfer; its donor and recipient must be the given models (checked by fingerprint).
         prompts: prompts to score on (held out from the transfer's own, ideally).
-        max_new_tokens: response tokens compared (default: the transfer's own setting).
+        max_new_tokens: at most this many new tokens in the donor's answers (default: what the transfer's answers
+            were generated with).
 
     Returns:
         Tidy rows ``condition (none|all|single|leave_one_out), layers, n_pairs, metric (criterion, agree_changed,
@@ -66,9 +68,7 @@ def edit_attribution(t: Transfer, donor_model: ModelAccess, recipient_model: Mod
     """
     donor, recipient = open_model(donor_model), open_model(recipient_model)
     t.check_models(donor, recipient)
-    targets = donor_targets(donor, t.donor_adapter, list(prompts),
-                            t.config.max_new_tokens if max_new_tokens is None else max_new_tokens,
-                            t.config.batch_size)
+    targets = answer_targets(t, donor, recipient, list(prompts), max_new_tokens)
     edit = applied_edit(t)
     layers = tuple(edit.edit.layers)
     runs = [("none", (), None), ("all", layers, edit)]
@@ -81,3 +81,17 @@ def edit_attribution(t: Transfer, donor_model: ModelAccess, recipient_model: Mod
                   "value": v, "split": "agreement"} for k, v in summary.items()
                  if not (isinstance(v, float) and math.isnan(v))]
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def answer_targets(t: Transfer, donor: ModelAccess, recipient: ModelAccess, prompts: list[str],
+                   max_new_tokens: int | None = None) -> DonorTargets:
+    """The donor's answers to ``prompts`` with its whole adapter and without, as the transfer's criterion judged its
+    own: generated with the transfer's new tokens (or ``max_new_tokens``; fewer where a model's context ends) and
+    cut to its behavior span, then paired into targets and foils."""
+    tokens, words = t.answer_span
+    cap = max_new_tokens if max_new_tokens is not None else (tokens or t.config.max_new_tokens)
+    cap = min(answer_limit(model, prompts, cap) for model in (donor, recipient))
+    adapted, plain = donor_answers(donor, t.donor_adapter, prompts, cap, t.config.batch_size)
+    if words:
+        adapted, plain = ([" ".join(text.split()[:words]) for text in texts] for texts in (adapted, plain))
+    return targets_from(prompts, adapted, plain, cap)

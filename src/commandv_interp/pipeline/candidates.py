@@ -49,6 +49,7 @@ class Candidate:
         cost: what its own fit (or polish round) cost.
         polish_steps: distillation steps behind a native adapter (0 for a paste).
         polish_lr: the learning rate of those steps (None for a paste and a start).
+        polish_budget_flops: the FLOPs budget of the polish that made a native adapter (None for a paste).
         paper_exact: the paper's configuration (pinv converters by relative depth), listed for reference only.
     """
 
@@ -62,6 +63,7 @@ class Candidate:
     polish_steps: int = 0
     paper_exact: bool = False
     polish_lr: float | None = None
+    polish_budget_flops: float | None = None
 
     @property
     def is_paste(self) -> bool:
@@ -90,7 +92,7 @@ class Candidate:
         """Its columns in the candidates table."""
         return {"candidate": self.name, "stage": self.stage, "method": self.method, "match": self.match,
                 "layers": "+".join(map(str, self.edit.layers)), "polish_steps": self.polish_steps,
-                "polish_lr": self.polish_lr,
+                "polish_lr": self.polish_lr, "polish_budget_flops": self.polish_budget_flops,
                 "paper_exact": self.paper_exact, "fit_flops": self.cost.flops, "fit_s": self.cost.seconds}
 
 

@@ -121,7 +121,8 @@ def run_transfer(donor_model: ModelAccess, recipient_model: ModelAccess, adapter
     if config.polish_steps:
         _polish(search, finalist, config)
     return Transfer.from_search(config, fingerprints, adapter, search.best(), finalist, search.table(),
-                                search.scored, search.flops, time.perf_counter() - began, setup.recipient_model)
+                                search.scored, search.flops, time.perf_counter() - began, setup.recipient_model,
+                                (setup.answer_tokens, setup.answer_words))
 
 
 def _fits(search: CandidateSearch, progress: bool, n: int) -> None:
@@ -187,7 +188,7 @@ def _polish(search: CandidateSearch, finalist: Candidate | None, config: Transfe
         begin = starts[start]
         return search.score(Candidate(name, 3, begin.method, begin.match, polished, None,
                                       Cost(extra["fit_flops"], extra["fit_s"]), extra["polish_steps"],
-                                      polish_lr=extra["polish_lr"]))
+                                      polish_lr=extra["polish_lr"], polish_budget_flops=budget_flops))
 
     outcome = race({name: c.edit for name, c in starts.items()}, trainer, score, plan)
     if finalist is None and not outcome.rounds:

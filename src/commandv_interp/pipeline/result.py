@@ -11,6 +11,7 @@ verifies the folder as a whole.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -62,6 +63,8 @@ class Transfer:
             paste; stage 1 rows are scored on half of the scoring prompts, stages 2 and 3 on all; a polished row's
             ``fit_flops`` is its round of training).
         flops, wall_s: the whole call (targets, profiles, fits, scoring and polish).
+        answer_span: the donor's answers as the criterion judged them: ``(tokens, words)``, the new tokens they
+            were generated with and the behavior span they were cut to (0 words: not cut).
         considered: every candidate scored, by name (not saved).
     """
 
@@ -77,13 +80,14 @@ class Transfer:
     flops: float = 0.0
     wall_s: float = 0.0
     recipient_model: ModelAccess | None = field(default=None, repr=False)
+    answer_span: tuple[int, int] = (0, 0)
     considered: dict[str, Candidate] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_search(cls, config: TransferConfig, fingerprints: Fingerprints, donor_adapter: Adapter,
                     chosen: Candidate, finalist: Candidate | None, candidates: pd.DataFrame,
                     considered: dict[str, Candidate], flops: float, wall_s: float,
-                    recipient_model: ModelAccess) -> Transfer:
+                    recipient_model: ModelAccess, answer_span: tuple[int, int]) -> Transfer:
         """The transfer of ``chosen``: a paste (``finalist`` itself), its polish (a native adapter started from
         ``finalist``), or a fresh adapter's polish (no paste: ``finalist`` is then ignored)."""
         if chosen.is_paste:
@@ -94,7 +98,7 @@ class Transfer:
         adapter = paste_of.edit if paste_of is not None else donor_adapter
         converters = paste_of.converters if paste_of is not None else None
         return cls(config, fingerprints, donor_adapter, adapter, converters, donor_adapter.positions, chosen.name,
-                   candidates, polished, flops, wall_s, recipient_model, dict(considered))
+                   candidates, polished, flops, wall_s, recipient_model, answer_span, dict(considered))
 
     @property
     def alpha(self) -> float:
@@ -189,6 +193,7 @@ class Transfer:
                 "converters_sha256": (file_digest(folder / "converters.safetensors") if self.converters is not None
                                       else None),
                 "layer_map": {str(k): v for k, v in self.layer_map.items()}, "n_candidates": len(self.candidates),
+                "answer_span": list(self.answer_span),
                 "flops": self.flops, "wall_s": self.wall_s, "sources": sources, "library_version": __version__}
         write_json(folder / "transfer.json", meta)
         write_manifest(folder, {"kind": KIND, "config": self.config.to_dict()})
@@ -253,14 +258,16 @@ def load_transfer(folder: str | Path, recipient_model: ModelAccess | None = None
         polished = _adapter_with_digest(folder, "polished", meta["polished_digest"])
     _check_consistent(folder, meta, converters, polished, adapter)
     candidates = _read_candidates(folder, meta)
+    span = meta.get("answer_span")
+    if not (isinstance(span, list) and len(span) == 2 and all(isinstance(x, int) and x >= 0 for x in span)):
+        raise ValueError(f"{str(folder / 'transfer.json')!r}: answer_span {span!r} is not two counts; {FIX}")
     t = Transfer(config, fingerprints, donor_adapter, adapter, converters, adapter.positions, str(meta["choice"]),
-                 candidates, polished, float(meta["flops"]), float(meta["wall_s"]))
-    if recipient_model is not None:
-        access = open_model(recipient_model)
-        t.check_models(None, access)
-        t = Transfer(config, fingerprints, donor_adapter, adapter, converters, adapter.positions, t.choice,
-                     candidates, polished, t.flops, t.wall_s, access)
-    return t
+                 candidates, polished, float(meta["flops"]), float(meta["wall_s"]), answer_span=(span[0], span[1]))
+    if recipient_model is None:
+        return t
+    access = open_model(recipient_model)
+    t.check_models(None, access)
+    return dataclasses.replace(t, recipient_model=access)
 
 
 def _read_candidates(folder: Path, meta: dict) -> pd.DataFrame:

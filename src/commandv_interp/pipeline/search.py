@@ -77,6 +77,8 @@ class SearchSetup:
     flops: float = 0.0
     fitting_answers: tuple[str, ...] = ()  # the donor+adapter's answers to ``fitting`` (what the polish learns)
     fitting_changed: tuple[bool, ...] = ()  # per fitting prompt, whether the adapter changed the donor's answer
+    answer_tokens: int = 0  # the new tokens the donor's answers were generated with (the cap the contexts allow)
+    answer_words: int = 0  # the behavior span the answers were cut to, in words (0: none differs)
 
     def plain_profiles(self) -> tuple[ActivationProfile, ActivationProfile]:
         """The profiles' rows of the plain fitting prompts (no onset word): the paper's profile set."""
@@ -110,7 +112,7 @@ def prepare(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Ada
     adapted, plain = donor_answers(donor, adapter, prompts, max_new_tokens, batch_size)
     flops = sum(forward_flops(donor, [f"{p} {a}" for p, a in zip(prompts, answers)])  # a cached generation: one
                 for answers in (adapted, plain))  # pass over each prompt and answer token
-    adapted, plain, _ = behavior_span(adapted, plain)
+    adapted, plain, words = behavior_span(adapted, plain)
     changed = [a != b for a, b in zip(adapted, plain)]
     targets_from(prompts, adapted, plain, max_new_tokens)  # refuses an adapter that changes no answer
     score_rows, fit_rows = stratified_split(changed, scoring_fraction, seed)
@@ -126,7 +128,7 @@ def prepare(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Ada
     maps = {match: match_layers(p_donor, p_recipient, match, adapter.layers) for match in ("depth", "similarity")}
     return SearchSetup(donor, recipient, adapter, fitting, scoring, profiled, augmented, targets, p_donor, p_recipient,
                        maps, batch_size, flops, tuple(adapted[i] for i in fit_rows),
-                       tuple(changed[i] for i in fit_rows))
+                       tuple(changed[i] for i in fit_rows), max_new_tokens, words)
 
 
 @dataclass
@@ -156,7 +158,8 @@ class CandidateSearch:
         texts = [p + " " + r for p, r in zip(self.setup.targets.prompts, self.setup.targets.target)]
         self._per_prompt_flops = forward_flops(self.setup.recipient_model, texts) / max(len(texts), 1)
         self.rows.append(self._row({"candidate": REFERENCE, "stage": 0, "method": "none", "match": "none",
-                                    "layers": "", "polish_steps": 0, "polish_lr": None, "paper_exact": False,
+                                    "layers": "", "polish_steps": 0, "polish_lr": None,
+                                    "polish_budget_flops": None, "paper_exact": False,
                                     "fit_flops": 0.0,
                                     "fit_s": 0.0}, None, self.n_scoring))
 
