@@ -37,15 +37,16 @@ import pandas as pd
 import commandv_interp as cv
 from commandv_interp import zoo
 from commandv_interp.pipeline.label_free import PAPER_EXACT
+from commandv_interp.pipeline.labels import BACKPROP_FREE_PASTE, PAPER_EXACT_PASTE, transfer_label
 from commandv_interp.zoo import generated
 from commandv_interp.zoo.scoring import BEHAVIOR_RATES
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "figures"
 TRAIN_PROMPTS = 128  # unlabeled prompts handed to transfer: the adapter's first training inputs
 METHODS = ("transfer", "paste", "distill", "steering", "paper")
-METHOD_LABELS = {"transfer": "`cv.transfer` (defaults)", "paste": "its paste, `polish_steps=0`",
+METHOD_LABELS = {"transfer": "`cv.transfer` (defaults)", "paste": BACKPROP_FREE_PASTE,
                  "distill": "distillation from scratch (`start=\"scratch\"`)", "steering": "steering vector",
-                 "paper": "paper-exact"}
+                 "paper": PAPER_EXACT_PASTE}
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,8 @@ def run_cell(cell: Cell, seed: int, limit: int, corr_limit: int) -> tuple[dict, 
     cands = cands.assign(donor=cell.donor_name, recipient=cell.recipient_name, behavior=cell.behavior, seed=seed)
     ft = cell.finetune
     row = {"donor": cell.donor_name, "recipient": cell.recipient_name, "behavior": cell.behavior, "seed": seed,
-           "choice": result.choice, "alpha": result.alpha, "target_metric": cell.target, "side_metric": cell.side,
+           "choice": result.choice, "label": transfer_label(result), "alpha": result.alpha,
+           "target_metric": cell.target, "side_metric": cell.side,
            "paste_choice": calls["paste"].choice, "steering_alpha": calls["steering"].alpha,
            "polish_steps": int(result.polished.metadata["polish"]["steps"]) if result.polished is not None else 0,
            "finetune_target": ft["rates"][cell.target], "finetune_side": ft["rates"][cell.side], "n_test": limit,
@@ -221,8 +223,8 @@ def markdown(table: pd.DataFrame, header: str) -> str:
                      f"({100 * s.share_meeting_bar:.0f}%) | {s.cells_meeting_bar_every_seed} of {s.cells} | {lost} | "
                      f"{_pct(s.median_flops_ratio)} | {_pct(s.median_wall_ratio)} |")
     lines += ["", "| donor → recipient | behavior | finetune (target / side) | transfer runs meeting the bar | "
-              "transfer's worst seed (target / side) | paste | distillation | steering | paper-exact | "
-              "nothing lost |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "transfer's worst seed (target / side) | what it applied there | paste | distillation | steering | "
+              "paper-exact | nothing lost |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (d, r, b), runs in table.groupby(["donor", "recipient", "behavior"], sort=False):
         w = worst_seed(runs, "transfer")
         n = len(runs)
@@ -230,7 +232,7 @@ def markdown(table: pd.DataFrame, header: str) -> str:
         lost = "–" if runs.transfer_nothing_lost.isna().all() else f"{int(runs.transfer_nothing_lost.sum())}/{n}"
         lines.append(f"| {d} → {r} | {b} | {w.finetune_target:.2f} / {w.finetune_side:.2f} | "
                      f"{int(runs.transfer_meets_bar.sum())}/{n} | seed {int(w.seed)}: {w.transfer_target:.2f} / "
-                     f"{w.transfer_side:.2f} | " + " | ".join(counts) + f" | {lost} |")
+                     f"{w.transfer_side:.2f} | {w.label} | " + " | ".join(counts) + f" | {lost} |")
     return "\n".join(lines) + "\n"
 
 

@@ -43,8 +43,8 @@ def test_transfer_records_its_recipe_and_replays_it(tiny_dir, inputs, made):
     meta = json.loads((out / "transfer.json").read_text())
     assert meta["config"] == summary["config"] and meta["config"]["polish_steps"] == 4
     assert meta["sources"]["donor"] == str((tiny_dir / "llama").resolve()) and meta["sources"]["limit"] == 128
-    assert summary["edit"] in ("Command-V paste", "distillation only (no paste)") or "distillation steps" in summary[
-        "edit"]
+    assert summary["label"] in ("Command-V paste", "distillation only (no paste)") or "distillation step" in summary[
+        "label"]
     for args in ((), (tiny_dir / "llama", tiny_dir / "gpt2", inputs / "adapter", inputs / "prompts.txt")):
         result = invoke("transfer", "--replay", out, *args, "--json")
         assert result.exit_code == 0, result.output
@@ -63,7 +63,7 @@ def test_analyze_reports_the_applied_edit_and_refuses_another_recipient(tiny_dir
                     inputs / "an")
     assert result.exit_code == 0, result.output
     report = (inputs / "an" / "report.md").read_text()
-    assert report.startswith(f"# Analysis of `{summary['choice']}`: {summary['edit']}")
+    assert report.startswith(f"# Analysis of `{summary['choice']}`: {summary['label']}")
     assert (inputs / "an" / "attribution.csv").is_file()
     result = invoke("analyze", out, tiny_dir / "llama", tiny_dir / "llama", inputs / "test.txt", "--out",
                     inputs / "an2")

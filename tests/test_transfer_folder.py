@@ -15,7 +15,8 @@ from conftest import random_adapter, random_prompts, rotated_llama, rotated_pair
 import commandv_interp as cv
 from commandv_interp.pipeline import TransferConfig, load_transfer
 from commandv_interp.pipeline.agreement import donor_targets, score_responses, summarize
-from commandv_interp.pipeline.applied import applied_edit, edit_attribution, edit_label
+from commandv_interp.pipeline.applied import applied_edit, edit_attribution
+from commandv_interp.pipeline.labels import transfer_label
 from commandv_interp.io import write_manifest
 from commandv_interp.pipeline.replay import replay_transfer
 from commandv_interp.prompts import prompts_fingerprint
@@ -209,7 +210,7 @@ def test_the_analysis_scores_the_applied_polished_edit_as_the_search_did(pair, s
     donor, recipient, _ = pair
     t = load_transfer(saved, recipient)
     assert applied_edit(t).edit.digest() == t.polished.digest() and not applied_edit(t).is_paste
-    assert edit_label(t) == "Command-V paste + 4 distillation steps"
+    assert transfer_label(t) == "Command-V paste + 4 distillation steps"
     frame = edit_attribution(t, donor, recipient, _scoring_prompts(pair, PROMPTS, t.config))
     got = frame[(frame.condition == "all") & (frame.metric == "criterion")].value.item()
     row = t.candidates[(t.candidates.candidate == t.choice) & (t.candidates.n_scoring == t.candidates.n_scoring.max())]
@@ -238,4 +239,4 @@ def test_a_layer_subset_paste_is_analyzed_against_the_whole_adapter(pair, tmp_pa
     targets = donor_targets(donor, adapter, prompts, 8)
     plain = summarize(score_responses(recipient, targets, None), targets.changed)["criterion"]
     assert frame[(frame.condition == "none") & (frame.metric == "criterion")].value.item() == pytest.approx(plain)
-    assert edit_label(back) == "Command-V paste"
+    assert transfer_label(back) == "Command-V paste"

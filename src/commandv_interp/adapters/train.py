@@ -1,4 +1,4 @@
-"""Stage 5 (adapters): consumes a :class:`ModelAccess` and (prompt, response) examples, produces a trained
+"""Consumes a :class:`ModelAccess` and (prompt, response) examples, produces a trained
 :class:`Adapter` and a :class:`TrainingRecord`.
 
 The base model is frozen; only the interventions learn. The loss is next-token cross-entropy on the

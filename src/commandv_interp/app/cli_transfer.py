@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from commandv_interp.app.cli import (BackendOpt, DebugOpt, Globals, JsonOpt, PromptsArg, WorldOpt,
-                                     ZooRootOpt, _adapter, _command, _emit, _model, _out_folder, _prompts, app)
+from commandv_interp.app.cli_app import (BackendOpt, DebugOpt, Globals, JsonOpt, PromptsArg, WorldOpt,
+                                         ZooRootOpt, _adapter, _command, _emit, _model, _out_folder, _prompts, app)
 
 __all__: list[str] = []
 
@@ -82,8 +82,8 @@ def _source(spec: str) -> str:
 
 def _run_transfer(g: Globals, out: Path, sources: dict, texts: list[str], polish_steps: int, start: str) -> None:
     import commandv_interp as cv
-    from commandv_interp.pipeline.applied import edit_label
     from commandv_interp.pipeline.candidates import rank
+    from commandv_interp.pipeline.labels import transfer_label
 
     from commandv_interp.access.limits import check_models_fit
 
@@ -94,9 +94,9 @@ def _run_transfer(g: Globals, out: Path, sources: dict, texts: list[str], polish
     result = cv.transfer(*models, donor_adapter, texts, polish_steps=polish_steps, start=start, progress=not g.json)
     scored = result.candidates
     best = rank(scored[scored.n_scoring == scored.n_scoring.max()]).head(8)
-    kind = edit_label(result)
+    label = transfer_label(result)  # what was applied: a paste, a paste + N distillation steps, or distillation only
     report = [f"# Transfer: {sources['donor']} → {sources['recipient']}", "",
-              f"Chosen: `{result.choice}` ({kind}), positions `{result.positions}`, layer map "
+              f"Applied: **{label}**. Chosen: `{result.choice}`, positions `{result.positions}`, layer map "
               f"{result.layer_map or '(none: no paste)'}; {len(texts)} prompts, {result.wall_s:.0f} s, "
               f"{result.flops:.2e} FLOPs.", "",
               *(["The edit was then polished: trained for a few steps to reproduce the donor+adapter's answers "
@@ -107,10 +107,10 @@ def _run_transfer(g: Globals, out: Path, sources: dict, texts: list[str], polish
               "| candidate | stage | criterion | lift |", "|---|---|---|---|"]
     report += [f"| {r.candidate} | {r.stage} | {r.criterion:.3f} | {r.lift:.3f} |" for r in best.itertuples()]
     result.save(out, sources=sources, report="\n".join(report) + "\n")
-    _emit(g, {"out": str(out), "choice": result.choice, "edit": kind, "alpha": result.alpha,
+    _emit(g, {"out": str(out), "choice": result.choice, "label": label, "alpha": result.alpha,
               "layer_map": result.layer_map, "flops": result.flops, "wall_s": result.wall_s,
               "config": result.config.to_dict()},
-          f"wrote {out}: `{result.choice}` ({kind}), compiled adapter in {out / 'compiled'}; best candidates:",
+          f"wrote {out}: {label} (`{result.choice}`), compiled adapter in {out / 'compiled'}; best candidates:",
           [{"candidate": r.candidate, "stage": r.stage, "criterion": round(r.criterion, 4)}
            for r in best.itertuples()])
 

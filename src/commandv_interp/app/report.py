@@ -17,7 +17,8 @@ from commandv_interp import analysis, plotting
 from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.io import atomic_write
 from commandv_interp.pipeline import Transfer
-from commandv_interp.pipeline.applied import edit_attribution, edit_label
+from commandv_interp.pipeline.applied import edit_attribution
+from commandv_interp.pipeline.labels import transfer_label
 
 __all__ = ["analyze_transfer"]
 
@@ -32,7 +33,7 @@ def analyze_transfer(t: Transfer, donor_model: ModelAccess, recipient_model: Mod
     t.check_models(donor, recipient)
     out, prompts = Path(out), list(prompts)
     attribution = edit_attribution(t, donor, recipient, prompts)
-    kind, native = edit_label(t), t.polished is not None
+    kind, native = transfer_label(t), t.polished is not None
     frames = {"attribution": attribution}
     if t.converters is not None:
         frames["fidelity"] = analysis.state_delta_fidelity(donor, recipient, t.adapter, t.converters, prompts,

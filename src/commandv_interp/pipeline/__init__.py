@@ -1,5 +1,5 @@
-"""Stage 6 (pipeline): label-free transfer in one call (and its steering-vector baseline), its saved and replayable
-folder; profile → match → fit with its cost; artifact storage."""
+"""Label-free transfer in one call (and its steering-vector baseline), its saved and replayable folder; profile →
+match → fit with its cost; artifact storage."""
 
 from commandv_interp.pipeline.derive import Derivation, ProfilePair, derive, profile_pair
 from commandv_interp.pipeline.storage import converter_numbers, storage_table

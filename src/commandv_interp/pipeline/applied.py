@@ -1,6 +1,7 @@
-"""Stage 6 (pipeline): consumes a :class:`~commandv_interp.pipeline.result.Transfer`, the two models and prompts,
+"""Consumes a :class:`~commandv_interp.pipeline.result.Transfer`, the two models and prompts,
 produces the edit the transfer applies (a :class:`~commandv_interp.pipeline.candidates.Candidate`: the paste, or
-the polished native adapter), its label, and its label-free layer attribution as a tidy frame.
+the polished native adapter) and its label-free layer attribution as a tidy frame (its label:
+:func:`~commandv_interp.pipeline.labels.transfer_label`).
 
 The attribution scores, by the donor-agreement criterion, the recipient under the applied edit restricted to subsets
 of its layers (``single``, ``leave_one_out``; ``all`` is the whole edit, ``none`` the plain recipient) against the
@@ -11,7 +12,6 @@ for a paste and recipient layers for a native adapter.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
 import pandas as pd
@@ -21,9 +21,10 @@ from commandv_interp.adapters.layer_subsets import layer_subsets
 from commandv_interp.pipeline.agreement import (DonorTargets, answer_limit, donor_answers, score_responses,
                                                 summarize, targets_from)
 from commandv_interp.pipeline.candidates import Candidate
+from commandv_interp.pipeline.labels import polish_steps_of
 from commandv_interp.pipeline.result import Transfer
 
-__all__ = ["applied_edit", "answer_targets", "edit_label", "edit_attribution", "COLUMNS"]
+__all__ = ["applied_edit", "answer_targets", "edit_attribution", "COLUMNS"]
 
 COLUMNS = ["condition", "layers", "n_pairs", "metric", "value", "split"]
 
@@ -33,23 +34,8 @@ def applied_edit(t: Transfer) -> Candidate:
     if t.polished is not None:
         method = "scratch" if t.converters is None else "polished"
         return Candidate(t.choice, 3, method, "depth" if t.converters is None else "-", t.polished, None,
-                         polish_steps=polish_steps(t))
+                         polish_steps=polish_steps_of(t.choice, t.polished))
     return Candidate(t.choice, 2, "paste", "-", t.adapter, t.converters)
-
-
-def polish_steps(t: Transfer) -> int:
-    """Distillation steps behind the applied edit (0 for a paste as it is)."""
-    found = re.search(r"\+polish/(\d+)", t.choice)
-    return int(found.group(1)) if found else 0
-
-
-def edit_label(t: Transfer) -> str:
-    """What kind of edit the transfer applies, in words: ``Command-V paste``, ``Command-V paste + N distillation
-    steps`` or ``distillation only (no paste)``."""
-    if t.converters is None:
-        return "distillation only (no paste)"
-    steps = polish_steps(t)
-    return f"Command-V paste + {steps} distillation steps" if steps else "Command-V paste"
 
 
 def edit_attribution(t: Transfer, donor_model: ModelAccess, recipient_model: ModelAccess, prompts: Sequence[str],

@@ -1,4 +1,4 @@
-"""Stage 6 (pipeline): consumes a recipient and the edits a label-free transfer considers, produces :class:`Candidate`
+"""Consumes a recipient and the edits a label-free transfer considers, produces :class:`Candidate`
 values (what a candidate pastes or applies, and what making it cost) and the one rule that ranks scored candidates.
 
 A candidate is either a *paste* (a donor adapter, or a subset of its layers, carried through converters) or a

@@ -1,4 +1,4 @@
-"""Stage 6 (pipeline): consumes the settings of one label-free transfer, produces :class:`TransferConfig`: the frozen,
+"""Consumes the settings of one label-free transfer, produces :class:`TransferConfig`: the frozen,
 validated record of how :func:`~commandv_interp.pipeline.label_free.transfer` ran, which a transfer folder stores
 and ``commandv transfer --replay`` runs again.
 

@@ -1,4 +1,4 @@
-"""Stage 6 (pipeline): consumes the models, adapter and prompts of a transfer, produces their :class:`Fingerprints`:
+"""Consumes the models, adapter and prompts of a transfer, produces their :class:`Fingerprints`:
 what a saved transfer was made from, checked again when it is loaded with a model, analyzed or replayed.
 
 A model's fingerprint is its config hash and the digest of its weights of

@@ -1,4 +1,4 @@
-"""Stage 6 (pipeline): consumes a saved transfer folder and the same models, adapter and prompts, produces a
+"""Consumes a saved transfer folder and the same models, adapter and prompts, produces a
 :class:`Replay`: the transfer run again with the recorded configuration, and whether it chose the same candidate and
 made the same edit (by digest).
 

@@ -1,4 +1,4 @@
-"""Stage 6 (pipeline): consumes a finished label-free search, produces a :class:`Transfer` (the chosen edit, the
+"""Consumes a finished label-free search, produces a :class:`Transfer` (the chosen edit, the
 configuration and fingerprints it was made with, every candidate considered) and its saved folder.
 
 A transfer folder holds ``transfer.json`` (choice, configuration, fingerprints, digests), ``donor_adapter/`` (the
@@ -104,6 +104,11 @@ class Transfer:
     def alpha(self) -> float:
         """The scale of the paste: always 1 (the polish learns the scale)."""
         return 1.0
+
+    @property
+    def rounds(self) -> dict[str, Adapter]:
+        """Every polish round's native adapter, by candidate name: a view of ``considered`` (empty once loaded)."""
+        return {name: c.edit for name, c in self.considered.items() if c.stage == 3}
 
     @property
     def layer_map(self) -> dict[int, int]:

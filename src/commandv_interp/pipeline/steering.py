@@ -1,4 +1,4 @@
-"""Stage 6 (pipeline): consumes a donor and a recipient model, the donor's :class:`Adapter` and unlabeled prompts of
+"""Consumes a donor and a recipient model, the donor's :class:`Adapter` and unlabeled prompts of
 its task, produces a :class:`Steering`: the adapter's *mean* delta carried into the recipient as a steering vector,
 the baseline of model-stitching and linear-representation-transfer work.
 
