@@ -99,8 +99,11 @@ def _run_transfer(g: Globals, out: Path, sources: dict, texts: list[str], polish
               f"Applied: **{label}**. Chosen: `{result.choice}`, positions `{result.positions}`, layer map "
               f"{result.layer_map or '(none: no paste)'}; {len(texts)} prompts, {result.wall_s:.0f} s, "
               f"{result.flops:.2e} FLOPs.", "",
-              *(["The edit was then polished: trained for a few steps to reproduce the donor+adapter's answers "
-                 "(`compiled/` holds the polished adapter).", ""] if result.polished is not None else []),
+              *(["The chosen paste was then polished: trained for a few steps to reproduce the donor+adapter's "
+                 "answers (`compiled/` holds the polished adapter).", ""] if result.polished is not None
+                and result.converters is not None else []),
+              *(["No paste was kept: a fresh adapter trained to reproduce the donor+adapter's answers scored higher "
+                 "(`compiled/` holds it).", ""] if result.converters is None else []),
               "The criterion is the share of the donor+adapter's response tokens the edited recipient reproduces "
               "greedily on held-out prompts (balanced over prompts the adapter changes and prompts it leaves alone).",
               "", f"Settings: {result.config.to_dict()}.", "",
