@@ -149,18 +149,19 @@ def run_cell(cell: Cell, seed: int, limit: int, corr_limit: int) -> tuple[dict, 
             return cell.evaluate(recipient, n)
 
     rates = {m: rates_under(calls[m].paste(), limit) for m in ("transfer", "paste", "distill", "steering")}
-    rates["paper"] = rates_under(cv.paste(recipient, adapter, result.fits[PAPER_EXACT], alpha=1.0), limit)
-    cands = result.candidates.drop_duplicates(["candidate", "alpha"], keep="last").reset_index(drop=True)
+    rates["paper"] = rates_under(cv.paste(recipient, adapter, result.considered[PAPER_EXACT].converters), limit)
+    cands = result.candidates.drop_duplicates("candidate", keep="last").reset_index(drop=True)
     if corr_limit > 0:
         labeled = []
         for row in cands.itertuples():
             if row.method == "none":
                 labeled.append(cell.evaluate(recipient, corr_limit))
-            elif row.candidate in result.rounds:
-                labeled.append(rates_under(cv.apply_adapter(recipient, result.rounds[row.candidate]), corr_limit))
+            elif result.considered[row.candidate].converters is None:  # a polish round: a native adapter
+                labeled.append(rates_under(cv.apply_adapter(recipient, result.considered[row.candidate].edit),
+                                           corr_limit))
             else:
-                labeled.append(rates_under(cv.paste(recipient, result.pasted[row.candidate],
-                                                    result.fits[row.candidate], alpha=float(row.alpha)), corr_limit))
+                candidate = result.considered[row.candidate]
+                labeled.append(rates_under(cv.paste(recipient, candidate.edit, candidate.converters), corr_limit))
         cands["labeled_target"] = [r[cell.target] for r in labeled]
         cands["labeled_side"] = [r[cell.side] for r in labeled]
     cands = cands.assign(donor=cell.donor_name, recipient=cell.recipient_name, behavior=cell.behavior, seed=seed)
