@@ -22,7 +22,8 @@ say how much.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 import torch
@@ -32,7 +33,7 @@ from commandv_interp.adapters.edit import Edit, apply_edit, restrict_edit
 from commandv_interp.adapters.interventions import Adapter, NodiReFT
 from commandv_interp.types import Float, Tensor
 
-__all__ = ["SurrogateAdapter", "Surrogate", "fit_surrogate", "fit_low_rank", "edit_deltas", "teacher_of"]
+__all__ = ["SurrogateAdapter", "Surrogate", "fit_surrogate", "pasteable", "fit_low_rank", "edit_deltas", "teacher_of"]
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,21 @@ def fit_surrogate(donor_model: ModelAccess, edit: Edit, prompts: Sequence[str], 
         swapped = _answers(donor, others, adapter.restricted([row["layer"]]), held, max_new_tokens, batch_size)
         row["agreement"] = _same(swapped, reference)
     whole = _same(_answers(donor, None, adapter, held, max_new_tokens, batch_size), reference)
+    records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows]
+    adapter = replace(adapter, metadata=meta | {"surrogate_fidelity": records, "surrogate_agreement": whole})
     return Surrogate(adapter, pd.DataFrame(rows), whole)
+
+
+def pasteable(donor_model: ModelAccess, edit: Edit, prompts: Sequence[str], rank: int = 8) -> Adapter:
+    """What Command-V pastes for ``edit``: a ReFT adapter as it is; a LoRA or steering vector as its last-token
+    surrogate fitted on ``prompts`` (:func:`fit_surrogate`; fidelity in its ``metadata``), whose teacher is the edit.
+    """
+    if isinstance(edit, Adapter):
+        return edit
+    if not hasattr(edit, "restricted") or not hasattr(edit, "layers"):
+        raise ValueError(f"expected a ReFT Adapter, LoraEdit or SteeringVectorEdit, got {type(edit).__name__}; "
+                         "read a folder or file with load_edit(path)")
+    return fit_surrogate(donor_model, edit, prompts, rank).adapter
 
 
 def _answers(donor: ModelAccess, edit: Edit | None, extra: Adapter | None, prompts: list[str], max_new_tokens: int,

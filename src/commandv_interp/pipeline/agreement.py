@@ -34,11 +34,13 @@ import torch
 
 from commandv_interp.access import Batch, EditContext, ModelAccess, batches
 from commandv_interp.adapters import Adapter
-from commandv_interp.adapters.edits import DeltaFn, adapter_edits
+from commandv_interp.adapters.edit import Edit, apply_edit
+from commandv_interp.adapters.edits import DeltaFn
+from commandv_interp.adapters.surrogate import teacher_of
 from commandv_interp.types import Float, Tensor
 
 __all__ = ["DonorTargets", "ResponseScores", "at_prompt_end", "donor_targets", "greedy_responses", "onset_prompts",
-           "response_sequences", "score_responses", "summarize"]
+           "response_sequences", "score_responses", "summarize", "teaching"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,12 @@ class DonorTargets:
         return sum(self.changed)
 
 
+def teaching(donor: ModelAccess, adapter: Adapter | Edit):
+    """The donor answering as the teacher does inside the block: with ``adapter``, or, for a surrogate of another
+    edit (a LoRA, a steering vector: :func:`~commandv_interp.adapters.surrogate.fit_surrogate`), with that edit."""
+    return apply_edit(donor, teacher_of(adapter))
+
+
 def donor_targets(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], max_new_tokens: int,
                   batch_size: int = 32) -> DonorTargets:
     """Greedy responses of the donor with and without ``adapter`` (whole words: see :func:`greedy_responses`) and
@@ -66,7 +74,7 @@ def donor_targets(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], 
     """
     prompts = list(prompts)
     plain = greedy_responses(donor, prompts, max_new_tokens, batch_size, whole_words=True)
-    with donor.edited(adapter_edits(donor, adapter)):
+    with teaching(donor, adapter):
         adapted = greedy_responses(donor, prompts, max_new_tokens, batch_size, whole_words=True)
     changed = [a != b for a, b in zip(adapted, plain)]
     moved = [a for a, c in zip(adapted, changed) if c]
@@ -96,7 +104,7 @@ def onset_prompts(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], 
     words come from the donor itself."""
     prompts = list(prompts)
     plain = greedy_responses(donor, prompts, 1, batch_size)
-    with donor.edited(adapter_edits(donor, adapter)):
+    with teaching(donor, adapter):
         adapted = greedy_responses(donor, prompts, 1, batch_size)
     out = []
     for prompt, a, b in zip(prompts, adapted, plain):

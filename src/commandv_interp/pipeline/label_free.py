@@ -41,14 +41,16 @@ import torch
 
 from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.adapters import Adapter, load_adapter, save_adapter
-from commandv_interp.adapters.edits import adapter_edits, placed
+from commandv_interp.adapters.edit import Edit
+from commandv_interp.adapters.edits import placed
 from commandv_interp.adapters.layer_subsets import proper_subsets
 from commandv_interp.adapters.linear_form import has_linear_form
+from commandv_interp.adapters.surrogate import pasteable
 from commandv_interp.converters import Converters, fit_converters
 from commandv_interp.converters.transport import pasted_deltas
 from commandv_interp.io import atomic_write, read_json, write_json
 from commandv_interp.paste import apply_adapter, compile_paste, paste
-from commandv_interp.pipeline.agreement import greedy_responses
+from commandv_interp.pipeline.agreement import greedy_responses, teaching
 from commandv_interp.pipeline.polish import POLISH_ROUND, POLISH_STEPS, Distillation, fresh_adapter
 from commandv_interp.pipeline.search import (MIN_PROMPTS, CandidateSearch, check_transfer_prompts, generation_flops,
                                              prepare)
@@ -185,7 +187,7 @@ def load_transfer(folder: str | Path, recipient: ModelAccess | None = None) -> T
 def transfer(
     donor_model: ModelAccess,
     recipient_model: ModelAccess,
-    adapter: Adapter,
+    adapter: Edit,
     prompts: Sequence[str],
     scoring_fraction: float = 0.25,
     max_new_tokens: int = 8,
@@ -199,7 +201,9 @@ def transfer(
 
     Args:
         donor_model, recipient_model: the two models (``ModelAccess`` or anything ``open_model`` accepts).
-        adapter: the donor's ReFT adapter (linear-source kinds for the adapter-aware candidates).
+        adapter: the donor's ReFT adapter (linear-source kinds for the adapter-aware candidates), or a LoRA or
+            steering vector (:func:`~commandv_interp.adapters.edit.load_edit`): its last-token NodiReFT surrogate
+            is pasted and the edit itself is the teacher (:func:`~commandv_interp.adapters.surrogate.pasteable`).
         prompts: unlabeled prompts of the adapter's task (e.g. its training inputs), at least 16.
         scoring_fraction: share of the prompts held out from fitting and used to score the candidates.
         max_new_tokens: response tokens the donor generates for the targets (what the criterion compares and the
@@ -222,6 +226,7 @@ def transfer(
     check_choice("start", start, STARTS)
     if isinstance(polish_steps, bool) or not isinstance(polish_steps, int) or polish_steps < 0:
         raise ValueError(f"polish_steps must be an int >= 0, got {polish_steps!r}")
+    adapter = pasteable(donor_model, adapter, prompts)  # a LoRA or steering vector: its surrogate, taught by it
     if start == "scratch" and (polish_steps == 0 or adapter.positions != "last"):
         raise ValueError(f"start='scratch' learns everything in the polish, which acts at the last prompt token: "
                          f"pass polish_steps >= 1 (got {polish_steps}) and a positions='last' adapter "
@@ -303,7 +308,7 @@ def _polish(search: CandidateSearch, setup, base: pd.Series | None, fits: dict[s
         return {}
     if base is not None and float(base.criterion) >= 1.0:  # the paste reproduces every scoring answer already
         return {}
-    with torch.no_grad(), donor.edited(adapter_edits(donor, adapter)):
+    with torch.no_grad(), teaching(donor, adapter):
         answers = greedy_responses(donor, setup.fitting, max_new_tokens, setup.batch_size, whole_words=True)
     search.flops += generation_flops(donor, setup.fitting, max_new_tokens)
     layers = sorted(set(setup.layer_maps["depth"].restrict(adapter.layers).as_dict().values()))
