@@ -207,16 +207,18 @@ def load_peft_lora(folder: str | Path, base_model: str | None = None) -> LoraEdi
 def save_peft_lora(lora: LoraEdit, folder: str | Path, base_model: str | None = None) -> Path:
     """Write ``lora`` as a PEFT folder that ``peft.PeftModel.from_pretrained(model, folder)`` loads (float32).
 
-    ``lora_alpha`` is written as ``scaling · r`` (plain LoRA scaling); the target modules as their leaf names.
+    ``lora_alpha`` is written as ``scaling · r`` (plain LoRA scaling); the target modules as their full paths (PEFT
+    matches a path exactly, so no other module gets a LoRA).
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{str(folder)!r} exists and is not a folder; choose a folder for the LoRA")
     folder.mkdir(parents=True, exist_ok=True)
-    leaves = sorted({name.rsplit(".", 1)[-1] for name in lora.modules})
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": lora.rank, "lora_alpha": lora.scaling * lora.rank,
+    alpha = lora.scaling * lora.rank
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": lora.rank,
+              "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
               "lora_dropout": 0.0, "bias": "none", "use_rslora": False, "use_dora": False,
-              "target_modules": leaves, "layers_to_transform": lora.layers, "layers_pattern": None,
+              "target_modules": sorted(lora.modules), "layers_to_transform": None, "layers_pattern": None,
               "fan_in_fan_out": bool(lora.config.get("fan_in_fan_out", False)), "modules_to_save": None,
               "init_lora_weights": True, "inference_mode": True,
               "base_model_name_or_path": base_model or lora.base_model}

@@ -43,6 +43,11 @@ class SurrogateAdapter(Adapter):
 
     teacher: object = field(default=None, compare=False, repr=False)
 
+    def restricted(self, layers: Sequence[int]) -> SurrogateAdapter:
+        """The surrogate at ``layers`` only, taught by the whole edit still (a paste of some layers learns it all)."""
+        sub = super().restricted(layers)
+        return SurrogateAdapter(sub.interventions, sub.positions, sub.first_last_k, sub.metadata, teacher=self.teacher)
+
 
 def teacher_of(adapter: Edit) -> Edit:
     """The edit whose answers a transfer learns: a surrogate's teacher, else the edit itself."""

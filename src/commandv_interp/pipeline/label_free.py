@@ -54,6 +54,7 @@ from commandv_interp.pipeline.agreement import greedy_responses, teaching
 from commandv_interp.pipeline.polish import POLISH_ROUND, POLISH_STEPS, Distillation, fresh_adapter
 from commandv_interp.pipeline.search import (MIN_PROMPTS, CandidateSearch, check_transfer_prompts, generation_flops,
                                              prepare)
+from commandv_interp.pipeline.to_peft import LORA_STEPS, LoraDistillation, to_peft
 from commandv_interp.types import PositionRule, check_choice
 from commandv_interp.version import __version__
 
@@ -124,6 +125,14 @@ class Transfer:
         if self.polished is not None:
             return self.polished
         return compile_paste(self.adapter, self.converters, self.positions, self.alpha)
+
+    def to_peft(self, folder: str | Path, donor_model: ModelAccess, prompts: Sequence[str], rank: int = 8,
+                steps: int = LORA_STEPS, seed: int = 0, progress: bool = True) -> LoraDistillation:
+        """The transfer as a recipient LoRA in PEFT's format, distilled from the donor+edit's answers to ``prompts``
+        over the whole answer (:func:`~commandv_interp.pipeline.to_peft.to_peft`; the teacher is the donor's edit)."""
+        if self.recipient is None:
+            raise ValueError("this Transfer was loaded from disk and holds no recipient: load_transfer(folder, recipient)")
+        return to_peft(donor_model, self.recipient, self.adapter, prompts, folder, rank, steps, seed, progress)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``transfer.json``, ``converters.safetensors``, ``adapter/`` (pyreft folder), ``polished/`` (when
