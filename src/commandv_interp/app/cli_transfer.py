@@ -10,6 +10,7 @@ import typer
 
 from commandv_interp.app.cli import (AdapterArg, BackendOpt, DebugOpt, Globals, JsonOpt, PromptsArg, WorldOpt,
                                      ZooRootOpt, _adapter, _command, _emit, _model, _out_folder, _prompts, app)
+from commandv_interp.app.edit_kind import donor_edit
 
 __all__: list[str] = []
 
@@ -28,12 +29,16 @@ def transfer_cmd(
                                                            "paste (0: the paste as it is).")] = 12,
     start: Annotated[str, typer.Option(help="paste (search, then polish) or scratch (the distillation baseline: "
                                             "polish a fresh adapter, no paste).")] = "paste",
+    output: Annotated[str, typer.Option("--as", help="reft (compiled/ as a pyreft adapter) or lora (also lora/, a "
+                                                     "PEFT LoRA of the recipient distilled from the donor+edit).")
+                      ] = "reft",
     backend: BackendOpt = "nnsight",
     json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None, world: WorldOpt = "main",
 ) -> None:
     """Label-free transfer: choose converters, layers and alpha by agreement with the donor+adapter, and compile.
 
-    PROMPTS are unlabeled prompts of the adapter's task (e.g. its training inputs).
+    PROMPTS are unlabeled prompts of the adapter's task (e.g. its training inputs). ADAPTER_FOLDER may also be a
+    PEFT LoRA folder or a steering-vector .safetensors file (its kind is named in one line).
 
     Example: commandv transfer llama-6x128 gpt2-4x96 zoo:llama-6x128:jailbreak zoo:jailbreak:train --out jb/
     """
@@ -46,12 +51,18 @@ def transfer_cmd(
     from commandv_interp.types import check_choice
 
     check_choice("--start", start, STARTS)
+    check_choice("--as", output, ("reft", "lora"))
 
     texts = check_transfer_prompts(_prompts(g, prompts)[:limit])  # cheap inputs first: fail before loading the models
-    donor_adapter = _adapter(g, adapter)
-    result = cv.transfer(_model(g, donor, backend), _model(g, recipient, backend), donor_adapter, texts,
+    donor_adapter, kind_line = donor_edit(adapter, donor, lambda spec: _adapter(g, spec))  # pyreft, PEFT LoRA or steering
+    if not g.json:
+        typer.echo(kind_line)
+    donor_model = _model(g, donor, backend)
+    result = cv.transfer(donor_model, _model(g, recipient, backend), donor_adapter, texts,
                          polish_steps=polish_steps, start=start, progress=not g.json)
     result.save(out)
+    if output == "lora":  # the recipient LoRA in PEFT's format, distilled from the donor+edit's whole answers
+        result.to_peft(out / "lora", donor_model, texts, progress=not g.json)
     native = result.compile()
     cv.save_adapter(native, out / "compiled")
     scored = result.candidates
@@ -68,7 +79,8 @@ def transfer_cmd(
     report += [f"| {r.candidate} | {r.alpha:.3g} | {r.criterion:.3f} | {r.lift:.3f} |" for r in best.itertuples()]
     (out / "report.md").write_text("\n".join(report) + "\n")
     _emit(g, {"out": str(out), "choice": result.choice, "alpha": result.alpha, "layer_map": result.layer_map,
-              "flops": result.flops, "wall_s": result.wall_s},
+              "flops": result.flops, "wall_s": result.wall_s, "edit": kind_line,
+              "lora": str(out / "lora") if output == "lora" else None},
           f"wrote {out}: `{result.choice}` at alpha {result.alpha:.3g}, compiled adapter in {out / 'compiled'}; "
           "best candidates:", [{"candidate": r.candidate, "alpha": round(r.alpha, 4), "criterion": round(r.criterion, 4)}
                                for r in best.itertuples()])
