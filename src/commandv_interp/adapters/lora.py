@@ -242,8 +242,9 @@ def lora_applied(model: ModelAccess, lora: LoraEdit, alpha: float = 1.0) -> Iter
     try:
         for name, (a, b) in lora.modules.items():
             module = hf.get_submodule(name)
-            device = next(module.parameters()).device
-            handles.append(module.register_forward_hook(_lora_hook(a.to(device), b.to(device),
+            weight = module.weight  # stored float16 factors run in the projection's dtype, as peft loads them
+            handles.append(module.register_forward_hook(_lora_hook(a.to(weight.device, weight.dtype),
+                                                                   b.to(weight.device, weight.dtype),
                                                                    lora.scaling * alpha)))
         yield access
     finally:
