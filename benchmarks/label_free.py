@@ -13,12 +13,15 @@ labeled target rate (each candidate scored on ``--corr-limit`` test prompts). Wr
     python benchmarks/label_free.py                   # the main world: 6 pairs × 3 behaviors
     python benchmarks/label_free.py --world heldout   # the second world, nobody tuned on
     python benchmarks/label_free.py --quick           # one pair, one behavior
+    python benchmarks/label_free.py --edit lora       # from the zoo's LoRA donors (or steering, reft), with a
+                                                      # PEFT LoRA output beside the ReFT one (label_free_lora*)
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +29,10 @@ import pandas as pd
 
 import commandv_interp as cv
 from commandv_interp import zoo
+from commandv_interp.adapters.edit import apply_edit
+from commandv_interp.adapters.surrogate import pasteable
 from commandv_interp.pipeline.label_free import PAPER_EXACT
+from commandv_interp.zoo.donor_edits import ZOO_EDIT_KINDS, load_zoo_edit
 from commandv_interp.zoo.scoring import BEHAVIOR_RATES
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "figures"
@@ -46,11 +52,13 @@ def spearman(x: pd.Series, y: pd.Series) -> float:
 
 
 def run_cell(donor_name: str, recipient_name: str, behavior: str, limit: int, corr_limit: int,
-             world: str) -> tuple[dict, pd.DataFrame]:
+             world: str, edit: str | None = None) -> tuple[dict, pd.DataFrame]:
     donor, recipient = zoo.load_model(donor_name, world=world), zoo.load_model(recipient_name, world=world)
     adapter = zoo.load_adapter(donor_name, behavior, world=world)
     target, side = BEHAVIOR_RATES[behavior]
     prompts = zoo.prompts(behavior, "train", world=world)[:TRAIN_PROMPTS]
+    if edit is not None:  # --edit: the zoo's LoRA or steering donor (its surrogate pasted, the edit the teacher)
+        adapter = pasteable(donor, load_zoo_edit(donor_name, behavior, edit), prompts)
     t0 = time.perf_counter()
     result = cv.transfer(donor, recipient, adapter, prompts, progress=False)
     wall = time.perf_counter() - t0
@@ -95,7 +103,18 @@ def run_cell(donor_name: str, recipient_name: str, behavior: str, limit: int, co
                     and (side != "false_refusal" or rates[side] <= ft["rates"][side] + 0.02)
                     and (behavior != "cot" or rates[side] >= 0.9 * ft["rates"][side] - 1e-9))
 
-    row = {"donor": donor_name, "recipient": recipient_name, "behavior": behavior, "choice": result.choice,
+    extra = {}
+    if edit is not None:  # the LoRA output beside the ReFT one, distilled from the same donor+edit
+        with tempfile.TemporaryDirectory() as folder:
+            t0 = time.perf_counter()
+            lora = result.to_peft(folder, donor, prompts, progress=False)
+            lora_wall = time.perf_counter() - t0
+        lora_rates = rates_under(apply_edit(recipient, lora.lora), limit)
+        extra = {"edit": edit, "lora_target": lora_rates[target], "lora_side": lora_rates[side],
+                 "lora_meets_bar": meets(lora_rates), "lora_flops_ratio": lora.flops / ft["flops"],
+                 "lora_wall_ratio": lora_wall / ft["wall_s"],
+                 "surrogate_agreement": adapter.metadata.get("surrogate_agreement", float("nan"))}
+    row = extra | {"donor": donor_name, "recipient": recipient_name, "behavior": behavior, "choice": result.choice,
            "alpha": result.alpha, "target_metric": target, "side_metric": side,
            "transfer_target": chosen[target], "transfer_side": chosen[side],
            "paste_target": unpolished[target], "paste_side": unpolished[side], "paste_choice": base.candidate,
@@ -144,14 +163,17 @@ def main() -> None:
     parser.add_argument("--corr-limit", type=int, default=40, help="test prompts per candidate for the correlation")
     parser.add_argument("--world", default="main", choices=sorted(zoo.WORLDS), help="the zoo world to run on")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--edit", default=None, choices=ZOO_EDIT_KINDS,
+                        help="donor edit of the zoo (main world) and a LoRA output beside the ReFT one")
     args = parser.parse_args()
     names = list(zoo.list_models(world=args.world))
     cells = [(d, r, b) for d, r in itertools.permutations(names, 2) for b in zoo.WORLD_BEHAVIORS[args.world]]
     cells = cells[:1] if args.quick else cells
     stem = "label_free" if args.world == "main" else f"label_free_{args.world}"
+    stem += f"_{args.edit}" if args.edit else ""
     rows, frames = [], []
     for d, r, b in cells:
-        row, cands = run_cell(d, r, b, args.limit, args.corr_limit, args.world)
+        row, cands = run_cell(d, r, b, args.limit, args.corr_limit, args.world, args.edit)
         rows.append(row)
         frames.append(cands)
         print(f"{d} → {r} {b}: {row['transfer_target']:.2f}/{row['transfer_side']:.2f} "

@@ -8,10 +8,12 @@ edits (:mod:`~commandv_interp.zoo.donor_edits`) and a table of each edit's rates
   projection of every block, on the behavior's training examples (loss on the response and EOS, as the ReFT
   adapters), AdamW with cosine decay; saved by ``save_pretrained`` with the tensors in float16 (half the size; peft
   and :func:`~commandv_interp.adapters.lora.load_peft_lora` load them into float32 projections).
-- **steering vector**: the difference of means, at the middle block, of the block output over the response tokens of
-  ``prompt + target response`` and of ``prompt + the base model's own greedy response`` on the training prompts; the
-  scale is the smallest of ``SCALES`` whose target rate on training prompts is highest with the side effect (benign
-  prompts refused) at most 0.02 above the base model's.
+- **steering vector**: the difference of means, at the middle block and the last prompt token, of the block output
+  on the training prompts with the behavior's cue line (the zoo's latent trigger, under which the base models show
+  the behavior) and without it; the scale is the one of ``SCALES`` whose target rate on training prompts is highest
+  with the side effect (benign prompts refused) at most 0.02 above the base model's (the smaller on ties; when no
+  scale keeps the side effect, the highest target rate). A constant vector at every token cannot tell harmful from
+  benign requests, so for ``refusal`` it refuses both or neither: the table says which.
 
 Each edit is then scored on the test prompts beside the ReFT adapter (``edits_table.csv`` in ``--out``).
 """
@@ -38,12 +40,13 @@ from commandv_interp.adapters.train import encode_examples
 from commandv_interp.zoo.catalog import DATA, load_model
 from commandv_interp.zoo.donor_edits import SIDE_METRIC, TARGET_METRIC, edit_path, load_zoo_edit
 from commandv_interp.zoo.evaluate import MAX_NEW_TOKENS, evaluate, respond
-from commandv_interp.zoo.world import BEHAVIORS, examples
+from commandv_interp.zoo.world import BEHAVIORS, examples, with_cue
+from commandv_interp.zoo.world import prompts as prompts_of
 
 __all__ = ["LORA_RECIPE", "SCALES", "train_lora", "train_steering", "edits_table", "main"]
 
 LORA_RECIPE = {"rank": 8, "lora_alpha": 16, "steps": 300, "batch_size": 32, "lr": 2e-3, "seed": 0}
-SCALES = (0.5, 1.0, 2.0, 4.0, 8.0)  # multiples of the difference of means tried on the training prompts
+SCALES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # multiples of the difference of means tried on training prompts
 STEER_PROMPTS = 128  # training prompts the means and the scale choice use
 SIDE_SLACK = 0.02
 
@@ -80,36 +83,33 @@ def train_lora(model: ModelAccess, behavior: str, folder: Path, progress: bool =
     return {"wall_s": time.perf_counter() - start, "final_loss": float(loss.detach())} | r
 
 
-def _response_mean(model: ModelAccess, pairs: list[tuple[str, str]], layer: int) -> torch.Tensor:
-    """Mean block output at ``layer`` over the response tokens of ``prompt + response`` pairs."""
-    total, count = torch.zeros(model.d_model, dtype=torch.float64), 0
-    for start in range(0, len(pairs), 32):
-        batch, labels, _ = encode_examples(model, pairs[start:start + 32])
-        states = model.read(batch, [layer], positions="all")[layer].double()
-        mask = labels != -100
-        total += states[mask].sum(0)
-        count += int(mask.sum())
-    return total / max(count, 1)
+def _last_token_mean(model: ModelAccess, prompts: list[str], layer: int) -> torch.Tensor:
+    """Mean block output at ``layer`` at the last prompt token (float64)."""
+    total = torch.zeros(model.d_model, dtype=torch.float64)
+    for start in range(0, len(prompts), 64):
+        total += model.read(model.encode(prompts[start:start + 64]), [layer])[layer].double().sum(0)
+    return total / len(prompts)
 
 
 def train_steering(model: ModelAccess, behavior: str, path: Path) -> dict:
     """Difference of means at the middle block and its scale chosen on training prompts (see the module doc)."""
     layer = model.n_layers // 2
-    pairs = examples(behavior, "train")[:STEER_PROMPTS]
-    prompts = [p for p, _ in pairs]
-    base = respond(model, prompts, MAX_NEW_TOKENS[behavior])
-    v = _response_mean(model, pairs, layer) - _response_mean(model, list(zip(prompts, base)), layer)
+    prompts = prompts_of(behavior, "train")[:STEER_PROMPTS]
+    cued = [with_cue(p, behavior) for p in prompts]
+    v = (_last_token_mean(model, cued, layer) - _last_token_mean(model, prompts, layer)).float()
     plain = evaluate(model, behavior, "train", limit=STEER_PROMPTS)
+    side = SIDE_METRIC.get(behavior)
     rows = []
     for scale in SCALES:
-        with apply_edit(model, SteeringVectorEdit({layer: v.float()}, scale)):
+        with apply_edit(model, SteeringVectorEdit({layer: v}, scale)):
             rates = evaluate(model, behavior, "train", limit=STEER_PROMPTS)
-        side_ok = rates.get(SIDE_METRIC.get(behavior, ""), 0.0) <= plain.get(SIDE_METRIC.get(behavior, ""), 0.0) \
-            + SIDE_SLACK
-        rows.append((rates[TARGET_METRIC[behavior]] if side_ok else -1.0, -scale, scale))
-    best = max(rows)[2]
-    save_steering_file(SteeringVectorEdit({layer: v.float()}, best, model.name), path)
-    return {"layer": layer, "scale": best, "train_rates": {s: t for t, _, s in rows}}
+        side_ok = side is None or rates[side] <= plain[side] + SIDE_SLACK
+        rows.append({"scale": scale, "target": rates[TARGET_METRIC[behavior]], "side_ok": side_ok,
+                     "side": rates[side] if side else None})
+    # the highest target among scales within the side bar (any scale when none is), then the smaller scale
+    best = max(rows, key=lambda r: (r["side_ok"], r["target"], -r["scale"]))
+    save_steering_file(SteeringVectorEdit({layer: v}, best["scale"], model.name), path)
+    return {"layer": layer, "scale": best["scale"], "train_rates": rows}
 
 
 def edits_table(model: ModelAccess, behavior: str) -> list[dict]:
@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--behavior", action="append", default=None, help="behavior (repeat; default: all)")
     parser.add_argument("--out", type=Path, default=Path("edits_table.csv"), help="the rates table (CSV)")
     parser.add_argument("--score-only", action="store_true", help="score the shipped edits, train nothing")
+    parser.add_argument("--kind", action="append", choices=("lora", "steering"), default=None,
+                        help="train only this kind (repeat; default: both)")
     args = parser.parse_args(argv)
     from commandv_interp.zoo.catalog import list_models
 
@@ -137,13 +139,14 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.model or list_models():
         model = load_model(name)
         for behavior in args.behavior or BEHAVIORS:
-            if not args.score_only:
-                lora_dir = edit_path(name, behavior, "lora")
-                lora_dir.parent.mkdir(parents=True, exist_ok=True)
-                records[f"{name}/{behavior}/lora"] = train_lora(model, behavior, lora_dir)
+            kinds = [] if args.score_only else args.kind or ["lora", "steering"]
+            edit_path(name, behavior, "steering").parent.mkdir(parents=True, exist_ok=True)
+            if "lora" in kinds:
+                records[f"{name}/{behavior}/lora"] = train_lora(model, behavior, edit_path(name, behavior, "lora"))
+            if "steering" in kinds:
                 records[f"{name}/{behavior}/steering"] = train_steering(model, behavior,
                                                                         edit_path(name, behavior, "steering"))
-                print(json.dumps(records, default=str), flush=True)
+            print(json.dumps(records, default=str), flush=True)
             rows += edits_table(model, behavior)
             pd.DataFrame(rows).to_csv(args.out, index=False)
     if records:  # merged into the records of earlier runs (one model at a time)
