@@ -111,3 +111,20 @@ def test_pickle_only_folder_is_refused(tmp_path):
     torch.save({"x": torch.zeros(1)}, tmp_path / "adapter_model.bin")
     with pytest.raises((ValueError, FileNotFoundError), match="adapter_model.safetensors"):
         load_edit(tmp_path)
+
+
+def test_shipped_zoo_lora_equals_peft_token_for_token(zoo_llama):
+    """The zoo's refusal LoRA (float16 tensors, trained with peft) under our hooks and under peft itself."""
+    from commandv_interp import zoo
+    from commandv_interp.zoo.donor_edits import edit_path, load_zoo_edit
+
+    folder = edit_path("llama-6x128", "refusal", "lora")
+    hf = copy.deepcopy(hf_model_of(zoo_llama))
+    peft_model = peft.PeftModel.from_pretrained(hf, folder).eval()
+    batch = zoo_llama.encode(zoo.prompts("refusal", "test")[:8])
+    with apply_edit(zoo_llama, load_zoo_edit("llama-6x128", "refusal", "lora")):
+        ours = zoo_llama.generate_ids(batch, 16)
+    with torch.no_grad():
+        ref = peft_model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=16,
+                                  do_sample=False)[:, batch.input_ids.shape[1]:]
+    assert torch.equal(ours, ref)
