@@ -75,6 +75,7 @@ def train_lora(model: ModelAccess, behavior: str, folder: Path, progress: bool =
         opt.step()
         sched.step()
     student.save_pretrained(folder)
+    (folder / "README.md").unlink(missing_ok=True)  # peft's model-card template: nothing in it but placeholders
     weights = folder / "adapter_model.safetensors"
     save_file({k: v.half() for k, v in load_file(str(weights)).items()}, str(weights), metadata={"format": "pt"})
     cfg_path = folder / "adapter_config.json"
