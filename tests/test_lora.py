@@ -128,3 +128,15 @@ def test_shipped_zoo_lora_equals_peft_token_for_token(zoo_llama):
         ref = peft_model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=16,
                                   do_sample=False)[:, batch.input_ids.shape[1]:]
     assert torch.equal(ours, ref)
+
+
+def test_lora_through_transformer_lens_equals_nnsight(hf_llama, nn_llama, tl_llama, tmp_path):
+    """The hooks sit on the Hugging Face projections the TransformerLens bridge runs too."""
+    _peft_folder(hf_llama[0], tmp_path / "l", ["q_proj", "up_proj"], rank=4)
+    lora = load_edit(tmp_path / "l")
+    batch = nn_llama.encode(random_prompts(3, seed=1))
+    with apply_edit(nn_llama, lora):
+        want = nn_llama.generate_ids(batch, 8)
+    with apply_edit(tl_llama, lora):
+        got = tl_llama.generate_ids(batch, 8)
+    assert torch.equal(got, want) and not torch.equal(want, nn_llama.generate_ids(batch, 8))

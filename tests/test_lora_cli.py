@@ -50,7 +50,8 @@ def test_unknown_and_inconsistent_folders_exit_2(tiny_dir, hf_llama, hf_gpt2, pr
     folder = _peft_folder(hf_llama[0], tmp_path / "r", ["q_proj"])
     config = json.loads((folder / "adapter_config.json").read_text()) | {"r": 5}
     (folder / "adapter_config.json").write_text(json.dumps(config))
-    assert "config says r=5" in _user_error("transfer", donor, recipient, folder, prompts_file, "--out", tmp_path / "o2")
+    line = _user_error("transfer", donor, recipient, folder, prompts_file, "--out", tmp_path / "o2")
+    assert "config says r=5" in line
     other = _peft_folder(hf_gpt2[0], tmp_path / "g", ["c_attn"], fan_in_fan_out=True)  # a LoRA of another model
     line = _user_error("transfer", donor, recipient, other, prompts_file, "--out", tmp_path / "o3")
     assert "this LoRA was trained on" in line and "gpt2" in line

@@ -66,7 +66,8 @@ def test_objects_of_both_packages_and_the_file_format(tmp_path):
         assert edit_kind(obj) == "steering"
         edit = load_edit(obj, scale=2.0)
         assert edit.layers == [3] and edit.scale == 2.0 and torch.equal(edit.vectors[3], v)
-    path = save_steering_file(SteeringVectorEdit({3: v}, scale=-4.0, base_model="llama-6x128"), tmp_path / "s.safetensors")
+    path = save_steering_file(SteeringVectorEdit({3: v}, scale=-4.0, base_model="llama-6x128"),
+                              tmp_path / "s.safetensors")
     again = load_edit(path)
     assert edit_kind(path) == "steering" and again.scale == -4.0 and again.base_model == "llama-6x128"
     assert torch.equal(again.vectors[3], v) and load_edit(path, scale=1.0).scale == 1.0

@@ -29,7 +29,7 @@ from commandv_interp.io import atomic_write, check_input_file, read_json, write_
 from commandv_interp.types import Float, Tensor
 
 __all__ = ["LoraEdit", "load_peft_lora", "save_peft_lora", "lora_applied", "hf_model_of", "block_modules",
-           "CONFIG_FILE", "WEIGHTS_FILE"]
+           "projections", "CONFIG_FILE", "WEIGHTS_FILE"]
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -94,12 +94,12 @@ class LoraEdit:
         """Refuse a model this LoRA was not made for: another base model name, a target module it lacks, shapes that
         disagree with the module's."""
         hf = hf_model_of(access)
-        names = {_short(access.name), _short(getattr(hf.config, "name_or_path", "") or access.name)}
+        names = {_short(access.name), _short(getattr(getattr(hf, "config", None), "name_or_path", "") or access.name)}
         if self.base_model and _short(self.base_model) not in names:
             raise ValueError(f"this LoRA was trained on {self.base_model!r} but the model is {access.name!r}; apply "
                              "it to its base model (or load it with load_edit(folder, base_model=<name>) if this is "
                              "that model under another name)")
-        present = dict(hf.named_modules())
+        present = projections(access)
         for name, (a, b) in self.modules.items():
             module = present.get(name)
             if module is None:
@@ -144,13 +144,22 @@ def hf_model_of(access: ModelAccess) -> torch.nn.Module:
     return access.torch_module
 
 
-def block_modules(access: ModelAccess) -> list[str]:
-    """Leaf names of the ``Linear``/``Conv1D`` projections inside the decoder blocks (``q_proj``, ``c_attn`` …)."""
-    names = []
+_WRAPPED = "_original_component"  # where a TransformerBridge keeps each Hugging Face module it wraps
+
+
+def projections(access: ModelAccess) -> dict[str, torch.nn.Module]:
+    """Module path (PEFT's, as in the plain Hugging Face model) → the ``Linear``/``Conv1D`` projections inside the
+    decoder blocks; through a TransformerBridge, the Hugging Face modules it wraps."""
+    out = {}
     for path, module in hf_model_of(access).named_modules():
         if (isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D") and _BLOCK.search(f".{path}."):
-            names.append(path.rsplit(".", 1)[-1])
-    return sorted(set(names))
+            out.setdefault(path.replace(f".{_WRAPPED}", ""), module)
+    return out
+
+
+def block_modules(access: ModelAccess) -> list[str]:
+    """Leaf names of the ``Linear``/``Conv1D`` projections inside the decoder blocks (``q_proj``, ``c_attn`` …)."""
+    return sorted({path.rsplit(".", 1)[-1] for path in projections(access)})
 
 
 def _read_config(folder: Path) -> dict:
@@ -237,11 +246,11 @@ def lora_applied(model: ModelAccess, lora: LoraEdit, alpha: float = 1.0) -> Iter
     exit (also on exceptions), leaving the model bit-identical."""
     access = open_model(model)
     lora.check_model(access)
-    hf = hf_model_of(access)
+    modules = projections(access)
     handles = []
     try:
         for name, (a, b) in lora.modules.items():
-            module = hf.get_submodule(name)
+            module = modules[name]
             weight = module.weight  # stored float16 factors run in the projection's dtype, as peft loads them
             handles.append(module.register_forward_hook(_lora_hook(a.to(weight.device, weight.dtype),
                                                                    b.to(weight.device, weight.dtype),

@@ -54,7 +54,8 @@ def transfer_cmd(
     check_choice("--as", output, ("reft", "lora"))
 
     texts = check_transfer_prompts(_prompts(g, prompts)[:limit])  # cheap inputs first: fail before loading the models
-    donor_adapter, kind_line = donor_edit(adapter, donor, lambda spec: _adapter(g, spec))  # pyreft, PEFT LoRA or steering
+    # pyreft, PEFT LoRA or steering vector, told apart by the contents
+    donor_adapter, kind_line = donor_edit(adapter, donor, lambda spec: _adapter(g, spec))
     if not g.json:
         typer.echo(kind_line)
     donor_model = _model(g, donor, backend)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.adapters.edit import Edit
-from commandv_interp.adapters.lora import LoraEdit, block_modules, hf_model_of, lora_applied, save_peft_lora
+from commandv_interp.adapters.lora import LoraEdit, block_modules, lora_applied, projections, save_peft_lora
 from commandv_interp.pipeline.agreement import greedy_responses, response_sequences, teaching
 from commandv_interp.pipeline.search import generation_flops
 
@@ -50,12 +50,11 @@ class LoraDistillation:
 def _fresh(recipient: ModelAccess, targets: Sequence[str] | None, rank: int,
            seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """PEFT's initialization of a LoRA on every block projection whose leaf name is in ``targets``."""
-    hf = hf_model_of(recipient)
     leaves = set(block_modules(recipient) if targets is None else targets)
     generator = torch.Generator().manual_seed(seed)
     modules = {}
-    for name, module in hf.named_modules():
-        if name.rsplit(".", 1)[-1] not in leaves or not hasattr(module, "weight") or module.weight.ndim != 2:
+    for name, module in projections(recipient).items():
+        if name.rsplit(".", 1)[-1] not in leaves:
             continue
         n_in, n_out = ((module.in_features, module.out_features) if isinstance(module, torch.nn.Linear)
                        else tuple(module.weight.shape))
@@ -121,8 +120,8 @@ def distill_lora(donor_model: ModelAccess, recipient_model: ModelAccess, edit: E
         for p, flag in zip(module.parameters(), flags):
             p.requires_grad_(flag)
     trained = {name: (a.detach().cpu().clone(), b.detach().cpu().clone()) for name, (a, b) in modules.items()}
-    config = {"fan_in_fan_out": any(type(hf_model_of(recipient).get_submodule(n)).__name__ == "Conv1D"
-                                    for n in trained)}
+    config = {"fan_in_fan_out": any(type(m).__name__ == "Conv1D" for n, m in projections(recipient).items()
+                                    if n in trained)}
     lora = LoraEdit(trained, 1.0, recipient.name, config)
     return LoraDistillation(lora, tuple(answers), steps, tokens, flops + 4.0 * n_params * tokens, tuple(losses))
 
