@@ -44,7 +44,10 @@ it ``gc.collect()`` and glibc's ``malloc_trim(0)`` return freed memory; ``tracem
 Run (``--quick``: about 30 CPU seconds; the full run about 20 CPU minutes)::
 
     HF_HUB_OFFLINE=1 python benchmarks/realwidth.py [--quick] [--vocab V] [--rounds R] [--timing-batches B]
-        [--gen-rounds G] [--write-docs [PATH]]
+        [--gen-rounds G] [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--write-docs [PATH]]
+
+``--device``/``--dtype`` place both models (built on the device, then cast); on CUDA the stages are timed in wall
+time with the device synchronized and metered in allocated device memory (see ``devices.py``).
 
 ``--write-docs`` writes the tables to ``docs/realwidth.md`` (or PATH). ``--threads`` defaults to 1 (see overhead.py:
 two OpenMP threads on a shared 2-core machine spin against each other).
@@ -77,7 +80,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 import commandv_interp as cv  # noqa: E402
 from commandv_interp.adapters import make_intervention  # noqa: E402
 from commandv_interp.zoo.tokenization import SPECIALS, word_tokenizer  # noqa: E402
-from scaling import PeakRSS  # noqa: E402  (this folder is on sys.path when a script here runs)
+from devices import DTYPES, DevicePeak, add_device_args, built_on, check_device, device_name, synchronize  # noqa: E402
 
 REFERENCE_ADAPTER = Path("/work/shared/reference_adapters/cot_reasoning-Llama-3.2-3B-Instruct-nodireft-l1")
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "realwidth.md"
@@ -111,15 +114,18 @@ SETUPS = {
 }
 
 
-def random_llama(tokenizer, shape: Shape, intermediate: int, seed: int, vocab: int = 0) -> LlamaForCausalLM:
-    """A random Llama of ``shape``; ``vocab`` rows of embedding and head (at least the tokenizer's)."""
+def random_llama(tokenizer, shape: Shape, intermediate: int, seed: int, vocab: int = 0,
+                 device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+    """A random Llama of ``shape``; ``vocab`` rows of embedding and head (at least the tokenizer's); initialized on
+    ``device``, then cast to ``dtype``."""
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=max(vocab, len(tokenizer)), hidden_size=shape.d_model, intermediate_size=intermediate,
         num_hidden_layers=shape.n_layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
         max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
-    model = LlamaForCausalLM(config).eval()
+    with built_on(device):
+        model = LlamaForCausalLM(config).eval().to(dtype)
     model.generation_config.eos_token_id = None  # every row decodes all new tokens, in every mode
     return model
 
@@ -153,31 +159,33 @@ def reference_adapter(donor: Shape) -> cv.Adapter:
 class Stages:
     """Runs named stages, recording each run's wall seconds, CPU seconds and peak MiB (in run order).
 
-    Ratios use CPU time (``time.process_time``): with one torch thread the work runs on the calling thread, and CPU
-    time counts only the time the process ran, so another job on a shared machine inflates it far less than wall
-    time. The RSS sampler's own CPU time is in every stage alike."""
+    On CPU ratios use CPU time (``time.process_time``): with one torch thread the work runs on the calling thread,
+    and CPU time counts only the time the process ran, so another job on a shared machine inflates it far less than
+    wall time. The RSS sampler's own CPU time is in every stage alike. On CUDA the work runs on the device, so ratios
+    use wall time, each stage ending with the device synchronized."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device = torch.device("cpu")) -> None:
         self.runs: dict[str, list[tuple[float, float, float]]] = {}
+        self.device = device
+        self.basis = 1 if device.type == "cpu" else 0  # the field ratios use: CPU seconds, or wall seconds on CUDA
 
     def run(self, name: str, fn: Callable[[], object]) -> object:
-        with PeakRSS() as mem:
+        with DevicePeak(self.device) as mem:
             wall, cpu = time.perf_counter(), time.process_time()
             out = fn()
+            synchronize(self.device)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         self.runs.setdefault(name, []).append((wall, cpu, mem.mb))
         return out
-
-    def cpu(self, name: str) -> list[float]:
-        return [c for _, c, _ in self.runs[name]]
 
     def median(self, name: str, field: int) -> float:
         """Median over runs of the wall seconds (0), CPU seconds (1) or peak MiB (2)."""
         return statistics.median(run[field] for run in self.runs[name])
 
     def ratios(self, name: str, baseline: str) -> list[float]:
-        """Per round, ``name``'s CPU time over ``baseline``'s in the same round."""
-        return [a / b for a, b in zip(self.cpu(name), self.cpu(baseline))]
+        """Per round, ``name``'s time (CPU time; wall time on CUDA) over ``baseline``'s in the same round."""
+        times = lambda n: [run[self.basis] for run in self.runs[n]]  # noqa: E731
+        return [a / b for a, b in zip(times(name), times(baseline))]
 
     def paired(self, name: str, baseline: str) -> float:
         """Median over rounds of :meth:`ratios`."""
@@ -194,6 +202,7 @@ class Stages:
 
 # -- stages ---------------------------------------------------------------------------------------------------------
 def forward(model: LlamaForCausalLM, batch) -> None:
+    batch = batch.to(model.device)
     model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
 
 
@@ -221,6 +230,7 @@ def timing_rounds(stages: Stages, donor, hf_donor, recipient, hf_recipient, batc
                 for name in order:
                     wall, cpu = time.perf_counter(), time.process_time()
                     modes[name](batch)
+                    synchronize(stages.device)
                     totals[name][0] += time.perf_counter() - wall
                     totals[name][1] += time.process_time() - cpu
             for name, (wall, cpu) in totals.items():
@@ -238,10 +248,12 @@ def memory_child(args, setup: Setup) -> None:
     tokenizer = word_tokenizer()
     prompts = random_prompts(tokenizer, setup.n_profile, seed=0)
     widest = sorted(prompts, key=len)[-BATCH_SIZE:]
-    stages, todo = Stages(), {}
+    device, dtype = check_device(args.device), DTYPES[args.dtype]
+    stages, todo = Stages(device), {}
     with torch.no_grad():
         for model_name, shape, seed in (("donor", setup.donor, 1), ("recipient", setup.recipient, 2)):
-            model = random_llama(tokenizer, shape, args.intermediate, seed=seed, vocab=args.vocab)
+            model = random_llama(tokenizer, shape, args.intermediate, seed=seed, vocab=args.vocab, device=device,
+                                 dtype=dtype)
             access = cv.open_model(model, tokenizer=tokenizer, name=model_name)
             forward(model, access.encode(widest, padding_side="left"))  # warmup: allocator and kernel set-up
             cv.profile(access, widest, batch_size=BATCH_SIZE, progress=False)
@@ -270,7 +282,7 @@ def memory_stages(args, workdir: Path) -> tuple[dict, dict[str, cv.ActivationPro
     """Runs :func:`memory_child` in a fresh process with the fixed mmap threshold (see the module docstring);
     returns its ``Stages.runs`` and the two profiles."""
     flags = ["--quick"] * args.quick + ["--intermediate", str(args.intermediate), "--threads", str(args.threads),
-                                        "--vocab", str(args.vocab)]
+                                        "--vocab", str(args.vocab), "--device", args.device, "--dtype", args.dtype]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     subprocess.run([sys.executable, __file__, *flags, "--memory-out", str(workdir)], env=env, check=True)
     runs = json.loads((workdir / "runs.json").read_text())
@@ -292,10 +304,11 @@ def generation_stages(stages: Stages, recipient, hf_recipient, adapter, converte
     }
 
     def plain() -> list[str]:
-        ids = hf_recipient.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+        on = batch.to(hf_recipient.device)
+        ids = hf_recipient.generate(input_ids=on.input_ids, attention_mask=on.attention_mask,
                                     max_new_tokens=new_tokens, do_sample=False,
                                     pad_token_id=recipient.tokenizer.pad_token_id)
-        return recipient.decode_continuations(ids[:, n_prompt:])
+        return recipient.decode_continuations(ids[:, n_prompt:].cpu())
 
     def run(into: Stages, name: str) -> list[str]:
         if name == "generate plain":
@@ -307,7 +320,7 @@ def generation_stages(stages: Stages, recipient, hf_recipient, adapter, converte
             return into.run(name, lambda: recipient.generate(batch, new_tokens))
 
     with torch.no_grad():
-        outputs = {name: run(Stages(), name) for name in contexts}  # warmup: first-call costs
+        outputs = {name: run(Stages(stages.device), name) for name in contexts}  # warmup: first-call costs
         rng = random.Random(seed)
         for _ in range(rounds):
             order = list(contexts)
@@ -389,8 +402,9 @@ STAGE_HEADER = ("stage", "runs", "wall s", "CPU s", "peak MiB")
 
 def write_docs(path: Path, setup: Setup, args, targets, stages_table, notes: list[str]) -> None:
     shape = "{0.d_model} × {0.n_layers} blocks ({0.heads} heads, {0.kv_heads} KV heads)"
+    where = "CPU" if args.device == "cpu" else device_name(check_device(args.device))
     text = "\n".join([
-        "# Command-V at the paper's widths (CPU)",
+        f"# Command-V at the paper's widths ({where})",
         "",
         "Written by `benchmarks/realwidth.py" + (" --quick" if args.quick else "")
         + (f" --vocab {args.vocab}" if args.vocab != (len(word_tokenizer()) if args.quick else LLAMA3_VOCAB) else "")
@@ -403,7 +417,7 @@ def write_docs(path: Path, setup: Setup, args, targets, stages_table, notes: lis
         f"{setup.new_tokens} new tokens; {args.rounds} profiling time round(s) over {args.timing_batches} batches, "
         f"{args.gen_rounds} generation round(s)",
         f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}, "
-        f"torch {torch.__version__}",
+        f"torch {torch.__version__}; models on {args.device} in {args.dtype}",
         "",
         "## Targets (issue 20)",
         "",
@@ -420,9 +434,18 @@ def write_docs(path: Path, setup: Setup, args, targets, stages_table, notes: lis
         "",
         *notes,
         "",
-    ])
+    ]) + _kept_sections(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+KEPT = "\n## On a GPU"
+"""The section ``gpu_check.py``'s results live in: kept when the CPU tables are rewritten."""
+
+
+def _kept_sections(path: Path) -> str:
+    old = path.read_text() if path.is_file() else ""
+    return old[old.index(KEPT):] if KEPT in old else ""  # from the blank line before the heading
 
 
 def parse_args() -> argparse.Namespace:
@@ -438,6 +461,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--write-docs", nargs="?", const=DOCS, type=Path, default=None, metavar="PATH",
                         help=f"write the tables to PATH (default {DOCS})")
+    add_device_args(parser)
     parser.add_argument("--memory-out", help=argparse.SUPPRESS)  # internal: run the memory stages, write here
     args = parser.parse_args()
     args.intermediate = args.intermediate or (256 if args.quick else 1024)
@@ -454,15 +478,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.memory_out:
         return memory_child(args, setup)
-    started, stages = time.perf_counter(), Stages()
+    device, dtype = check_device(args.device), DTYPES[args.dtype]
+    started, stages = time.perf_counter(), Stages(device)
     print(f"profiling memory: whole runs over {setup.n_profile} prompts in a fresh process", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         runs, profiles = memory_stages(args, workdir=Path(tmp))
     stages.runs.update(runs)
 
     tokenizer = word_tokenizer()
-    hf_donor = random_llama(tokenizer, setup.donor, args.intermediate, seed=1, vocab=args.vocab)
-    hf_recipient = random_llama(tokenizer, setup.recipient, args.intermediate, seed=2, vocab=args.vocab)
+    hf_donor = random_llama(tokenizer, setup.donor, args.intermediate, seed=1, vocab=args.vocab, device=device,
+                            dtype=dtype)
+    hf_recipient = random_llama(tokenizer, setup.recipient, args.intermediate, seed=2, vocab=args.vocab,
+                                device=device, dtype=dtype)
     donor = cv.open_model(hf_donor, tokenizer=tokenizer, name="donor")
     recipient = cv.open_model(hf_recipient, tokenizer=tokenizer, name="recipient")
     prompts = random_prompts(tokenizer, BATCH_SIZE * args.timing_batches, seed=0)  # the memory runs' first batches

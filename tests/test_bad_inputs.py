@@ -79,7 +79,7 @@ def _craft_profile(w, path: Path, edit: Callable[[dict, dict], None], checksum: 
     """A profile file with the good one's tensors and metadata, after ``edit(meta, tensors)``; checksum recomputed."""
     meta, tensors = read_safetensors(w.p.donor, "activation profile", "commandv.activation_profile")
     edit(meta, tensors)
-    meta["checksum"] = tensors_checksum(tensors) if checksum else meta["checksum"]
+    meta["checksum"] = tensors_checksum(tensors, meta) if checksum else meta["checksum"]
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"commandv": json.dumps(meta)})
     return path
 
@@ -445,7 +445,7 @@ CLI_ROWS = [
     CliRow("profile-out-folder", lambda w: ["profile", w.tiny / "llama", w.root / "prompts.txt", "--out",
                                             w.root / "folder"], "--out"),
     CliRow("profile-out-empty", lambda w: ["profile", w.tiny / "llama", w.root / "prompts.txt", "--out", ""],
-           "--out is empty"),
+           "(the current folder) is a folder"),  # click turns "" into Path("."), the current folder
     CliRow("profile-out-is-prompts", lambda w: ["profile", w.tiny / "llama", w.root / "prompts.txt", "--out",
                                                 w.root / "prompts.txt"], "also an input"),
     CliRow("profile-batch-size-0", lambda w: ["profile", w.tiny / "llama", w.root / "prompts.txt", "--out",

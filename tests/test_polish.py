@@ -10,7 +10,8 @@ from conftest import random_adapter, random_prompts, rotated_pair
 import commandv_interp as cv
 from commandv_interp.adapters.edits import adapter_edits
 from commandv_interp.pipeline.agreement import greedy_responses
-from commandv_interp.pipeline.polish import Distillation, balanced, fresh_adapter
+from commandv_interp.pipeline.polish import Distillation, balanced, finetune_flops_estimate, fresh_adapter
+from commandv_interp.pipeline.polish_race import PolishPlan, race
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_distillation_learns_a_planted_teacher_and_counts_finetune_flops(pair):
         answers = greedy_responses(donor, prompts, 6, 16, whole_words=True)
 
     def loss_of(start) -> float:
-        return float(Distillation(recipient, start, prompts, answers)._loss(prompts, answers).detach())
+        return Distillation(recipient, start, prompts, answers).loss_on(prompts, answers)
 
     floor = loss_of(cv.compile_paste(adapter, exact, alpha=1.0))
     start = cv.compile_paste(adapter, exact, alpha=0.3)
@@ -117,3 +118,110 @@ def test_transfer_refuses_bad_polish_arguments(pair):
         cv.transfer(donor, recipient, adapter, prompts, polish_steps=-1, progress=False)
     with pytest.raises(ValueError, match="start='scratch' learns everything in the polish"):
         cv.transfer(donor, recipient, adapter, prompts, start="scratch", polish_steps=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def teacher(pair):
+    """The rotated pair's teacher pairs (donor+adapter answers) and planted strata (the random adapter changes every
+    answer of the tiny donor; which pairs count as changed only steers the batches' draws here)."""
+    donor, recipient, adapter = pair
+    prompts = random_prompts(40, seed=31)
+    with torch.no_grad(), donor.edited(adapter_edits(donor, adapter)):
+        answers = greedy_responses(donor, prompts, 5, 16, whole_words=True)
+    return prompts, answers, [i % 3 == 0 for i in range(len(prompts))]
+
+
+def test_batches_draw_half_from_each_stratum(pair, teacher):
+    _, recipient, _ = pair
+    prompts, answers, changed = teacher
+    trainer = Distillation(recipient, fresh_adapter(recipient, [1], rank=2), prompts, answers, changed,
+                           batch_size=10, seed=4)
+    for _ in range(5):
+        idx = trainer.next_indices()
+        assert len(idx) == 10 and sum(changed[i] for i in idx) == 5
+    again = Distillation(recipient, fresh_adapter(recipient, [1], rank=2), prompts, answers, changed,
+                         batch_size=10, seed=4)
+    assert again.next_indices() == Distillation(recipient, fresh_adapter(recipient, [1], rank=2), prompts, answers,
+                                                changed, batch_size=10, seed=4).next_indices()  # per seed
+
+
+def _planted_scorer(best_lr: float, recipient):
+    """A scorer whose criterion peaks at ``best_lr`` (planted), with a lift that grows with the steps."""
+    import math
+
+    def score(start: str, candidate: str, adapter, info: dict) -> dict:
+        gap = abs(math.log(info["polish_lr"] / best_lr))
+        return {"candidate": candidate, "criterion": max(0.0, 0.9 - 0.1 * gap), "lift": 0.5 + 0.001 * info[
+            "polish_steps"], "agree_unchanged": 1.0, "score_flops": 1e3, "start": start, **info}
+
+    return score
+
+
+def test_lr_sweep_picks_the_planted_best_rate_for_every_start_alike(pair, teacher):
+    """Both starts try every rate of the grid once; the trial at the planted best rate goes on (not the first start
+    listed: its criterion ties, and the lift, a held-out measure, decides), and every later round keeps that rate."""
+    _, recipient, _ = pair
+    prompts, answers, changed = teacher
+    starts = {"a": fresh_adapter(recipient, [1], rank=2, seed=1), "b": fresh_adapter(recipient, [1], rank=2, seed=2)}
+    plan = PolishPlan(budget=1e15, score_cost=1e3, max_steps=12, lrs=(1e-3, 4e-3, 1.6e-2), round_steps=2, patience=2)
+    lift_of = {"a": 0.0, "b": 0.01}  # b's held-out lift is higher: b must win the tie whatever the order
+
+    def make(start, lr):
+        return Distillation(recipient, start, prompts, answers, changed, batch_size=4, lr=lr)
+
+    for order in (("a", "b"), ("b", "a")):
+        planted = _planted_scorer(4e-3, recipient)
+        score = lambda s, c, a, i: planted(s, c, a, i) | {"lift": 0.5 + lift_of[s]}  # noqa: E731
+        out = race({k: starts[k] for k in order}, make, score, plan)
+        trials = [r for r in out.rows.values() if r["polish_steps"] == 2]
+        assert sorted((r["start"], r["polish_lr"]) for r in trials) == sorted(
+            (s, lr) for s in "ab" for lr in plan.lrs)
+        assert out.winner == "b+polish/2/lr=0.004"
+        later = [r for r in out.rows.values() if r["polish_steps"] > 2]
+        assert later and all(r["start"] == "b" and r["polish_lr"] == 4e-3 for r in later)
+        assert len(later) == plan.patience  # no round improved on the trial (same criterion, lift +0.002 per round)
+
+
+def test_polish_stops_at_its_budget_and_counts_every_flop(pair, teacher):
+    """A budget of a few steps: the training and scoring FLOPs counted stay within it, a larger budget runs more
+    steps, and the same seed gives the same rounds (deterministic)."""
+    _, recipient, _ = pair
+    prompts, answers, changed = teacher
+    start = fresh_adapter(recipient, [1], rank=2, seed=1)
+    probe = Distillation(recipient, start, prompts, answers, changed, batch_size=4)
+    step, score_cost = probe.expected_step_flops(), 0.5 * probe.expected_step_flops()
+
+    def run(budget: float):
+        plan = PolishPlan(budget=budget, score_cost=score_cost, max_steps=64, lrs=(4e-3,), round_steps=3, patience=50)
+
+        def score(s, c, a, info):
+            return {"candidate": c, "criterion": 0.5, "lift": 0.5 + info["polish_steps"], "score_flops": score_cost,
+                    **info}
+
+        return race({"a": start}, lambda a, lr: Distillation(recipient, a, prompts, answers, changed,
+                                                             batch_size=4, lr=lr), score, plan)
+
+    small, large = run(10 * step), run(20 * step)
+    for out, budget in ((small, 10 * step), (large, 20 * step)):
+        assert 0 < out.flops <= budget
+        assert out.train_flops == pytest.approx(sum(r["fit_flops"] for r in out.rows.values()))
+        assert out.score_flops == pytest.approx(score_cost * len(out.rows))
+    steps = lambda out: max(r["polish_steps"] for r in out.rows.values())  # noqa: E731
+    assert steps(large) > steps(small) >= 3
+    again = run(10 * step)
+    assert list(again.rounds) == list(small.rounds)
+    for name in small.rounds:
+        for layer, iv in small.rounds[name].interventions.items():
+            for k, v in iv.state_dict().items():
+                torch.testing.assert_close(again.rounds[name].interventions[layer].state_dict()[k], v)
+    nothing = run(0.4 * step)  # not even the first round's scoring fits
+    assert nothing.rounds == {} and nothing.flops == 0
+
+
+def test_finetune_estimate_is_four_params_tokens_of_the_zoo_recipe(pair, teacher):
+    _, recipient, _ = pair
+    prompts, answers, _ = teacher
+    n = sum(p.numel() for p in recipient.torch_module.parameters())
+    tokens = [len(recipient.tokenizer(p + " " + a)["input_ids"]) for p, a in zip(prompts, answers)]
+    assert finetune_flops_estimate(recipient, prompts, answers) == pytest.approx(
+        4.0 * n * 400 * 32 * sum(tokens) / len(tokens))

@@ -1,22 +1,25 @@
 """Stage 0 (io): consumes bytes-producing callbacks and artifact files, produces files written atomically and
 validated tensors.
 
-Every artifact of the library (profiles, converters, adapters) is written to a temporary file in the
-target's directory and renamed into place, so a crash never leaves a half-written file behind; files and
-folders get the permissions the process's umask gives (``tempfile``'s 0600/0700 are not kept).
+Every artifact of the library (profiles, converters, adapters) is written to a scratch file next to the
+target (:func:`temp_path`, reused by the next save) and renamed into place, so a crash never leaves a half-written
+file behind; new files and folders get the permissions the process's umask gives, an overwritten file keeps its own.
 
 Reading a safetensors artifact checks the header against the file's own size before any tensor is
-allocated, the metadata's schema, and the content checksum (SHA-256 over names, dtypes, shapes and bytes)
-that :func:`write_safetensors` stores in the metadata.
+allocated, the metadata's schema, and the mandatory checksum (SHA-256 over names, dtypes, shapes, bytes and the
+metadata itself) that :func:`write_safetensors` stores in the metadata. A folder of files is verified as a whole by
+its manifest (:func:`write_manifest`, :func:`verify_manifest`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
-import tempfile
+import shutil
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -24,7 +27,8 @@ import torch
 
 __all__ = ["atomic_write", "read_json", "write_json", "read_safetensors", "write_safetensors", "tensors_checksum",
            "check_fields", "check_finite", "check_output_path", "check_input_file", "DegenerateDataWarning",
-           "file_mode", "dir_mode"]
+           "file_mode", "dir_mode", "temp_path", "clean_stale_temps", "write_error", "is_io_failure", "file_digest",
+           "write_manifest", "verify_manifest", "MANIFEST"]
 
 META_KEY = "commandv"
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -92,12 +96,78 @@ def check_input_file(path: str | Path, what: str) -> Path:
     return path
 
 
+TMP_SUFFIX = ".commandv-tmp"  # a save writes `.<name>.commandv-tmp` next to its target: a killed save's leftover
+# is the next save's scratch file (removed first), never a new hidden file
+
+
+def temp_path(path: Path) -> Path:
+    """The one scratch path a save of ``path`` writes to before the rename (deterministic, so it is reused)."""
+    return path.parent / f".{path.name}{TMP_SUFFIX}"
+
+
+def clean_stale_temps(path: Path) -> None:
+    """Remove what a killed save of ``path`` left next to it: the scratch file or folder, and the randomly named
+    ``.<name>.*.tmp`` files of earlier versions."""
+    stale = [temp_path(path), *path.parent.glob(f".{glob_escape(path.name)}.*.tmp")] if path.parent.is_dir() else []
+    for leftover in stale:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        elif leftover.exists() or leftover.is_symlink():
+            leftover.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
+
+
+def write_error(path: Path, err: BaseException, what: str = "") -> OSError:
+    """One ``OSError`` for any failed write of ``path`` (``ENOSPC``, a permission, safetensors' or torch's own
+    exceptions wrapping them), naming the path and the fix."""
+    code = getattr(err, "errno", None)
+    text = getattr(err, "strerror", None) or " ".join(str(err).split())
+    if code is None and ("os error 28" in text or "No space left" in text):
+        code = errno.ENOSPC
+    full = code == errno.ENOSPC or _disk_full(path.parent)
+    if full:
+        code, text = errno.ENOSPC, "no space left on the device"
+    fix = "free disk space or choose another path" if full else "check the path's permissions or choose another path"
+    name = f"{what} {str(path)!r}" if what else repr(str(path))
+    return OSError(code or errno.EIO, f"cannot write {name} ({text}); {fix}; any earlier file there is intact")
+
+
+def is_io_failure(err: BaseException, path: Path) -> bool:
+    """Whether a non-``OSError`` exception of a writer (torch, safetensors) reports a failed write, not a bug."""
+    text = str(err)
+    return _disk_full(path.parent) or any(sign in text for sign in (
+        "basic_ios", "file write failed", "No space left", "os error", "IoError", "Input/output error"))
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 4096
+
+
+def _mode_for(path: Path) -> int:
+    """An existing output keeps its permissions (a 0600 file stays 0600); a new one gets the umask's."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return file_mode()
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path`` (mode from the umask).
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path``.
+
+    ``tmp_path`` is :func:`temp_path` (``.<name>.commandv-tmp``): a save killed midway leaves it, and the next save
+    of ``path`` removes it first. An existing ``path`` keeps its permissions; a new one gets the umask's.
 
     Raises:
         ValueError: ``path`` is a folder or lies under a file.
-        OSError: the write failed (e.g. disk full); the message names ``path`` and nothing is left behind.
+        OSError: the write failed (disk full, permissions; also safetensors' and torch's wrapped I/O errors); the
+            message names ``path``; nothing is left behind and an earlier ``path`` is intact.
 
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -107,21 +177,22 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     path = check_output_path(path, option="output")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        clean_stale_temps(path)
     except OSError as err:
-        raise OSError(err.errno, f"cannot write {str(path)!r} ({err.strerror or err}); choose another path") from err
-    os.close(fd)
-    tmp_path = Path(tmp)
+        raise write_error(path, err) from err
+    tmp_path, mode = temp_path(path), _mode_for(path)
     try:
         write(tmp_path)
-        os.chmod(tmp_path, file_mode())
+        os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
     except OSError as err:
-        raise OSError(err.errno, f"cannot write {str(path)!r} ({err.strerror or err}); free disk space or choose "
-                                 "another path") from err
+        raise write_error(path, err) from err
+    except Exception as err:  # torch's "basic_ios::clear" RuntimeError, safetensors' SafetensorError on I/O
+        if not is_io_failure(err, path):
+            raise
+        raise write_error(path, err) from err
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        tmp_path.unlink(missing_ok=True)
     return path
 
 
@@ -190,27 +261,38 @@ def check_finite(tensor: torch.Tensor, what: str, fix: str) -> None:
         raise ValueError(f"{what} has {n_bad} NaN/inf values; {fix}")
 
 
-def tensors_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 (16 hex digits) over the sorted names, dtypes, shapes and bytes of ``tensors``."""
+def tensors_checksum(tensors: Mapping[str, torch.Tensor], meta: Mapping | None = None) -> str:
+    """SHA-256 (16 hex digits) over the sorted names, dtypes, shapes and bytes of ``tensors`` and, when given, the
+    metadata ``meta`` (canonical JSON, its ``checksum`` key left out): what :func:`write_safetensors` stores."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
         h.update(f"{name}:{str(t.dtype).removeprefix('torch.')}:{list(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    if meta is not None:
+        h.update(b"\0meta:")
+        h.update(json.dumps({k: v for k, v in meta.items() if k != "checksum"}, sort_keys=True,
+                            allow_nan=False).encode())
     return h.hexdigest()[:16]
 
 
 def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: dict, what: str) -> Path:
-    """Write ``tensors`` with ``meta`` (plus its ``checksum``) as JSON under metadata key ``commandv``, atomically.
+    """Write ``tensors`` with ``meta`` (plus its ``checksum``, covering tensors and metadata) as JSON under
+    metadata key ``commandv``, atomically.
 
     Refuses NaN/inf in any floating tensor, so no saved artifact ever holds them.
     """
     from safetensors.torch import save_file
 
-    tensors = {name: t.detach().contiguous() for name, t in tensors.items()}
+    tensors, seen = {name: t.detach().contiguous() for name, t in tensors.items()}, set()
+    for name, t in tensors.items():  # safetensors refuses tensors sharing memory: store such views as copies
+        if t.untyped_storage().data_ptr() in seen:
+            tensors[name] = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
     for name, t in tensors.items():
         check_finite(t, f"{what} tensor {name!r}", f"not writing {str(path)!r}; recompute it from finite inputs")
-    meta = dict(meta, checksum=tensors_checksum(tensors))
+    meta = json.loads(json.dumps(meta, allow_nan=False))  # the metadata exactly as it will be read back
+    meta["checksum"] = tensors_checksum(tensors, meta)
     text = json.dumps(meta, sort_keys=True, allow_nan=False)
     return atomic_write(path, lambda p: save_file(tensors, str(p), metadata={META_KEY: text}))
 
@@ -246,9 +328,12 @@ def _header(path: Path, what: str) -> dict:
             raise ValueError(f"{bad} (malformed entry for tensor {name!r}); re-create it")
         start, end = entry["data_offsets"]
         want = math.prod(entry["shape"]) * _DTYPE_BYTES[entry["dtype"]]
-        if not 0 <= start <= end <= body or end - start != want:
+        if not 0 <= start <= end or end - start != want:
             raise ValueError(f"{what} {str(path)!r}: tensor {name!r} of shape {entry['shape']} needs {want} bytes but "
-                             f"the file holds {end - start} of {body} (truncated or corrupted); re-create it")
+                             f"its header gives it {end - start} (corrupted); re-create it")
+        if end > body:
+            raise ValueError(f"{what} {str(path)!r} is truncated: tensor {name!r} ends at byte {end} of the data but "
+                             f"the file holds only {body} data bytes ({size} bytes in all); re-create it")
     return header
 
 
@@ -256,7 +341,7 @@ def read_safetensors(path: str | Path, what: str, kind: str) -> tuple[dict, dict
     """``(metadata, tensors)`` of an artifact written by :func:`write_safetensors`.
 
     Checks, in order: a file (not a folder) that exists; a header consistent with the file's size; metadata
-    ``commandv`` holding a JSON object of ``kind``; the content checksum (when the file records one).
+    ``commandv`` holding a JSON object of ``kind``; the checksum over tensors and metadata (mandatory).
 
     Raises:
         FileNotFoundError: no such file.
@@ -284,7 +369,98 @@ def read_safetensors(path: str | Path, what: str, kind: str) -> tuple[dict, dict
     except SafetensorError as err:
         raise ValueError(f"{what} {str(path)!r} cannot be read ({err}); re-create it") from err
     stored = meta.get("checksum")
-    if stored is not None and stored != tensors_checksum(tensors):
-        raise ValueError(f"{what} {str(path)!r} is corrupted: its tensors do not match the checksum {stored!r} in "
-                         "its metadata; re-create it")
+    if not isinstance(stored, str):
+        raise ValueError(f"{what} {str(path)!r} has no checksum in its metadata (edited, or written by another "
+                         "tool); re-create it with commandv")
+    if stored != tensors_checksum(tensors, meta):
+        raise ValueError(f"{what} {str(path)!r} is corrupted or edited: its tensors and metadata do not match the "
+                         f"checksum {stored!r} it records; re-create it")
     return meta, tensors
+
+
+MANIFEST = "manifest.json"
+MANIFEST_KIND = "commandv.manifest"
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _manifest_checksum(kind: str, config: object, files: Mapping[str, str]) -> str:
+    payload = json.dumps({"kind": kind, "config": config, "files": dict(files)}, sort_keys=True, allow_nan=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def write_manifest(folder: str | Path, config: Mapping, files: list[str] | None = None) -> Path:
+    """Write ``folder/manifest.json``: the SHA-256 of every file (all regular files under ``folder`` when ``files``
+    is None, else those relative paths), ``config`` (the folder's metadata, JSON) and a checksum over both.
+
+    Write the manifest last: :func:`verify_manifest` then refuses any listed file edited, truncated, swapped for
+    another or missing, and any edit to the manifest itself (config included).
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "a.txt").write_text("x")
+    >>> _ = write_manifest(d, {"alpha": 1.0}); verify_manifest(d)
+    {'alpha': 1.0}
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{str(folder)!r} is not a folder; save the folder's files before its manifest")
+    names = files if files is not None else sorted(
+        p.relative_to(folder).as_posix() for p in folder.rglob("*")
+        if p.is_file() and p.name != MANIFEST and not p.name.endswith(TMP_SUFFIX))
+    digests = {}
+    for name in names:
+        target = folder / name
+        if not target.is_file():
+            raise ValueError(f"manifest of {str(folder)!r}: {name!r} is not a file in it")
+        digests[name] = file_digest(target)
+    config = json.loads(json.dumps(dict(config), allow_nan=False))
+    body = {"kind": MANIFEST_KIND, "config": config, "files": digests,
+            "checksum": _manifest_checksum(MANIFEST_KIND, config, digests)}
+    return write_json(folder / MANIFEST, body)
+
+
+def verify_manifest(folder: str | Path) -> dict:
+    """The ``config`` of ``folder``'s manifest, after checking the manifest's checksum and every listed file's digest.
+
+    Raises:
+        FileNotFoundError: no folder, no manifest, or a listed file is missing (named).
+        ValueError: the manifest is malformed, lacks its checksum or fails it (edited), or a listed file does not
+            match its digest (edited, truncated or swapped; named).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{str(folder)!r} is not a folder")
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(folder)!r} has no {MANIFEST} (not written by commandv, or incomplete); "
+                                "re-create the folder")
+    body = read_json(path)
+    where = f"{str(path)!r}"
+    if not isinstance(body, dict) or body.get("kind") != MANIFEST_KIND:
+        raise ValueError(f"{where} is not a commandv manifest; re-create the folder")
+    if not isinstance(body.get("checksum"), str):
+        raise ValueError(f"{where} has no checksum (edited); re-create the folder")
+    files, config = body.get("files"), body.get("config")
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()) \
+            or not isinstance(config, dict):
+        raise ValueError(f"{where} is malformed (files or config); re-create the folder")
+    if _manifest_checksum(MANIFEST_KIND, config, files) != body["checksum"]:
+        raise ValueError(f"{where} was edited: its configuration or file list does not match its checksum; "
+                         "re-create the folder")
+    for name, digest in files.items():
+        target = folder / name
+        if ".." in Path(name).parts or Path(name).is_absolute():
+            raise ValueError(f"{where} lists {name!r}, outside the folder; re-create the folder")
+        if not target.is_file():
+            raise FileNotFoundError(f"{str(target)!r} is missing from {str(folder)!r}; re-create the folder")
+        if file_digest(target) != digest:
+            raise ValueError(f"{str(target)!r} was edited, truncated or swapped: it does not match the digest in "
+                             f"{MANIFEST}; re-create the folder")
+    return config

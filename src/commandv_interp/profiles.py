@@ -17,6 +17,7 @@ import torch
 from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.access.chat import ChatTemplate, format_prompts
 from commandv_interp.access.limits import check_fits_context
+from commandv_interp.access.fingerprint import weights_digest
 from commandv_interp.io import DegenerateDataWarning, check_fields, read_safetensors, write_safetensors
 from commandv_interp.prompts import prompts_fingerprint
 from commandv_interp.types import POSITION_RULES, Float, Tensor
@@ -55,6 +56,9 @@ class ActivationProfile:
 
     def __post_init__(self) -> None:
         check_fields(vars(self), _SCHEMA, f"profile of {self.model_name!r}")
+        if isinstance(self.activations, dict):  # bf16/fp16 states are kept in float32 (``dtype`` names the model's)
+            object.__setattr__(self, "activations", {layer: _at_least_float32(a)
+                                                     for layer, a in self.activations.items()})
         if self.n_layers < 1 or self.d_model < 1:
             raise ValueError(f"profile of {self.model_name!r} has n_layers={self.n_layers}, d_model={self.d_model}; "
                              "both must be >= 1")
@@ -112,6 +116,12 @@ class ActivationProfile:
                              f"{self.prompts_fingerprint[:12]!r}, these prompts give {fingerprint[:12]!r}); pass the "
                              "exact texts it was profiled on (after any chat template)")
 
+    @property
+    def weights_digest(self) -> str | None:
+        """:func:`~commandv_interp.access.fingerprint.weights_digest` of the profiled model (None: not recorded)."""
+        value = self.extra.get("weights_digest")
+        return value if isinstance(value, str) else None
+
     def metadata(self) -> dict:
         return {
             "kind": KIND, "model_name": self.model_name, "config_hash": self.config_hash,
@@ -143,7 +153,8 @@ class ActivationProfile:
                    dtype=str(access.dtype).removeprefix("torch."), prompts_fingerprint=prompts_fingerprint(list(texts)),
                    position_rule="last", library_version=__version__,
                    extra={"backend": access.backend, "hook_points": {str(layer): access.hook_point(layer)
-                                                                     for layer in sorted(activations)}})
+                                                                     for layer in sorted(activations)},
+                          "weights_digest": weights_digest(access)})
 
     def save(self, path: str | Path) -> Path:
         """Write one safetensors file (tensors ``layer.<l>`` + JSON metadata with a checksum), atomically."""
@@ -171,6 +182,12 @@ class ActivationProfile:
                        meta["prompts_fingerprint"], meta["position_rule"], meta["library_version"], meta["extra"])
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
+
+
+def _at_least_float32(t: object) -> object:
+    """A bf16/fp16 tensor as float32; anything else (float32, float64, non-tensors left to the checks) as is."""
+    half = isinstance(t, Tensor) and t.is_floating_point() and t.element_size() < 4
+    return t.float() if half else t
 
 
 def check_profile_rank(prof: ActivationProfile, needed: int = MIN_FIT_PROMPTS, refuse_constant: bool = False) -> None:

@@ -7,8 +7,6 @@ TransformerLens) subclass it and are the only code that knows hook names and exe
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from commandv_interp.access.positions import last_token_index
+from commandv_interp.access.provenance import config_hash
 from commandv_interp.types import Float, Int, Tensor
 
 __all__ = ["Batch", "EditContext", "EditFn", "ModelAccess", "StopForward"]
@@ -106,17 +105,10 @@ class ModelAccess(ABC):
 
     @property
     def config_hash(self) -> str:
-        """Short hash of the architecture config (name and version fields excluded): the same model hashes
-        alike on both backends, models of another shape do not."""
-        cfg = self.hf_config
-        if hasattr(cfg, "to_json_string"):
-            fields = json.loads(cfg.to_json_string(use_diff=False))
-        else:
-            fields = {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))}
-        for volatile in ("_name_or_path", "name_or_path", "transformers_version", "_commit_hash"):
-            fields.pop(volatile, None)
-        payload = json.dumps(fields, sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        """Short hash of the architecture config: the same model hashes alike on both backends and whatever its
+        dtype, device or attention implementation; models of another shape do not (see
+        :mod:`~commandv_interp.access.provenance`)."""
+        return config_hash(self.hf_config)
 
     @property
     def device(self) -> torch.device:

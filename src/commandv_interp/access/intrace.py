@@ -79,7 +79,7 @@ def last_rows(hidden, index):
 def apply_low_rank(hidden, select, weight, bias, proj, act):
     """``hidden`` with ``act(h Wᵀ + b) P`` added at the positions ``select`` marks (None: every position).
 
-    Computed in float32 and added in the hidden states' dtype, like the local paste.
+    Computed in float32 and rounded once to the hidden states' dtype, like the local paste.
     """
     if select is None:
         select = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
@@ -98,7 +98,7 @@ def apply_low_rank(hidden, select, weight, bias, proj, act):
     elif act == "tanh":
         z = torch.tanh(z)
     out = hidden.clone()
-    out[select] = h + (z @ proj.to(dev)).to(hidden.dtype)
+    out[select] = (h.to(torch.promote_types(h.dtype, torch.float32)) + z @ proj.to(dev)).to(hidden.dtype)
     return out
 
 

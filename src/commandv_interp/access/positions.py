@@ -50,7 +50,7 @@ def prompt_position_mask(
     mask = attention_mask.bool()
     if rule.startswith("last"):
         out = torch.zeros_like(mask)
-        out[torch.arange(mask.shape[0]), last_token_index(attention_mask)] = True
+        out[torch.arange(mask.shape[0], device=mask.device), last_token_index(attention_mask)] = True
         return out
     if rule.startswith("all"):
         return mask.clone()

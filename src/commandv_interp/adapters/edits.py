@@ -46,7 +46,8 @@ def selected_positions(ctx: EditContext, hidden: Tensor, rule: PositionRule,
 
 
 class DeltaEdit:
-    """The edit ``h ← h + α Σ_f f(h)`` at the positions ``rule`` selects (float32 math, the model's dtype out).
+    """The edit ``h ← h + α Σ_f f(h)`` at the positions ``rule`` selects: computed in float32 and rounded once to
+    the model's dtype (as pyreft adds its edit), so in bf16 it is the float32 edit of the same state, rounded.
 
     Attributes:
         acts_on_decode: whether decode steps are edited (False lets generation skip them).
@@ -74,7 +75,8 @@ class DeltaEdit:
         h = hidden[sel]
         total = sum(fn(h.float()) for fn in self.deltas)
         out = hidden.clone()
-        out[sel] = h + (self.alpha * total).to(hidden.dtype)
+        wide = torch.promote_types(hidden.dtype, torch.float32)  # float32, or a float64 model's own dtype
+        out[sel] = (h.to(wide) + self.alpha * total).to(hidden.dtype)  # one rounding to the model's dtype, as pyreft
         return out
 
 

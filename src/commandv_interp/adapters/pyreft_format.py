@@ -15,7 +15,7 @@ import json
 import os
 import re
 import shutil
-import tempfile
+import stat
 import zipfile
 from collections import OrderedDict
 from importlib import metadata as importlib_metadata
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from commandv_interp.adapters.interventions import INTERVENTION_KINDS, Adapter, Intervention
-from commandv_interp.io import dir_mode, file_mode, read_json
+from commandv_interp.io import TMP_SUFFIX, dir_mode, file_mode, is_io_failure, read_json, write_error
 
 __all__ = ["load_pyreft_folder", "save_pyreft_folder", "META_FILE", "parse_pyreft_positions"]
 
@@ -134,11 +134,37 @@ def _load_bin(bin_path: Path) -> dict:
     try:
         state = torch.load(bin_path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or non-tensor pickles
-        raise ValueError(f"{str(bin_path)!r} is not a loadable tensor state dict ({err}); re-save it") from err
+        raise ValueError(f"{str(bin_path)!r} is not a loadable tensor state dict ({_load_reason(err)}); it is "
+                         "refused, never unpickled: re-save it with pyreft from a source you trust") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{str(bin_path)!r} does not hold a dict of tensors; re-save it with pyreft")
     _check_storage(bin_path, state, size)
+    _check_shapes(bin_path, state)
     return state
+
+
+def _load_reason(err: Exception) -> str:
+    """torch's message without its advice to re-run with ``weights_only=False`` (which would run the file's code)."""
+    text = " ".join(str(err).split())
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", text) if s and "weights_only" not in s.lower()
+                 and "trusted source" not in s.lower() and "arbitrary code" not in s.lower()]
+    reason = " ".join(sentences)[:200]
+    return reason or type(err).__name__
+
+
+def _check_shapes(bin_path: Path, state: dict) -> None:
+    """Refuse weights whose shapes disagree with the state dict's own ``embed_dim`` (a matrix must have it as one of
+    its dimensions), before any matmul sees them."""
+    embed = state.get("embed_dim")
+    if embed is None or embed.numel() != 1 or embed.is_floating_point() or int(embed) < 1:
+        return  # interventions.from_state_dict names a missing or malformed embed_dim
+    d = int(embed)
+    for key, t in state.items():
+        if key in ("embed_dim", "interchange_dim") or t.ndim == 0:
+            continue
+        if t.ndim > 2 or (t.ndim == 2 and d not in t.shape):
+            raise ValueError(f"{str(bin_path)!r}: tensor {key!r} has shape {tuple(t.shape)} but the state dict's "
+                             f"embed_dim is {d}; re-save the adapter with pyreft")
 
 
 def _build(cls: type[Intervention], state: dict, act: str, dim: object, rank: int | None, path: Path) -> Intervention:
@@ -256,12 +282,29 @@ def _check_target(folder: Path) -> None:
         raise ValueError(f"{str(folder)!r} exists and is not an adapter folder; choose a new path or remove it")
 
 
+def _scratch(folder: Path) -> tuple[Path, Path]:
+    """The scratch folders of a save of ``folder`` (the new one, and the old one while they swap): fixed names, so a
+    save killed midway leaves them where the next save removes them first."""
+    return folder.parent / f".{folder.name}{TMP_SUFFIX}", folder.parent / f".{folder.name}.old{TMP_SUFFIX}"
+
+
+def _clean_scratch(folder: Path) -> None:
+    """Remove a killed save's scratch folders (also the random ``.<name>.<8 chars>`` ones of earlier versions)."""
+    tmp, old = _scratch(folder)
+    if old.is_dir() and not folder.exists():
+        os.replace(old, folder)  # killed between the two renames: the old adapter is put back
+    legacy = re.compile(rf"^\.{re.escape(folder.name)}\.(old\.)?[a-z0-9_]{{8}}$")
+    for path in [tmp, old, *(p for p in folder.parent.iterdir() if legacy.match(p.name))]:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _install(tmp: Path, folder: Path) -> None:
     """Swap ``tmp`` into ``folder``; an existing adapter folder is replaced only once the new one is complete."""
     if not folder.exists():
         os.replace(tmp, folder)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+    old = _scratch(folder)[1]
     os.replace(folder, old)
     try:
         os.replace(tmp, folder)
@@ -288,21 +331,35 @@ def save_pyreft_folder(adapter: Adapter, path: str | Path) -> Path:
     meta = {"positions": adapter.positions, "first_last_k": adapter.first_last_k,
             "acts": {str(layer): adapter.interventions[layer].act_name for layer in adapter.layers},
             "metadata": adapter.metadata}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = _scratch(folder)[0]
     try:
-        _write_folder(adapter, keys, config, meta, tmp)
+        _clean_scratch(folder)
+        tmp.mkdir()
+        _write_folder(adapter, keys, config, meta, tmp, folder)
         _install(tmp, folder)
     except OSError as err:
-        raise OSError(err.errno, f"cannot write adapter folder {str(folder)!r} ({err.strerror or err}); free disk "
-                                 "space or choose another path") from err
+        raise write_error(folder, err, "adapter folder") from err
+    except RuntimeError as err:  # torch.save's "basic_ios::clear" / "file write failed" on a full disk
+        if not is_io_failure(err, folder):
+            raise
+        raise write_error(folder, err, "adapter folder") from err
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return folder
 
 
-def _write_folder(adapter: Adapter, keys: list[str], config: dict, meta: dict, tmp: Path) -> None:
-    """The folder's files, written into ``tmp`` with the umask's permissions (``tmp`` too: mkdtemp makes 0700)."""
+def _kept_mode(path: Path, default: int) -> int:
+    """An existing file's (or folder's) permissions, kept when it is replaced; ``default`` for a new one."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return default
+
+
+def _write_folder(adapter: Adapter, keys: list[str], config: dict, meta: dict, tmp: Path, folder: Path) -> None:
+    """The folder's files, written into ``tmp`` with the permissions of the ones they replace in ``folder`` (new
+    ones: the umask's)."""
     for layer, key in zip(adapter.layers, keys):
         state = adapter.interventions[layer].state_dict()
         torch.save(OrderedDict((k, v.detach().clone().contiguous()) for k, v in state.items()),
@@ -310,5 +367,5 @@ def _write_folder(adapter: Adapter, keys: list[str], config: dict, meta: dict, t
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     for child in tmp.iterdir():
-        os.chmod(child, file_mode())
-    os.chmod(tmp, dir_mode())
+        os.chmod(child, _kept_mode(folder / child.name, file_mode()))
+    os.chmod(tmp, _kept_mode(folder, dir_mode()))

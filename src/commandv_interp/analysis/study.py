@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import math
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,8 @@ from commandv_interp.io import atomic_write, read_json, write_json
 from commandv_interp.paste import paste
 from commandv_interp.pipeline import load_transfer, transfer
 from commandv_interp.profiles import ActivationProfile, profile
+from commandv_interp.analysis.study_schema import study_arguments
+from commandv_interp.validation import check_alpha, check_count
 
 __all__ = ["Study", "StudyWorld", "Cell", "run_study", "bootstrap_rates", "METHODS"]
 
@@ -99,6 +100,14 @@ class Study:
     name: str = "study"
 
     def __post_init__(self) -> None:
+        strings = [f.name for f in dataclasses.fields(self) if f.name != "name"
+                   and isinstance(getattr(self, f.name), str)]
+        if strings:
+            raise ValueError(f"study axes {strings} are strings; give each as a list, e.g. behaviors=('refusal',)")
+        check_count(self.limit, "limit")
+        check_count(self.n_boot, "n_boot")
+        for size in self.profile_sizes:
+            check_count(size, "profile_sizes entry", allow_none=True)
         for axis, allowed in (("methods", METHODS), ("matches", ("depth", "similarity")), ("subsets", SUBSETS)):
             bad = [v for v in getattr(self, axis) if v not in allowed]
             if bad:
@@ -109,8 +118,6 @@ class Study:
                  and not getattr(self, f.name)]
         if empty:
             raise ValueError(f"study axes {empty} are empty; give each at least one value")
-        if self.limit < 1 or self.n_boot < 1:
-            raise ValueError(f"limit and n_boot must be >= 1, got {self.limit!r} and {self.n_boot!r}")
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "Study":
@@ -121,21 +128,7 @@ class Study:
             raw = tomllib.loads(path.read_text())
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
             raise ValueError(f"cannot read study file {str(path)!r}: {err}") from err
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"study file {str(path)!r} has unknown keys {unknown}; known: {sorted(known)}")
-        args = {}
-        for key, value in raw.items():
-            if key == "pairs":
-                if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2 for p in value):
-                    raise ValueError(f"{str(path)!r}: pairs must be a list of [donor, recipient] pairs, got {value!r}")
-                value = tuple(tuple(p) for p in value)
-            elif key == "profile_sizes":
-                value = tuple(None if v in (0, None) else int(v) for v in value)
-            elif isinstance(value, list):
-                value = tuple(value)
-            args[key] = value
+        args = study_arguments(raw, repr(str(path)))  # the schema: types, ranges, axis shapes, before any work
         args.setdefault("name", path.stem)
         return cls(**args)
 
@@ -143,15 +136,13 @@ class Study:
 def _alpha_rule(alpha: float | str) -> tuple[str, float]:
     """``("fixed", a)`` or ``("norm", factor)``."""
     if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
-        if not math.isfinite(alpha):
-            raise ValueError(f"study alpha {alpha!r} must be finite")
-        return "fixed", float(alpha)
+        return "fixed", check_alpha(alpha, "study alpha")
     if isinstance(alpha, str) and (alpha == "norm" or alpha.startswith("norm*")):
         try:
             factor = 1.0 if alpha == "norm" else float(alpha[5:])
         except ValueError as err:
             raise ValueError(f"study alpha {alpha!r}: write norm*<number>, e.g. norm*0.5") from err
-        return "norm", factor
+        return "norm", check_alpha(factor, f"study alpha {alpha!r}: the factor")
     raise ValueError(f"study alpha {alpha!r} is neither a number nor 'norm' / 'norm*<factor>'")
 
 

@@ -136,12 +136,23 @@ def _adapter(g: Globals, spec: str):
 
 
 def _layers(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--layers takes comma-separated block indices like 0,2,4, got {text!r}") from None
+    """``--layers``: distinct block indices (``validation.parse_layers``); the range is checked once the model is
+    open."""
+    from commandv_interp.validation import parse_layers
+
+    return parse_layers(text)
+
+
+def _chat_texts(access, texts: list[str], chat_template: bool) -> list[str]:
+    """``texts`` through ``access``'s chat template when ``--chat-template`` is given (refused without one)."""
+    if not chat_template:
+        return texts
+    if not getattr(access.tokenizer, "chat_template", None):
+        raise ValueError(f"--chat-template: the tokenizer of {access.name!r} has no chat template; drop "
+                         "--chat-template, or use a model whose tokenizer defines one")
+    from commandv_interp.access.chat import format_prompts
+
+    return format_prompts(access.tokenizer, texts, True)
 
 
 # ---------------------------------------------------------------- outputs: one JSON object or tables
@@ -225,11 +236,16 @@ def profile_cmd(
     """
     import commandv_interp as cv
 
+    from commandv_interp.validation import check_layers
+
     g = Globals(json_output, debug, zoo_root, world)
-    _out(out, model, prompts)
+    _out(out, model, prompts, zoo_root=g.zoo_root)
     texts, layer_list = _prompts(g, prompts), _layers(layers)  # cheap inputs first: fail before loading the model
-    prof = cv.profile(_model(g, model, backend), texts, layers=layer_list, batch_size=batch_size,
-                      remote=_remote(remote), chat_template=True if chat_template else None)
+    access = _model(g, model, backend)
+    if layer_list is not None:
+        check_layers(layer_list, access.n_layers, "--layers", access.name)
+    texts = _chat_texts(access, texts, chat_template)
+    prof = cv.profile(access, texts, layers=layer_list, batch_size=batch_size, remote=_remote(remote))
     prof.save(out)
     result = {"out": str(out), "model": prof.model_name, "n_prompts": prof.n_prompts, "d_model": prof.d_model,
               "layers": prof.layers, "prompts_fingerprint": prof.prompts_fingerprint}
@@ -298,7 +314,8 @@ def derive_cmd(
     from commandv_interp.access.limits import check_fits_context
 
     g = Globals(json_output, debug, zoo_root, world)
-    _out(out, donor_profile, recipient_profile, map_file, adapter, prompts)
+    _out(out, donor_profile, recipient_profile, map_file, adapter, prompts, donor_model, recipient_model,
+         zoo_root=g.zoo_root)
     if chain_alpha is not None:
         _alpha(chain_alpha, "--chain-alpha")
     donor, recipient = cv.ActivationProfile.load(donor_profile), cv.ActivationProfile.load(recipient_profile)
@@ -357,17 +374,14 @@ def paste_cmd(
     from commandv_interp.io import atomic_write
 
     g = Globals(json_output, debug, zoo_root, world)
-    _out(out, recipient, adapter, converters, prompts)
+    _out(out, recipient, adapter, converters, prompts, zoo_root=g.zoo_root)
     _alpha(alpha)
     donor_adapter, conv, texts = _adapter(g, adapter), cv.Converters.load(converters), _prompts(g, prompts)
     donor_adapter.check_positions(positions)
     conv.check_adapter(donor_adapter)
     access = _model(g, recipient, backend)
     conv.check_recipient(access)
-    if chat_template:
-        from commandv_interp.access.chat import format_prompts
-
-        texts = format_prompts(access.tokenizer, texts, True)
+    texts = _chat_texts(access, texts, chat_template)
     check_fits_context(access, texts, new_tokens=max_new_tokens)  # refuse before any generation runs
     outputs: list[str] = []
     with cv.paste(access, donor_adapter, conv, positions=positions, alpha=alpha):
@@ -401,7 +415,7 @@ def compile_cmd(
     import commandv_interp as cv
 
     g = Globals(json_output, debug, zoo_root, world)
-    _out_folder(out, adapter, converters)
+    _out_folder(out, adapter, converters, command="compile", zoo_root=g.zoo_root)
     _alpha(alpha)
     donor_adapter, conv = _adapter(g, adapter), cv.Converters.load(converters)
     donor_adapter.check_positions(positions)
@@ -444,8 +458,8 @@ def demo_cmd(
     from commandv_interp.app.demo import format_transfer_tables, run_demo
 
     g = Globals(json_output, debug)
-    _out_folder(out)
     _alpha(alpha)
+    _out_folder(out, donor, recipient, command="demo")
     if behavior and len(set(behavior)) != len(behavior):
         raise ValueError(f"--behavior names {behavior!r} with repeats; give each behavior once")
     table = run_demo(donor, recipient, tuple(behavior or ("refusal", "jailbreak", "cot")), method, match,

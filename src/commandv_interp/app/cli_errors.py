@@ -9,17 +9,17 @@ raised by this package become ``warning: ...`` lines.
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from pathlib import Path
 
 import typer
 from typer.core import TyperCommand
 
+from commandv_interp.validation import MAX_ALPHA, check_alpha
+
 __all__ = ["USER_ERRORS", "MAX_ALPHA", "command", "one_line", "out_file", "out_folder", "alpha_option"]
 
 USER_ERRORS = (ValueError, OSError, KeyError)  # OSError: missing files, permissions, a full disk
-MAX_ALPHA = 1e4  # beyond this the pasted delta swamps the residual stream (1e30 overflows float32: empty outputs)
 
 
 def one_line(error: BaseException) -> str:
@@ -77,36 +77,32 @@ def command(group: typer.Typer, name: str):
             if failed is not None:
                 typer.echo(f"error: {one_line(failed)}", err=True)
                 raise typer.Exit(2) from None
+            if isinstance(kwargs.get("out"), Path) and kwargs["out"].is_dir():
+                from commandv_interp.app.out_paths import mark_out
+
+                mark_out(kwargs["out"], name)  # a re-run may write there again
             return result
         return group.command(name, cls=_OneLineCommand)(run)
     return register
 
 
-def out_file(path: Path, *inputs: object, option: str = "--out") -> Path:
-    """``--out``, refused when empty, a folder, under a file, or one of the command's inputs."""
-    from commandv_interp.io import check_output_path
+def out_file(path: Path, *inputs: object, option: str = "--out", zoo_root: Path | None = None) -> Path:
+    """``--out`` file: refused when empty, a folder, under a file, or equal to or inside one of the command's inputs
+    (zoo specs stand for their zoo folders; :func:`~commandv_interp.app.out_paths.check_out`)."""
+    from commandv_interp.app.out_paths import check_out
 
-    return check_output_path(path, tuple(str(i) for i in inputs if i is not None), option)
+    return check_out(path, inputs, folder=False, command="", zoo_root=zoo_root, option=option)
 
 
-def out_folder(path: Path, *inputs: object, option: str = "--out") -> Path:
-    """A folder to write: refused when empty, a file, under a file, or one of the command's inputs."""
-    if str(path).strip() in ("", "."):
-        raise ValueError(f"{option} is empty; give a folder path")
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{option} {str(path)!r} is a file; give a folder path")
-    parent = next((p for p in path.parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise ValueError(f"{option} {str(path)!r}: {str(parent)!r} is a file, not a folder; choose another path")
-    for given in inputs:
-        if given is not None and Path(str(given)).exists() and path.exists() and \
-                Path(str(given)).resolve() == path.resolve():
-            raise ValueError(f"{option} {str(path)!r} is also an input of this command; write to a new folder")
-    return path
+def out_folder(path: Path, *inputs: object, command: str, option: str = "--out",
+               zoo_root: Path | None = None) -> Path:
+    """``--out`` folder: refused when empty, a file, under a file, equal to, inside or containing an input, or a
+    non-empty folder that is not ``command``'s own earlier output
+    (:func:`~commandv_interp.app.out_paths.check_out`)."""
+    from commandv_interp.app.out_paths import check_out
+
+    return check_out(path, inputs, folder=True, command=command, zoo_root=zoo_root, option=option)
 
 
 def alpha_option(value: float, option: str = "--alpha") -> float:
-    if not math.isfinite(value) or abs(value) > MAX_ALPHA:
-        raise ValueError(f"{option} must be a finite number within ±{MAX_ALPHA:g}, got {value!r}; use e.g. "
-                         f"{option} 1")
-    return value
+    return check_alpha(value, option)

@@ -14,6 +14,8 @@ from commandv_interp.app.edit_kind import donor_edit
 
 __all__: list[str] = []
 
+_ANSWER_TOKENS = 8  # the donor answers' length in cv.transfer and the attribution (their max_new_tokens default)
+
 
 @_command(app, "transfer")
 def transfer_cmd(
@@ -45,7 +47,7 @@ def transfer_cmd(
     import commandv_interp as cv
 
     g = Globals(json_output, debug, zoo_root, world)
-    _out_folder(out, adapter, prompts)
+    _out_folder(out, donor, recipient, adapter, prompts, command="transfer", zoo_root=g.zoo_root)
     from commandv_interp.pipeline.label_free import STARTS
     from commandv_interp.pipeline.search import check_transfer_prompts
     from commandv_interp.types import check_choice
@@ -58,12 +60,14 @@ def transfer_cmd(
     donor_adapter, kind_line = donor_edit(adapter, donor, lambda spec: _adapter(g, spec))
     if not g.json:
         typer.echo(kind_line)
-    donor_model = _model(g, donor, backend)
-    result = cv.transfer(donor_model, _model(g, recipient, backend), donor_adapter, texts,
-                         polish_steps=polish_steps, start=start, progress=not g.json)
+    from commandv_interp.access.limits import check_models_fit
+
+    models = _model(g, donor, backend), _model(g, recipient, backend)
+    check_models_fit(models, texts, new_tokens=_ANSWER_TOKENS)  # prompt + the donor's answer, before any work
+    result = cv.transfer(*models, donor_adapter, texts, polish_steps=polish_steps, start=start, progress=not g.json)
     result.save(out)
     if output == "lora":  # the recipient LoRA in PEFT's format, distilled from the donor+edit's whole answers
-        result.to_peft(out / "lora", donor_model, texts, progress=not g.json)
+        result.to_peft(out / "lora", models[0], texts, progress=not g.json)
     native = result.compile()
     cv.save_adapter(native, out / "compiled")
     scored = result.candidates
@@ -102,7 +106,7 @@ def sweep_cmd(
     from commandv_interp.app.sweep import run_zoo_study
 
     g = Globals(json_output, debug, world=world)
-    _out_folder(out, study)
+    _out_folder(out, study, command="sweep")
     table = run_zoo_study(study, out, progress=not g.json, world=g.world)
     cells = table.drop(columns=["metric", "value", "ci_low", "ci_high", "n"]).drop_duplicates()
     _emit(g, {"out": str(out), "cells": len(cells), "rows": len(table)},
@@ -130,7 +134,11 @@ def analyze_cmd(
     from commandv_interp.pipeline import load_transfer
 
     g = Globals(json_output, debug, zoo_root, world)
-    _out_folder(out, transfer_folder, prompts)
+    _out_folder(out, transfer_folder, donor, recipient, prompts, command="analyze", zoo_root=g.zoo_root)
     chosen, texts = load_transfer(transfer_folder), _prompts(g, prompts)[:limit]  # before loading the models
-    files = analyze_transfer(chosen, _model(g, donor, backend), _model(g, recipient, backend), texts, out)
+    from commandv_interp.access.limits import check_models_fit
+
+    models = _model(g, donor, backend), _model(g, recipient, backend)
+    check_models_fit(models, texts, new_tokens=_ANSWER_TOKENS)  # prompt + the donor's answer, before any work
+    files = analyze_transfer(chosen, *models, texts, out)
     _emit(g, {"out": str(out), "files": [str(f) for f in files]}, f"wrote {out / 'report.md'} and {len(files)} files")

@@ -55,7 +55,7 @@ def zoo_train_cmd(
 
     g = Globals(json_output, debug, world=world)
     if out is not None:
-        _out_folder(out)
+        _out_folder(out, command="zoo train")
     if model and len(set(model)) != len(model):
         raise ValueError(f"--model names {sorted(m for m in set(model) if model.count(m) > 1)} more than once; give "
                          "each model once")

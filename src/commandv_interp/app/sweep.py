@@ -18,6 +18,7 @@ import pandas as pd
 from commandv_interp.access import ModelAccess
 from commandv_interp.adapters import Adapter
 from commandv_interp.analysis.study import Study, run_study
+from commandv_interp.app.out_paths import check_out, mark_out
 from commandv_interp.zoo import catalog
 from commandv_interp.zoo.evaluate import evaluate_outcomes
 from commandv_interp.zoo.prompt_sets import PROFILE_SETS, profile_prompts
@@ -65,4 +66,6 @@ def run_zoo_study(study_file: str | Path, out: str | Path, progress: bool = True
     bad_sets = sorted(set(study.profile_sets) - set(ZOO_PROMPT_SETS))
     if bad_sets:
         raise ValueError(f"{str(study_file)!r}: profile_sets {bad_sets} are not zoo prompt sets {list(ZOO_PROMPT_SETS)}")
+    check_out(Path(out), [study_file], folder=True, command="sweep")
+    mark_out(Path(out), "sweep")  # the study is valid: the folder is the sweep's from here on (a re-run resumes)
     return run_study(study, ZooWorld(world), out, progress)

@@ -20,6 +20,7 @@ from typing import Literal, get_args
 import torch
 
 from commandv_interp.access import ModelAccess
+from commandv_interp.access.fingerprint import weights_digest
 from commandv_interp.adapters import Adapter
 from commandv_interp.converters.regression import FitResult
 from commandv_interp.correspondence import LayerMap
@@ -28,7 +29,7 @@ from commandv_interp.profiles import MIN_FIT_PROMPTS, ActivationProfile, check_p
 from commandv_interp.types import Float, Tensor
 
 __all__ = ["LinearConverter", "LayerConverter", "Converters", "ConverterMethod", "CONVERTER_METHODS",
-           "check_fit_inputs"]
+           "check_fit_inputs", "provenance_extra"]
 
 ConverterMethod = Literal["pinv", "ridge", "affine", "procrustes", "interface"]
 """``interface`` fits only an adapter's read and write directions (:mod:`~commandv_interp.converters.interface`)."""
@@ -210,6 +211,11 @@ class Converters:
                 raise ValueError(f"the {side} profile is of {prof.model_name!r} (config hash {prof.config_hash!r}) but "
                                  f"the converters' {side} has config hash {hash_!r}; pass profiles of the converters' "
                                  "models")
+            recorded = self.extra.get(f"{side}_weights_digest")
+            if isinstance(recorded, str) and prof.weights_digest is not None and prof.weights_digest != recorded:
+                raise ValueError(f"the {side} profile is of {prof.model_name!r} with weights digest "
+                                 f"{prof.weights_digest!r} but the converters' {side} has {recorded!r} (same config, "
+                                 "other weights); pass profiles of the converters' models")
 
     def check_recipient(self, recipient: ModelAccess) -> None:
         """Refuse a recipient these converters were not fitted for (width, config hash, layer range)."""
@@ -224,6 +230,11 @@ class Converters:
         if bad:
             raise ValueError(f"converters name recipient layers {bad} but {recipient.name!r} has "
                              f"{recipient.n_layers} layers; derive converters for this recipient")
+        recorded, actual = self.extra.get("recipient_weights_digest"), weights_digest(recipient)
+        if isinstance(recorded, str) and actual is not None and recorded != actual:
+            raise ValueError(f"converters were fitted for recipient {self.recipient_model!r} with weights digest "
+                             f"{recorded!r} but {recipient.name!r} (same config) has other weights ({actual!r}); "
+                             "derive converters from this recipient's profile")
 
     def __iter__(self) -> Iterator[LayerConverter]:
         return iter(self.pairs)
@@ -302,6 +313,14 @@ class Converters:
                        meta["prompts_fingerprint"], extra, digest, alpha)
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
+
+
+def provenance_extra(donor_profile: ActivationProfile, recipient_profile: ActivationProfile) -> dict:
+    """The weights digests of both profiled models, for a fit's ``extra`` (checked by
+    :meth:`Converters.check_recipient` and :meth:`Converters.check_profiles`)."""
+    return {f"{side}_weights_digest": prof.weights_digest
+            for side, prof in (("donor", donor_profile), ("recipient", recipient_profile))
+            if prof.weights_digest is not None}
 
 
 def _finite_scores(scores: dict) -> dict:

@@ -34,7 +34,7 @@ import torch
 
 from commandv_interp.adapters import Adapter
 from commandv_interp.adapters.linear_form import linear_parts
-from commandv_interp.converters.artifact import Converters, LayerConverter, LinearConverter
+from commandv_interp.converters.artifact import Converters, LayerConverter, LinearConverter, provenance_extra
 from commandv_interp.converters.regression import fit_held_out, holdout_split
 from commandv_interp.correspondence import LayerMap
 from commandv_interp.profiles import ActivationProfile
@@ -123,5 +123,6 @@ def fit_interface_converters(
                                     {"to_donor": read_report, "to_recipient": write_report, "space": "interface"}))
     return Converters(tuple(pairs), "interface", donor.model_name, recipient.model_name, donor.config_hash,
                       recipient.config_hash, donor.d_model, recipient.d_model, donor.prompts_fingerprint,
-                      {"layer_map_method": layer_map.method, "n_prompts": donor.n_prompts, "rank": adapter.rank},
+                      {"layer_map_method": layer_map.method, "n_prompts": donor.n_prompts, "rank": adapter.rank}
+                      | provenance_extra(donor, recipient),
                       adapter_digest=adapter.digest())

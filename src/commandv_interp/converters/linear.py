@@ -4,7 +4,7 @@ all dimensions of each mapped layer pair (``pinv``, ``ridge``, ``affine``, ``pro
 
 from __future__ import annotations
 
-from commandv_interp.converters.artifact import Converters, LayerConverter, LinearConverter
+from commandv_interp.converters.artifact import Converters, LayerConverter, LinearConverter, provenance_extra
 from commandv_interp.converters.regression import fit_held_out, holdout_split
 from commandv_interp.correspondence import LayerMap
 from commandv_interp.profiles import ActivationProfile
@@ -45,4 +45,5 @@ def fit_linear_converters(
     return Converters(tuple(out), method, donor_profile.model_name, recipient_profile.model_name,
                       donor_profile.config_hash, recipient_profile.config_hash, donor_profile.d_model,
                       recipient_profile.d_model, donor_profile.prompts_fingerprint,
-                      {"layer_map_method": layer_map.method, "n_prompts": donor_profile.n_prompts})
+                      {"layer_map_method": layer_map.method, "n_prompts": donor_profile.n_prompts}
+                      | provenance_extra(donor_profile, recipient_profile))

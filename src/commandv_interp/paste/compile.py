@@ -18,6 +18,7 @@ from commandv_interp.adapters import Adapter, NodiReFT
 from commandv_interp.adapters.linear_form import linear_parts, read_activation
 from commandv_interp.converters import Converters
 from commandv_interp.types import POSITION_RULES, PositionRule, Tensor, check_choice
+from commandv_interp.validation import check_alpha
 
 __all__ = ["compile_paste"]
 
@@ -30,6 +31,7 @@ def compile_paste(adapter: Adapter, converters: Converters, positions: PositionR
     :func:`~commandv_interp.paste.paste` with the same ``positions`` and ``alpha``.
     """
     check_choice("positions", positions, POSITION_RULES)
+    check_alpha(alpha)
     adapter.check_positions(positions)
     converters.check_adapter(adapter)
     grouped: dict[int, list[tuple[str, Tensor, Tensor, Tensor]]] = {}

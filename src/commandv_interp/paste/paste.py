@@ -29,6 +29,7 @@ from commandv_interp.converters import Converters
 from commandv_interp.converters.transport import pasted_deltas
 from commandv_interp.paste.compile import compile_paste
 from commandv_interp.types import PositionRule
+from commandv_interp.validation import check_alpha
 
 __all__ = ["paste", "apply_adapter"]
 
@@ -52,8 +53,7 @@ def apply_adapter(
 
 
 def _check_alpha(alpha: float) -> None:
-    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+    check_alpha(alpha)  # finite, |alpha| <= validation.MAX_ALPHA: one message for the API, CLI and studies
 
 
 @contextlib.contextmanager

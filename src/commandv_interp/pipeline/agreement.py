@@ -39,8 +39,8 @@ from commandv_interp.adapters.edits import DeltaFn
 from commandv_interp.adapters.surrogate import teacher_of
 from commandv_interp.types import Float, Tensor
 
-__all__ = ["DonorTargets", "ResponseScores", "at_prompt_end", "donor_targets", "greedy_responses", "onset_prompts",
-           "response_sequences", "score_responses", "summarize", "teaching"]
+__all__ = ["DonorTargets", "ResponseScores", "at_prompt_end", "donor_answers", "donor_targets", "greedy_responses",
+           "onset_prompts", "response_sequences", "score_responses", "summarize", "targets_from", "teaching"]
 
 
 @dataclass(frozen=True)
@@ -66,22 +66,42 @@ def teaching(donor: ModelAccess, adapter: Adapter | Edit):
 def donor_targets(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], max_new_tokens: int,
                   batch_size: int = 32) -> DonorTargets:
     """Greedy responses of the donor with and without ``adapter`` (whole words: see :func:`greedy_responses`) and
-    the target/foil pairs they give.
+    the target/foil pairs they give (:func:`donor_answers` then :func:`targets_from`).
 
     Raises:
         ValueError: the adapter changes none of the prompts' responses (no signal to select with: give prompts of
             the adapter's task, or more tokens).
     """
     prompts = list(prompts)
+    adapted, plain = donor_answers(donor, adapter, prompts, max_new_tokens, batch_size)
+    return targets_from(prompts, adapted, plain, max_new_tokens)
+
+
+def donor_answers(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], max_new_tokens: int,
+                  batch_size: int = 32) -> tuple[list[str], list[str]]:
+    """The donor's greedy answers (whole words) with and without ``adapter``: ``(adapted, plain)``."""
+    prompts = list(prompts)
     plain = greedy_responses(donor, prompts, max_new_tokens, batch_size, whole_words=True)
-    with teaching(donor, adapter):
+    with torch.no_grad(), teaching(donor, adapter):
         adapted = greedy_responses(donor, prompts, max_new_tokens, batch_size, whole_words=True)
+    return adapted, plain
+
+
+def targets_from(prompts: Sequence[str], adapted: Sequence[str], plain: Sequence[str],
+                 max_new_tokens: int | None = None) -> DonorTargets:
+    """The target/foil pairs of the donor's answers with (``adapted``) and without (``plain``) its adapter (see the
+    module doc); prompts left with no foil (unchanged, and no other prompt's answer changed to differ) are dropped.
+
+    Raises:
+        ValueError: the adapter changes none of the answers.
+    """
     changed = [a != b for a, b in zip(adapted, plain)]
     moved = [a for a, c in zip(adapted, changed) if c]
     if not moved:
-        raise ValueError(f"the donor's adapter changes none of the {len(prompts)} scoring prompts' first "
-                         f"{max_new_tokens} response tokens; pass prompts of the adapter's task (e.g. its training "
-                         "inputs) or a larger max_new_tokens")
+        limit = f"first {max_new_tokens} " if max_new_tokens is not None else ""
+        raise ValueError(f"the donor's adapter changes none of the {len(prompts)} scoring prompts' {limit}"
+                         "response tokens; pass prompts of the adapter's task (e.g. its training inputs) or a larger "
+                         "max_new_tokens")
     foils, k = [], 0
     for a, b, c in zip(adapted, plain, changed):
         if c:
@@ -164,7 +184,8 @@ def at_prompt_end(per_layer: dict[int, list[DeltaFn]], prompt_lens: Sequence[int
             r, c = rows.to(hidden.device), cols.to(hidden.device)
             h = hidden[r, c]
             out = hidden.clone()
-            out[r, c] = h + (alpha * sum(fn(h.float()) for fn in fns)).to(hidden.dtype)
+            wide = h.to(torch.promote_types(h.dtype, torch.float32))  # one rounding, as the paste
+            out[r, c] = (wide + alpha * sum(fn(h.float()) for fn in fns)).to(hidden.dtype)
             return out
 
         edit.acts_on_decode = False

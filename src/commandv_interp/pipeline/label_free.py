@@ -50,10 +50,10 @@ from commandv_interp.converters import Converters, fit_converters
 from commandv_interp.converters.transport import pasted_deltas
 from commandv_interp.io import atomic_write, read_json, write_json
 from commandv_interp.paste import apply_adapter, compile_paste, paste
-from commandv_interp.pipeline.agreement import greedy_responses, teaching
-from commandv_interp.pipeline.polish import POLISH_ROUND, POLISH_STEPS, Distillation, fresh_adapter
-from commandv_interp.pipeline.search import (MIN_PROMPTS, CandidateSearch, check_transfer_prompts, generation_flops,
-                                             prepare)
+from commandv_interp.pipeline.polish import (POLISH_BUDGET, POLISH_STEPS, Distillation, finetune_flops_estimate,
+                                             fresh_adapter)
+from commandv_interp.pipeline.polish_race import PolishPlan, race
+from commandv_interp.pipeline.search import MIN_PROMPTS, CandidateSearch, check_transfer_prompts, prepare
 from commandv_interp.pipeline.to_peft import LORA_STEPS, LoraDistillation, to_peft
 from commandv_interp.types import PositionRule, check_choice
 from commandv_interp.version import __version__
@@ -204,6 +204,7 @@ def transfer(
     seed: int = 0,
     polish_steps: int = POLISH_STEPS,
     start: str = "paste",
+    polish_budget: float = POLISH_BUDGET,
     progress: bool = True,
 ) -> Transfer:
     """Derive a working paste of ``adapter`` into the recipient without behavior labels (see the module doc).
@@ -219,9 +220,12 @@ def transfer(
             polish learns).
         batch_size: prompts per forward pass.
         seed: the fit/scoring split and the polish's batches.
-        polish_steps: at most this many distillation steps on the chosen paste (0: the paste as it is).
+        polish_steps: at most this many distillation steps on the chosen paste (0: the paste as it is, the
+            backprop-free Command-V path); the budget and the held-out criterion's patience stop it earlier.
         start: ``"paste"`` (search the candidates, polish the best) or ``"scratch"`` (no paste: polish a fresh
             rank-r adapter at the depth-matched recipient layers; the distillation baseline).
+        polish_budget: the polish's FLOPs (its learning-rate sweep, rounds and their scoring) at most, as a share
+            of the estimated finetune's (:func:`~commandv_interp.pipeline.polish.finetune_flops_estimate`).
         progress: show a progress bar over the candidates.
 
     Returns:
@@ -235,6 +239,9 @@ def transfer(
     check_choice("start", start, STARTS)
     if isinstance(polish_steps, bool) or not isinstance(polish_steps, int) or polish_steps < 0:
         raise ValueError(f"polish_steps must be an int >= 0, got {polish_steps!r}")
+    if isinstance(polish_budget, bool) or not isinstance(polish_budget, float | int) or not 0 < polish_budget <= 1:
+        raise ValueError(f"polish_budget is a share of the estimated finetune's FLOPs in (0, 1], got "
+                         f"{polish_budget!r}")
     adapter = pasteable(donor_model, adapter, prompts)  # a LoRA or steering vector: its surrogate, taught by it
     if start == "scratch" and (polish_steps == 0 or adapter.positions != "last"):
         raise ValueError(f"start='scratch' learns everything in the polish, which acts at the last prompt token: "
@@ -284,7 +291,7 @@ def transfer(
         base = pd.Series(scored(str(base.candidate), float(base.alpha), str(base.alpha_rule), 2, None))
     rounds: dict[str, Adapter] = {}
     if polish_steps:
-        rounds = _polish(search, setup, base, fits, pasted, polish_steps, max_new_tokens, seed, info)
+        rounds = _polish(search, setup, base, fits, pasted, polish_steps, polish_budget, seed, info)
     best = search.best()
     name = str(best.candidate)
     if base is None or name.startswith("scratch+"):  # the distillation baseline (or it won the polish): no paste
@@ -303,13 +310,13 @@ def _leader(search: CandidateSearch, stage: int) -> pd.Series:
 
 
 def _polish(search: CandidateSearch, setup, base: pd.Series | None, fits: dict[str, Converters],
-            pasted: dict[str, Adapter], steps: int, max_new_tokens: int, seed: int, info: dict) -> dict[str, Adapter]:
+            pasted: dict[str, Adapter], steps: int, budget: float, seed: int, info: dict) -> dict[str, Adapter]:
     """Stage 3: distill the donor+adapter's answers on the fitting prompts into the chosen paste (compiled to a
-    native recipient adapter) and, in a first round run beside it, into a fresh adapter at the depth-matched layers;
-    the start whose first round scores higher goes on (a paste that pushes the recipient far off can be slower to
-    correct than nothing). Each round is scored on all scoring prompts (the best of the paste and the rounds is
-    chosen afterwards); rounds stop early only when one reproduces every answer."""
-    donor, recipient, adapter = setup.donor, setup.recipient, setup.adapter
+    native recipient adapter) and, beside it, into a fresh adapter at the depth-matched layers
+    (:func:`~commandv_interp.pipeline.polish_race.race`): both starts try the same learning rates in a first round,
+    the best held-out trial goes on while the criterion improves, all within ``budget`` × the estimated finetune's
+    FLOPs. Every round is scored on all scoring prompts (the best of the paste and the rounds is chosen afterwards)."""
+    recipient, adapter = setup.recipient, setup.adapter
     if base is not None and not polishable(adapter):
         warnings.warn(f"the adapter acts at positions={adapter.positions!r} or has a kind without a linear form: "
                       "the paste is kept as it is (polish_steps needs a last-token adapter of a linear kind)",
@@ -317,38 +324,27 @@ def _polish(search: CandidateSearch, setup, base: pd.Series | None, fits: dict[s
         return {}
     if base is not None and float(base.criterion) >= 1.0:  # the paste reproduces every scoring answer already
         return {}
-    with torch.no_grad(), teaching(donor, adapter):
-        answers = greedy_responses(donor, setup.fitting, max_new_tokens, setup.batch_size, whole_words=True)
-    search.flops += generation_flops(donor, setup.fitting, max_new_tokens)
+    answers, changed = list(setup.fitting_answers), list(setup.fitting_changed)
     layers = sorted(set(setup.layer_maps["depth"].restrict(adapter.layers).as_dict().values()))
     starts = {"scratch": (fresh_adapter(recipient, layers, _rank(adapter), seed),
-                          {"method": "scratch", "match": "depth", "layers": "+".join(map(str, adapter.layers)),
-                           "polish_steps": 0})}
+                          {"method": "scratch", "match": "depth", "layers": "+".join(map(str, adapter.layers))})}
     if base is not None:
         lead = str(base.candidate)
         starts = {lead: (compile_paste(pasted[lead], fits[lead], "last", float(base.alpha)), dict(info[lead]))} | starts
-    trainers = {name: Distillation(recipient, begin, setup.fitting, answers, seed=seed)
-                for name, (begin, _) in starts.items()}
-    rounds: dict[str, Adapter] = {}
+    budget_flops = budget * finetune_flops_estimate(recipient, setup.fitting, answers)
+    plan = PolishPlan(budget_flops, search.score_cost(), max_steps=steps)
 
-    def one_round(name: str) -> dict:
-        trainer = trainers[name]
-        t0, flops0 = time.perf_counter(), trainer.flops
-        trainer.run(min(POLISH_ROUND, steps - trainer.steps))
-        search.flops += trainer.flops - flops0
-        candidate = f"{name}+polish/{trainer.steps}"
-        rounds[candidate] = trainer.adapter()
-        return search.score(candidate, 1.0, native_deltas(recipient, rounds[candidate]), None,
-                            **(starts[name][1] | {"polish_steps": trainer.steps, "fit_flops": trainer.flops - flops0,
-                                                  "fit_s": time.perf_counter() - t0}),
+    def trainer(start: Adapter, lr: float) -> Distillation:
+        return Distillation(recipient, start, setup.fitting, answers, changed, lr=lr, seed=seed)
+
+    def score(start: str, candidate: str, polished: Adapter, extra: dict) -> dict:
+        return search.score(candidate, 1.0, native_deltas(recipient, polished), None,
+                            **(starts[start][1] | extra | {"polish_budget_flops": budget_flops}),
                             alpha_rule="polished", stage=3, paper_exact=False)
 
-    first = {name: one_round(name) for name in trainers}
-    name = max(first, key=lambda n: (first[n]["criterion"], first[n]["lift"]))  # ties: the paste (listed first)
-    row = first[name]
-    while trainers[name].steps < steps and row["criterion"] < 1.0:
-        row = one_round(name)
-    return rounds
+    outcome = race({name: begin for name, (begin, _) in starts.items()}, trainer, score, plan)
+    search.flops += outcome.train_flops  # the scoring is counted by the search itself
+    return outcome.rounds
 
 
 def polishable(adapter: Adapter) -> bool:

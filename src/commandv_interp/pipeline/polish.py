@@ -23,18 +23,23 @@ from dataclasses import dataclass, field
 
 import torch
 
-from commandv_interp.access import ModelAccess
+from commandv_interp.access import Batch, ModelAccess
 from commandv_interp.adapters import Adapter, Intervention, NodiReFT
 from commandv_interp.adapters.interventions import make_intervention
 from commandv_interp.adapters.linear_form import read_activation
 from commandv_interp.pipeline.agreement import at_prompt_end, response_sequences
 
-__all__ = ["Distillation", "balanced", "fresh_adapter", "POLISH_STEPS", "POLISH_ROUND", "POLISH_BATCH", "POLISH_LR"]
+__all__ = ["Distillation", "balanced", "fresh_adapter", "finetune_flops_estimate", "POLISH_STEPS", "POLISH_ROUND",
+           "POLISH_BATCH", "POLISH_LR", "POLISH_BUDGET", "LR_GRID", "PATIENCE", "FINETUNE_SEQUENCES"]
 
-POLISH_STEPS = 12  # at most this many optimizer steps ...
-POLISH_ROUND = 4  # ... in rounds of this many, each scored on the held-out scoring prompts
-POLISH_BATCH = 16  # (prompt, answer) pairs per step, drawn with replacement from the fitting prompts
-POLISH_LR = 4e-3  # the zoo's adapter learning rate (AdamW), constant
+POLISH_STEPS = 256  # a cap on the optimizer steps of the continued start; the budget and the patience stop it first
+POLISH_ROUND = 4  # steps per round, each round scored on the held-out scoring prompts
+POLISH_BATCH = 16  # (prompt, answer) pairs per step, drawn with replacement, half changed and half unchanged
+POLISH_LR = 4e-3  # the zoo's adapter learning rate (AdamW, constant): the middle of the grid searched
+LR_GRID = (1e-3, 4e-3, 1.6e-2)  # learning rates tried in the first round, by every start alike
+PATIENCE = 2  # rounds without a better criterion before the polish stops
+POLISH_BUDGET = 0.04  # the polish's FLOPs (sweep, rounds, their scoring) as a share of the estimated finetune
+FINETUNE_SEQUENCES = 400 * 32  # the estimated finetune: the zoo's shortest adapter recipe (400 steps of 32 answers)
 
 
 @dataclass
@@ -45,6 +50,8 @@ class Distillation:
         recipient: the frozen model the adapter edits (at the last prompt token).
         start: the adapter to start from (not modified: the training runs on a copy).
         prompts, answers: the teacher's (prompt, answer) pairs.
+        changed: per pair, whether the adapter changed the donor's answer; when both kinds occur each batch draws
+            half of its pairs from each (the criterion weighs them alike; empty: uniform draws).
         batch_size, lr, seed: the schedule; ``seed`` draws the batches.
         steps, tokens, flops: what has run so far.
     """
@@ -53,6 +60,7 @@ class Distillation:
     start: Adapter
     prompts: Sequence[str]
     answers: Sequence[str]
+    changed: Sequence[bool] = ()
     batch_size: int = POLISH_BATCH
     lr: float = POLISH_LR
     seed: int = 0
@@ -65,26 +73,37 @@ class Distillation:
         if len(self.prompts) != len(self.answers) or not self.prompts:
             raise ValueError(f"need one answer per prompt and at least one pair, got {len(self.prompts)} prompts and "
                              f"{len(self.answers)} answers")
+        if self.changed and len(self.changed) != len(self.prompts):
+            raise ValueError(f"changed needs one flag per prompt, got {len(self.changed)} for {len(self.prompts)}")
         if self.start.d_model != self.recipient.d_model:
             raise ValueError(f"the start adapter has d_model {self.start.d_model}, the recipient "
                              f"{self.recipient.d_model}: start from a compiled paste or a fresh recipient adapter")
+        if not (isinstance(self.lr, float | int) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         self._interventions = {layer: balanced(iv).to(self.recipient.block_device(layer), torch.float32)
                                .requires_grad_(True) for layer, iv in self.start.interventions.items()}
         params = [p for iv in self._interventions.values() for p in iv.parameters()]
         self._optimizer = torch.optim.AdamW(params, lr=self.lr)
         self._generator = torch.Generator().manual_seed(self.seed)
         self._n_params = sum(p.numel() for p in self.recipient.torch_module.parameters())
+        groups = [[i for i, c in enumerate(self.changed) if bool(c) == flag] for flag in (True, False)]
+        self._strata = groups if all(groups) else [list(range(len(self.prompts)))]
+        self._mean_tokens: float | None = None
 
-    def run(self, steps: int) -> float:
-        """``steps`` more optimizer steps; returns the last batch's loss."""
+    def run(self, steps: int, flops_limit: float | None = None) -> float:
+        """Up to ``steps`` more optimizer steps, stopping before a step that would take ``flops`` past
+        ``flops_limit``; returns the last batch's loss (NaN when no step ran)."""
         module = self.recipient.torch_module
         flags = [p.requires_grad for p in module.parameters()]
         loss_value = float("nan")
         try:
             module.requires_grad_(False)
             for _ in range(steps):
-                idx = torch.randint(len(self.prompts), (self.batch_size,), generator=self._generator).tolist()
-                loss = self._loss([self.prompts[i] for i in idx], [self.answers[i] for i in idx])
+                batch = self._next_batch()
+                cost = self.step_flops(batch)
+                if flops_limit is not None and self.flops + cost > flops_limit:
+                    break
+                loss = self._loss(batch)
                 self._optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self._optimizer.step()
@@ -98,19 +117,50 @@ class Distillation:
                 p.requires_grad_(flag)
         return loss_value
 
-    def _loss(self, prompts: list[str], answers: list[str]) -> torch.Tensor:
-        batch, prompt_lens, lengths = response_sequences(self.recipient, prompts, answers)
+    def next_indices(self) -> list[int]:
+        """The pairs of the next batch (by index), drawn with replacement, an equal share from each stratum."""
+        idx: list[int] = []
+        for k, group in enumerate(self._strata):
+            n = self.batch_size // len(self._strata) + (k < self.batch_size % len(self._strata))
+            idx += [group[j] for j in torch.randint(len(group), (n,), generator=self._generator).tolist()]
+        return idx
+
+    def _next_batch(self) -> tuple[Batch, list[int], list[int]]:
+        idx = self.next_indices()
+        return response_sequences(self.recipient, [self.prompts[i] for i in idx], [self.answers[i] for i in idx])
+
+    def expected_step_flops(self) -> float:
+        """A step's FLOPs on a batch of average pairs (what a round is budgeted at before its batches are drawn)."""
+        if self._mean_tokens is None:
+            _, _, lengths = response_sequences(self.recipient, self.prompts, self.answers)
+            self._mean_tokens = sum(lengths) / len(lengths)
+        return 4.0 * self._n_params * self.batch_size * self._mean_tokens
+
+    def step_flops(self, batch: tuple[Batch, list[int], list[int]]) -> float:
+        """A training step's FLOPs on ``batch``: forward and backward through activations, as a finetune counts
+        them (``4 · params · tokens``)."""
+        return 4.0 * self._n_params * int(batch[0].attention_mask.sum())
+
+    def _loss(self, prepared: tuple[Batch, list[int], list[int]]) -> torch.Tensor:
+        batch, prompt_lens, lengths = prepared
         per_layer = {layer: [iv.delta] for layer, iv in self._interventions.items()}
         with self.recipient.edited(at_prompt_end(per_layer, prompt_lens, 1.0)):
             logits = self.recipient.forward(batch).float()
-        labels = torch.full(batch.input_ids.shape, -100, dtype=torch.long)
+        labels = torch.full(batch.input_ids.shape, -100, dtype=torch.long, device=logits.device)
         for i, (p, n) in enumerate(zip(prompt_lens, lengths)):
             labels[i, p:n] = batch.input_ids[i, p:n]
-        tokens = int(batch.attention_mask.sum())
-        self.tokens += tokens
-        self.flops += 4.0 * self._n_params * tokens  # forward and backward through activations, as a finetune
+        self.tokens += int(batch.attention_mask.sum())
+        self.flops += self.step_flops(prepared)
         return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten().to(logits.device),
                                                  ignore_index=-100)
+
+    def loss_on(self, prompts: Sequence[str], answers: Sequence[str]) -> float:
+        """The distillation loss on given pairs, without training or counting (e.g. held-out pairs)."""
+        tokens, flops = self.tokens, self.flops
+        with torch.no_grad():
+            value = float(self._loss(response_sequences(self.recipient, prompts, answers)))
+        self.tokens, self.flops = tokens, flops
+        return value
 
     def adapter(self) -> Adapter:
         """The adapter as trained so far (a frozen float32 copy on CPU)."""
@@ -119,6 +169,23 @@ class Distillation:
                                                         "flops": self.flops, "lr": self.lr,
                                                         "batch_size": self.batch_size, "seed": self.seed}}
         return Adapter(ivs, positions=self.start.positions, first_last_k=self.start.first_last_k, metadata=meta)
+
+
+def finetune_flops_estimate(recipient: ModelAccess, prompts: Sequence[str], answers: Sequence[str]) -> float:
+    """The FLOPs of a ReFT finetune of the recipient on this task, estimated from the prompts and the donor+adapter's
+    answers: ``4 · params · FINETUNE_SEQUENCES · mean tokens of (prompt + answer)`` (the recipient's tokens), i.e.
+    the zoo's shortest adapter recipe (400 steps of 32 sequences, as :class:`~commandv_interp.adapters.TrainingRecord`
+    counts them) on sequences like these. The polish's default budget is a share of it.
+
+    Example:
+        >>> finetune_flops_estimate(recipient, ["a b"], ["c"]) > 0  # doctest: +SKIP
+        True
+    """
+    if not prompts or len(prompts) != len(answers):
+        raise ValueError(f"need one answer per prompt and at least one pair, got {len(prompts)} and {len(answers)}")
+    _, _, lengths = response_sequences(recipient, prompts, answers)
+    n_params = sum(p.numel() for p in recipient.torch_module.parameters())
+    return 4.0 * n_params * FINETUNE_SEQUENCES * sum(lengths) / len(lengths)
 
 
 def balanced(iv: Intervention) -> Intervention:

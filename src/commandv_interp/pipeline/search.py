@@ -2,8 +2,11 @@
 produces what every label-free candidate is built and scored from (:class:`SearchSetup`) and the engine that scores
 candidates (:class:`CandidateSearch`).
 
-:func:`prepare` splits the prompts into a fitting and a held-out scoring set, has the donor answer the scoring
-prompts with and without its adapter (:func:`~commandv_interp.pipeline.agreement.donor_targets`), and profiles
+:func:`prepare` has the donor answer every prompt with and without its adapter
+(:func:`~commandv_interp.pipeline.agreement.donor_answers`), splits the prompts into a fitting and a held-out scoring
+set stratified on whether the adapter changed the answer (:func:`~commandv_interp.pipeline.split.stratified_split`:
+enough unchanged prompts are scored to see a small false-refusal difference), keeps the scoring prompts' target/foil
+pairs and the fitting prompts' adapted answers (what the polish learns), and profiles
 both models on (at most ``PROFILE_PROMPTS`` of) the fitting prompts plus the same prompts followed by the donor's
 first response word
 (:func:`~commandv_interp.pipeline.agreement.onset_prompts`), with the two layer maps (relative depth, similarity).
@@ -28,8 +31,9 @@ from commandv_interp.access import ModelAccess, forward_flops, open_model
 from commandv_interp.adapters import Adapter
 from commandv_interp.adapters.edits import DeltaFn
 from commandv_interp.correspondence import LayerMap, match_layers
-from commandv_interp.pipeline.agreement import (DonorTargets, ResponseScores, donor_targets, onset_prompts,
-                                                score_responses, summarize)
+from commandv_interp.pipeline.agreement import (DonorTargets, ResponseScores, donor_answers, onset_prompts,
+                                                score_responses, summarize, targets_from)
+from commandv_interp.pipeline.split import stratified_split
 from commandv_interp.profiles import ActivationProfile, profile
 from commandv_interp.prompts import prompts_fingerprint
 
@@ -46,10 +50,12 @@ class SearchSetup:
     """The split, the donor's targets on the scoring prompts, the fitting profiles and layer maps.
 
     Attributes:
-        fitting, scoring: the two disjoint prompt sets.
+        fitting, scoring: the two disjoint prompt sets (stratified on whether the adapter changes the answer).
         profiled: the first ``PROFILE_PROMPTS`` fitting prompts (all of them when there are fewer).
         augmented: ``profiled`` followed by its onset prompts (what the profiles were taken on).
         targets: the donor's answers with and without its adapter on ``scoring``.
+        fitting_answers, fitting_changed: the donor+adapter's answers on ``fitting`` and whether each differs from
+            the plain donor's.
         donor_profile, recipient_profile: profiles over ``augmented`` (the donor's at the adapter's layers).
         layer_maps: ``{"depth": ..., "similarity": ...}`` for the adapter's layers.
         flops: the FLOPs spent so far (targets, onsets, profiles).
@@ -68,6 +74,8 @@ class SearchSetup:
     layer_maps: dict[str, LayerMap]
     batch_size: int
     flops: float = 0.0
+    fitting_answers: tuple[str, ...] = ()  # the donor+adapter's answers to ``fitting`` (what the polish learns)
+    fitting_changed: tuple[bool, ...] = ()  # per fitting prompt, whether the adapter changed the donor's answer
 
     def plain_profiles(self) -> tuple[ActivationProfile, ActivationProfile]:
         """The profiles' rows of the plain fitting prompts (no onset word): the paper's profile set."""
@@ -95,12 +103,13 @@ def prepare(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Ada
     prompts = check_transfer_prompts(prompts)
     if not (isinstance(scoring_fraction, float | int) and 0 < scoring_fraction < 1):
         raise ValueError(f"scoring_fraction must be in (0, 1), got {scoring_fraction!r}")
-    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_score = max(4, round(len(prompts) * scoring_fraction))
-    scoring = [prompts[i] for i in order[:n_score]]
-    fitting = [prompts[i] for i in order[n_score:]]
-    targets = donor_targets(donor, adapter, scoring, max_new_tokens, batch_size)
-    flops = 2 * generation_flops(donor, scoring, max_new_tokens)
+    adapted, plain = donor_answers(donor, adapter, prompts, max_new_tokens, batch_size)
+    flops = 2 * generation_flops(donor, prompts, max_new_tokens)
+    changed = [a != b for a, b in zip(adapted, plain)]
+    targets_from(prompts, adapted, plain, max_new_tokens)  # refuses an adapter that changes no answer
+    score_rows, fit_rows = stratified_split(changed, scoring_fraction, seed)
+    scoring, fitting = [prompts[i] for i in score_rows], [prompts[i] for i in fit_rows]
+    targets = targets_from(scoring, [adapted[i] for i in score_rows], [plain[i] for i in score_rows], max_new_tokens)
     profiled = fitting[:PROFILE_PROMPTS]
     augmented = profiled + onset_prompts(donor, adapter, profiled, batch_size)
     flops += 2 * forward_flops(donor, profiled)
@@ -110,7 +119,8 @@ def prepare(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Ada
               + forward_flops(recipient, augmented, recipient.n_layers - 1))
     maps = {match: match_layers(p_donor, p_recipient, match, adapter.layers) for match in ("depth", "similarity")}
     return SearchSetup(donor, recipient, adapter, fitting, scoring, profiled, augmented, targets, p_donor, p_recipient,
-                       maps, batch_size, flops)
+                       maps, batch_size, flops, tuple(adapted[i] for i in fit_rows),
+                       tuple(changed[i] for i in fit_rows))
 
 
 @dataclass
@@ -179,6 +189,10 @@ class CandidateSearch:
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
+
+    def score_cost(self) -> float:
+        """The FLOPs of scoring a new candidate on all the scoring prompts."""
+        return self._per_prompt_flops * self.n_scoring
 
     def best(self, n: int | None = None) -> pd.Series:
         """The best row scored on at least ``n`` prompts (all by default): the highest criterion, then lift, then
