@@ -23,12 +23,12 @@ PROMPTS = 128  # the transfer's unlabeled prompts (benchmarks/label_free.py's TR
 
 
 def markdown(table: pd.DataFrame) -> str:
-    lines = ["| donor | behavior | edit | layer | R² | explained | agreement at the layer | whole surrogate |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| donor | behavior | edit | layer | R² | explained | agreement at the layer | whole surrogate | "
+             "answers the edit changes |", "|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         r2 = "—" if pd.isna(r.r2) else f"{r.r2:.3f}"
         lines.append(f"| {r.model} | {r.behavior} | {r.edit} | {r.layer} | {r2} | {r.explained:.3f} | "
-                     f"{r.agreement:.2f} | {r.whole_agreement:.2f} |")
+                     f"{r.agreement:.2f} | {r.whole_agreement:.2f} | {r.edit_changes:.2f} |")
     return "\n".join(lines) + "\n"
 
 

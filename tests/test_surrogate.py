@@ -22,6 +22,7 @@ def test_surrogate_of_a_nodireft_is_that_nodireft(nn_llama):
                      rtol=1e-4)  # float32 reads of the states: the fit is exact up to their rounding
     assert (result.fidelity.r2 > 0.99999).all() and (result.fidelity.explained > 0.99999).all()
     assert result.agreement == 1.0 and (result.fidelity.agreement == 1.0).all()
+    assert (result.fidelity.edit_changes > 0).all()  # the agreement is not that of an edit that changes nothing
     batch = nn_llama.encode(random_prompts(6, seed=99))
     with apply_edit(nn_llama, adapter):
         expected = nn_llama.forward(batch)

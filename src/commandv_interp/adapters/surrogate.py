@@ -58,8 +58,9 @@ def teacher_of(adapter: Edit) -> Edit:
 @dataclass(frozen=True)
 class Surrogate:
     """A fitted surrogate: ``adapter`` (the NodiReFT, with the edit as its teacher), ``fidelity`` (one row per layer:
-    ``layer, rank, r2, explained, agreement, n_fit, n_heldout``) and ``agreement`` (held-out answers of the donor
-    with the whole surrogate that equal those with the edit)."""
+    ``layer, rank, r2, explained, n_fit, n_heldout, agreement, edit_changes``; ``edit_changes`` is the share of
+    held-out answers the edit itself changes, what an agreement of 1 is worth) and ``agreement`` (held-out answers of
+    the donor with the whole surrogate that equal those with the edit)."""
 
     adapter: SurrogateAdapter
     fidelity: pd.DataFrame
@@ -171,6 +172,9 @@ def fit_surrogate(donor_model: ModelAccess, edit: Edit, prompts: Sequence[str], 
         swapped = _answers(donor, others, adapter.restricted([row["layer"]]), held, max_new_tokens, batch_size)
         row["agreement"] = _same(swapped, reference)
     whole = _same(_answers(donor, None, adapter, held, max_new_tokens, batch_size), reference)
+    changes = 1 - _same(_answers(donor, None, None, held, max_new_tokens, batch_size), reference)
+    for row in rows:
+        row["edit_changes"] = changes
     records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows]
     adapter = replace(adapter, metadata=meta | {"surrogate_fidelity": records, "surrogate_agreement": whole})
     return Surrogate(adapter, pd.DataFrame(rows), whole)
