@@ -113,7 +113,8 @@ def run_cell(donor_name: str, recipient_name: str, behavior: str, limit: int, co
         extra = {"edit": edit, "lora_target": lora_rates[target], "lora_side": lora_rates[side],
                  "lora_meets_bar": meets(lora_rates), "lora_flops_ratio": lora.flops / ft["flops"],
                  "lora_wall_ratio": lora_wall / ft["wall_s"],
-                 "surrogate_agreement": adapter.metadata.get("surrogate_agreement", float("nan"))}
+                 "surrogate_agreement": adapter.metadata.get("surrogate_agreement", float("nan")),
+                 "surrogate_flops_ratio": adapter.metadata.get("surrogate_flops", 0.0) / ft["flops"]}
     row = extra | {"donor": donor_name, "recipient": recipient_name, "behavior": behavior, "choice": result.choice,
            "alpha": result.alpha, "target_metric": target, "side_metric": side,
            "transfer_target": chosen[target], "transfer_side": chosen[side],

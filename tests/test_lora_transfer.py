@@ -37,6 +37,7 @@ def test_targets_come_from_the_teacher_edit(pair, hf_llama):
     surrogate = pasteable(donor, lora, random_prompts(40, seed=3), rank=4)
     assert isinstance(surrogate, SurrogateAdapter) and surrogate.teacher is lora
     assert {row["layer"] for row in surrogate.metadata["surrogate_fidelity"]} == {1, 2}
+    assert surrogate.metadata["surrogate_flops"] > 0
     prompts = random_prompts(12, seed=5)
     targets = donor_targets(donor, surrogate, prompts, 6, batch_size=4)
     with apply_edit(donor, lora):

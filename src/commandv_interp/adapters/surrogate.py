@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 import torch
 
-from commandv_interp.access import ModelAccess, batches, open_model
+from commandv_interp.access import ModelAccess, batches, forward_flops, open_model
 from commandv_interp.adapters.edit import Edit, apply_edit, restrict_edit
 from commandv_interp.adapters.interventions import Adapter, NodiReFT
 from commandv_interp.types import Float, Tensor
@@ -176,7 +176,9 @@ def fit_surrogate(donor_model: ModelAccess, edit: Edit, prompts: Sequence[str], 
     for row in rows:
         row["edit_changes"] = changes
     records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows]
-    adapter = replace(adapter, metadata=meta | {"surrogate_fidelity": records, "surrogate_agreement": whole})
+    adapter = replace(adapter, metadata=meta | {"surrogate_fidelity": records, "surrogate_agreement": whole,
+                                                "surrogate_flops": _cost(donor, prompts, held, len(rows),
+                                                                         max_new_tokens)})
     return Surrogate(adapter, pd.DataFrame(rows), whole)
 
 
@@ -190,6 +192,14 @@ def pasteable(donor_model: ModelAccess, edit: Edit, prompts: Sequence[str], rank
         raise ValueError(f"expected a ReFT Adapter, LoraEdit or SteeringVectorEdit, got {type(edit).__name__}; "
                          "read a folder or file with load_edit(path)")
     return fit_surrogate(donor_model, edit, prompts, rank).adapter
+
+
+def _cost(donor: ModelAccess, prompts: list[str], held: list[str], n_layers: int, max_new_tokens: int) -> float:
+    """Estimated FLOPs of :func:`fit_surrogate`: ``n_layers + 1`` reading passes over the prompts (full passes, an
+    upper bound) and ``n_layers + 3`` greedy generations of the held-out prompts."""
+    tokens = sum(len(ids) for ids in donor.tokenizer(held)["input_ids"])
+    generation = forward_flops(donor, held) * (1 + max_new_tokens * len(held) / max(tokens, 1))
+    return (n_layers + 1) * forward_flops(donor, prompts) + (n_layers + 3) * generation
 
 
 def _answers(donor: ModelAccess, edit: Edit | None, extra: Adapter | None, prompts: list[str], max_new_tokens: int,
