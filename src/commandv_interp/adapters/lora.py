@@ -85,8 +85,8 @@ class LoraEdit:
         """The decoder blocks the LoRA touches (0-based), read off the module paths."""
         return sorted({block_index(name) for name in self.modules})
 
-    def restricted(self, layers: Sequence[int]) -> LoraEdit:
-        """The same LoRA on the modules of ``layers`` only (tensors shared); may be empty of modules, then None."""
+    def restricted(self, layers: Sequence[int]) -> LoraEdit | None:
+        """The same LoRA on the modules of ``layers`` only (tensors shared); None when it has none there."""
         keep = {n: ab for n, ab in self.modules.items() if block_index(n) in set(layers)}
         return LoraEdit(keep, self.scaling, self.base_model, dict(self.config)) if keep else None
 
