@@ -33,6 +33,7 @@ from commandv_interp.adapters.edit import apply_edit
 from commandv_interp.adapters.surrogate import pasteable
 from commandv_interp.pipeline.label_free import PAPER_EXACT
 from commandv_interp.zoo.donor_edits import ZOO_EDIT_KINDS, load_zoo_edit
+from commandv_interp.zoo.evaluate import MAX_NEW_TOKENS
 from commandv_interp.zoo.scoring import BEHAVIOR_RATES
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "figures"
@@ -107,7 +108,7 @@ def run_cell(donor_name: str, recipient_name: str, behavior: str, limit: int, co
     if edit is not None:  # the LoRA output beside the ReFT one, distilled from the same donor+edit
         with tempfile.TemporaryDirectory() as folder:
             t0 = time.perf_counter()
-            lora = result.to_peft(folder, donor, prompts, progress=False)
+            lora = result.to_peft(folder, donor, prompts, max_new_tokens=MAX_NEW_TOKENS[behavior], progress=False)
             lora_wall = time.perf_counter() - t0
         lora_rates = rates_under(apply_edit(recipient, lora.lora), limit)
         extra = {"edit": edit, "lora_target": lora_rates[target], "lora_side": lora_rates[side],

@@ -127,12 +127,15 @@ class Transfer:
         return compile_paste(self.adapter, self.converters, self.positions, self.alpha)
 
     def to_peft(self, folder: str | Path, donor_model: ModelAccess, prompts: Sequence[str], rank: int = 8,
-                steps: int = LORA_STEPS, seed: int = 0, progress: bool = True) -> LoraDistillation:
+                steps: int = LORA_STEPS, seed: int = 0, max_new_tokens: int = 8,
+                progress: bool = True) -> LoraDistillation:
         """The transfer as a recipient LoRA in PEFT's format, distilled from the donor+edit's answers to ``prompts``
-        over the whole answer (:func:`~commandv_interp.pipeline.to_peft.to_peft`; the teacher is the donor's edit)."""
+        (``max_new_tokens`` long) over the whole answer (:func:`~commandv_interp.pipeline.to_peft.to_peft`; the
+        teacher is the donor's edit)."""
         if self.recipient is None:
             raise ValueError("this Transfer was loaded from disk and holds no recipient: load_transfer(folder, recipient)")
-        return to_peft(donor_model, self.recipient, self.adapter, prompts, folder, rank, steps, seed, progress)
+        return to_peft(donor_model, self.recipient, self.adapter, prompts, folder, rank, steps, seed, max_new_tokens,
+                       progress)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``transfer.json``, ``converters.safetensors``, ``adapter/`` (pyreft folder), ``polished/`` (when

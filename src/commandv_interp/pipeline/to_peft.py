@@ -127,7 +127,7 @@ def distill_lora(donor_model: ModelAccess, recipient_model: ModelAccess, edit: E
 
 
 def to_peft(donor_model: ModelAccess, recipient_model: ModelAccess, edit: Edit, prompts: Sequence[str],
-            folder: str | Path, rank: int = 8, steps: int = LORA_STEPS, seed: int = 0,
+            folder: str | Path, rank: int = 8, steps: int = LORA_STEPS, seed: int = 0, max_new_tokens: int = 8,
             progress: bool = True) -> LoraDistillation:
     """:func:`distill_lora` and write the LoRA to ``folder`` in PEFT's format (see the module doc).
 
@@ -135,6 +135,7 @@ def to_peft(donor_model: ModelAccess, recipient_model: ModelAccess, edit: Edit, 
         >>> to_peft(donor, recipient, zoo.load_adapter("llama-6x128", "refusal"), prompts, "lora")  # doctest: +SKIP
         >>> peft.PeftModel.from_pretrained(recipient_hf, "lora")  # doctest: +SKIP
     """
-    result = distill_lora(donor_model, recipient_model, edit, prompts, rank, steps, seed=seed, progress=progress)
+    result = distill_lora(donor_model, recipient_model, edit, prompts, rank, steps, max_new_tokens=max_new_tokens,
+                          seed=seed, progress=progress)
     save_peft_lora(result.lora, folder)
     return result
