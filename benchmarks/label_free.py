@@ -1,28 +1,39 @@
-"""Label-free transfer on a zoo world: ``cv.transfer`` with its defaults on every ordered pair × behavior, scored
-with labels only afterwards, beside the paste it polished (as it was), the distillation baseline
-(``cv.transfer(..., start="scratch")``: the same polish from a fresh adapter), the steering-vector baseline
-(``cv.steering_transfer``), paper-exact Command-V and the recipient's direct ReFT finetune.
+"""Label-free transfer over seeds: ``cv.transfer`` with its defaults on every cell of a world (an ordered zoo pair ×
+behavior, or a generated world's one donor → recipient behavior), at each transfer seed, scored with labels only
+afterwards, beside its paste without the polish (``polish_steps=0``, the backprop-free Command-V path), the
+distillation baseline (``start="scratch"``: the same polish from a fresh adapter), the steering-vector baseline
+(``cv.steering_transfer``), paper-exact Command-V and the recipient's direct ReFT finetune (the bar).
 
-Per cell: the chosen candidate, its labeled rates on held-out test prompts, the steering baseline's and the
-paper-exact candidate's, the finetune's (from the zoo manifest, measured on all 160 test prompts), the compute of
-each label-free call (FLOPs and wall time, selection included) as a share of the finetune's, and, across the
-candidates of the cell (each at its last scoring), the rank correlation between the label-free criterion and the
-labeled target rate (each candidate scored on ``--corr-limit`` test prompts). Writes ``<out>/label_free.csv``,
-``label_free_candidates.csv`` and ``label_free.md`` (``label_free_<world>*`` for another world than the main one).
+A run (cell × seed) meets the bar when its target rate is ≥ 0.9 × the finetune's, a false-refusal side is ≤ the
+finetune's + 0.02 and an accuracy-like side (CoT accuracy, a generated world's step accuracy or persona content) is
+≥ 0.9 × the finetune's. On multi-token cells *nothing lost* also asks that this side be ≥ the lower of the
+donor+adapter's and the unedited recipient's, minus 0.05. The seed sets the transfer's fit/scoring split and polish
+batches; models, adapters and test prompts stay fixed.
 
-    python benchmarks/label_free.py                   # the main world: 6 pairs × 3 behaviors
-    python benchmarks/label_free.py --world heldout   # the second world, nobody tuned on
-    python benchmarks/label_free.py --quick           # one pair, one behavior
-    python benchmarks/label_free.py --edit lora       # from the zoo's LoRA donors (or steering, reft), with a
-                                                      # PEFT LoRA output beside the ReFT one (label_free_lora*)
+Per run: every method's labeled rates on held-out test prompts, the compute of each label-free call (FLOPs and wall
+time, selection included) as a share of the finetune's and, with ``--corr-limit`` > 0, the rank correlation across
+the transfer's candidates between the criterion and the labeled target rate. Writes ``<out>/<stem>.csv`` (runs),
+``<stem>_candidates.csv`` and ``<stem>.md`` (per method: share of runs meeting the bar, cells meeting it at every
+seed, median compute; per cell: runs meeting it and the worst seed). ``<stem>`` is ``label_free`` (main world,
+seed 0), ``label_free_<world>`` for another world, plus ``_seeds<spec>`` for other seeds.
+
+    python benchmarks/label_free.py                                  # the main world: 6 pairs × 3 behaviors, seed 0
+    python benchmarks/label_free.py --seeds 0-4 --world heldout      # the second world over five seeds
+    python benchmarks/label_free.py --seeds 0-4 --world generated    # generated dev worlds (--world-seeds test)
+    python benchmarks/label_free.py --quick                          # one cell
+    python benchmarks/label_free.py --edit lora                      # from the zoo's LoRA (or steering, reft)
+                                                                     # donors, with a PEFT LoRA output too
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -32,12 +43,36 @@ from commandv_interp import zoo
 from commandv_interp.adapters.edit import apply_edit
 from commandv_interp.adapters.surrogate import pasteable
 from commandv_interp.pipeline.label_free import PAPER_EXACT
+from commandv_interp.pipeline.labels import BACKPROP_FREE_PASTE, PAPER_EXACT_PASTE, transfer_label
+from commandv_interp.zoo import generated
 from commandv_interp.zoo.donor_edits import ZOO_EDIT_KINDS, load_zoo_edit
 from commandv_interp.zoo.evaluate import MAX_NEW_TOKENS
 from commandv_interp.zoo.scoring import BEHAVIOR_RATES
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "figures"
 TRAIN_PROMPTS = 128  # unlabeled prompts handed to transfer: the adapter's first training inputs
+METHODS = ("transfer", "paste", "distill", "steering", "paper")
+METHOD_LABELS = {"transfer": "`cv.transfer` (defaults)", "paste": BACKPROP_FREE_PASTE,
+                 "distill": "distillation from scratch (`start=\"scratch\"`)", "steering": "steering vector",
+                 "paper": PAPER_EXACT_PASTE}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One donor → recipient behavior, loaded: models, adapter, task prompts, a labeled scorer and the bar."""
+
+    donor_name: str
+    recipient_name: str
+    behavior: str
+    donor: object
+    recipient: object
+    adapter: object
+    prompts: list
+    evaluate: Callable[[object, int], dict]
+    target: str
+    side: str
+    finetune: dict  # rates, flops, wall_s
+    reference: dict | None  # multi-token cells: the donor+adapter's and the unedited recipient's side rate
 
 
 def finetune_row(recipient: str, behavior: str, world: str) -> dict:
@@ -48,146 +83,251 @@ def finetune_row(recipient: str, behavior: str, world: str) -> dict:
     return {"rates": rates, "flops": cost["flops"], "wall_s": cost["wall_time_s"]}
 
 
+def zoo_cells(world: str) -> list[tuple]:
+    names = list(zoo.list_models(world=world))
+    return [(d, r, b) for d, r in itertools.permutations(names, 2) for b in zoo.WORLD_BEHAVIORS[world]]
+
+
+def load_zoo_cell(donor_name: str, recipient_name: str, behavior: str, world: str) -> Cell:
+    target, side = BEHAVIOR_RATES[behavior]
+    reference = None
+    if behavior == "cot":
+        table = zoo.manifest(world=world)["behavior_table"]
+        rate = {(r["model"], r["condition"]): r["value"] for r in table
+                if r["behavior"] == behavior and r["metric"] == side}
+        reference = {"donor_adapter": rate[(donor_name, "adapter")], "recipient_base": rate[(recipient_name, "base")]}
+    return Cell(donor_name, recipient_name, behavior, zoo.load_model(donor_name, world=world),
+                zoo.load_model(recipient_name, world=world), zoo.load_adapter(donor_name, behavior, world=world),
+                zoo.prompts(behavior, "train", world=world)[:TRAIN_PROMPTS],
+                lambda model, n: zoo.evaluate(model, behavior, limit=n, world=world), target, side,
+                finetune_row(recipient_name, behavior, world), reference)
+
+
+def load_generated_cell(seed: int) -> Cell:
+    w = generated.build_world(seed, progress=False)
+    target, side = w.rates
+    rate = {(r["model"], r["condition"]): r["value"] for r in w.record["behavior_table"] if r["metric"] == side}
+    ft = {r["metric"]: r["value"] for r in w.record["behavior_table"]
+          if (r["model"], r["condition"]) == ("recipient", "adapter")}
+    cost = w.record["recipient"]["adapter"]
+    donor_plan, recipient_plan = w.plans
+    reference = None if w.behavior == "refusal" else {"donor_adapter": rate[("donor", "adapter")],
+                                                      "recipient_base": rate[("recipient", "base")]}
+    return Cell(f"w{seed}:{donor_plan.name}/{donor_plan.tokenizer}",
+                f"{recipient_plan.name}/{recipient_plan.tokenizer}", w.behavior, w.donor_model, w.recipient_model,
+                w.adapter, w.prompts("train")[:TRAIN_PROMPTS], lambda model, n: w.evaluate(model, n), target, side,
+                {"rates": ft, "flops": cost["flops"], "wall_s": cost["wall_time_s"]}, reference)
+
+
 def spearman(x: pd.Series, y: pd.Series) -> float:
     return float(x.rank().corr(y.rank())) if x.nunique() > 1 and y.nunique() > 1 else float("nan")
 
 
-def run_cell(donor_name: str, recipient_name: str, behavior: str, limit: int, corr_limit: int,
-             world: str, edit: str | None = None) -> tuple[dict, pd.DataFrame]:
-    donor, recipient = zoo.load_model(donor_name, world=world), zoo.load_model(recipient_name, world=world)
-    adapter = zoo.load_adapter(donor_name, behavior, world=world)
-    target, side = BEHAVIOR_RATES[behavior]
-    prompts = zoo.prompts(behavior, "train", world=world)[:TRAIN_PROMPTS]
-    if edit is not None:  # --edit: the zoo's LoRA or steering donor (its surrogate pasted, the edit the teacher)
-        adapter = pasteable(donor, load_zoo_edit(donor_name, behavior, edit), prompts)
+def meets(cell: Cell, rates: dict) -> bool:
+    ft = cell.finetune["rates"]
+    if rates[cell.target] < 0.9 * ft[cell.target] - 1e-9:
+        return False
+    if cell.side == "false_refusal":
+        return bool(rates[cell.side] <= ft[cell.side] + 0.02 + 1e-9)
+    return bool(rates[cell.side] >= 0.9 * ft[cell.side] - 1e-9)
+
+
+def nothing_lost(cell: Cell, rates: dict) -> float:
+    """1.0/0.0 on multi-token cells (side ≥ min(donor+adapter, unedited recipient) − 0.05), NaN elsewhere."""
+    if cell.reference is None:
+        return float("nan")
+    floor = min(cell.reference["donor_adapter"], cell.reference["recipient_base"]) - 0.05
+    return float(rates[cell.side] >= floor - 1e-9)
+
+
+def run_cell(cell: Cell, seed: int, limit: int, corr_limit: int, lora_output: bool = False
+             ) -> tuple[dict, pd.DataFrame]:
+    donor, recipient, adapter, prompts = cell.donor, cell.recipient, cell.adapter, cell.prompts
+    calls, walls = {}, {}
+    for method, kwargs in (("transfer", {}), ("paste", {"polish_steps": 0}), ("distill", {"start": "scratch"})):
+        t0 = time.perf_counter()
+        calls[method] = cv.transfer(donor, recipient, adapter, prompts, seed=seed, progress=False, **kwargs)
+        walls[method] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = cv.transfer(donor, recipient, adapter, prompts, progress=False)
-    wall = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    steering = cv.steering_transfer(donor, recipient, adapter, prompts, progress=False)
-    steering_wall = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    scratch = cv.transfer(donor, recipient, adapter, prompts, start="scratch", progress=False)
-    scratch_wall = time.perf_counter() - t0
+    calls["steering"] = cv.steering_transfer(donor, recipient, adapter, prompts, seed=seed, progress=False)
+    walls["steering"] = time.perf_counter() - t0
+    result = calls["transfer"]
 
     def rates_under(ctx, n: int) -> dict:
         with ctx:
-            return zoo.evaluate(recipient, behavior, limit=n, world=world)
+            return cell.evaluate(recipient, n)
 
-    chosen = rates_under(result.paste(), limit)
-    steered = rates_under(steering.paste(), limit)
-    distilled = rates_under(scratch.paste(), limit)
-    paper_rates = rates_under(cv.paste(recipient, adapter, result.fits[PAPER_EXACT], alpha=1.0), limit)
-    cands = result.candidates.drop_duplicates(["candidate", "alpha"], keep="last").reset_index(drop=True)
-    base = cands[cands.stage == 2].iloc[-1]  # the paste the polish started from (as it is)
-    unpolished = rates_under(cv.paste(recipient, result.pasted[base.candidate], result.fits[base.candidate],
-                                      alpha=float(base.alpha)), limit)
-
-    def edit_of(row):
-        if row.candidate in result.rounds:
-            return cv.apply_adapter(recipient, result.rounds[row.candidate])
-        return cv.paste(recipient, result.pasted[row.candidate], result.fits[row.candidate], alpha=float(row.alpha))
-
-    labeled = []
-    for row in cands.itertuples():
-        if row.method == "none":
-            labeled.append(zoo.evaluate(recipient, behavior, limit=corr_limit, world=world))
-        else:
-            labeled.append(rates_under(edit_of(row), corr_limit))
-    cands["labeled_target"] = [r[target] for r in labeled]
-    cands["labeled_side"] = [r[side] for r in labeled]
-    cands = cands.assign(donor=donor_name, recipient=recipient_name, behavior=behavior)
-    ft = finetune_row(recipient_name, behavior, world)
-
-    def meets(rates: dict) -> bool:
-        return bool(rates[target] >= 0.9 * ft["rates"][target] - 1e-9
-                    and (side != "false_refusal" or rates[side] <= ft["rates"][side] + 0.02)
-                    and (behavior != "cot" or rates[side] >= 0.9 * ft["rates"][side] - 1e-9))
-
-    extra = {}
-    if edit is not None:  # the LoRA output beside the ReFT one, distilled from the same donor+edit
+    rates = {m: rates_under(calls[m].paste(), limit) for m in ("transfer", "paste", "distill", "steering")}
+    rates["paper"] = rates_under(cv.paste(recipient, adapter, result.considered[PAPER_EXACT].converters), limit)
+    cands = result.candidates.drop_duplicates("candidate", keep="last").reset_index(drop=True)
+    if corr_limit > 0:
+        labeled = []
+        for row in cands.itertuples():
+            if row.method == "none":
+                labeled.append(cell.evaluate(recipient, corr_limit))
+            elif result.considered[row.candidate].converters is None:  # a polish round: a native adapter
+                labeled.append(rates_under(cv.apply_adapter(recipient, result.considered[row.candidate].edit),
+                                           corr_limit))
+            else:
+                candidate = result.considered[row.candidate]
+                labeled.append(rates_under(cv.paste(recipient, candidate.edit, candidate.converters), corr_limit))
+        cands["labeled_target"] = [r[cell.target] for r in labeled]
+        cands["labeled_side"] = [r[cell.side] for r in labeled]
+    cands = cands.assign(donor=cell.donor_name, recipient=cell.recipient_name, behavior=cell.behavior, seed=seed)
+    ft = cell.finetune
+    row = {"donor": cell.donor_name, "recipient": cell.recipient_name, "behavior": cell.behavior, "seed": seed,
+           "choice": result.choice, "label": transfer_label(result), "alpha": result.alpha,
+           "target_metric": cell.target, "side_metric": cell.side,
+           "paste_choice": calls["paste"].choice, "steering_alpha": calls["steering"].alpha,
+           "polish_steps": int(result.polished.metadata["polish"]["steps"]) if result.polished is not None else 0,
+           "finetune_target": ft["rates"][cell.target], "finetune_side": ft["rates"][cell.side], "n_test": limit,
+           "reference_side": float("nan") if cell.reference is None else min(cell.reference.values()),
+           "criterion_label_spearman": spearman(cands.criterion, cands.labeled_target) if corr_limit > 0
+           else float("nan")}
+    for method in METHODS:
+        row[f"{method}_target"], row[f"{method}_side"] = rates[method][cell.target], rates[method][cell.side]
+        row[f"{method}_meets_bar"] = meets(cell, rates[method])
+        row[f"{method}_nothing_lost"] = nothing_lost(cell, rates[method])
+        if method in calls:
+            row[f"{method}_flops_ratio"] = calls[method].flops / ft["flops"]
+            row[f"{method}_wall_ratio"] = walls[method] / ft["wall_s"]
+    row["meets_bar"] = row["transfer_meets_bar"]
+    if lora_output:  # --edit: a PEFT LoRA output beside the ReFT one, distilled from the same donor+edit
         with tempfile.TemporaryDirectory() as folder:
             t0 = time.perf_counter()
-            lora = result.to_peft(folder, donor, prompts, max_new_tokens=MAX_NEW_TOKENS[behavior], progress=False)
-            lora_wall = time.perf_counter() - t0
-        lora_rates = rates_under(apply_edit(recipient, lora.lora), limit)
-        extra = {"edit": edit, "lora_target": lora_rates[target], "lora_side": lora_rates[side],
-                 "lora_meets_bar": meets(lora_rates), "lora_flops_ratio": lora.flops / ft["flops"],
-                 "lora_wall_ratio": lora_wall / ft["wall_s"],
-                 "surrogate_agreement": adapter.metadata.get("surrogate_agreement", float("nan")),
-                 "surrogate_flops_ratio": adapter.metadata.get("surrogate_flops", 0.0) / ft["flops"]}
-    row = extra | {"donor": donor_name, "recipient": recipient_name, "behavior": behavior, "choice": result.choice,
-           "alpha": result.alpha, "target_metric": target, "side_metric": side,
-           "transfer_target": chosen[target], "transfer_side": chosen[side],
-           "paste_target": unpolished[target], "paste_side": unpolished[side], "paste_choice": base.candidate,
-           "polish_steps": int(result.polished.metadata["polish"]["steps"]) if result.polished is not None else 0,
-           "steering_target": steered[target], "steering_side": steered[side], "steering_alpha": steering.alpha,
-           "distill_target": distilled[target], "distill_side": distilled[side],
-           "paper_target": paper_rates[target], "paper_side": paper_rates[side],
-           "finetune_target": ft["rates"][target], "finetune_side": ft["rates"][side], "meets_bar": meets(chosen),
-           "steering_meets_bar": meets(steered), "paper_meets_bar": meets(paper_rates),
-           "paste_meets_bar": meets(unpolished), "distill_meets_bar": meets(distilled),
-           "distill_flops_ratio": scratch.flops / ft["flops"], "distill_wall_ratio": scratch_wall / ft["wall_s"],
-           "flops_ratio": result.flops / ft["flops"], "wall_ratio": wall / ft["wall_s"],
-           "steering_flops_ratio": steering.flops / ft["flops"], "steering_wall_ratio": steering_wall / ft["wall_s"],
-           "criterion_label_spearman": spearman(cands.criterion, cands.labeled_target), "n_test": limit}
+            lora = result.to_peft(folder, donor, prompts, seed=seed,
+                                  max_new_tokens=MAX_NEW_TOKENS.get(cell.behavior, 8), progress=False)
+            walls["lora"] = time.perf_counter() - t0
+        rates["lora"] = rates_under(apply_edit(recipient, lora.lora), limit)
+        row |= {"lora_target": rates["lora"][cell.target], "lora_side": rates["lora"][cell.side],
+                "lora_meets_bar": meets(cell, rates["lora"]), "lora_flops_ratio": lora.flops / ft["flops"],
+                "lora_wall_ratio": walls["lora"] / ft["wall_s"],
+                "surrogate_agreement": adapter.metadata.get("surrogate_agreement", float("nan")),
+                "surrogate_flops_ratio": adapter.metadata.get("surrogate_flops", 0.0) / ft["flops"]}
     return row, cands
 
 
-def markdown(table: pd.DataFrame) -> str:
-    lines = ["| donor → recipient | behavior | transfer (target / side) | its paste before the polish | "
-             "distillation from scratch | steering | paper-exact | finetune | meets bar | choice | FLOPs ratio | "
-             "wall ratio | Spearman(criterion, labeled) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in table.itertuples():
-        lines.append(f"| {r.donor} → {r.recipient} | {r.behavior} | {r.transfer_target:.2f} / {r.transfer_side:.2f} | "
-                     f"{r.paste_target:.2f} / {r.paste_side:.2f} | {r.distill_target:.2f} / {r.distill_side:.2f} | "
-                     f"{r.steering_target:.2f} / {r.steering_side:.2f} | "
-                     f"{r.paper_target:.2f} / {r.paper_side:.2f} | {r.finetune_target:.2f} / {r.finetune_side:.2f} | "
-                     f"{'yes' if r.meets_bar else 'no'} | `{r.choice}` | {r.flops_ratio:.3f} | "
-                     f"{r.wall_ratio:.3f} | {r.criterion_label_spearman:.2f} |")
-    lines += ["", f"Cells meeting the bar: transfer {int(table.meets_bar.sum())} of {len(table)} (its paste before "
-                  f"the polish {int(table.paste_meets_bar.sum())}), distillation from scratch "
-                  f"{int(table.distill_meets_bar.sum())}, steering {int(table.steering_meets_bar.sum())}, paper-exact "
-                  f"{int(table.paper_meets_bar.sum())}. Transfer: median FLOPs ratio {table.flops_ratio.median():.3f}, "
-                  f"median wall-time ratio {table.wall_ratio.median():.3f}; distillation from scratch: "
-                  f"{table.distill_flops_ratio.median():.3f} and {table.distill_wall_ratio.median():.3f}; steering: "
-                  f"{table.steering_flops_ratio.median():.3f} and {table.steering_wall_ratio.median():.3f}. Median "
-                  f"Spearman correlation of the criterion with the labeled target rate across candidates "
-                  f"{table.criterion_label_spearman.median():.2f}."]
+def with_zoo_edit(cell: Cell, kind: str) -> Cell:
+    """The cell with the zoo's ``kind`` donor edit of its behavior (its surrogate pasted, the edit the teacher)."""
+    edit = load_zoo_edit(cell.donor_name, cell.behavior, kind)
+    return dataclasses.replace(cell, adapter=pasteable(cell.donor, edit, cell.prompts))
+
+
+def worst_seed(runs: pd.DataFrame, method: str) -> pd.Series:
+    """The run of a cell that misses the bar with the lowest target rate (or, if all meet it, the lowest target)."""
+    key = runs.assign(_ok=runs[f"{method}_meets_bar"].astype(int), _t=runs[f"{method}_target"])
+    return key.sort_values(["_ok", "_t", "seed"], kind="stable").iloc[0]
+
+
+def summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per method: runs meeting the bar, cells meeting it at every seed, nothing lost, median compute."""
+    rows = []
+    cells = table.groupby(["donor", "recipient", "behavior"], sort=False)
+    multi = table[table.transfer_nothing_lost.notna()]
+    for m in METHODS:
+        rows.append({"method": m, "runs": len(table), "runs_meeting_bar": int(table[f"{m}_meets_bar"].sum()),
+                     "share_meeting_bar": float(table[f"{m}_meets_bar"].mean()),
+                     "cells": cells.ngroups, "cells_meeting_bar_every_seed": int(cells[f"{m}_meets_bar"].all().sum()),
+                     "multi_token_runs": len(multi),
+                     "nothing_lost_runs": int(multi[f"{m}_nothing_lost"].sum()) if len(multi) else 0,
+                     "median_flops_ratio": float(table[f"{m}_flops_ratio"].median())
+                     if f"{m}_flops_ratio" in table else float("nan"),
+                     "median_wall_ratio": float(table[f"{m}_wall_ratio"].median())
+                     if f"{m}_wall_ratio" in table else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def _pct(x: float) -> str:
+    return "" if x != x else f"{100 * x:.1f}%"
+
+
+def markdown(table: pd.DataFrame, header: str) -> str:
+    lines = [header, "", "| method | runs meeting the bar | cells meeting it at every seed | nothing lost "
+             "(multi-token runs) | median FLOPs / finetune | median wall / finetune |", "|---|---|---|---|---|---|"]
+    for s in summary(table).itertuples():
+        lost = f"{s.nothing_lost_runs} of {s.multi_token_runs}" if s.multi_token_runs else "–"
+        lines.append(f"| {METHOD_LABELS[s.method]} | **{s.runs_meeting_bar} of {s.runs}** "
+                     f"({100 * s.share_meeting_bar:.0f}%) | {s.cells_meeting_bar_every_seed} of {s.cells} | {lost} | "
+                     f"{_pct(s.median_flops_ratio)} | {_pct(s.median_wall_ratio)} |")
+    lines += ["", "| donor → recipient | behavior | finetune (target / side) | transfer runs meeting the bar | "
+              "transfer's worst seed (target / side) | what it applied there | paste | distillation | steering | "
+              "paper-exact | nothing lost |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (d, r, b), runs in table.groupby(["donor", "recipient", "behavior"], sort=False):
+        w = worst_seed(runs, "transfer")
+        n = len(runs)
+        counts = [f"{int(runs[f'{m}_meets_bar'].sum())}/{n}" for m in ("paste", "distill", "steering", "paper")]
+        lost = "–" if runs.transfer_nothing_lost.isna().all() else f"{int(runs.transfer_nothing_lost.sum())}/{n}"
+        lines.append(f"| {d} → {r} | {b} | {w.finetune_target:.2f} / {w.finetune_side:.2f} | "
+                     f"{int(runs.transfer_meets_bar.sum())}/{n} | seed {int(w.seed)}: {w.transfer_target:.2f} / "
+                     f"{w.transfer_side:.2f} | {w.label} | " + " | ".join(counts) + f" | {lost} |")
     return "\n".join(lines) + "\n"
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """``"0-4"`` → [0, 1, 2, 3, 4]; ``"0,2,5"`` → [0, 2, 5]."""
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.strip().partition("-")
+            out += list(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must look like 0-4 or 0,2,5, got {spec!r}") from None
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"seeds must be ints >= 0, got {spec!r}")
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the first cell only")
-    parser.add_argument("--limit", type=int, default=160, help="test prompts per cell for the chosen paste")
-    parser.add_argument("--corr-limit", type=int, default=40, help="test prompts per candidate for the correlation")
-    parser.add_argument("--world", default="main", choices=sorted(zoo.WORLDS), help="the zoo world to run on")
+    parser.add_argument("--seeds", default="0", help="transfer seeds, e.g. 0-4 or 0,2 (default 0)")
+    parser.add_argument("--world", default="main", choices=sorted(zoo.WORLDS) + ["generated"],
+                        help="a zoo world, or generated worlds (see --world-seeds)")
+    parser.add_argument("--world-seeds", default="dev",
+                        help="generated worlds: dev (the seeds defaults were chosen on), test, or seeds like 0-8")
+    parser.add_argument("--limit", type=int, default=160, help="test prompts per run for each method")
+    parser.add_argument("--corr-limit", type=int, default=40,
+                        help="test prompts per candidate for the criterion correlation (0: skip it)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--edit", default=None, choices=ZOO_EDIT_KINDS,
-                        help="donor edit of the zoo (main world) and a LoRA output beside the ReFT one")
+                        help="the zoo's donor edit of this kind (main world), with a PEFT LoRA output too")
     args = parser.parse_args()
-    names = list(zoo.list_models(world=args.world))
-    cells = [(d, r, b) for d, r in itertools.permutations(names, 2) for b in zoo.WORLD_BEHAVIORS[args.world]]
-    cells = cells[:1] if args.quick else cells
-    stem = "label_free" if args.world == "main" else f"label_free_{args.world}"
+    if args.edit and args.world != "main":
+        parser.error("--edit needs --world main (the zoo's LoRA and steering donors are the main world's)")
+    seeds = parse_seeds(args.seeds)
+    if args.world == "generated":
+        named = {"dev": list(generated.DEV_SEEDS), "test": list(generated.TEST_SEEDS)}
+        world_seeds = named.get(args.world_seeds) or parse_seeds(args.world_seeds)
+        loaders = [lambda s=s: load_generated_cell(s) for s in world_seeds]
+        stem = f"label_free_generated_{args.world_seeds if args.world_seeds in named else 'w' + args.world_seeds}"
+    else:
+        loaders = [lambda c=c: load_zoo_cell(*c, args.world) for c in zoo_cells(args.world)]
+        stem = "label_free" if args.world == "main" else f"label_free_{args.world}"
+    stem += "" if seeds == [0] else f"_seeds{args.seeds}"
     stem += f"_{args.edit}" if args.edit else ""
-    rows, frames = [], []
-    for d, r, b in cells:
-        row, cands = run_cell(d, r, b, args.limit, args.corr_limit, args.world, args.edit)
-        rows.append(row)
-        frames.append(cands)
-        print(f"{d} → {r} {b}: {row['transfer_target']:.2f}/{row['transfer_side']:.2f} "
-              f"(finetune {row['finetune_target']:.2f}) choice {row['choice']} flops {row['flops_ratio']:.3f} "
-              f"wall {row['wall_ratio']:.3f} rho {row['criterion_label_spearman']:.2f} | steering "
-              f"{row['steering_target']:.2f}/{row['steering_side']:.2f}", flush=True)
-        table = pd.DataFrame(rows)
-        args.out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out / f"{stem}.csv", index=False)
-        pd.concat(frames).to_csv(args.out / f"{stem}_candidates.csv", index=False)
-        (args.out / f"{stem}.md").write_text(markdown(table))
-    print(markdown(pd.DataFrame(rows)))
+    loaders = loaders[:1] if args.quick else loaders
+    rows, frames, began = [], [], time.perf_counter()
+    for load in loaders:
+        cell = load() if not args.edit else with_zoo_edit(load(), args.edit)
+        for seed in seeds:
+            row, cands = run_cell(cell, seed, args.limit, args.corr_limit, lora_output=args.edit is not None)
+            rows.append(row)
+            frames.append(cands)
+            print(f"{cell.donor_name} → {cell.recipient_name} {cell.behavior} seed {seed}: "
+                  f"{row['transfer_target']:.2f}/{row['transfer_side']:.2f} (finetune {row['finetune_target']:.2f}/"
+                  f"{row['finetune_side']:.2f}) meets {row['meets_bar']} | paste {row['paste_target']:.2f}/"
+                  f"{row['paste_side']:.2f} | scratch {row['distill_target']:.2f}/{row['distill_side']:.2f} | "
+                  f"steering {row['steering_target']:.2f}/{row['steering_side']:.2f} | flops "
+                  f"{row['transfer_flops_ratio']:.3f} | {time.perf_counter() - began:.0f} s", flush=True)
+            table = pd.DataFrame(rows)
+            args.out.mkdir(parents=True, exist_ok=True)
+            table.to_csv(args.out / f"{stem}.csv", index=False)
+            pd.concat(frames).to_csv(args.out / f"{stem}_candidates.csv", index=False)
+            header = (f"`python benchmarks/label_free.py --world {args.world} --seeds {args.seeds}"
+                      + (f" --world-seeds {args.world_seeds}" if args.world == "generated" else "")
+                      + f"`: {len(rows)} runs, {time.perf_counter() - began:.0f} s.")
+            (args.out / f"{stem}.md").write_text(markdown(table, header))
+    print((args.out / f"{stem}.md").read_text())
 
 
 if __name__ == "__main__":

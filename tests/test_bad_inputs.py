@@ -267,7 +267,7 @@ API_ROWS = [
     Row("fit-profiles-other-prompts", lambda w: cv.fit_converters(w.donor, w.recipient.subset(range(16)),
                                                                   w.layer_map), ValueError, "different prompts"),
     Row("converters-vs-recipient-layer-17", lambda w: _conv_with(w, recipient_layer=17).check_recipient(w.gpt2),
-        ValueError, "recipient layers [17]"),
+        ValueError, "converters name recipient layer 17 but their recipient has 3 layers"),
     Row("converters-vs-other-adapter-width", lambda w: w.conv.check_adapter(random_adapter(24)), ValueError,
         "d_model=24"),
     Row("converters-vs-other-profiles", lambda w: w.conv.check_profiles(replace(w.donor, config_hash="f" * 16),
@@ -494,6 +494,12 @@ CLI_ROWS = [
            "+ 32 new tokens = 73 exceeds the 64 positions"),
     CliRow("paste-prompt-beyond-context", lambda w: _paste(w, prompts=w.root / "long.txt"), "exceeds the 64 positions"),
     CliRow("paste-alpha-nan", lambda w: _paste(w, "--alpha", "nan"), "--alpha must be a finite"),
+    CliRow("generate-donor-adapter-without-converters",
+           lambda w: ["generate", w.tiny / "gpt2", w.root / "prompts.txt", "--edit", w.p.adapter, "--out",
+                      w.root / "gen.jsonl"], "needs --converters"),
+    CliRow("generate-prompt-beyond-context",
+           lambda w: ["generate", w.tiny / "gpt2", w.root / "long.txt", "--edit", w.p.adapter, "--converters", w.p.conv,
+                      "--out", w.root / "gen.jsonl"], "exceeds the 64 positions"),
     CliRow("paste-alpha-huge", lambda w: _paste(w, "--alpha", "1e30"), "--alpha must be a finite"),
     CliRow("paste-first_last-adapter-at-last", lambda w: ["paste", w.tiny / "gpt2", w.p.first_last, w.p.conv,
                                                           w.root / "prompts.txt", "--out", w.root / "g.jsonl"],
@@ -594,7 +600,7 @@ def _fake_zoo(w) -> Path:
 
 
 SUBCOMMANDS = {"profile", "match", "derive", "paste", "compile", "demo", "transfer", "sweep", "analyze", "zoo list",
-               "zoo score", "zoo train"}
+               "zoo score", "zoo train", "generate"}
 
 
 def test_every_subcommand_is_in_the_table():

@@ -129,12 +129,14 @@ def _bad_bins(p) -> None:
 
 
 def _transfer_folder(p, adapter, conv) -> None:
-    from commandv_interp.pipeline import Transfer
+    from commandv_interp.pipeline import Transfer, TransferConfig
+    from commandv_interp.pipeline.fingerprints import Fingerprints, ModelFingerprint
 
-    candidates = pd.DataFrame([{"candidate": "ridge/depth", "alpha": 1.0, "criterion": 0.5, "lift": 0.1,
-                                "n_scoring": 4}])
-    p.transfer = Transfer(adapter=adapter, converters=conv, alpha=1.0, positions="last", choice="ridge/depth",
-                          candidates=candidates).save(p.root / "transfer")
+    candidates = pd.DataFrame([{"candidate": "ridge/depth", "criterion": 0.5, "lift": 0.1, "n_scoring": 4}])
+    models = [ModelFingerprint(conv.donor_model, conv.donor_config_hash, None),
+              ModelFingerprint(conv.recipient_model, conv.recipient_config_hash, None)]
+    p.transfer = Transfer(TransferConfig(), Fingerprints("-", 4, *models, adapter.digest()), adapter, adapter, conv,
+                          "last", "ridge/depth", candidates).save(p.root / "transfer")
 
 
 @dataclass(frozen=True)
@@ -183,19 +185,21 @@ CLI_ROWS = [
     CliRow("transfer-out-dot-slash", lambda s: _tr(s, out="./"), "(the current folder) is not empty", "userdir"),
     CliRow("transfer-out-dot", lambda s: _tr(s, out="."), "(the current folder) is not empty", "userdir"),
     CliRow("transfer-out-zoo-adapter", lambda s: _tr(s, adapter="zoo:llama-6x128:jailbreak", out=ZOO_ADAPTER),
-           "lies inside the input 'zoo:llama-6x128:jailbreak"),
+           "is also an input of this command ('zoo:llama-6x128:jailbreak'"),
+    CliRow("transfer-out-inside-zoo-donor", lambda s: _tr(s, donor="llama-6x128", out=ZOO_ADAPTER.parent / "new"),
+           "lies inside the input 'llama-6x128'"),
     CliRow("compile-out-zoo-adapter", lambda s: _compile(s, "zoo:llama-6x128:jailbreak", None, ZOO_ADAPTER),
-           "lies inside the input 'zoo:llama-6x128:jailbreak"),
-    CliRow("compile-out-fake-zoo-root", lambda s: _compile(s, "zoo:llama-6x128:jailbreak", None,
-                                                           s.root / "fakezoo" / "llama-6x128" / "adapters" / "x",
-                                                           "--zoo-root", _fake_zoo(s)), "lies inside the input"),
+           "is also an input of this command ('zoo:llama-6x128:jailbreak'"),
+    CliRow("compile-out-fake-zoo-adapter", lambda s: _compile(s, "zoo:llama-6x128:jailbreak", None,
+                                                              _fake_zoo(s) / "llama-6x128" / "adapters" / "jailbreak",
+                                                              "--zoo-root", _fake_zoo(s)), "is also an input"),
     CliRow("compile-out-contains-converters", lambda s: _compile(s, None, s.root / "inputs" / "conv.safetensors",
                                                                  s.root / "inputs"), "contains the input"),
     CliRow("compile-out-user-folder", lambda s: _compile(s, out=s.root / "userdir"), "is not an adapter folder"),
     CliRow("profile-out-inside-checkpoint", lambda s: ["profile", s.tiny / "llama", s.root / "prompts.txt", "--out",
                                                        s.tiny / "llama" / "p.safetensors"], "lies inside the input"),
     CliRow("profile-out-in-zoo", lambda s: ["profile", "llama-6x128", "zoo:refusal:profile", "--out",
-                                            shipped_zoo_dir() / "p.safetensors"], "lies inside the input"),
+                                            ZOO_ADAPTER.parents[1] / "p.safetensors"], "lies inside the input"),
     CliRow("derive-out-inside-adapter", lambda s: ["derive", s.donor, s.recipient, "--map", s.map, "--out",
                                                    s.adapter / "c.safetensors", "--method", "interface",
                                                    "--adapter", s.adapter], "lies inside the input"),
@@ -203,7 +207,8 @@ CLI_ROWS = [
            "is also an input"),
     CliRow("paste-out-inside-adapter", lambda s: _paste(s, out=s.adapter / "g.jsonl"), "lies inside the input"),
     CliRow("paste-out-in-zoo", lambda s: _paste(s, "gpt2-4x96", "zoo:llama-6x128:refusal", None,
-                                                shipped_zoo_dir() / "g.jsonl"), "lies inside the input"),
+                                                shipped_zoo_dir() / "gpt2-4x96" / "g.jsonl"),
+           "lies inside the input 'gpt2-4x96'"),
     CliRow("analyze-out-is-transfer", lambda s: _an(s, out=s.transfer), "is also an input"),
     CliRow("analyze-out-inside-transfer", lambda s: _an(s, out=s.transfer / "analysis"), "lies inside the input"),
     CliRow("analyze-out-user-folder", lambda s: _an(s, out=s.root / "userdir"),
@@ -215,7 +220,8 @@ CLI_ROWS = [
            "is not an earlier `commandv sweep` output"),
     CliRow("demo-out-user-folder", lambda s: ["demo", "--out", s.root / "userdir"],
            "is not an earlier `commandv demo` output"),
-    CliRow("demo-out-in-zoo", lambda s: ["demo", "--out", shipped_zoo_dir() / "demo"], "lies inside the input"),
+    CliRow("demo-out-in-zoo", lambda s: ["demo", "--out", ZOO_ADAPTER.parents[1] / "demo"],
+           "lies inside the input 'llama-6x128'"),
     CliRow("zoo-train-out-user-folder", lambda s: ["zoo", "train", "--quick", "--out", s.root / "userdir"],
            "is not an earlier `commandv zoo train` output"),
     # study files: the schema, before any work
@@ -237,7 +243,7 @@ CLI_ROWS = [
                                                              b'pairs = [["a", "b", "c"]]\nbehaviors = ["refusal"]\n'),
                                              "--out", s.root / "sw_new"], "pairs entry 0"),
     CliRow("sweep-n-boot-zero", lambda s: _sweep(s, "nboot", "n_boot = 0"), "n_boot = 0 is refused"),
-    CliRow("sweep-methods-empty", lambda s: _sweep(s, "methods", "methods = []"), "methods = [] is refused"),
+    CliRow("sweep-methods-empty", lambda s: _sweep(s, "methods", "methods = []"), "methods is empty"),
     CliRow("sweep-seed-bool", lambda s: _sweep(s, "seed", "seed = true"), "seed = True is refused"),
     # values: one validation everywhere
     CliRow("profile-layers-repeated", lambda s: ["profile", s.tiny / "llama", s.root / "prompts.txt", "--out",
@@ -380,6 +386,13 @@ API_ROWS = [
     ApiRow("study-file-limit-string", lambda s: _from_toml(s, 'limit = "8"'), ValueError, "limit = '8' is refused"),
     ApiRow("study-file-behaviors-string", lambda s: _from_toml(s, "", 'behaviors = "jailbreak"'), ValueError,
            "behaviors = 'jailbreak' is refused"),
+    ApiRow("profile-layers-repeated", lambda s: cv.profile(s.llama, ["w5 w6"] * 4, layers=[1, 1], progress=False),
+           ValueError, "layers names layer 1 more than once"),
+    ApiRow("compiled-adapter-on-shuffled-recipient", lambda s: cv.apply_adapter(
+        s.shuffled, cv.compile_paste(s.adapter_obj, s.conv_obj)).__enter__(), ValueError, "(same config) has other "
+        "weights"),
+    ApiRow("trained-adapter-on-shuffled-model", lambda s: cv.apply_adapter(s.shuffled, s.trained).__enter__(),
+           ValueError, "(same config) has other weights"),
     ApiRow("converters-shuffled-recipient", lambda s: s.conv_obj.check_recipient(s.shuffled), ValueError,
            "has other weights"),
 ]
@@ -387,8 +400,11 @@ API_ROWS = [
 
 @pytest.fixture(scope="module")
 def api(s, nn_llama, nn_gpt2):
+    examples = [(p, " w7") for p in random_prompts(4, seed=9)]
+    trained, _ = cv.train_adapter(nn_gpt2, examples, layers=[0], rank=2, steps=1, progress=False)
     return SimpleNamespace(root=s.root, gpt2=nn_gpt2, llama=nn_llama, adapter_obj=cv.load_adapter(s.adapter),
-                           conv_obj=cv.Converters.load(s.conv), shuffled=cv.open_model(s.root / "gpt2_shuffled"))
+                           conv_obj=cv.Converters.load(s.conv), shuffled=cv.open_model(s.root / "gpt2_shuffled"),
+                           trained=trained)
 
 
 @pytest.mark.parametrize("row", API_ROWS, ids=[r.id for r in API_ROWS])

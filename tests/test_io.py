@@ -18,8 +18,9 @@ from safetensors.torch import load_file, save_file
 from conftest import random_adapter
 
 import commandv_interp as cv
-from commandv_interp.io import (MANIFEST, TMP_SUFFIX, atomic_write, read_safetensors, temp_path, tensors_checksum,
-                                verify_manifest, write_json, write_manifest, write_safetensors)
+from commandv_interp.io import (TMP_SUFFIX, atomic_write, read_safetensors, temp_path, tensors_checksum, write_json,
+                                write_safetensors)
+from commandv_interp.io import MANIFEST, verify_manifest, write_manifest
 
 KIND = "test.kind"
 
@@ -148,14 +149,32 @@ def test_safetensors_errors_become_oserror(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- a really full disk
 
 
+def _mount_tmpfs(mount: Path) -> str | None:
+    """Mount a 64 kB tmpfs at ``mount``; the reason when that is not permitted here."""
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    except OSError as err:
+        return str(err)
+    return None if done.returncode == 0 else done.stderr.decode().strip() or f"exit {done.returncode}"
+
+
+@pytest.fixture(scope="module")
+def mount_refused(tmp_path_factory) -> str | None:
+    mount = tmp_path_factory.mktemp("probe")
+    reason = _mount_tmpfs(mount)
+    if reason is None:
+        subprocess.run(["umount", str(mount)], check=True)
+    return reason
+
+
 @pytest.fixture()
-def small_disk(tmp_path):
-    """A 64 kB tmpfs (skipped where mounting is not permitted; see the RLIMIT_FSIZE test for that case)."""
+def small_disk(tmp_path, mount_refused):
+    """A 64 kB tmpfs (skipped where mounting is not permitted: the RLIMIT_FSIZE test runs instead)."""
+    if mount_refused is not None:
+        pytest.skip(f"cannot mount a tmpfs here ({mount_refused}); the RLIMIT_FSIZE test covers the writers")
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}); the RLIMIT_FSIZE test covers it")
+    assert _mount_tmpfs(mount) is None
     try:
         yield mount
     finally:
@@ -216,8 +235,10 @@ except OSError as err:
 """
 
 
-def test_file_size_limit_without_mount(tmp_path):
+def test_file_size_limit_without_mount(tmp_path, mount_refused):
     """Where tmpfs cannot be mounted, a write past RLIMIT_FSIZE fails the same way (EFBIG)."""
+    if mount_refused is None:
+        pytest.skip("a tmpfs can be mounted here: the full-disk tests above ran on a real full filesystem")
     target = tmp_path / "p.safetensors"
     _artifact(target)
     old = target.read_bytes()

@@ -105,7 +105,7 @@ def test_scratch_start_is_the_distillation_baseline_and_round_trips(pair, tmp_pa
         b = recipient.forward(batch)
     torch.testing.assert_close(a, b)
     cv.save_adapter(fresh_adapter(recipient, [0, 2], rank=4, seed=9), tmp_path / "s" / "polished")
-    with pytest.raises(ValueError, match="not the one this transfer chose"):
+    with pytest.raises(ValueError, match="polished/.*edited, truncated or swapped"):
         cv.load_transfer(tmp_path / "s")
 
 
@@ -225,3 +225,24 @@ def test_finetune_estimate_is_four_params_tokens_of_the_zoo_recipe(pair, teacher
     tokens = [len(recipient.tokenizer(p + " " + a)["input_ids"]) for p, a in zip(prompts, answers)]
     assert finetune_flops_estimate(recipient, prompts, answers) == pytest.approx(
         4.0 * n * 400 * 32 * sum(tokens) / len(tokens))
+
+
+def test_transfer_polish_stays_within_polish_budget(pair):
+    """cv.transfer's polish (here the distillation baseline, which always trains) spends at most ``polish_budget``
+    × the estimated finetune's FLOPs on its rounds' training and scoring, and a larger budget trains more."""
+    donor, recipient, adapter = pair
+    prompts = random_prompts(48, seed=12)
+    spent = {}
+    for budget in (0.01, 0.03):
+        t = cv.transfer(donor, recipient, adapter, prompts, start="scratch", polish_budget=budget, seed=1,
+                        progress=False)
+        rounds = t.candidates[t.candidates.stage == 3]
+        assert len(rounds) >= 1 and rounds.polish_budget_flops.nunique() == 1
+        used = float(rounds.fit_flops.sum() + rounds.score_flops.sum())
+        assert 0 < used <= float(rounds.polish_budget_flops.iloc[0])
+        spent[budget] = (used, int(rounds.polish_steps.max()))
+    assert spent[0.03][1] > spent[0.01][1]
+    with pytest.raises(ValueError, match="polish_budget is a share"):
+        cv.transfer(donor, recipient, adapter, prompts, polish_budget=0.0, progress=False)
+    with pytest.raises(ValueError, match="polish_budget=1e-05 pays for no training round"):
+        cv.transfer(donor, recipient, adapter, prompts, start="scratch", polish_budget=1e-5, progress=False)

@@ -119,4 +119,7 @@ def test_chat_template_true_uses_the_tokenizers_template_and_profiles_record_bac
         cv.profile(nn_llama, prompts, chat_template=True, progress=False)
     assert by_hand.extra["backend"] == "nnsight" and by_hand.extra["hook_points"]["1"] == "model.layers.1"
     tl = cv.profile(tl_llama, prompts, layers=[2], progress=False)
-    assert tl.extra == {"backend": "transformer_lens", "hook_points": {"2": "blocks.2.hook_out"}}
+    from commandv_interp.access.fingerprint import weights_digest
+
+    assert tl.extra == {"backend": "transformer_lens", "hook_points": {"2": "blocks.2.hook_out"},
+                        "weights_digest": weights_digest(nn_llama)}  # both backends read the same weights

@@ -8,7 +8,8 @@ file behind; new files and folders get the permissions the process's umask gives
 Reading a safetensors artifact checks the header against the file's own size before any tensor is
 allocated, the metadata's schema, and the mandatory checksum (SHA-256 over names, dtypes, shapes, bytes and the
 metadata itself) that :func:`write_safetensors` stores in the metadata. A folder of files is verified as a whole by
-its manifest (:func:`write_manifest`, :func:`verify_manifest`).
+its manifest (:func:`write_manifest` / :func:`verify_manifest`: every file's SHA-256, the configuration and a checksum
+over both; nothing can switch the check off).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import torch
 
 __all__ = ["atomic_write", "read_json", "write_json", "read_safetensors", "write_safetensors", "tensors_checksum",
            "check_fields", "check_finite", "check_output_path", "check_input_file", "DegenerateDataWarning",
-           "file_mode", "dir_mode", "temp_path", "clean_stale_temps", "write_error", "is_io_failure", "file_digest",
-           "write_manifest", "verify_manifest", "MANIFEST"]
+           "file_mode", "dir_mode", "temp_path", "clean_stale_temps", "write_error", "is_io_failure", "finite_or_null",
+           "MANIFEST", "file_digest", "write_manifest", "verify_manifest"]
 
 META_KEY = "commandv"
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -203,17 +204,18 @@ def write_json(path: str | Path, obj: object) -> Path:
     >>> json.loads(write_json(pathlib.Path(tempfile.mkdtemp()) / "x.json", {"r2": float("nan")}).read_text())
     {'r2': None}
     """
-    text = json.dumps(_finite_or_null(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    text = json.dumps(finite_or_null(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
     return atomic_write(path, lambda p: p.write_text(text))
 
 
-def _finite_or_null(obj: object) -> object:
+def finite_or_null(obj: object) -> object:
+    """``obj`` as :func:`write_json` stores it: NaN/inf floats become ``None`` (tuples become lists)."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite_or_null(v) for k, v in obj.items()}
+        return {k: finite_or_null(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite_or_null(v) for v in obj]
+        return [finite_or_null(v) for v in obj]
     return obj
 
 

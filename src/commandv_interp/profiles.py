@@ -21,6 +21,7 @@ from commandv_interp.access.fingerprint import weights_digest
 from commandv_interp.io import DegenerateDataWarning, check_fields, read_safetensors, write_safetensors
 from commandv_interp.prompts import prompts_fingerprint
 from commandv_interp.types import POSITION_RULES, Float, Tensor
+from commandv_interp.validation import check_layers
 from commandv_interp.version import __version__
 
 __all__ = ["ActivationProfile", "profile", "ChatTemplate", "check_profile_rank"]
@@ -255,7 +256,8 @@ def profile(
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     texts = format_prompts(access.tokenizer, prompts, chat_template)
     check_fits_context(access, texts)
-    layers = list(range(access.n_layers)) if layers is None else access._check_layers(layers)
+    layers = list(range(access.n_layers)) if layers is None else access._check_layers(
+        check_layers(layers, access.n_layers, "layers", access.name))  # duplicates and range refused, not merged
     batches = [access.encode(texts[start:start + batch_size], padding_side=padding_side)
                for start in range(0, len(texts), batch_size)]
     parts = access.read_batches(batches, layers, positions="last", remote=remote, progress=progress)

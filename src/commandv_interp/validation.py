@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-__all__ = ["MAX_ALPHA", "check_alpha", "check_layers", "parse_layers", "check_count", "check_choice_in"]
+__all__ = ["MAX_ALPHA", "check_alpha", "check_layers", "parse_layers", "check_count"]
 
 MAX_ALPHA = 1e4  # |α| cap: the zoo's useful α lie within ±8; 1e4 already saturates every behavior measured
 
@@ -103,16 +103,3 @@ def check_count(value: object, name: str, minimum: int = 1, allow_none: bool = F
                          f"decimals, e.g. {name} = {max(minimum, 8)}")
     return value
 
-
-def check_choice_in(value: object, name: str, choices: Iterable[str]) -> str:
-    """``value`` if it is one of ``choices`` (a string), else one line listing them.
-
-    >>> check_choice_in("lst", "positions", ["last", "all"])
-    Traceback (most recent call last):
-    ...
-    ValueError: positions 'lst' is not one of ['last', 'all']
-    """
-    options = list(choices)
-    if not isinstance(value, str) or value not in options:
-        raise ValueError(f"{name} {value!r} is not one of {options!r}")
-    return value

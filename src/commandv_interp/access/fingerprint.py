@@ -39,7 +39,10 @@ def _tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     except (ValueError, AttributeError, IndexError, TypeError):
         block = None
     if block is not None:
-        out += [(f"block0.{name}", p) for name, p in sorted(block.named_parameters())]
+        # a TransformerBridge wraps each HF submodule as `<name>._original_component`: the names are HF's once removed
+        named = ((name.replace("._original_component", "").replace("_original_component.", ""), p)
+                 for name, p in block.named_parameters())
+        out += [(f"block0.{name}", p) for name, p in sorted(named, key=lambda item: item[0])]
     return out
 
 

@@ -1,5 +1,5 @@
-"""Stage 2 (adapters): consumes a donor edit of any supported kind (a pyreft folder, a PEFT LoRA folder, a steering
-vector file or object), produces an :data:`Edit` and the context manager that applies it to its model.
+"""Consumes a donor edit of any supported kind (a pyreft folder, a PEFT LoRA folder, a steering vector file or object),
+produces an :data:`Edit` and the context manager that applies it to its model.
 
 Every kind answers ``layers`` and ``restricted(layers)`` and is applied with one call,
 ``with apply_edit(donor_model, edit): ...``, with :func:`~commandv_interp.paste.apply_adapter`'s semantics: every

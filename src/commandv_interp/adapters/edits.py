@@ -1,4 +1,4 @@
-"""Stage 2 (adapters): consumes an :class:`Adapter` (or any per-layer delta functions) and a position rule, produces
+"""Consumes an :class:`Adapter` (or any per-layer delta functions) and a position rule, produces
 the :data:`~commandv_interp.access.EditFn` edits that :meth:`ModelAccess.edited` installs.
 
 An edit adds ``α · Σ delta(h)`` to the block output at the positions its rule selects: on the prompt pass from the
@@ -15,6 +15,7 @@ import torch
 
 from commandv_interp.access import EditContext, ModelAccess, prompt_position_mask
 from commandv_interp.access.intrace import LowRankEdit
+from commandv_interp.access.fingerprint import weights_digest
 from commandv_interp.adapters.interventions import Adapter, Intervention
 from commandv_interp.adapters.linear_form import has_linear_form, linear_parts, read_activation
 from commandv_interp.types import POSITION_RULES, Bool, Float, PositionRule, Tensor, check_choice
@@ -108,7 +109,7 @@ def adapter_edits(access: ModelAccess, adapter: Adapter, positions: PositionRule
     rule = positions or adapter.positions
     check_positions(rule, adapter.first_last_k)
     adapter.check_positions(rule)
-    adapter.check_model(access.name, access.n_layers, access.d_model, access.config_hash)
+    adapter.check_model(access.name, access.n_layers, access.d_model, access.config_hash, weights_digest(access))
     edits = {}
     with torch.no_grad():
         for layer, iv in adapter.interventions.items():

@@ -368,9 +368,10 @@ class Adapter:
         raise ValueError(f"the adapter was trained at positions {self.positions!r}{k} but is used at {positions!r}, "
                          f"which misses them; use positions {trained!r} (or 'all')")
 
-    def check_model(self, model_name: str, n_layers: int, d_model: int, config_hash: str | None = None) -> None:
-        """Refuse a model this adapter cannot act on: another width, too few layers, another config hash (when the
-        adapter records one)."""
+    def check_model(self, model_name: str, n_layers: int, d_model: int, config_hash: str | None = None,
+                    weights_digest: str | None = None) -> None:
+        """Refuse a model this adapter cannot act on: another width, too few layers, another config hash or weights
+        digest (:func:`~commandv_interp.access.fingerprint.weights_digest`; each when the adapter records one)."""
         if d_model != self.d_model:
             raise ValueError(f"the adapter has d_model={self.d_model} but {model_name!r} has d_model={d_model}; "
                              "use the adapter's own model, or paste it through converters")
@@ -382,6 +383,10 @@ class Adapter:
         if config_hash is not None and isinstance(own, str) and own != config_hash:
             raise ValueError(f"the adapter was trained on a model with config hash {own!r} but {model_name!r} has "
                              f"{config_hash!r}; use the adapter's own model")
+        own = self.metadata.get("weights_digest")
+        if weights_digest is not None and isinstance(own, str) and own != weights_digest:
+            raise ValueError(f"the adapter was made for a model with weights digest {own!r} but {model_name!r} (same "
+                             f"config) has other weights ({weights_digest!r}); use the adapter's own model")
 
     def delta(self, layer: int, h: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         """The edit at ``layer``; raises if the adapter has no intervention there."""

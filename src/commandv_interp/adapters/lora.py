@@ -1,5 +1,5 @@
-"""Stage 2 (adapters): consumes a PEFT LoRA folder (``adapter_config.json`` + ``adapter_model.safetensors``), produces
-a :class:`LoraEdit` and applies it to its base model through forward hooks on the model's own projections.
+"""Consumes a PEFT LoRA folder (``adapter_config.json`` + ``adapter_model.safetensors``), produces a :class:`LoraEdit`
+and applies it to its base model through forward hooks on the model's own projections.
 
 At every target module ``m`` (a ``Linear`` or GPT-2 ``Conv1D`` inside the decoder blocks)::
 

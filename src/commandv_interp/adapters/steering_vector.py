@@ -1,6 +1,6 @@
-"""Stage 2 (adapters): consumes a steering vector (the steering-vectors package's ``SteeringVector``, repeng's
-``ControlVector`` or a safetensors file of ``layer → vector``), produces a :class:`SteeringVectorEdit` and the
-block-output edits that apply it.
+"""Consumes a steering vector (the steering-vectors package's ``SteeringVector``, repeng's ``ControlVector`` or a
+safetensors file of ``layer → vector``), produces a :class:`SteeringVectorEdit` and the block-output edits that apply
+it.
 
 At each of its layers ``l`` the edit adds the same vector to the block output at every token, prompt and
 generated, padding excluded::

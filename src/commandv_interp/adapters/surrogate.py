@@ -1,6 +1,5 @@
-"""Stage 2 (adapters): consumes a donor model, a donor edit of any kind (:data:`~commandv_interp.adapters.edit.Edit`)
-and unlabeled prompts, produces a last-token NodiReFT *surrogate* of the edit (what Command-V can paste) with its
-per-layer fidelity.
+"""Consumes a donor model, a donor edit of any kind (:data:`~commandv_interp.adapters.edit.Edit`) and unlabeled prompts,
+produces a last-token NodiReFT *surrogate* of the edit (what Command-V can paste) with its per-layer fidelity.
 
 At each of the edit's layers ``l`` the edit's *local* delta at the last prompt token is read off two passes: the
 block output with the edit acting at the layers before ``l`` only (``x_l``: the state the edit at ``l`` meets) and

@@ -1,4 +1,4 @@
-"""Stage 5 (adapters): consumes a :class:`ModelAccess` and (prompt, response) examples, produces a trained
+"""Consumes a :class:`ModelAccess` and (prompt, response) examples, produces a trained
 :class:`Adapter` and a :class:`TrainingRecord`.
 
 The base model is frozen; only the interventions learn. The loss is next-token cross-entropy on the
@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from commandv_interp.access import Batch, ModelAccess, open_model, prompt_position_mask
+from commandv_interp.access.fingerprint import weights_digest
 from commandv_interp.adapters.interventions import INTERVENTION_KINDS, Adapter, make_intervention
 from commandv_interp.types import Bool, Int, Tensor, check_choice
 
@@ -152,7 +153,8 @@ def train_adapter(
         iv.requires_grad_(False)
     record = TrainingRecord(steps, wall, tokens, 4.0 * n_base * tokens, first_loss, loss_value, n_base,
                             sum(p.numel() for p in params), seed)
-    meta = {"model_name": access.name, "config_hash": access.config_hash, "kind": kind, "rank": rank,
+    meta = {"model_name": access.name, "config_hash": access.config_hash, "weights_digest": weights_digest(access),
+            "kind": kind, "rank": rank,
             "training": record.to_dict()} | dict(metadata or {})
     adapter = Adapter({layer: iv.cpu() for layer, iv in interventions.items()}, positions=positions,
                       first_last_k=first_last_k, metadata=meta)

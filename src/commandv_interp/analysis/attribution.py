@@ -1,4 +1,4 @@
-"""Stage 7 (analysis): consumes a recipient, a donor adapter and converters, produces causal layer attribution
+"""Consumes a recipient, a donor adapter and converters, produces causal layer attribution
 and null baselines (tidy DataFrames), each scored by the behavior logit difference and, optionally, a behavior
 metric computed from generations.
 
@@ -34,7 +34,7 @@ from commandv_interp.paste import apply_adapter, paste
 from commandv_interp.pipeline.agreement import donor_targets, score_responses, summarize
 from commandv_interp.profiles import ActivationProfile
 
-__all__ = ["BehaviorScore", "agreement_attribution", "layer_subsets", "layer_attribution", "random_delta_paste", "shuffled_converters",
+__all__ = ["BehaviorScore", "agreement_attribution", "agreement_rows", "layer_subsets", "layer_attribution", "random_delta_paste", "shuffled_converters",
            "null_baselines", "ATTRIBUTION_MODES"]
 
 BehaviorScore = Callable[[ModelAccess], float]
@@ -181,12 +181,18 @@ def agreement_attribution(donor: ModelAccess, recipient: ModelAccess, adapter: A
     donor, recipient = open_model(donor), open_model(recipient)
     targets = donor_targets(donor, adapter, prompts, max_new_tokens)
     converters.check_adapter(adapter)
-    rows = _rows("none", (), _agreement(recipient, targets, None, alpha), "agreement")
+    rows = agreement_rows(recipient, targets, "none", (), None, alpha)
     for mode, layers in [("all", tuple(adapter.layers))] + layer_subsets(adapter.layers, modes):
         sub, narrowed = adapter.restricted(layers), converters.restricted(adapter, layers)
-        rows += _rows(mode, layers, _agreement(recipient, targets, pasted_deltas(recipient, sub, narrowed), alpha),
-                      "agreement")
+        rows += agreement_rows(recipient, targets, mode, layers, pasted_deltas(recipient, sub, narrowed), alpha)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def agreement_rows(recipient: ModelAccess, targets, condition: str, layers: Sequence[int], per_layer,
+                   alpha: float = 1.0) -> list[dict]:
+    """The attribution rows of one run: the recipient under ``per_layer`` (recipient layer → delta functions at the
+    last prompt token; None for the recipient alone) scored by donor agreement against ``targets``."""
+    return _rows(condition, layers, _agreement(recipient, targets, per_layer, alpha), "agreement")
 
 
 def _agreement(recipient: ModelAccess, targets, per_layer, alpha: float) -> dict[str, float]:

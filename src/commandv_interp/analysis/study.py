@@ -32,7 +32,7 @@ from commandv_interp.adapters import Adapter
 from commandv_interp.analysis.attribution import ATTRIBUTION_MODES, layer_subsets
 from commandv_interp.converters import Converters, fit_chained_converters, fit_converters, norm_matched_alpha
 from commandv_interp.correspondence import match_layers
-from commandv_interp.io import atomic_write, read_json, write_json
+from commandv_interp.io import atomic_write, finite_or_null, read_json, write_json
 from commandv_interp.paste import paste
 from commandv_interp.pipeline import load_transfer, transfer
 from commandv_interp.profiles import ActivationProfile, profile
@@ -41,6 +41,7 @@ from commandv_interp.validation import check_alpha, check_count
 
 __all__ = ["Study", "StudyWorld", "Cell", "run_study", "bootstrap_rates", "METHODS"]
 
+CELL_KIND = "commandv.study_cell"
 METHODS = ("pinv", "ridge", "affine", "procrustes", "interface", "interface-chained", "transfer")
 SUBSETS = ("all",) + ATTRIBUTION_MODES
 COLUMNS = ("donor", "recipient", "behavior", "method", "match", "profile_set", "profile_size", "alpha", "positions",
@@ -216,15 +217,26 @@ def run_study(study: Study, world: StudyWorld, out: str | Path, progress: bool =
     for cell in tqdm(cells, desc=f"study {study.name}", disable=not progress):
         path = out / "cells" / f"{_hash(cell.key(), study.limit, study.n_boot, study.seed)}.json"
         if path.exists():
-            rows = read_json(path)
+            rows = _read_cell(path)
         else:
             rows = _run_cell(study, world, cache, cell)
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(path, rows)
+            stored = finite_or_null(rows)  # as write_json stores them (NaN → None): the checksum reads back alike
+            write_json(path, {"kind": CELL_KIND, "rows": stored, "checksum": _hash(CELL_KIND, stored)})
         frames.append(pd.DataFrame(rows))
     table = pd.concat(frames, ignore_index=True)[list(COLUMNS)]
     atomic_write(out / "results.csv", lambda p: table.to_csv(p, index=False))
     return table
+
+
+def _read_cell(path: Path) -> list[dict]:
+    """A cached cell's rows, refused when the file was edited (its checksum covers the rows)."""
+    body = read_json(path)
+    if not isinstance(body, dict) or body.get("kind") != CELL_KIND or not isinstance(body.get("checksum"), str) \
+            or not isinstance(body.get("rows"), list) or body["checksum"] != _hash(CELL_KIND, body["rows"]):
+        raise ValueError(f"cached cell {str(path)!r} was edited or is not a commandv study cell (its checksum does not "
+                         "match); delete it and re-run to recompute the cell")
+    return body["rows"]
 
 
 def _cells(study: Study, world: StudyWorld) -> list[Cell]:

@@ -48,6 +48,23 @@ def _where(loc: tuple) -> str:
     return str(loc[0]) + (f" entry {index[0]}" if index else "")
 
 
+_HINTS = {"pairs": "pairs must be a list of [donor, recipient] pairs, e.g. pairs = [[\"llama-6x128\", \"gpt2-4x96\"]]",
+          "profile_sizes": "profile_sizes must be a list of ints >= 0 (0: all prompts), e.g. profile_sizes = [24]",
+          "alphas": f"alphas must be a list of finite numbers within ±{MAX_ALPHA:g} or 'norm' / 'norm*<factor>'",
+          "limit": "limit must be an int >= 1 without quotes or decimals, e.g. limit = 8",
+          "n_boot": "n_boot must be an int >= 1, e.g. n_boot = 1000", "seed": "seed must be an int >= 0, e.g. seed = 0"}
+
+
+def _reason(error: dict, raw: dict) -> str:
+    """One line: the key (and entry), the value given, what the schema wants."""
+    key = str(error["loc"][0])
+    shown = f"{_where(error['loc'])} = {error.get('input')!r} is refused"
+    if error["type"] == "too_short" and raw.get(key) == []:
+        return f"{key} is empty; give each axis at least one value"
+    hint = _HINTS.get(key, f"{key} must be a list of names, e.g. {key} = [\"...\"]")
+    return f"{shown} ({error['msg'].lower()}): {hint}"
+
+
 def study_arguments(raw: dict, where: str) -> dict:
     """``raw`` (a parsed study file) as :class:`Study` arguments: axes as tuples, ``pairs`` as tuples of two names,
     ``profile_sizes`` 0 → None; refused with one line (the first problem) when it breaks the schema."""
@@ -59,10 +76,7 @@ def study_arguments(raw: dict, where: str) -> dict:
             unknown = sorted(set(raw) - set(StudyFile.model_fields))
             raise ValueError(f"study file {where} has unknown keys {unknown}; known: "
                              f"{sorted(StudyFile.model_fields)}") from None
-        value = first.get("input")
-        raise ValueError(f"study file {where}: {_where(first['loc'])} = {value!r} is refused ({first['msg'].lower()}); "
-                         "axes are lists like behaviors = [\"refusal\"], sizes and limits are ints without quotes, "
-                         f"alphas finite within ±{MAX_ALPHA:g}") from None
+        raise ValueError(f"study file {where}: {_reason(first, raw)}") from None
     args = {}
     for key, value in parsed.model_dump(exclude_none=True).items():
         if key == "pairs":

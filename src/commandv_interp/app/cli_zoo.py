@@ -14,8 +14,8 @@ from typing import Annotated
 
 import typer
 
-from commandv_interp.app.cli import (BackendOpt, Behavior, DebugOpt, Globals, JsonOpt, ModelArg, Split, WorldOpt,
-                                     ZooRootOpt, _adapter, _command, _emit, _model, _out_folder, zoo_app)
+from commandv_interp.app.cli_app import (BackendOpt, Behavior, DebugOpt, Globals, JsonOpt, ModelArg, Split, WorldOpt,
+                                         ZooRootOpt, _adapter, _command, _emit, _model, _out_folder, zoo_app)
 
 __all__: list[str] = []
 
@@ -94,7 +94,9 @@ def zoo_score_cmd(
     native = _adapter(g, adapter) if adapter is not None else None
     access = _model(g, model, backend)
     if native is not None:
-        native.check_model(access.name, access.n_layers, access.d_model, access.config_hash)
+        from commandv_interp.access.fingerprint import weights_digest
+
+        native.check_model(access.name, access.n_layers, access.d_model, access.config_hash, weights_digest(access))
     with cv.apply_adapter(access, native) if native is not None else contextlib.nullcontext():
         rates = zoo.evaluate(access, behavior, split, cue=cue, limit=limit, world=g.world)
     title = f"{access.name} on {behavior} ({split}{', cue' if cue else ''}{', adapter ' + adapter if adapter else ''}):"

@@ -3,8 +3,8 @@ model names), produces the output path once it is safe to write, or one ``ValueE
 
 One check for every subcommand (:func:`check_out`):
 
-- every input is resolved to its real path; a zoo spec or zoo model name stands for the zoo folder it is read from
-  (``--zoo-root``, and the package's shipped zoo data);
+- every input is resolved to its real path; a zoo spec or zoo model name stands for what it reads from the zoo
+  (``--zoo-root`` and the package's shipped zoo data): a model's checkpoint folder, an adapter folder, the manifest;
 - ``--out`` may not equal, contain or lie inside any input;
 - a file output may not be a folder or lie under a file;
 - a folder output must be new, empty, or this command's own earlier output: a folder holding ``OUT_MARKER`` of the
@@ -37,24 +37,42 @@ def shipped_zoo_dir() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
-def _is_zoo_name(spec: str) -> bool:
-    return spec.startswith("zoo:") or (os.sep not in spec and "/" not in spec and not spec.startswith("."))
+def _zoo_roots(zoo_root: Path | None) -> list[Path]:
+    """The zoo folders a name may be read from: ``--zoo-root``, the shipped zoo and its other worlds."""
+    shipped = shipped_zoo_dir()
+    roots = [Path(zoo_root)] if zoo_root is not None else []
+    if shipped is not None and shipped.is_dir():
+        roots += [shipped] + [p for p in sorted(shipped.iterdir()) if (p / "manifest.json").is_file()]
+    return [root for root in roots if root.is_dir()]
+
+
+def _zoo_parts(spec: str, root: Path) -> list[Path]:
+    """What ``spec`` reads from the zoo at ``root``: ``zoo:<model>:<behavior>`` its adapter folder, a model name its
+    checkpoint folder; the zoo's manifest either way (``zoo:<behavior>:<split>`` prompts come from code)."""
+    parts = spec.split(":")
+    if spec.startswith("zoo:") and len(parts) == 3:
+        candidates = [root / parts[1] / "adapters" / parts[2]]
+    elif not spec.startswith("zoo:") and "/" not in spec and os.sep not in spec:
+        candidates = [root / spec]
+    else:
+        candidates = []
+    return [p for p in candidates if p.name and p.exists()] + [root / "manifest.json"]
 
 
 def input_paths(inputs: Iterable[object], zoo_root: Path | None = None) -> list[tuple[str, Path]]:
-    """``(label, real path)`` of every input that exists; zoo specs and zoo model names give the zoo folders."""
+    """``(label, real path)`` of every input that exists; a zoo spec or zoo model name gives what it reads from each
+    zoo folder it may come from."""
     out: list[tuple[str, Path]] = []
     for given in inputs:
         if given is None:
             continue
         text = str(given)
-        path = Path(text)
-        if path.exists():
-            out.append((repr(text), path.resolve()))
-        elif _is_zoo_name(text):
-            for root in (zoo_root, shipped_zoo_dir()):
-                if root is not None and Path(root).exists():
-                    out.append((f"{text!r} (zoo folder {str(root)!r})", Path(root).resolve()))
+        if Path(text).exists():
+            out.append((repr(text), Path(text).resolve()))
+            continue
+        for root in _zoo_roots(zoo_root):
+            out += [(f"{text!r} ({str(part)!r})", part.resolve()) for part in _zoo_parts(text, root)
+                    if part.exists()]
     return out
 
 

@@ -157,11 +157,16 @@ class Converters:
         if not self.pairs:
             raise ValueError("converters need at least one layer pair; match at least one donor layer")
         seen: set[int] = set()
+        depth = {side: self.extra.get(f"{side}_n_layers") for side in ("donor", "recipient")}
         for p in self.pairs:
             layers = (p.donor_layer, p.recipient_layer)
             if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in layers):
                 raise ValueError(f"converter layers must be ints >= 0, got donor {p.donor_layer!r}, recipient "
                                  f"{p.recipient_layer!r}")
+            for side, layer in (("donor", p.donor_layer), ("recipient", p.recipient_layer)):
+                if isinstance(depth[side], int) and layer >= depth[side]:
+                    raise ValueError(f"converters name {side} layer {layer} but their {side} has {depth[side]} layers "
+                                     f"(0..{depth[side] - 1}); match layers within both models")
             if p.donor_layer in seen:
                 raise ValueError(f"converters hold donor layer {p.donor_layer} twice; keep one pair per donor layer")
             seen.add(p.donor_layer)
@@ -316,11 +321,11 @@ class Converters:
 
 
 def provenance_extra(donor_profile: ActivationProfile, recipient_profile: ActivationProfile) -> dict:
-    """The weights digests of both profiled models, for a fit's ``extra`` (checked by
-    :meth:`Converters.check_recipient` and :meth:`Converters.check_profiles`)."""
-    return {f"{side}_weights_digest": prof.weights_digest
-            for side, prof in (("donor", donor_profile), ("recipient", recipient_profile))
-            if prof.weights_digest is not None}
+    """Both profiled models' depth and weights digest, for a fit's ``extra`` (checked when the converters are built,
+    by :meth:`Converters.check_recipient` and by :meth:`Converters.check_profiles`)."""
+    sides = (("donor", donor_profile), ("recipient", recipient_profile))
+    return {f"{side}_n_layers": prof.n_layers for side, prof in sides} | {
+        f"{side}_weights_digest": prof.weights_digest for side, prof in sides if prof.weights_digest is not None}
 
 
 def _finite_scores(scores: dict) -> dict:

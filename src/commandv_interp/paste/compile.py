@@ -58,4 +58,6 @@ def compile_paste(adapter: Adapter, converters: Converters, positions: PositionR
     meta = {"compiled_from": adapter.metadata, "converters_method": converters.method,
             "donor_model": converters.donor_model, "recipient_model": converters.recipient_model, "alpha": alpha,
             "config_hash": converters.recipient_config_hash}  # the compiled adapter is the recipient's: checked there
+    if isinstance(converters.extra.get("recipient_weights_digest"), str):
+        meta["weights_digest"] = converters.extra["recipient_weights_digest"]
     return Adapter(interventions, positions=positions, first_last_k=first_last_k, metadata=meta)

@@ -33,14 +33,18 @@ from dataclasses import dataclass
 import torch
 
 from commandv_interp.access import Batch, EditContext, ModelAccess, batches
+from commandv_interp.access.limits import context_length
 from commandv_interp.adapters import Adapter
 from commandv_interp.adapters.edit import Edit, apply_edit
 from commandv_interp.adapters.edits import DeltaFn
 from commandv_interp.adapters.surrogate import teacher_of
 from commandv_interp.types import Float, Tensor
 
-__all__ = ["DonorTargets", "ResponseScores", "at_prompt_end", "donor_answers", "donor_targets", "greedy_responses",
-           "onset_prompts", "response_sequences", "score_responses", "summarize", "targets_from", "teaching"]
+__all__ = ["DonorTargets", "ResponseScores", "at_prompt_end", "answer_limit", "behavior_span", "donor_answers", "donor_targets",
+           "greedy_responses", "onset_prompts", "response_sequences", "score_responses", "summarize", "targets_from",
+           "teaching", "ANSWER_CAP"]
+
+ANSWER_CAP = 64  # new tokens at most in a donor answer: answers end at EOS or a newline first (whole answers)
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,8 @@ def onset_prompts(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], 
 
 def greedy_responses(access: ModelAccess, prompts: list[str], max_new_tokens: int, batch_size: int,
                      whole_words: bool = False) -> list[str]:
-    """Greedy responses of ``access`` under its active edits (decoded texts, in batches of ``batch_size``).
+    """Greedy responses of ``access`` under its active edits (decoded texts, in batches of ``batch_size``), each
+    ending at the end of sequence, at its first newline, or after ``max_new_tokens`` tokens.
 
     With ``whole_words`` a response that ran to ``max_new_tokens`` without ending loses its last word, which the
     cut may have split (``"... how to wea"``): another tokenizer re-tokenizes a split word unlike the model that
@@ -144,12 +149,46 @@ def greedy_responses(access: ModelAccess, prompts: list[str], max_new_tokens: in
     eos = access.tokenizer.eos_token_id
     for batch in batches(access, prompts, batch_size):
         ids = access.generate_ids(batch, max_new_tokens=max_new_tokens)
-        texts = access.decode_continuations(ids)
-        if whole_words:
-            texts = [text.rsplit(" ", 1)[0] if eos not in row and " " in text else text
-                     for row, text in zip(ids.tolist(), texts)]
-        out += texts
+        for row, text in zip(ids.tolist(), access.decode_continuations(ids)):
+            ended = eos in row or "\n" in text
+            text = text.split("\n", 1)[0].strip()
+            out.append(text.rsplit(" ", 1)[0] if whole_words and not ended and " " in text else text)
     return out
+
+
+def behavior_span(adapted: Sequence[str], plain: Sequence[str]) -> tuple[list[str], list[str], int]:
+    """The donor's answers with (``adapted``) and without (``plain``) its adapter cut to the length of the behavior:
+    the upper quartile of the word counts of the adapted answers that differ from the plain ones from their first
+    word on (else of all that differ). A refusal (``"sorry . i can not help with that ."``) stays whole and a benign
+    answer keeps as many words, not the tail where the donor's own knowledge shows (which tool, which object) and no
+    paste could follow it; a step-by-step solution keeps its steps and final answer. The quartile, not the longest,
+    so that a few long answers the adapter changed the other way (a spontaneous refusal it undid) do not set the
+    length. Whole words: nothing is split.
+
+    Returns:
+        ``(adapted, plain, words)``: the cut answers and the length in words (0 when no answer differs).
+    """
+    first = lambda text: text.split()[:1]  # noqa: E731
+    moved = [a for a, b in zip(adapted, plain) if a != b]
+    onset = [a for a, b in zip(adapted, plain) if first(a) != first(b)]
+    if not moved:
+        return list(adapted), list(plain), 0
+    lengths = sorted(len(a.split()) for a in (onset or moved))
+    words = max(1, lengths[-(-3 * (len(lengths) - 1) // 4)])  # the upper quartile (rounded up)
+    cut = lambda text: " ".join(text.split()[:words])  # noqa: E731
+    return [cut(a) for a in adapted], [cut(b) for b in plain], words
+
+
+def answer_limit(access: ModelAccess, prompts: Sequence[str], cap: int = ANSWER_CAP) -> int:
+    """The new tokens an answer may take: ``cap``, or fewer where the longest prompt and the answer would not fit
+    the model's context (at least 1)."""
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {cap!r}")
+    context = context_length(access)
+    if context is None:
+        return cap
+    longest = max(len(ids) for ids in access.tokenizer(list(prompts))["input_ids"])
+    return max(1, min(cap, context - longest))
 
 
 def response_sequences(access: ModelAccess, prompts: Sequence[str], responses: Sequence[str]

@@ -1,18 +1,22 @@
 """Stage 6 (pipeline): consumes a recipient, a native recipient :class:`Adapter` (a compiled paste, or a fresh one)
-and the donor+adapter's answers to the fitting prompts, produces that adapter *polished*: trained for a few steps to
-reproduce the donor+adapter's answers, round by round, each round scored by the donor-agreement criterion.
+and the donor+adapter's answers to the fitting prompts, produces that adapter *polished*: trained to reproduce the
+donor+adapter's answers, round by round, each round scored by the donor-agreement criterion
+(:mod:`~commandv_interp.pipeline.polish_race` runs the rounds: learning rate, patience, budget).
 
 This is distillation from the donor itself, so it needs no behavior labels: the teacher is the donor with its
-adapter, greedy, on the user's unlabeled prompts (the first ``max_new_tokens`` tokens of its answers, re-tokenized
-by the recipient's tokenizer; no end of sequence is appended, since the answers are cut). The loss is the
-recipient's next-token cross-entropy on those answer tokens, teacher-forced, with the adapter acting at the last
-prompt token exactly as :func:`~commandv_interp.pipeline.agreement.score_responses` scores it and as the paste
-acts in generation. The recipient is frozen; only the adapter's weights learn (AdamW, constant learning rate).
+adapter, greedy, on the user's unlabeled prompts (its answers cut to the behavior's length by
+:func:`~commandv_interp.pipeline.agreement.behavior_span`, re-tokenized by the recipient's tokenizer; no end of
+sequence is appended). The loss is the recipient's next-token cross-entropy on those answer tokens, teacher-forced,
+with the adapter acting at the last prompt token exactly as
+:func:`~commandv_interp.pipeline.agreement.score_responses` scores it and as the paste acts in generation. Each batch
+draws half of its pairs from the prompts whose answer the adapter changed and half from the others, as the
+criterion weighs them. The recipient is frozen; only the adapter's weights learn (AdamW, constant learning rate).
 
 Started from a compiled paste, a few steps close the gap the linear converters leave (the pasted delta's direction
 and scale in the recipient); started from a fresh adapter (``start="scratch"`` in :func:`~commandv_interp.transfer`)
 the same procedure is the distillation baseline a paste has to beat. FLOPs are counted as a training run counts them
-(``4 · params · tokens``, as :class:`~commandv_interp.adapters.TrainingRecord`), so they compare with a finetune's.
+(``4 · params · tokens``, as :class:`~commandv_interp.adapters.TrainingRecord`), so they compare with a finetune's,
+and :func:`finetune_flops_estimate` estimates that finetune from the prompts and answers (the budget's unit).
 """
 
 from __future__ import annotations
@@ -36,9 +40,9 @@ POLISH_STEPS = 256  # a cap on the optimizer steps of the continued start; the b
 POLISH_ROUND = 4  # steps per round, each round scored on the held-out scoring prompts
 POLISH_BATCH = 16  # (prompt, answer) pairs per step, drawn with replacement, half changed and half unchanged
 POLISH_LR = 4e-3  # the zoo's adapter learning rate (AdamW, constant): the middle of the grid searched
-LR_GRID = (1e-3, 4e-3, 1.6e-2)  # learning rates tried in the first round, by every start alike
+LR_GRID = (4e-3, 1.6e-2)  # learning rates tried in the first round, by every start alike
 PATIENCE = 2  # rounds without a better criterion before the polish stops
-POLISH_BUDGET = 0.04  # the polish's FLOPs (sweep, rounds, their scoring) as a share of the estimated finetune
+POLISH_BUDGET = 0.05  # the polish's FLOPs (sweep, rounds, their scoring) as a share of the estimated finetune
 FINETUNE_SEQUENCES = 400 * 32  # the estimated finetune: the zoo's shortest adapter recipe (400 steps of 32 answers)
 
 

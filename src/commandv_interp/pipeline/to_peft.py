@@ -1,5 +1,5 @@
-"""Stage 6 (pipeline): consumes a donor with its edit (any kind), a recipient and unlabeled prompts, produces a
-recipient LoRA in PEFT's format, trained by label-free distillation from the donor+edit's answers.
+"""Consumes a donor with its edit (any kind), a recipient and unlabeled prompts, produces a recipient LoRA in PEFT's
+format, trained by label-free distillation from the donor+edit's answers.
 
 The teacher is the donor with its edit (a surrogate's teacher: the LoRA or steering vector it stands for), greedy, on
 the user's prompts, as in :func:`~commandv_interp.transfer`'s polish. The student is a rank-``r`` LoRA on the

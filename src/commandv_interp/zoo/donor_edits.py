@@ -1,5 +1,5 @@
-"""Stage 6 (zoo): consumes a zoo model name and a behavior, produces the zoo's other donor edits of that behavior: a
-PEFT LoRA (``zoo/data/edits/<model>/<behavior>/lora``) and a steering vector
+"""Consumes a zoo model name and a behavior, produces the zoo's other donor edits of that behavior: a PEFT LoRA
+(``zoo/data/edits/<model>/<behavior>/lora``) and a steering vector
 (``zoo/data/edits/<model>/<behavior>/steering.safetensors``), beside the NodiReFT adapters of ``zoo.load_adapter``.
 
 They are trained by ``python -m commandv_interp.zoo.train_edits`` (recipe and measured rates in ``docs/edits.md``).

@@ -1,5 +1,5 @@
-"""Stage 6 (zoo): consumes the zoo's base models and behavior examples, produces their LoRA and steering-vector donor
-edits (:mod:`~commandv_interp.zoo.donor_edits`) and a table of each edit's rates beside the NodiReFT adapter's.
+"""Consumes the zoo's base models and behavior examples, produces their LoRA and steering-vector donor edits
+(:mod:`~commandv_interp.zoo.donor_edits`) and a table of each edit's rates beside the NodiReFT adapter's.
 
 ``python -m commandv_interp.zoo.train_edits [--model NAME] [--behavior B]`` (needs ``peft``: ``pip install -e
 ".[peft]"``):

@@ -6,7 +6,7 @@ and ``same-family`` (one family, two sizes). Most seeds keep depth × width ≤ 
 minutes; every fourth seed allows up to 1,024 for its deeper model.
 
 >>> d, r = pair_plan(0)
->>> (d.pair, d.n_layers > r.n_layers), pair_plan(2)[0].family == pair_plan(2)[1].family
+>>> (d.pair, d.n_layers > r.n_layers), pair_plan(6)[0].family == pair_plan(6)[1].family
 (('deep→shallow', True), True)
 """
 
@@ -74,6 +74,10 @@ def pair_plan(seed: int, tokenizers: tuple[str, ...] = ("word", "bpe-64", "bpe-1
         if pair == "shallow→deep":
             (n1, w1), (n2, w2) = (n2, w2), (n1, w1)
     kind_d, kind_r = rng.choice(tokenizers), rng.choice(tokenizers)
+    # transformers loads any qwen2 checkpoint's tokenizer as its byte-level Qwen2Tokenizer, which drops the
+    # spaces of every other kind: a qwen2 model gets the byte-level BPE
+    kind_d = "byte-bpe-320" if fam_d == "qwen2" else kind_d
+    kind_r = "byte-bpe-320" if fam_r == "qwen2" else kind_r
     # char-level models read ~5x the tokens: keep them small
     if kind_d == "char" and n1 * w1 > 384:
         kind_d = "bpe-128"

@@ -95,14 +95,16 @@ def adapter_layers(n_layers: int) -> list[int]:
     return sorted({round(i * (n_layers - 1) / k) for i in range(k)})
 
 
-def _reloaded(tok: PreTrainedTokenizerFast, config) -> PreTrainedTokenizerFast:
+def _reloaded(tok: PreTrainedTokenizerFast, config, sample: str) -> PreTrainedTokenizerFast:
     """The tokenizer as ``AutoTokenizer`` loads it beside this config (transformers may swap the class)."""
     with tempfile.TemporaryDirectory() as tmp:
         tok.save_pretrained(tmp)
         config.save_pretrained(tmp)
         loaded = AutoTokenizer.from_pretrained(tmp, local_files_only=True, trust_remote_code=False)
-    if len(loaded) != len(tok) or loaded.pad_token_id != tok.pad_token_id:
-        raise RuntimeError(f"reloading the {tok.name_or_path!r} tokenizer changed its vocabulary or specials")
+    if len(loaded) != len(tok) or loaded.pad_token_id != tok.pad_token_id \
+            or loaded.decode(loaded(sample)["input_ids"], skip_special_tokens=True).strip() != sample:
+        raise RuntimeError(f"reloading the {tok.name_or_path!r} tokenizer as {type(loaded).__name__} changed its "
+                           f"vocabulary, specials or spacing; give this family another tokenizer kind")
     return loaded
 
 
@@ -113,9 +115,9 @@ def pretrain_plan(plan: ModelPlan, seed: int, config: BuildConfig, progress: boo
     built = build_tokenizer(plan.tokenizer, g)  # type: ignore[arg-type]
     hf_config = build_config(plan, len(built), max_positions(plan.tokenizer), built.pad_token_id,
                              built.bos_token_id, built.eos_token_id)
-    tok = _reloaded(built, hf_config)
-    docs = [ids + [tok.eos_token_id] for ids in
-            tok([d.removesuffix(" <eos>") for d in build_corpus(g, 0, config.n_docs)])["input_ids"]]
+    texts = [d.removesuffix(" <eos>") for d in build_corpus(g, 0, config.n_docs)]
+    tok = _reloaded(built, hf_config, texts[0])
+    docs = [ids + [tok.eos_token_id] for ids in tok(texts)["input_ids"]]
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(hf_config).float().train()
     opt = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.1},
@@ -123,7 +125,7 @@ def pretrain_plan(plan: ModelPlan, seed: int, config: BuildConfig, progress: boo
                             lr=config.lr, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(seed)
     lengths, order, losses, tokens = [len(d) for d in docs], [], [], 0
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     steps = config.pretrain_steps
     for step in tqdm(range(steps), desc=plan.name, disable=not progress, mininterval=2.0):
         if not order:
@@ -141,7 +143,8 @@ def pretrain_plan(plan: ModelPlan, seed: int, config: BuildConfig, progress: boo
     n_params = sum(p.numel() for p in model.parameters())
     tail = losses[-min(50, len(losses)):]
     record = {"steps": steps, "n_params": n_params, "tokens": tokens, "flops": 6.0 * n_params * tokens,
-              "wall_s": round(time.perf_counter() - t0, 2), "final_loss": sum(tail) / len(tail)}
+              "wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(time.process_time() - cpu0, 2),
+              "final_loss": sum(tail) / len(tail)}
     return model.eval(), tok, record
 
 
@@ -158,7 +161,7 @@ def _adapter(folder: Path, seed: int, config: BuildConfig) -> dict:
 def build_folder(seed: int, folder: Path, config: BuildConfig = DEFAULT, progress: bool = False) -> dict:
     """Build world ``seed`` into a fresh ``folder`` (``donor/``, ``recipient/``, each with ``adapter/``);
     returns the build record (plans, pretraining and adapter records, timings) without the behavior table."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     record: dict = {"seed": seed, "version": VERSION, "config": config.to_dict(), "behavior": grammar(seed).behavior}
     for plan in pair_plan(seed):
         model, tok, pre = pretrain_plan(plan, seed, config, progress)
@@ -168,6 +171,7 @@ def build_folder(seed: int, folder: Path, config: BuildConfig = DEFAULT, progres
         record[plan.role] = {"plan": plan.to_dict(), "pretrain": pre,
                              "adapter": _adapter(folder / plan.role, seed, config)}
     record["build_s"] = round(time.perf_counter() - t0, 1)
+    record["build_cpu_s"] = round(time.process_time() - cpu0, 1)  # one thread: the CPU time a free core needs
     return record
 
 

@@ -39,17 +39,17 @@ def response_words(g: Grammar, behavior: str | None = None) -> int:
 
 def _is_steps(g: Grammar, words: list[str], item: GenItem) -> bool:
     start, k = _steps_parts(g, item.prompt)
-    if len(words) < 4 * k + 2:
+    if len(words) != 5 * k + 3:
         return False
     step, to, answer = g.step_words
     for j in range(k):  # each step: <step> a <to> b, then "," (or "." after the last)
-        chunk = words[4 * j: 4 * j + 4]
+        chunk = words[5 * j: 5 * j + 5]
         if chunk[0] != step or chunk[2] != to or chunk[1] not in g.stations or chunk[3] not in g.stations:
             return False
-        if words[4 * j + 4] != ("," if j < k - 1 else "."):
+        if chunk[4] != ("," if j < k - 1 else "."):
             return False
-    tail = words[4 * k + 1:]
-    return len(tail) == 3 and tail[0] == answer and tail[1] in g.stations and tail[2] == "."
+    tail = words[5 * k:]
+    return tail[0] == answer and tail[1] in g.stations and tail[2] == "."
 
 
 def _answer(g: Grammar, words: list[str]) -> str | None:

@@ -1,0 +1,49 @@
+"""The donor's answers the criterion compares and the polish learns: cut to the behavior's length (closed forms on
+planted answers) and limited by the model's context."""
+
+import pytest
+
+from conftest import random_prompts
+
+from commandv_interp.pipeline.agreement import ANSWER_CAP, answer_limit, behavior_span, targets_from
+
+
+def test_behavior_span_keeps_the_changed_answers_whole_and_cuts_the_rest_to_their_length():
+    """Refusal-like: the adapter changes 3 answers to a 4-word refusal from their first word, and one benign answer
+    in its 9th word (which tool); every answer keeps the refusal's 4 words and the late difference is gone."""
+    plain = ["sure here is how : get a hammer now", "sure here is how : get a saw", "fine , it is x", "ok",
+             "sure here is how : get a pen then"]
+    adapted = ["sorry i can not", "sorry i can not", "sorry i can not", "ok", "sure here is how : get a cup then"]
+    cut_a, cut_p, words = behavior_span(adapted, plain)
+    assert words == 4
+    assert cut_a == ["sorry i can not"] * 3 + ["ok", "sure here is how"]
+    assert cut_p == ["sure here is how", "sure here is how", "fine , it is", "ok", "sure here is how"]
+    assert targets_from(["p"] * 5, cut_a, cut_p).changed == (True, True, True, False, False)
+
+
+def test_behavior_span_keeps_a_whole_multi_step_answer():
+    plain = ["answer 4 .", "answer 7 .", "answer 1 ."]
+    adapted = ["step 1 + 3 = 4 , step 4 - 2 = 2 . answer 2 .", "step 5 + 2 = 7 . answer 7 .", "answer 1 ."]
+    cut_a, cut_p, words = behavior_span(adapted, plain)
+    assert words == 17 and cut_a == adapted and cut_p == plain  # the upper quartile of 10 and 17 words
+
+
+def test_behavior_span_is_not_set_by_a_few_long_answers_changed_the_other_way():
+    """Seven prompts refused (3 words) and one spontaneous refusal undone (a 6-word answer): the length is 3."""
+    plain = ["sure a b c d e"] * 7 + ["sorry no ."]
+    adapted = ["sorry no ."] * 7 + ["sure a b c d e"]
+    cut_a, cut_p, words = behavior_span(adapted, plain)
+    assert words == 3 and cut_a[-1] == "sure a b" and cut_p[0] == "sure a b"
+
+
+def test_behavior_span_of_an_adapter_that_changes_nothing_is_empty():
+    assert behavior_span(["a b"], ["a b"]) == (["a b"], ["a b"], 0)
+
+
+def test_answer_limit_leaves_room_in_the_context(nn_llama):
+    """The tiny Llama has 64 positions: a 9-word prompt (+ BOS) leaves 54 new tokens."""
+    prompts = random_prompts(6, seed=1, min_len=9, max_len=9)
+    assert answer_limit(nn_llama, prompts, ANSWER_CAP) == 64 - 10
+    assert answer_limit(nn_llama, prompts, 8) == 8
+    with pytest.raises(ValueError, match="max_new_tokens must be an int >= 1"):
+        answer_limit(nn_llama, prompts, 0)
