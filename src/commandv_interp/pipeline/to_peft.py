@@ -68,6 +68,21 @@ def _fresh(recipient: ModelAccess, targets: Sequence[str] | None, rank: int,
     return modules
 
 
+def _answer_loss(recipient: ModelAccess, modules: dict, prompts: list[str], answers: list[str]
+                 ) -> tuple[torch.Tensor, int]:
+    """Next-token cross-entropy on every answer token, teacher-forced after the prompt, under the LoRA ``modules``;
+    and the batch's token count."""
+    batch, prompt_lens, lengths = response_sequences(recipient, prompts, answers)
+    with lora_applied(recipient, LoraEdit(modules, 1.0)):
+        logits = recipient.forward(batch).float()
+    labels = torch.full(batch.input_ids.shape, -100, dtype=torch.long)
+    for row, (p, n) in enumerate(zip(prompt_lens, lengths)):
+        labels[row, p:n] = batch.input_ids[row, p:n]
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten().to(logits.device),
+                                             ignore_index=-100)
+    return loss, int(batch.attention_mask.sum())
+
+
 def distill_lora(donor_model: ModelAccess, recipient_model: ModelAccess, edit: Edit, prompts: Sequence[str],
                  rank: int = 8, steps: int = LORA_STEPS, lr: float = LORA_LR, batch_size: int = LORA_BATCH,
                  max_new_tokens: int = 8, target_modules: Sequence[str] | None = None, seed: int = 0,
@@ -102,20 +117,12 @@ def distill_lora(donor_model: ModelAccess, recipient_model: ModelAccess, edit: E
         module.requires_grad_(False)
         for _ in tqdm(range(steps), desc="distill LoRA", disable=not progress):
             idx = torch.randint(len(prompts), (batch_size,), generator=generator).tolist()
-            batch, prompt_lens, lengths = response_sequences(recipient, [prompts[i] for i in idx],
-                                                             [answers[i] for i in idx])
-            with lora_applied(recipient, LoraEdit(modules, 1.0)):
-                logits = recipient.forward(batch).float()
-            labels = torch.full(batch.input_ids.shape, -100, dtype=torch.long)
-            for row, (p, n) in enumerate(zip(prompt_lens, lengths)):
-                labels[row, p:n] = batch.input_ids[row, p:n]
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1),
-                                                     labels[:, 1:].flatten().to(logits.device), ignore_index=-100)
+            loss, n_tokens = _answer_loss(recipient, modules, [prompts[i] for i in idx], [answers[i] for i in idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
-            tokens += int(batch.attention_mask.sum())
+            tokens += n_tokens
     finally:
         for p, flag in zip(module.parameters(), flags):
             p.requires_grad_(flag)
