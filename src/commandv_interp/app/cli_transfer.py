@@ -10,6 +10,7 @@ import typer
 
 from commandv_interp.app.cli_app import (BackendOpt, DebugOpt, Globals, JsonOpt, PromptsArg, WorldOpt,
                                          ZooRootOpt, _adapter, _command, _emit, _model, _out_folder, _prompts, app)
+from commandv_interp.app.edit_kind import donor_edit
 
 __all__: list[str] = []
 
@@ -41,12 +42,16 @@ def transfer_cmd(
                                                            "stop it first).")] = 256,
     start: Annotated[str, typer.Option(help="paste (search, then polish) or scratch (the distillation baseline: "
                                             "polish a fresh adapter, no paste).")] = "paste",
+    output: Annotated[str, typer.Option("--as", help="reft (compiled/ as a pyreft adapter) or lora (also lora/, a "
+                                                     "PEFT LoRA of the recipient distilled from the donor+edit).")
+                      ] = "reft",
     backend: BackendOpt = "nnsight",
     json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None, world: WorldOpt = "main",
 ) -> None:
     """Label-free transfer: choose converters and layers by agreement with the donor+adapter, polish, and compile.
 
-    PROMPTS are unlabeled prompts of the adapter's task (e.g. its training inputs).
+    PROMPTS are unlabeled prompts of the adapter's task (e.g. its training inputs). ADAPTER_FOLDER may also be a
+    PEFT LoRA folder or a steering-vector .safetensors file (its kind is named in one line).
 
     Example: commandv transfer llama-6x128 gpt2-4x96 zoo:llama-6x128:jailbreak zoo:jailbreak:train --out jb/
 
@@ -67,12 +72,13 @@ def transfer_cmd(
     from commandv_interp.types import check_choice
 
     check_choice("--start", start, STARTS)
+    check_choice("--as", output, ("reft", "lora"))
     TransferConfig(polish_steps=polish_steps, start=start)  # type: ignore[arg-type]  # settings before the models
     texts = check_transfer_prompts(_prompts(g, prompts)[:limit])  # cheap inputs first: fail before loading the models
     sources = {"donor": _source(donor_name), "recipient": _source(recipient_name), "adapter": _source(adapter),
                "prompts": _source(prompts), "limit": limit, "backend": backend, "world": g.world,
                "zoo_root": _source(str(g.zoo_root)) if g.zoo_root is not None else None}
-    _run_transfer(g, out, sources, texts, polish_steps, start)
+    _run_transfer(g, out, sources, texts, polish_steps, start, lora=output == "lora")
 
 
 def _source(spec: str) -> str:
@@ -80,7 +86,8 @@ def _source(spec: str) -> str:
     return str(Path(spec).resolve()) if Path(spec).exists() else spec
 
 
-def _run_transfer(g: Globals, out: Path, sources: dict, texts: list[str], polish_steps: int, start: str) -> None:
+def _run_transfer(g: Globals, out: Path, sources: dict, texts: list[str], polish_steps: int, start: str,
+                  lora: bool = False) -> None:
     import commandv_interp as cv
     from commandv_interp.pipeline.candidates import rank
     from commandv_interp.pipeline.labels import transfer_label
@@ -88,7 +95,10 @@ def _run_transfer(g: Globals, out: Path, sources: dict, texts: list[str], polish
     from commandv_interp.access.limits import check_models_fit
 
     backend = sources["backend"]
-    donor_adapter = _adapter(g, sources["adapter"])
+    # pyreft, PEFT LoRA or steering vector, told apart by the contents (named in one line)
+    donor_adapter, kind_line = donor_edit(sources["adapter"], sources["donor"], lambda spec: _adapter(g, spec))
+    if not g.json:
+        typer.echo(kind_line)
     models = _model(g, sources["donor"], backend), _model(g, sources["recipient"], backend)
     check_models_fit(models, texts, new_tokens=_ANSWER_TOKENS)  # prompt + the donor's answer, before any work
     result = cv.transfer(*models, donor_adapter, texts, polish_steps=polish_steps, start=start, progress=not g.json)
@@ -110,6 +120,8 @@ def _run_transfer(g: Globals, out: Path, sources: dict, texts: list[str], polish
               "| candidate | stage | criterion | lift |", "|---|---|---|---|"]
     report += [f"| {r.candidate} | {r.stage} | {r.criterion:.3f} | {r.lift:.3f} |" for r in best.itertuples()]
     result.save(out, sources=sources, report="\n".join(report) + "\n")
+    if lora:  # the recipient LoRA in PEFT's format, distilled from the donor+edit's whole answers
+        result.to_peft(out / "lora", models[0], texts, progress=not g.json)
     _emit(g, {"out": str(out), "choice": result.choice, "label": label, "alpha": result.alpha,
               "layer_map": result.layer_map, "flops": result.flops, "wall_s": result.wall_s,
               "config": result.config.to_dict()},

@@ -39,8 +39,10 @@ from tqdm.auto import tqdm
 
 from commandv_interp.access import ModelAccess
 from commandv_interp.adapters import Adapter
+from commandv_interp.adapters.edit import Edit
 from commandv_interp.adapters.layer_subsets import proper_subsets
 from commandv_interp.adapters.linear_form import has_linear_form
+from commandv_interp.adapters.surrogate import pasteable
 from commandv_interp.converters import fit_converters
 from commandv_interp.paste import compile_paste
 from commandv_interp.pipeline.agreement import ANSWER_CAP
@@ -65,7 +67,7 @@ PROFILE_FITS = (("interface", "depth"), ("interface", "similarity"), ("ridge", "
 def transfer(
     donor_model: ModelAccess,
     recipient_model: ModelAccess,
-    adapter: Adapter,
+    adapter: Edit,
     prompts: Sequence[str],
     scoring_fraction: float = 0.25,
     max_new_tokens: int = ANSWER_CAP,
@@ -80,7 +82,9 @@ def transfer(
 
     Args:
         donor_model, recipient_model: the two models (``ModelAccess`` or anything ``open_model`` accepts).
-        adapter: the donor's ReFT adapter (linear-source kinds for the adapter-aware candidates).
+        adapter: the donor's ReFT adapter (linear-source kinds for the adapter-aware candidates), or a LoRA or
+            steering vector (:func:`~commandv_interp.adapters.edit.load_edit`): its last-token NodiReFT surrogate
+            is pasted and the edit itself is the teacher (:func:`~commandv_interp.adapters.surrogate.pasteable`).
         prompts: unlabeled prompts of the adapter's task (e.g. its training inputs), at least 16.
         scoring_fraction, max_new_tokens, batch_size, seed, polish_steps, start, polish_budget: the settings, as
             :class:`~commandv_interp.pipeline.config.TransferConfig` documents them.
@@ -100,9 +104,10 @@ def transfer(
     return run_transfer(donor_model, recipient_model, adapter, prompts, config, progress)
 
 
-def run_transfer(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Adapter, prompts: Sequence[str],
+def run_transfer(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Edit, prompts: Sequence[str],
                  config: TransferConfig, progress: bool = True) -> Transfer:
     """:func:`transfer` with every setting in ``config`` (what a saved transfer records and a replay runs again)."""
+    adapter = pasteable(donor_model, adapter, prompts)  # a LoRA or steering vector: its surrogate, taught by it
     if config.start == "scratch" and adapter.positions != "last":
         raise ValueError(f"start='scratch' learns everything in the polish, which acts at the last prompt token: "
                          f"pass a positions='last' adapter (got {adapter.positions!r}) or start='paste'")

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from commandv_interp.paste import apply_adapter, compile_paste, paste
 from commandv_interp.pipeline.candidates import Candidate
 from commandv_interp.pipeline.config import TransferConfig
 from commandv_interp.pipeline.fingerprints import Fingerprints
+from commandv_interp.pipeline.to_peft import LORA_STEPS, LoraDistillation, to_peft
 from commandv_interp.types import PositionRule
 from commandv_interp.version import __version__
 
@@ -131,6 +133,18 @@ class Transfer:
         if self.polished is not None:
             return self.polished
         return compile_paste(self.adapter, self.converters, self.positions, self.alpha)
+
+    def to_peft(self, folder: str | Path, donor_model: ModelAccess, prompts: Sequence[str], rank: int = 8,
+                steps: int = LORA_STEPS, seed: int = 0, max_new_tokens: int = 8,
+                progress: bool = True) -> LoraDistillation:
+        """The transfer as a recipient LoRA in PEFT's format, distilled from the donor+edit's answers to ``prompts``
+        (``max_new_tokens`` long) over the whole answer (:func:`~commandv_interp.pipeline.to_peft.to_peft`; the
+        teacher is the donor's whole edit)."""
+        if self.recipient_model is None:
+            raise ValueError("this Transfer was loaded from disk and holds no recipient: load_transfer(folder, "
+                             "recipient_model)")
+        return to_peft(donor_model, self.recipient_model, self.donor_adapter, prompts, folder, rank, steps, seed,
+                       max_new_tokens, progress)
 
     def edit_digest(self) -> str:
         """SHA-256 (16 hex digits) of the edit this transfer applies: the polished adapter's digest, or the pasted
