@@ -25,6 +25,7 @@ from commandv_interp.correspondence import similarity_matrix
 from commandv_interp.io import atomic_write
 from commandv_interp.zoo import load_adapter, load_model, prompts
 from commandv_interp.zoo.scoring import BEHAVIOR_RATES
+from commandv_interp.app.final_edit import FINAL_EDIT_INTRO, final_edit_section
 from commandv_interp.app.transfer_table import CONDITIONS, transfer_rows
 from commandv_interp.pipeline.labels import transfer_label
 from commandv_interp.pipeline import ProfilePair, Transfer, derive, profile_pair, transfer
@@ -144,56 +145,15 @@ def _final_edit_section(donor, recipient, adapters, derivations, behaviors, out:
     """The report's analysis of each behavior's final edit on held-out test prompts: ``final_edit.csv``, a figure
     per behavior and a per-layer table (which layers carry the behavior; what the polish changed)."""
     lines, frames = ["## The final edit, layer by layer", "",
-                     f"On {ANALYSIS_PROMPTS} held-out test prompts per behavior. *Alone* and *without*: the "
-                     "agreement with the donor + adapter when only that recipient layer of the final edit acts, or all "
-                     "but it. *cos/ratio vs paste*: the polished delta against the compiled paste's it started from "
-                     "(1 and 1: the polish kept the paste; cosine near 0: it overwrote it); *vs scratch*: against the "
-                     "distillation from scratch; *‖δ‖/‖h‖*: the final edit's push against the residual.", ""], []
+                     f"On {ANALYSIS_PROMPTS} held-out test prompts per behavior. {FINAL_EDIT_INTRO}", ""], []
     for behavior in behaviors:
-        d = derivations[behavior]
-        found = analysis.final_edit_analysis(donor, recipient, adapters[behavior], d,
-                                             prompts(behavior, "test")[:ANALYSIS_PROMPTS])
-        frames += [f.assign(behavior=behavior, analysis=name) for name, f in found.items()]
-        title = f"{behavior}: {transfer_label(d)} (`{d.choice}`)"
-        fig = plotting.plot_polish_change(found["change"], found["attribution"], title=title.replace("`", ""))
-        image = plotting.save_figure(fig, out / f"final_edit_{behavior}")[0]
-        lines += [f"### {title}", "", _final_edit_table(found), "", f"![final edit, {behavior}]({image.name})", ""]
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
+        frame, section, _ = final_edit_section(donor, recipient, adapters[behavior], derivations[behavior],
+                                               prompts(behavior, "test")[:ANALYSIS_PROMPTS], out, behavior)
+        frames.append(frame.assign(behavior=behavior))
+        lines += section
     final = pd.concat(frames, ignore_index=True)
     atomic_write(out / "final_edit.csv", lambda p: final.to_csv(p, index=False))
     return lines
-
-
-def _final_edit_table(found: dict[str, pd.DataFrame]) -> str:
-    """Markdown, one row per recipient layer of the final edit."""
-    crit = found["attribution"][found["attribution"].metric == "criterion"]
-    every = [int(x) for x in str(crit[crit.condition == "all"].layers.iloc[0]).split(",")]
-    change = found.get("change")
-    rows = ["| recipient layer | alone | without | cos vs paste | ratio vs paste | cos vs scratch | ‖δ‖/‖h‖ |",
-            "|---|---|---|---|---|---|---|"]
-
-    def cell(frame, **where) -> str:
-        if frame is None:
-            return "–"
-        mask = pd.Series(True, index=frame.index)
-        for column, value in where.items():
-            mask &= frame[column] == value
-        return f"{frame[mask].value.iloc[0]:.2f}" if mask.any() else "–"
-
-    final = "polished" if (change.edit == "polished").any() else "paste"
-    for layer in every:
-        rest = ",".join(str(x) for x in every if x != layer)
-        rows.append(f"| {layer} | {cell(crit, condition='single', layers=str(layer))} | "
-                    f"{cell(crit, condition='leave_one_out', layers=rest) if rest else '–'} | "
-                    f"{cell(change, recipient_layer=layer, reference='paste', metric='delta_cosine')} | "
-                    f"{cell(change, recipient_layer=layer, reference='paste', metric='norm_ratio')} | "
-                    f"{cell(change, recipient_layer=layer, reference='scratch', metric='delta_cosine')} | "
-                    f"{cell(change, recipient_layer=layer, reference='residual', metric='norm_ratio', edit=final)} |")
-    whole = cell(crit, condition="all")
-    rows += ["", f"All layers together: agreement {whole}; the recipient alone: {cell(crit, condition='none')}."]
-    return "\n".join(rows)
 
 
 def _faithfulness(donor, recipient, derivations, behaviors, out: Path, alpha: float

@@ -5,7 +5,9 @@ models and prompts, produces the per-layer report of the edit that transfer appl
 The report analyzes what was applied, and says which kind of edit it is: the polished native adapter when the
 transfer chose a polish (its layer attribution, with the per-layer fidelity of the paste it started from beside it),
 the paste when it chose one, the fresh adapter when it chose the distillation from scratch (attribution only: there
-is no paste to compare layer by layer). The donor's answers always come from its whole adapter.
+is no paste to compare layer by layer). The donor's answers always come from its whole adapter. Then the final edit
+layer by layer, as the demo shows it (:mod:`~commandv_interp.app.final_edit`): what the polish changed and which
+recipient layers carry the behavior (``final_edit.csv``, ``final_edit_transfer.png``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from commandv_interp import analysis, plotting
 from commandv_interp.access import ModelAccess, open_model
+from commandv_interp.app.final_edit import FINAL_EDIT_INTRO, final_edit_section
 from commandv_interp.io import atomic_write
 from commandv_interp.pipeline import Transfer
 from commandv_interp.pipeline.applied import edit_attribution
@@ -25,8 +28,8 @@ __all__ = ["analyze_transfer"]
 
 def analyze_transfer(t: Transfer, donor_model: ModelAccess, recipient_model: ModelAccess, prompts: Sequence[str],
                      out: str | Path) -> list[Path]:
-    """Write ``attribution.csv``, ``fidelity.csv`` (when the transfer pastes), their figures and ``report.md`` into
-    ``out``; return the files. Refuses models other than the ones the transfer was made with."""
+    """Write ``attribution.csv``, ``fidelity.csv`` (when the transfer pastes), ``final_edit.csv``, their figures and
+    ``report.md`` into ``out``; return the files. Refuses models other than the ones the transfer was made with."""
     import matplotlib.pyplot as plt
 
     donor, recipient = open_model(donor_model), open_model(recipient_model)
@@ -56,6 +59,9 @@ def analyze_transfer(t: Transfer, donor_model: ModelAccess, recipient_model: Mod
         captions.append(("fidelity.png", f"Per donor layer, for {which}: how closely the converted recipient state "
                                          "and the pasted delta point where the donor's own do (cosine; 1 is exact)."))
     plt.close("all")
+    final, section, figures = final_edit_section(donor, recipient, t.donor_adapter, t, prompts, out, "transfer", "##",
+                                                 t.answer_span[0] or t.config.max_new_tokens)
+    files += [atomic_write(out / "final_edit.csv", lambda p: final.to_csv(p, index=False)), *figures]
     lines = [f"# Analysis of `{t.choice}`: {kind}", "",
              f"{len(prompts)} prompts; layer map of the paste {t.layer_map or '(none: no paste)'}"
              + (f"; the edit analyzed is the polished adapter at recipient layers {t.polished.layers}." if native
@@ -65,5 +71,7 @@ def analyze_transfer(t: Transfer, donor_model: ModelAccess, recipient_model: Mod
     best = attribution[attribution.metric == "criterion"].sort_values("value", ascending=False).head(5)
     lines += ["Top layer subsets by agreement:", "", "| condition | layers | agreement |", "|---|---|---|"]
     lines += [f"| {r.condition} | {r.layers} | {r.value:.3f} |" for r in best.itertuples()]
+    lines += ["", "## The final edit, layer by layer", "", f"On the {len(prompts)} prompts. {FINAL_EDIT_INTRO}", "",
+              *section]
     report = atomic_write(out / "report.md", lambda p: p.write_text("\n".join(lines) + "\n"))
     return files + [report]
