@@ -59,8 +59,8 @@ def analyze_transfer(t: Transfer, donor_model: ModelAccess, recipient_model: Mod
         captions.append(("fidelity.png", f"Per donor layer, for {which}: how closely the converted recipient state "
                                          "and the pasted delta point where the donor's own do (cosine; 1 is exact)."))
     plt.close("all")
-    final, section, figures = final_edit_section(donor, recipient, t.donor_adapter, t, prompts, out, "transfer", "##",
-                                                 t.answer_span[0] or t.config.max_new_tokens)
+    final, section, figures = final_edit_section(donor, recipient, t.donor_adapter, t, prompts, out, "transfer",
+                                                 max_new_tokens=t.answer_span[0] or t.config.max_new_tokens)
     files += [atomic_write(out / "final_edit.csv", lambda p: final.to_csv(p, index=False)), *figures]
     lines = [f"# Analysis of `{t.choice}`: {kind}", "",
              f"{len(prompts)} prompts; layer map of the paste {t.layer_map or '(none: no paste)'}"
