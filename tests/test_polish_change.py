@@ -145,3 +145,26 @@ def test_plot_polish_change_draws_the_panels_the_frames_hold(nn_gpt2, paste):
     fig2 = plotting.plot_polish_change(only, attribution)
     assert [ax.get_title() for ax in fig2.axes] == ["push against the residual stream", "share of the behavior"]
     plt.close("all")
+
+
+def test_a_paste_through_identity_converters_attributes_as_the_native_adapter(nn_llama):
+    """The one attribution rule (:func:`~commandv_interp.pipeline.applied.subset_attribution`) behind both entry
+    points: pasting an adapter onto its own model through identity converters scores, row for row, as applying it
+    natively (the same deltas), and the whole edit reproduces the donor+adapter's answers."""
+    import pandas as pd
+
+    from commandv_interp.analysis import agreement_attribution
+    from commandv_interp.converters import Converters, LayerConverter, LinearConverter
+
+    d = nn_llama.d_model
+    adapter = random_adapter(d, layers=(0, 2), scale=1.0, seed=2)
+    eye = LinearConverter(torch.eye(d))
+    pairs = tuple(LayerConverter(layer, layer, eye, eye, {}) for layer in (0, 2))
+    conv = Converters(pairs, "pinv", nn_llama.name, nn_llama.name, nn_llama.config_hash, nn_llama.config_hash, d, d,
+                      "f" * 16)
+    prompts = random_prompts(12, seed=8)
+    pasted = agreement_attribution(nn_llama, nn_llama, adapter, conv, prompts, modes=("single", "leave_one_out"),
+                                   max_new_tokens=4)
+    native = edit_attribution(nn_llama, nn_llama, adapter, adapter, prompts, max_new_tokens=4)
+    pd.testing.assert_frame_equal(pasted, native)
+    assert pasted[(pasted.condition == "all") & (pasted.metric == "criterion")].value.item() == 1.0

@@ -14,8 +14,6 @@ converters).
 
 from __future__ import annotations
 
-import math
-
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
@@ -31,10 +29,12 @@ from commandv_interp.correspondence import LayerMap
 from commandv_interp.adapters.edits import DeltaFn, delta_edit
 from commandv_interp.converters.transport import pasted_deltas
 from commandv_interp.paste import apply_adapter, paste
-from commandv_interp.pipeline.agreement import donor_targets, score_responses, summarize
+from commandv_interp.pipeline.agreement import donor_targets
+from commandv_interp.pipeline.applied import subset_attribution
+from commandv_interp.pipeline.candidates import Candidate
 from commandv_interp.profiles import ActivationProfile
 
-__all__ = ["BehaviorScore", "agreement_attribution", "agreement_rows", "layer_subsets", "layer_attribution", "random_delta_paste", "shuffled_converters",
+__all__ = ["BehaviorScore", "agreement_attribution", "layer_subsets", "layer_attribution", "random_delta_paste", "shuffled_converters",
            "null_baselines", "ATTRIBUTION_MODES"]
 
 BehaviorScore = Callable[[ModelAccess], float]
@@ -181,20 +181,5 @@ def agreement_attribution(donor: ModelAccess, recipient: ModelAccess, adapter: A
     donor, recipient = open_model(donor), open_model(recipient)
     targets = donor_targets(donor, adapter, prompts, max_new_tokens)
     converters.check_adapter(adapter)
-    rows = agreement_rows(recipient, targets, "none", (), None, alpha)
-    for mode, layers in [("all", tuple(adapter.layers))] + layer_subsets(adapter.layers, modes):
-        sub, narrowed = adapter.restricted(layers), converters.restricted(adapter, layers)
-        rows += agreement_rows(recipient, targets, mode, layers, pasted_deltas(recipient, sub, narrowed), alpha)
-    return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def agreement_rows(recipient: ModelAccess, targets, condition: str, layers: Sequence[int], per_layer,
-                   alpha: float = 1.0) -> list[dict]:
-    """The attribution rows of one run: the recipient under ``per_layer`` (recipient layer → delta functions at the
-    last prompt token; None for the recipient alone) scored by donor agreement against ``targets``."""
-    return _rows(condition, layers, _agreement(recipient, targets, per_layer, alpha), "agreement")
-
-
-def _agreement(recipient: ModelAccess, targets, per_layer, alpha: float) -> dict[str, float]:
-    summary = summarize(score_responses(recipient, targets, per_layer, alpha), targets.changed)
-    return {k: v for k, v in summary.items() if not (isinstance(v, float) and math.isnan(v))}
+    return subset_attribution(recipient, targets, Candidate("paste", 2, converters.method, "-", adapter, converters),
+                              modes, alpha)

@@ -27,11 +27,10 @@ import torch
 from commandv_interp.access import ModelAccess, open_model, recorded_states
 from commandv_interp.adapters import Adapter
 from commandv_interp.adapters.edits import placed
-from commandv_interp.adapters.layer_subsets import layer_subsets
-from commandv_interp.analysis.attribution import COLUMNS as ATTRIBUTION_COLUMNS
-from commandv_interp.analysis.attribution import agreement_rows
 from commandv_interp.paste import apply_adapter, compile_paste
 from commandv_interp.pipeline.agreement import donor_targets
+from commandv_interp.pipeline.applied import subset_attribution
+from commandv_interp.pipeline.candidates import Candidate
 from commandv_interp.pipeline.labels import transfer_label
 from commandv_interp.types import Float, Tensor
 
@@ -138,20 +137,16 @@ def edit_attribution(donor_model: ModelAccess | object, recipient_model: ModelAc
 
     Returns:
         Tidy rows ``condition, layers, n_pairs, metric, value, split ("agreement")`` as
-        :func:`~commandv_interp.analysis.agreement_attribution`; ``layers`` are recipient layers.
+        :func:`~commandv_interp.analysis.agreement_attribution` (both are
+        :func:`~commandv_interp.pipeline.applied.subset_attribution`); ``layers`` are recipient layers.
     """
     donor, recipient = open_model(donor_model), open_model(recipient_model)
     if recipient_adapter.d_model != recipient.d_model:
         raise ValueError(f"recipient_adapter has d_model {recipient_adapter.d_model}, {recipient.name!r} has "
                          f"{recipient.d_model}: pass the polished (or compiled) recipient adapter")
     targets = donor_targets(donor, donor_adapter, list(prompts), max_new_tokens)
-    rows = agreement_rows(recipient, targets, "none", (), None)
-    for mode, layers in [("all", tuple(recipient_adapter.layers))] + layer_subsets(recipient_adapter.layers, modes):
-        sub = recipient_adapter.restricted(layers)
-        per_layer = {layer: [placed(iv, recipient.block_device(layer)).delta]
-                     for layer, iv in sub.interventions.items()}
-        rows += agreement_rows(recipient, targets, mode, layers, per_layer)
-    return pd.DataFrame(rows, columns=ATTRIBUTION_COLUMNS)
+    native = Candidate("recipient_adapter", 3, "native", "-", recipient_adapter)
+    return subset_attribution(recipient, targets, native, modes)
 
 
 def _scratch_of(result) -> Adapter | None:

@@ -6,7 +6,9 @@ the polished native adapter) and its label-free layer attribution as a tidy fram
 The attribution scores, by the donor-agreement criterion, the recipient under the applied edit restricted to subsets
 of its layers (``single``, ``leave_one_out``; ``all`` is the whole edit, ``none`` the plain recipient) against the
 answers of the donor with its *whole* adapter, whatever subset of it the transfer pastes. The layers are donor layers
-for a paste and recipient layers for a native adapter.
+for a paste and recipient layers for a native adapter. :func:`subset_attribution` is the one attribution by donor
+agreement: :func:`~commandv_interp.analysis.edit_attribution` (a native adapter) and
+:func:`~commandv_interp.analysis.agreement_attribution` (a paste) call it too.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from commandv_interp.pipeline.candidates import Candidate
 from commandv_interp.pipeline.labels import polish_steps_of
 from commandv_interp.pipeline.result import Transfer
 
-__all__ = ["applied_edit", "answer_targets", "edit_attribution", "COLUMNS"]
+__all__ = ["applied_edit", "answer_targets", "edit_attribution", "subset_attribution", "COLUMNS"]
 
 COLUMNS = ["condition", "layers", "n_pairs", "metric", "value", "split"]
 
@@ -55,14 +57,28 @@ def edit_attribution(t: Transfer, donor_model: ModelAccess, recipient_model: Mod
     donor, recipient = open_model(donor_model), open_model(recipient_model)
     t.check_models(donor, recipient)
     targets = answer_targets(t, donor, recipient, list(prompts), max_new_tokens)
-    edit = applied_edit(t)
+    return subset_attribution(recipient, targets, applied_edit(t), batch_size=t.config.batch_size)
+
+
+def subset_attribution(recipient_model: ModelAccess, targets: DonorTargets, edit: Candidate,
+                       modes: Sequence[str] = ("single", "leave_one_out"), alpha: float = 1.0,
+                       batch_size: int = 32) -> pd.DataFrame:
+    """The one layer attribution of an edit by donor agreement: the recipient alone (``none``), under the whole
+    ``edit`` (``all``) and under subsets of its layers (``modes`` of
+    :func:`~commandv_interp.adapters.layer_subsets.layer_subsets`: donor layers of a paste, recipient layers of a
+    native adapter), each scored against ``targets`` at scale ``alpha``.
+
+    Returns:
+        Tidy rows ``condition, layers ("0,2"), n_pairs, metric (criterion, agree_changed, agree_unchanged, ...),
+        value, split ("agreement")``; a metric that is NaN for a run (e.g. no unchanged prompts) has no row.
+    """
     layers = tuple(edit.edit.layers)
     runs = [("none", (), None), ("all", layers, edit)]
-    runs += [(mode, sub, edit.restricted(sub)) for mode, sub in layer_subsets(layers, ("single", "leave_one_out"))]
+    runs += [(mode, sub, edit.restricted(sub)) for mode, sub in layer_subsets(layers, modes)]
     rows = []
     for condition, sub, candidate in runs:
-        deltas = candidate.deltas(recipient) if candidate is not None else None
-        summary = summarize(score_responses(recipient, targets, deltas, 1.0, t.config.batch_size), targets.changed)
+        deltas = candidate.deltas(recipient_model) if candidate is not None else None
+        summary = summarize(score_responses(recipient_model, targets, deltas, alpha, batch_size), targets.changed)
         rows += [{"condition": condition, "layers": ",".join(map(str, sub)), "n_pairs": len(sub), "metric": k,
                   "value": v, "split": "agreement"} for k, v in summary.items()
                  if not (isinstance(v, float) and math.isnan(v))]
