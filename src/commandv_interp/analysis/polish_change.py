@@ -30,7 +30,7 @@ from commandv_interp.adapters.edits import placed
 from commandv_interp.paste import apply_adapter, compile_paste
 from commandv_interp.pipeline.agreement import donor_targets
 from commandv_interp.pipeline.applied import subset_attribution
-from commandv_interp.pipeline.candidates import Candidate
+from commandv_interp.pipeline.candidates import Candidate, rank
 from commandv_interp.pipeline.labels import transfer_label
 from commandv_interp.types import Float, Tensor
 
@@ -151,7 +151,7 @@ def edit_attribution(donor_model: ModelAccess | object, recipient_model: ModelAc
 
 def _scratch_of(result) -> Adapter | None:
     """The best-scored round of the distillation from scratch that the transfer ran beside its paste (by its
-    ``candidates`` rows: criterion, then lift), if any."""
+    ``candidates`` rows, by :func:`~commandv_interp.pipeline.candidates.rank`), if any."""
     rounds = getattr(result, "rounds", None) or {}
     table = getattr(result, "candidates", None)
     if table is None or "candidate" not in getattr(table, "columns", ()):
@@ -159,7 +159,7 @@ def _scratch_of(result) -> Adapter | None:
     rows = table[table.candidate.astype(str).str.startswith("scratch+polish/") & table.candidate.isin(list(rounds))]
     if rows.empty:
         return None
-    best = rows.sort_values(["criterion", "lift"], ascending=False, kind="stable").iloc[0]
+    best = rank(rows).iloc[0]
     return rounds[str(best.candidate)]
 
 

@@ -8,7 +8,7 @@ recipient one delta function per edited layer (:meth:`Candidate.deltas`), which 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -19,11 +19,13 @@ from commandv_interp.adapters.edits import DeltaFn, placed
 from commandv_interp.converters import Converters
 from commandv_interp.converters.transport import pasted_deltas
 
-__all__ = ["Candidate", "Cost", "native_deltas", "rank", "RANKING"]
+__all__ = ["Candidate", "Cost", "native_deltas", "rank", "ranking_key", "RANKING"]
 
-RANKING = ("criterion", "lift")
-"""Scored candidates rank by the donor-agreement criterion, then by the lift over the plain recipient; ties go to
-the candidate scored first (the search lists the cheaper and simpler edits first)."""
+RANKING = ("criterion", "lift", "agree_unchanged")
+"""Scored candidates rank by the donor-agreement criterion, then by the lift over the plain recipient, then by the
+agreement on the prompts the donor's adapter leaves unchanged (all held-out measures; a missing or NaN value counts
+as 0); ties go to the candidate scored first (the search lists the cheaper and simpler edits first). The search
+(:func:`rank`) and the polish race (:func:`~commandv_interp.pipeline.polish_race.race`) both rank by it."""
 
 
 @dataclass(frozen=True)
@@ -102,13 +104,24 @@ def native_deltas(recipient_model: ModelAccess, adapter: Adapter) -> dict[int, l
             for layer, iv in adapter.interventions.items()}
 
 
-def rank(table: pd.DataFrame) -> pd.DataFrame:
-    """``table``'s rows best first by :data:`RANKING` (descending; ties keep their order). The one ranking rule of
-    the label-free search.
+def ranking_key(row: Mapping) -> tuple[float, ...]:
+    """A scored row's values in :data:`RANKING` order, larger is better (missing or NaN: 0).
 
-    >>> table = pd.DataFrame({"candidate": list("abcd"), "criterion": [0.5, 0.9, 0.9, 0.9],
-    ...                       "lift": [0.6, 0.6, 0.7, 0.6]})
-    >>> rank(table).candidate.tolist()
-    ['c', 'b', 'd', 'a']
+    >>> ranking_key({"criterion": 0.75, "lift": float("nan")})
+    (0.75, 0.0, 0.0)
     """
-    return table.sort_values(list(RANKING), ascending=False, kind="stable")
+    values = (row.get(key, 0.0) for key in RANKING)
+    return tuple(0.0 if v is None or v != v else float(v) for v in values)
+
+
+def rank(table: pd.DataFrame) -> pd.DataFrame:
+    """``table``'s rows best first by :func:`ranking_key` (descending; ties keep their order). The one ranking rule
+    of the label-free search.
+
+    >>> table = pd.DataFrame({"candidate": list("abcde"), "criterion": [0.5, 0.9, 0.9, 0.9, 0.9],
+    ...                       "lift": [0.6, 0.6, 0.7, 0.6, 0.6], "agree_unchanged": [1.0, 0.5, 0.5, 0.5, 0.8]})
+    >>> rank(table).candidate.tolist()
+    ['c', 'e', 'b', 'd', 'a']
+    """
+    keys = [ranking_key(row) for row in table.to_dict("records")]
+    return table.iloc[sorted(range(len(keys)), key=keys.__getitem__, reverse=True)]
