@@ -38,10 +38,10 @@ from commandv_interp.adapters import Adapter
 from commandv_interp.adapters.edit import Edit, apply_edit
 from commandv_interp.adapters.edits import DeltaFn
 from commandv_interp.adapters.surrogate import teacher_of
-from commandv_interp.types import Float, Tensor
+from commandv_interp.types import Float, Int, Tensor
 
 __all__ = ["DonorTargets", "ResponseScores", "at_prompt_end", "answer_limit", "behavior_span", "donor_answers", "donor_targets",
-           "greedy_responses", "onset_prompts", "response_sequences", "score_responses", "summarize", "targets_from",
+           "greedy_responses", "onset_prompts", "response_sequences", "answer_labels", "score_responses", "summarize", "targets_from",
            "teaching", "ANSWER_CAP"]
 
 ANSWER_CAP = 64  # new tokens at most in a donor answer: answers end at EOS or a newline first (whole answers)
@@ -211,6 +211,15 @@ def response_sequences(access: ModelAccess, prompts: Sequence[str], responses: S
         ids[i, :len(r)] = torch.tensor(r)
         mask[i, :len(r)] = 1
     return Batch(ids, mask), prompt_lens, [len(r) for r in rows]
+
+
+def answer_labels(batch: Batch, prompt_lens: Sequence[int], lengths: Sequence[int]) -> Int[Tensor, "batch pos"]:
+    """The targets of a next-token loss on the answers of :func:`response_sequences`: each row's ids from its prompt
+    length to its length, -100 elsewhere (on the batch's device)."""
+    labels = torch.full(batch.input_ids.shape, -100, dtype=torch.long, device=batch.input_ids.device)
+    for row, (p, n) in enumerate(zip(prompt_lens, lengths)):
+        labels[row, p:n] = batch.input_ids[row, p:n]
+    return labels
 
 
 def at_prompt_end(per_layer: dict[int, list[DeltaFn]], prompt_lens: Sequence[int], alpha: float) -> dict:

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.adapters.edit import Edit
 from commandv_interp.adapters.lora import LoraEdit, block_modules, lora_applied, projections, save_peft_lora
-from commandv_interp.pipeline.agreement import greedy_responses, response_sequences, teaching
+from commandv_interp.adapters.train import next_token_loss
+from commandv_interp.pipeline.agreement import answer_labels, greedy_responses, response_sequences, teaching
 from commandv_interp.pipeline.search import generation_flops
 
 __all__ = ["LoraDistillation", "distill_lora", "to_peft", "LORA_STEPS", "LORA_LR", "LORA_BATCH"]
@@ -75,12 +76,7 @@ def _answer_loss(recipient: ModelAccess, modules: dict, prompts: list[str], answ
     batch, prompt_lens, lengths = response_sequences(recipient, prompts, answers)
     with lora_applied(recipient, LoraEdit(modules, 1.0)):
         logits = recipient.forward(batch).float()
-    labels = torch.full(batch.input_ids.shape, -100, dtype=torch.long)
-    for row, (p, n) in enumerate(zip(prompt_lens, lengths)):
-        labels[row, p:n] = batch.input_ids[row, p:n]
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten().to(logits.device),
-                                             ignore_index=-100)
-    return loss, int(batch.attention_mask.sum())
+    return next_token_loss(logits, answer_labels(batch, prompt_lens, lengths)), int(batch.attention_mask.sum())
 
 
 def distill_lora(donor_model: ModelAccess, recipient_model: ModelAccess, edit: Edit, prompts: Sequence[str],

@@ -36,7 +36,7 @@ from commandv_interp.access import ModelAccess
 from commandv_interp.adapters.edit import apply_edit
 from commandv_interp.adapters.lora import block_modules, hf_model_of
 from commandv_interp.adapters.steering_vector import SteeringVectorEdit, save_steering_file
-from commandv_interp.adapters.train import encode_examples
+from commandv_interp.adapters.train import encode_examples, next_token_loss
 from commandv_interp.zoo.catalog import DATA, load_model
 from commandv_interp.zoo.donor_edits import SIDE_METRIC, TARGET_METRIC, edit_path, load_zoo_edit
 from commandv_interp.zoo.evaluate import MAX_NEW_TOKENS, evaluate, respond
@@ -68,8 +68,7 @@ def train_lora(model: ModelAccess, behavior: str, folder: Path, progress: bool =
         idx = torch.randint(len(data), (r["batch_size"],), generator=gen).tolist()
         batch, labels, _ = encode_examples(model, [data[i] for i in idx])
         logits = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                                                 ignore_index=-100)
+        loss = next_token_loss(logits, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
