@@ -115,7 +115,16 @@ def _prompts(g: Globals, spec: str) -> list[str]:
 
 
 def _adapter(g: Globals, spec: str):
-    """A pyreft adapter folder or ``zoo:<model>:<behavior>`` of ``g.world``."""
+    """A pyreft adapter folder, ``zoo:<model>:<behavior>`` of ``g.world`` (its NodiReFT adapter) or
+    ``zoo:<model>:<behavior>:<lora|steering>`` (the main world's other donor edits)."""
+    if spec.startswith("zoo:") and spec.count(":") == 3:
+        from commandv_interp.zoo.donor_edits import ZOO_EDIT_KINDS, load_zoo_edit
+
+        model_name, behavior, kind = spec.split(":")[1:]
+        if kind not in ZOO_EDIT_KINDS or g.world not in (None, "main"):
+            raise ValueError(f"{spec!r}: the zoo's donor edits are zoo:<model>:<behavior>:<kind> with kind one of "
+                             f"{list(ZOO_EDIT_KINDS)}, in the main world")
+        return load_zoo_edit(model_name, behavior, kind, g.zoo_root)
     if spec.startswith("zoo:"):
         from commandv_interp import zoo
 
