@@ -63,6 +63,8 @@ def test_analyze_shows_what_a_planted_polish_changed_layer_by_layer(pair, pasted
         assert _value(final, layer, "residual", "norm_ratio") > 0
     attribution = final[final.analysis == "attribution"]
     assert set(attribution.condition) == {"none", "all", "single", "leave_one_out"}
+    applied = pd.read_csv(tmp_path / "attribution.csv")  # the applied (polished) edit: the same rows, same answers
+    pd.testing.assert_frame_equal(attribution[applied.columns].reset_index(drop=True), applied, check_dtype=False)
     assert set(attribution[attribution.condition == "single"].layers.astype(str)) == {str(x) for x in compiled.layers}
     report = (tmp_path / "report.md").read_text()
     assert "## The final edit, layer by layer" in report and "![final edit, transfer](final_edit_transfer.png)" in report

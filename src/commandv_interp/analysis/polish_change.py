@@ -28,7 +28,7 @@ from commandv_interp.access import ModelAccess, open_model, recorded_states
 from commandv_interp.adapters import Adapter
 from commandv_interp.adapters.edits import placed
 from commandv_interp.paste import apply_adapter, compile_paste
-from commandv_interp.pipeline.agreement import donor_targets
+from commandv_interp.pipeline.agreement import DonorTargets, donor_targets
 from commandv_interp.pipeline.applied import subset_attribution
 from commandv_interp.pipeline.candidates import Candidate, rank
 from commandv_interp.pipeline.labels import transfer_label
@@ -130,10 +130,12 @@ def edit_norms(recipient_model: ModelAccess | object, adapter: Adapter, prompts:
 
 def edit_attribution(donor_model: ModelAccess | object, recipient_model: ModelAccess | object, donor_adapter: Adapter,
                      recipient_adapter: Adapter, prompts: Sequence[str], modes: Sequence[str] = EDIT_MODES,
-                     max_new_tokens: int = 8) -> pd.DataFrame:
+                     max_new_tokens: int = 8, targets: DonorTargets | None = None) -> pd.DataFrame:
     """The share of the behavior each layer of a native recipient adapter carries: the recipient under subsets of
     its layers (``all``, each ``single`` layer, ``leave_one_out``, …) scored by the donor-agreement criterion
     against the donor with its whole ``donor_adapter`` (no labels), beside ``none`` (the recipient alone).
+    ``targets``: the donor's answers to ``prompts`` already made (e.g. as a transfer's criterion judged its own,
+    :func:`~commandv_interp.pipeline.applied.answer_targets`), instead of generating them.
 
     Returns:
         Tidy rows ``condition, layers, n_pairs, metric, value, split ("agreement")`` as
@@ -144,7 +146,8 @@ def edit_attribution(donor_model: ModelAccess | object, recipient_model: ModelAc
     if recipient_adapter.d_model != recipient.d_model:
         raise ValueError(f"recipient_adapter has d_model {recipient_adapter.d_model}, {recipient.name!r} has "
                          f"{recipient.d_model}: pass the polished (or compiled) recipient adapter")
-    targets = donor_targets(donor, donor_adapter, list(prompts), max_new_tokens)
+    if targets is None:
+        targets = donor_targets(donor, donor_adapter, list(prompts), max_new_tokens)
     native = Candidate("recipient_adapter", 3, "native", "-", recipient_adapter)
     return subset_attribution(recipient, targets, native, modes)
 
@@ -164,15 +167,16 @@ def _scratch_of(result) -> Adapter | None:
 
 
 def final_edit_analysis(donor_model: ModelAccess | object, recipient_model: ModelAccess | object,
-                        donor_adapter: Adapter, result, prompts: Sequence[str], max_new_tokens: int = 8
-                        ) -> dict[str, pd.DataFrame]:
+                        donor_adapter: Adapter, result, prompts: Sequence[str], max_new_tokens: int = 8,
+                        targets: DonorTargets | None = None) -> dict[str, pd.DataFrame]:
     """The edit a :class:`~commandv_interp.pipeline.Transfer` applies, analyzed layer by layer on held-out prompts.
 
     Args:
         donor_model, recipient_model: the two models; donor_adapter: the donor's whole adapter (the teacher).
         result: the transfer (reads ``choice``, ``converters``, ``polished``, ``rounds``, ``adapter``,
             ``positions``, ``alpha``).
-        prompts: held-out prompts.
+        prompts: held-out prompts; targets: the donor's answers to them, if already made (see
+            :func:`edit_attribution`).
 
     Returns:
         ``{"attribution": ..., "change": ...}``: :func:`edit_attribution` of the final edit (the polished adapter,
@@ -186,7 +190,7 @@ def final_edit_analysis(donor_model: ModelAccess | object, recipient_model: Mode
              if result.converters is not None else None)
     final = result.polished if result.polished is not None else paste
     frames = {"attribution": edit_attribution(donor_model, recipient_model, donor_adapter, final, prompts,
-                                              max_new_tokens=max_new_tokens)}
+                                              max_new_tokens=max_new_tokens, targets=targets)}
     if result.polished is not None:
         scratch = _scratch_of(result) if paste is not None else None  # distillation only: the final edit is it
         frames["change"] = polish_change(recipient_model, paste, result.polished, prompts, scratch)

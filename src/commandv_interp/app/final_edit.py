@@ -15,6 +15,7 @@ import pandas as pd
 
 from commandv_interp import analysis, plotting
 from commandv_interp.adapters import Adapter
+from commandv_interp.pipeline.agreement import DonorTargets
 from commandv_interp.pipeline.labels import transfer_label
 
 __all__ = ["final_edit_section", "FINAL_EDIT_INTRO"]
@@ -27,9 +28,10 @@ FINAL_EDIT_INTRO = (
 
 
 def final_edit_section(donor_model, recipient_model, donor_adapter: Adapter, t, prompts: Sequence[str], out: Path,
-                       name: str, heading: str = "###", max_new_tokens: int = 8
+                       name: str, heading: str = "###", targets: DonorTargets | None = None
                        ) -> tuple[pd.DataFrame, list[str], list[Path]]:
     """Analyze the final edit of ``t`` on ``prompts`` and draw it into ``out/final_edit_<name>.png`` (and PDF).
+    ``targets``: the donor's answers to ``prompts``, if already made (else generated, 8 new tokens).
 
     Returns:
         The tidy rows (:func:`~commandv_interp.analysis.final_edit_analysis`'s frames, concatenated, each row with
@@ -39,7 +41,7 @@ def final_edit_section(donor_model, recipient_model, donor_adapter: Adapter, t, 
     import matplotlib.pyplot as plt
 
     found = analysis.final_edit_analysis(donor_model, recipient_model, donor_adapter, t, list(prompts),
-                                         max_new_tokens=max_new_tokens)
+                                         targets=targets)
     frame = pd.concat([f.assign(analysis=kind) for kind, f in found.items()], ignore_index=True)
     title = f"{name}: {transfer_label(t)} (`{t.choice}`)"
     fig = plotting.plot_polish_change(found["change"], found["attribution"], title=title.replace("`", ""))

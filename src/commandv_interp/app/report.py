@@ -20,7 +20,7 @@ from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.app.final_edit import FINAL_EDIT_INTRO, final_edit_section
 from commandv_interp.io import atomic_write
 from commandv_interp.pipeline import Transfer
-from commandv_interp.pipeline.applied import edit_attribution
+from commandv_interp.pipeline.applied import answer_targets, applied_edit, subset_attribution
 from commandv_interp.pipeline.labels import transfer_label
 
 __all__ = ["analyze_transfer"]
@@ -35,7 +35,8 @@ def analyze_transfer(t: Transfer, donor_model: ModelAccess, recipient_model: Mod
     donor, recipient = open_model(donor_model), open_model(recipient_model)
     t.check_models(donor, recipient)
     out, prompts = Path(out), list(prompts)
-    attribution = edit_attribution(t, donor, recipient, prompts)
+    targets = answer_targets(t, donor, recipient, prompts)  # the donor's answers, shared by both attributions
+    attribution = subset_attribution(recipient, targets, applied_edit(t), batch_size=t.config.batch_size)
     kind, native = transfer_label(t), t.polished is not None
     frames = {"attribution": attribution}
     if t.converters is not None:
@@ -60,7 +61,7 @@ def analyze_transfer(t: Transfer, donor_model: ModelAccess, recipient_model: Mod
                                          "and the pasted delta point where the donor's own do (cosine; 1 is exact)."))
     plt.close("all")
     final, section, figures = final_edit_section(donor, recipient, t.donor_adapter, t, prompts, out, "transfer",
-                                                 max_new_tokens=t.answer_span[0] or t.config.max_new_tokens)
+                                                 targets=targets)
     files += [atomic_write(out / "final_edit.csv", lambda p: final.to_csv(p, index=False)), *figures]
     lines = [f"# Analysis of `{t.choice}`: {kind}", "",
              f"{len(prompts)} prompts; layer map of the paste {t.layer_map or '(none: no paste)'}"
