@@ -192,8 +192,8 @@ def analyze_cmd(
     json_output: JsonOpt = False, debug: DebugOpt = False, zoo_root: ZooRootOpt = None, world: WorldOpt = "main",
 ) -> None:
     """Per-layer report of the edit one transfer applies (the polished adapter when it chose a polish, labelled as
-    such): layer attribution against the donor with its whole adapter, and the paste's state/delta fidelity, as
-    CSVs, figures and report.md. The folder is verified as a whole, and the models must be the ones it was made
+    such): layer attribution against the donor with its whole adapter, the paste's state/delta fidelity, and the
+    final edit layer by layer (what the polish changed), as CSVs, figures and report.md. The folder is verified as a whole, and the models must be the ones it was made
     with.
 
     Example: commandv analyze jb/ llama-6x128 gpt2-4x96 zoo:jailbreak:test --out jb-analysis/
