@@ -22,13 +22,17 @@ seed 0), ``label_free_<world>`` for another world, plus ``_seeds<spec>`` for oth
     python benchmarks/label_free.py --seeds 0-4 --world generated    # generated dev worlds (--world-seeds test);
                                                                      # builds missing worlds first (1.5-7 CPU min each)
     python benchmarks/label_free.py --quick                          # one cell
+    python benchmarks/label_free.py --edit lora                      # from the zoo's LoRA (or steering, reft)
+                                                                     # donors, with a PEFT LoRA output too
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,16 +42,21 @@ import pandas as pd
 
 import commandv_interp as cv
 from commandv_interp import zoo
+from commandv_interp.adapters.edit import apply_edit
+from commandv_interp.adapters.surrogate import pasteable
 from commandv_interp.pipeline.label_free import PAPER_EXACT
+from commandv_interp.pipeline.labels import BACKPROP_FREE_PASTE, PAPER_EXACT_PASTE, transfer_label
 from commandv_interp.zoo import generated
+from commandv_interp.zoo.donor_edits import ZOO_EDIT_KINDS, load_zoo_edit
+from commandv_interp.zoo.evaluate import MAX_NEW_TOKENS
 from commandv_interp.zoo.scoring import BEHAVIOR_RATES
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "figures"
 TRAIN_PROMPTS = 128  # unlabeled prompts handed to transfer: the adapter's first training inputs
 METHODS = ("transfer", "paste", "distill", "steering", "paper")
-METHOD_LABELS = {"transfer": "`cv.transfer` (defaults)", "paste": "its paste, `polish_steps=0`",
+METHOD_LABELS = {"transfer": "`cv.transfer` (defaults)", "paste": BACKPROP_FREE_PASTE,
                  "distill": "distillation from scratch (`start=\"scratch\"`)", "steering": "steering vector",
-                 "paper": "paper-exact"}
+                 "paper": PAPER_EXACT_PASTE}
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,8 @@ def nothing_lost(cell: Cell, rates: dict) -> float:
     return float(rates[cell.side] >= floor - 1e-9)
 
 
-def run_cell(cell: Cell, seed: int, limit: int, corr_limit: int) -> tuple[dict, pd.DataFrame]:
+def run_cell(cell: Cell, seed: int, limit: int, corr_limit: int, lora_output: bool = False
+             ) -> tuple[dict, pd.DataFrame]:
     donor, recipient, adapter, prompts = cell.donor, cell.recipient, cell.adapter, cell.prompts
     calls, walls = {}, {}
     for method, kwargs in (("transfer", {}), ("paste", {"polish_steps": 0}), ("distill", {"start": "scratch"})):
@@ -150,24 +160,26 @@ def run_cell(cell: Cell, seed: int, limit: int, corr_limit: int) -> tuple[dict, 
             return cell.evaluate(recipient, n)
 
     rates = {m: rates_under(calls[m].paste(), limit) for m in ("transfer", "paste", "distill", "steering")}
-    rates["paper"] = rates_under(cv.paste(recipient, adapter, result.fits[PAPER_EXACT], alpha=1.0), limit)
-    cands = result.candidates.drop_duplicates(["candidate", "alpha"], keep="last").reset_index(drop=True)
+    rates["paper"] = rates_under(cv.paste(recipient, adapter, result.considered[PAPER_EXACT].converters), limit)
+    cands = result.candidates.drop_duplicates("candidate", keep="last").reset_index(drop=True)
     if corr_limit > 0:
         labeled = []
         for row in cands.itertuples():
             if row.method == "none":
                 labeled.append(cell.evaluate(recipient, corr_limit))
-            elif row.candidate in result.rounds:
-                labeled.append(rates_under(cv.apply_adapter(recipient, result.rounds[row.candidate]), corr_limit))
+            elif result.considered[row.candidate].converters is None:  # a polish round: a native adapter
+                labeled.append(rates_under(cv.apply_adapter(recipient, result.considered[row.candidate].edit),
+                                           corr_limit))
             else:
-                labeled.append(rates_under(cv.paste(recipient, result.pasted[row.candidate],
-                                                    result.fits[row.candidate], alpha=float(row.alpha)), corr_limit))
+                candidate = result.considered[row.candidate]
+                labeled.append(rates_under(cv.paste(recipient, candidate.edit, candidate.converters), corr_limit))
         cands["labeled_target"] = [r[cell.target] for r in labeled]
         cands["labeled_side"] = [r[cell.side] for r in labeled]
     cands = cands.assign(donor=cell.donor_name, recipient=cell.recipient_name, behavior=cell.behavior, seed=seed)
     ft = cell.finetune
     row = {"donor": cell.donor_name, "recipient": cell.recipient_name, "behavior": cell.behavior, "seed": seed,
-           "choice": result.choice, "alpha": result.alpha, "target_metric": cell.target, "side_metric": cell.side,
+           "choice": result.choice, "label": transfer_label(result), "alpha": result.alpha,
+           "target_metric": cell.target, "side_metric": cell.side,
            "paste_choice": calls["paste"].choice, "steering_alpha": calls["steering"].alpha,
            "polish_steps": int(result.polished.metadata["polish"]["steps"]) if result.polished is not None else 0,
            "finetune_target": ft["rates"][cell.target], "finetune_side": ft["rates"][cell.side], "n_test": limit,
@@ -182,7 +194,25 @@ def run_cell(cell: Cell, seed: int, limit: int, corr_limit: int) -> tuple[dict, 
             row[f"{method}_flops_ratio"] = calls[method].flops / ft["flops"]
             row[f"{method}_wall_ratio"] = walls[method] / ft["wall_s"]
     row["meets_bar"] = row["transfer_meets_bar"]
+    if lora_output:  # --edit: a PEFT LoRA output beside the ReFT one, distilled from the same donor+edit
+        with tempfile.TemporaryDirectory() as folder:
+            t0 = time.perf_counter()
+            lora = result.to_peft(folder, donor, prompts, seed=seed,
+                                  max_new_tokens=MAX_NEW_TOKENS.get(cell.behavior, 8), progress=False)
+            walls["lora"] = time.perf_counter() - t0
+        rates["lora"] = rates_under(apply_edit(recipient, lora.lora), limit)
+        row |= {"lora_target": rates["lora"][cell.target], "lora_side": rates["lora"][cell.side],
+                "lora_meets_bar": meets(cell, rates["lora"]), "lora_flops_ratio": lora.flops / ft["flops"],
+                "lora_wall_ratio": walls["lora"] / ft["wall_s"],
+                "surrogate_agreement": adapter.metadata.get("surrogate_agreement", float("nan")),
+                "surrogate_flops_ratio": adapter.metadata.get("surrogate_flops", 0.0) / ft["flops"]}
     return row, cands
+
+
+def with_zoo_edit(cell: Cell, kind: str) -> Cell:
+    """The cell with the zoo's ``kind`` donor edit of its behavior (its surrogate pasted, the edit the teacher)."""
+    edit = load_zoo_edit(cell.donor_name, cell.behavior, kind)
+    return dataclasses.replace(cell, adapter=pasteable(cell.donor, edit, cell.prompts))
 
 
 def worst_seed(runs: pd.DataFrame, method: str) -> pd.Series:
@@ -222,8 +252,8 @@ def markdown(table: pd.DataFrame, header: str) -> str:
                      f"({100 * s.share_meeting_bar:.0f}%) | {s.cells_meeting_bar_every_seed} of {s.cells} | {lost} | "
                      f"{_pct(s.median_flops_ratio)} | {_pct(s.median_wall_ratio)} |")
     lines += ["", "| donor → recipient | behavior | finetune (target / side) | transfer runs meeting the bar | "
-              "transfer's worst seed (target / side) | paste | distillation | steering | paper-exact | "
-              "nothing lost |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "transfer's worst seed (target / side) | what it applied there | paste | distillation | steering | "
+              "paper-exact | nothing lost |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (d, r, b), runs in table.groupby(["donor", "recipient", "behavior"], sort=False):
         w = worst_seed(runs, "transfer")
         n = len(runs)
@@ -231,7 +261,7 @@ def markdown(table: pd.DataFrame, header: str) -> str:
         lost = "–" if runs.transfer_nothing_lost.isna().all() else f"{int(runs.transfer_nothing_lost.sum())}/{n}"
         lines.append(f"| {d} → {r} | {b} | {w.finetune_target:.2f} / {w.finetune_side:.2f} | "
                      f"{int(runs.transfer_meets_bar.sum())}/{n} | seed {int(w.seed)}: {w.transfer_target:.2f} / "
-                     f"{w.transfer_side:.2f} | " + " | ".join(counts) + f" | {lost} |")
+                     f"{w.transfer_side:.2f} | {w.label} | " + " | ".join(counts) + f" | {lost} |")
     return "\n".join(lines) + "\n"
 
 
@@ -261,7 +291,11 @@ def main() -> None:
     parser.add_argument("--corr-limit", type=int, default=40,
                         help="test prompts per candidate for the criterion correlation (0: skip it)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--edit", default=None, choices=ZOO_EDIT_KINDS,
+                        help="the zoo's donor edit of this kind (main world), with a PEFT LoRA output too")
     args = parser.parse_args()
+    if args.edit and args.world != "main":
+        parser.error("--edit needs --world main (the zoo's LoRA and steering donors are the main world's)")
     seeds = parse_seeds(args.seeds)
     if args.world == "generated":
         named = {"dev": list(generated.DEV_SEEDS), "test": list(generated.TEST_SEEDS)}
@@ -272,12 +306,13 @@ def main() -> None:
         loaders = [lambda c=c: load_zoo_cell(*c, args.world) for c in zoo_cells(args.world)]
         stem = "label_free" if args.world == "main" else f"label_free_{args.world}"
     stem += "" if seeds == [0] else f"_seeds{args.seeds}"
+    stem += f"_{args.edit}" if args.edit else ""
     loaders = loaders[:1] if args.quick else loaders
     rows, frames, began = [], [], time.perf_counter()
     for load in loaders:
-        cell = load()
+        cell = load() if not args.edit else with_zoo_edit(load(), args.edit)
         for seed in seeds:
-            row, cands = run_cell(cell, seed, args.limit, args.corr_limit)
+            row, cands = run_cell(cell, seed, args.limit, args.corr_limit, lora_output=args.edit is not None)
             rows.append(row)
             frames.append(cands)
             print(f"{cell.donor_name} → {cell.recipient_name} {cell.behavior} seed {seed}: "

@@ -1,7 +1,7 @@
 """The adaptive polish over seeds: ``cv.transfer`` on zoo cells for seeds 0-4, scored with labels only afterwards
 (refusal / false refusal or the behavior's rates on held-out test prompts), each run checked against the bar (the
 recipient finetune's target rate x 0.9; false refusal within the finetune's + 0.02; CoT accuracy >= 0.9 x the
-finetune's). Extra ``cv.transfer`` keywords (e.g. ``--polish-steps 12``) select a configuration. Writes one CSV row
+finetune's). ``--polish-steps`` and ``--polish-budget`` pass those ``cv.transfer`` keywords. Writes one CSV row
 per (cell, seed) to ``--out``.
 
     python benchmarks/polish_seeds.py --behaviors refusal --seeds 0-4 --out runs.csv
@@ -50,12 +50,14 @@ def main() -> None:
     parser.add_argument("--pairs", default="", help="comma-separated donor:recipient pairs (default: all)")
     parser.add_argument("--limit", type=int, default=160)
     parser.add_argument("--polish-steps", type=int, default=None)
+    parser.add_argument("--polish-budget", type=float, default=None)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     names = list(zoo.list_models(world=args.world))
     pairs = ([tuple(p.split(":")) for p in args.pairs.split(",")] if args.pairs
              else list(itertools.permutations(names, 2)))
     extra = {} if args.polish_steps is None else {"polish_steps": args.polish_steps}
+    extra |= {} if args.polish_budget is None else {"polish_budget": args.polish_budget}
     rows = []
     for (d, r), b in itertools.product(pairs, args.behaviors.split(",")):
         donor, recipient = zoo.load_model(d, world=args.world), zoo.load_model(r, world=args.world)

@@ -55,6 +55,7 @@ from commandv_interp.zoo.evaluate import evaluate_outcomes
 from commandv_interp.zoo.scoring import BEHAVIOR_RATES
 from commandv_interp.zoo.scoring import summarize
 from commandv_interp.pipeline import derive, profile_pair
+from commandv_interp.pipeline.labels import transfer_label
 from commandv_interp.zoo.prompt_sets import profile_prompts
 
 MAX_FALSE_REFUSAL = 0.1  # the zoo's bar for an adapter; a variant above it on train prompts is not eligible
@@ -219,7 +220,8 @@ def run_pair(donor_name: str, recipient_name: str, behaviors, limit, select_limi
                       "selection_s": selection_s, "finetune_s": finetune["wall_time_s"],
                       "finetune_flops": finetune["flops"], "best_variant": variant, "alpha_best": alpha,
                       "select_score_best": select_score,
-                      "transfer_choice": chosen_lf.choice, "alpha_transfer": chosen_lf.alpha,
+                      "transfer_choice": chosen_lf.choice, "transfer_label": transfer_label(chosen_lf),
+                      "alpha_transfer": chosen_lf.alpha,
                       "cv_transfer_flops": chosen_lf.flops, "cv_transfer_s": transfer_s,
                       "alpha_steering": steering.alpha, "steering_flops": steering.flops, "steering_s": steering_s,
                       "distill_flops": scratch.flops, "distill_s": scratch_s,
@@ -301,8 +303,8 @@ def markdown(table: pd.DataFrame, costs: pd.DataFrame, summary: pd.DataFrame) ->
 
     lines = ["| donor → recipient | behavior | paper-exact | paper + norm α | label-free transfer | distillation from "
              "scratch | steering (affine) | best variant [95% CI] | within 1% FLOPs | direct finetune | donor + adapter | "
-             "nulls (random / shuffled) | variant chosen on train prompts |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "nulls (random / shuffled) | variant chosen on train prompts | what the label-free transfer applied |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (d, r), _ in table.groupby(["donor", "recipient"], sort=True):
         for b in [b for b in zoo.BEHAVIORS if b in set(table.behavior)]:
             target = BEHAVIOR_RATES[b][0]
@@ -315,7 +317,8 @@ def markdown(table: pd.DataFrame, costs: pd.DataFrame, summary: pd.DataFrame) ->
                 f"{cell(d, r, b, 'distill_scratch')} | {cell(d, r, b, 'steering_affine')} | **{cell(d, r, b, 'cv_best')}** "
                 f"[{best.ci_low:.2f}, {best.ci_high:.2f}] | {cell(d, r, b, 'cv_budget')} | "
                 f"{cell(d, r, b, 'recipient_finetune')} | {cell(d, r, b, 'donor_adapter')} | "
-                f"{nulls[0]:.2f} / {nulls[1]:.2f} | `{c.best_variant}` ({c.cv_best_flops / c.finetune_flops:.3f}) |")
+                f"{nulls[0]:.2f} / {nulls[1]:.2f} | `{c.best_variant}` ({c.cv_best_flops / c.finetune_flops:.3f}) | "
+                f"{c.transfer_label} |")
     lines += ["", "| behavior | pairs ≥ 0.9 × finetune (FR ≤ finetune's) | label-free transfer: pairs (FR ≤ "
               "finetune's + 0.02) / FLOPs / wall ratio | distillation from scratch: pairs / FLOPs ratio | steering: "
               "pairs / FLOPs ratio | median best / finetune | median paper-exact / finetune | compute ratio, FLOPs "

@@ -494,6 +494,12 @@ CLI_ROWS = [
            "+ 32 new tokens = 73 exceeds the 64 positions"),
     CliRow("paste-prompt-beyond-context", lambda w: _paste(w, prompts=w.root / "long.txt"), "exceeds the 64 positions"),
     CliRow("paste-alpha-nan", lambda w: _paste(w, "--alpha", "nan"), "--alpha must be a finite"),
+    CliRow("generate-donor-adapter-without-converters",
+           lambda w: ["generate", w.tiny / "gpt2", w.root / "prompts.txt", "--edit", w.p.adapter, "--out",
+                      w.root / "gen.jsonl"], "needs --converters"),
+    CliRow("generate-prompt-beyond-context",
+           lambda w: ["generate", w.tiny / "gpt2", w.root / "long.txt", "--edit", w.p.adapter, "--converters", w.p.conv,
+                      "--out", w.root / "gen.jsonl"], "exceeds the 64 positions"),
     CliRow("paste-alpha-huge", lambda w: _paste(w, "--alpha", "1e30"), "--alpha must be a finite"),
     CliRow("paste-first_last-adapter-at-last", lambda w: ["paste", w.tiny / "gpt2", w.p.first_last, w.p.conv,
                                                           w.root / "prompts.txt", "--out", w.root / "g.jsonl"],
@@ -594,7 +600,7 @@ def _fake_zoo(w) -> Path:
 
 
 SUBCOMMANDS = {"profile", "match", "derive", "paste", "compile", "demo", "transfer", "sweep", "analyze", "zoo list",
-               "zoo score", "zoo train"}
+               "zoo score", "zoo train", "generate"}
 
 
 def test_every_subcommand_is_in_the_table():

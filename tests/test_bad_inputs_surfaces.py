@@ -129,12 +129,14 @@ def _bad_bins(p) -> None:
 
 
 def _transfer_folder(p, adapter, conv) -> None:
-    from commandv_interp.pipeline import Transfer
+    from commandv_interp.pipeline import Transfer, TransferConfig
+    from commandv_interp.pipeline.fingerprints import Fingerprints, ModelFingerprint
 
-    candidates = pd.DataFrame([{"candidate": "ridge/depth", "alpha": 1.0, "criterion": 0.5, "lift": 0.1,
-                                "n_scoring": 4}])
-    p.transfer = Transfer(adapter=adapter, converters=conv, alpha=1.0, positions="last", choice="ridge/depth",
-                          candidates=candidates).save(p.root / "transfer")
+    candidates = pd.DataFrame([{"candidate": "ridge/depth", "criterion": 0.5, "lift": 0.1, "n_scoring": 4}])
+    models = [ModelFingerprint(conv.donor_model, conv.donor_config_hash, None),
+              ModelFingerprint(conv.recipient_model, conv.recipient_config_hash, None)]
+    p.transfer = Transfer(TransferConfig(), Fingerprints("-", 4, *models, adapter.digest()), adapter, adapter, conv,
+                          "last", "ridge/depth", candidates).save(p.root / "transfer")
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ def _runs(bench) -> pd.DataFrame:
                ("b", 1): (0.92, True), ("b", 2): (0.99, True)}
     for (cell, seed), (target, ok) in planted.items():
         row = {"donor": cell, "recipient": "r", "behavior": "x", "seed": seed, "finetune_target": 1.0,
-               "finetune_side": 0.0, "transfer_nothing_lost": float("nan")}
+               "finetune_side": 0.0, "transfer_nothing_lost": float("nan"),
+               "label": "distillation only (no paste)" if seed == 1 else "Command-V paste"}
         for m in bench.METHODS:
             row[f"{m}_target"], row[f"{m}_side"] = target, 0.0
             row[f"{m}_meets_bar"] = ok if m == "transfer" else False
@@ -70,7 +71,8 @@ def test_summary_shares_cells_and_worst_seed(bench):
     assert int(worst.seed) == 1  # the failing run with the lowest target
     assert int(bench.worst_seed(table[table.donor == "b"], "transfer").seed) == 1  # all pass: the lowest target
     md = bench.markdown(table, "header")
-    assert "**4 of 6** (67%)" in md and "| a → r | x | 1.00 / 0.00 | 1/3 | seed 1: 0.50 / 0.00 |" in md
+    assert "**4 of 6** (67%)" in md
+    assert "| a → r | x | 1.00 / 0.00 | 1/3 | seed 1: 0.50 / 0.00 | distillation only (no paste) |" in md
 
 
 def test_seed_specs(bench):

@@ -47,7 +47,9 @@ def _planted() -> tuple[pd.DataFrame, pd.DataFrame]:
         costs.append({"donor": d, "recipient": r, "behavior": "refusal", "cv_best_flops": 2.0, "cv_budget_flops": 0.5,
                       "finetune_flops": 100.0, "cv_best_s": 1.0, "selection_s": 9.0, "finetune_s": 20.0,
                       "best_variant": "interface/depth/task/alpha=1", "cv_transfer_flops": 3.0,
-                      "cv_transfer_s": 0.4, "steering_flops": 1.0, "distill_flops": 4.0, "distill_s": 0.5})
+                      "cv_transfer_s": 0.4, "steering_flops": 1.0, "distill_flops": 4.0, "distill_s": 0.5,
+                      "transfer_label": "distillation only (no paste)" if (d, r) == ("b-1", "a-1")
+                      else "Command-V paste + 12 distillation steps"})
     return pd.DataFrame(rows), pd.DataFrame(costs)
 
 
@@ -80,6 +82,7 @@ def test_markdown_tables_carry_the_planted_cells(bench):
     assert cells[8] == "0.50 / 0.00"  # within budget
     assert cells[9] == "1.00 / 0.00"  # finetune
     assert cells[12] == "`interface/depth/task/alpha=1` (0.020)"
+    assert cells[13] == "distillation only (no paste)"  # what the label-free transfer applied
     assert ("| refusal | 2 of 4 | 2 of 4 / 0.030 / 0.020 | 1 of 4 / 0.040 | 0 of 4 / 0.010 | 0.92 | 0.00 | 0.020 | "
             "1 of 4 / 0.70 |") in md
 

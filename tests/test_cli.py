@@ -176,7 +176,8 @@ def test_user_errors_exit_2_with_one_line(pipeline, tmp_path):
     line = user_error("paste", pipeline["recipient"], tmp_path / "no_adapter", tmp / "converters.safetensors",
                       tmp / "prompts.txt", "--out", tmp_path / "g.jsonl")
     assert "adapter folder" in line and "does not exist" in line
-    zoo_root = _fake_zoo(tmp_path)
+    (tmp_path / "zoo").mkdir()
+    zoo_root = _fake_zoo(tmp_path / "zoo")  # apart from --out: an --out inside the zoo root is refused first
     line = user_error("profile", "no-such-model", tmp / "prompts.txt", "--out", tmp_path / "p.safetensors",
                       "--zoo-root", zoo_root)
     assert "unknown zoo model 'no-such-model'" in line and "gpt2-4x96" in line

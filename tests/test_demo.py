@@ -121,4 +121,32 @@ def test_cli_demo_prints_the_four_rows(tmp_path):
     assert set(CONDITIONS) <= {c for c, _ in rows.index}
     # the default demo is the label-free transfer: on this pair it carries jailbreak (1.00 in the benchmark)
     assert rows[("command_v", "compliance")] >= 0.9 and rows[("command_v", "false_refusal")] <= 0.05
-    assert "Label-free `cv.transfer`" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "Label-free `cv.transfer`" in report
+    label = next(r["label"] for r in json.loads(result.stdout)["rows"] if r["condition"] == "command_v")
+    assert label.startswith("recipient + Command-V paste") and f"compute: {label.removeprefix('recipient + ')} " in (
+        format_transfer_tables(pd.DataFrame(json.loads(result.stdout)["rows"])))
+    assert "## The final edit, layer by layer" in report
+    assert "![final edit, jailbreak](final_edit_jailbreak.png)" in report
+
+
+def test_demo_labels_and_analyzes_the_final_edit_of_cot(tmp_path):
+    """The CoT row says what the transfer applied: "distillation only (no paste)" when it chose the distillation from
+    scratch (as on this pair), and the report analyzes that adapter layer by layer."""
+    import re
+
+    from commandv_interp.pipeline.labels import DISTILLATION_ONLY
+
+    table = run_demo(behaviors=("cot",), limit=16, out=tmp_path, progress=False)
+    report = (tmp_path / "report.md").read_text()
+    choice = re.search(r"cot: \*\*(.+?)\*\* \(`([^`]+)`", report)
+    assert choice, report[:600]
+    label, name = choice.groups()
+    row = table[(table.condition == "command_v") & (table.metric == "cot_format")].label.iloc[0]
+    assert row == f"recipient + {label}"
+    assert (label == DISTILLATION_ONLY) == name.startswith("scratch+"), (label, name)
+    assert f"compute: {label} " in report and "compute: Command-V " not in report.replace("Command-V paste", "")
+    assert f"### cot: {label} (`{name}`)" in report
+    final = pd.read_csv(tmp_path / "final_edit.csv")
+    assert set(final.analysis) >= {"attribution", "change"} and set(final.label) == {label}
+    assert (tmp_path / "final_edit_cot.png").stat().st_size > 1000

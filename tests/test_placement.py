@@ -40,7 +40,6 @@ EDIT_PATH: dict[str, tuple[str, ...] | None] = {
     "converters/artifact.py": ("LinearConverter.linear", "LinearConverter.__call__", "LinearConverter.pullback"),
     "paste/paste.py": WHOLE,
     "pipeline/agreement.py": ("at_prompt_end.make.edit",),
-    "pipeline/steering.py": ("_constant.delta",),
     "pipeline/polish.py": ("Distillation._loss",),
 }
 """Module → the functions (qualified names, nested ones included) that run inside a forward pass; ``WHOLE``: all."""

@@ -2,6 +2,7 @@
 learns: closed forms (a rebalanced NodiReFT is the same edit; FLOPs are 4 · params · tokens), a planted teacher
 (a recipient adapter distilled from a donor that is the recipient in a rotated basis), and the saved transfer."""
 
+import pandas as pd
 import pytest
 import torch
 
@@ -11,6 +12,7 @@ import commandv_interp as cv
 from commandv_interp.adapters.edits import adapter_edits
 from commandv_interp.pipeline.agreement import greedy_responses
 from commandv_interp.pipeline.polish import Distillation, balanced, finetune_flops_estimate, fresh_adapter
+from commandv_interp.pipeline.candidates import rank
 from commandv_interp.pipeline.polish_race import PolishPlan, race
 
 
@@ -105,7 +107,7 @@ def test_scratch_start_is_the_distillation_baseline_and_round_trips(pair, tmp_pa
         b = recipient.forward(batch)
     torch.testing.assert_close(a, b)
     cv.save_adapter(fresh_adapter(recipient, [0, 2], rank=4, seed=9), tmp_path / "s" / "polished")
-    with pytest.raises(ValueError, match="not the one this transfer chose"):
+    with pytest.raises(ValueError, match="polished/.*edited, truncated or swapped"):
         cv.load_transfer(tmp_path / "s")
 
 
@@ -177,6 +179,7 @@ def test_lr_sweep_picks_the_planted_best_rate_for_every_start_alike(pair, teache
         assert sorted((r["start"], r["polish_lr"]) for r in trials) == sorted(
             (s, lr) for s in "ab" for lr in plan.lrs)
         assert out.winner == "b+polish/2/lr=0.004"
+        assert rank(pd.DataFrame(trials)).iloc[0].candidate == out.winner  # the search's one ranking rule
         later = [r for r in out.rows.values() if r["polish_steps"] > 2]
         assert later and all(r["start"] == "b" and r["polish_lr"] == 4e-3 for r in later)
         assert len(later) == plan.patience  # no round improved on the trial (same criterion, lift +0.002 per round)

@@ -50,11 +50,29 @@ def test_transfer_reproduces_the_donor_adapter_on_new_prompts(pair, result):
 @pytest.mark.slow
 def test_candidates_table_is_tidy_and_names_the_paper_exact_row(result):
     c = result.candidates
-    assert {"candidate", "alpha", "criterion", "lift", "fit_flops", "score_flops", "stage", "n_scoring"} <= set(c.columns)
+    assert {"candidate", "criterion", "lift", "fit_flops", "score_flops", "stage", "n_scoring"} <= set(c.columns)
+    assert "alpha" not in c.columns and "alpha_rule" not in c.columns and result.alpha == 1.0  # no dead α machinery
     assert c.paper_exact.sum() == 1 and c[c.paper_exact].candidate.item() == "pinv/depth"
     assert c.iloc[0].method == "none"  # the recipient without a paste, for reference
     assert result.choice in set(c.candidate) and result.flops > 0
     assert set(result.layer_map) == {0, 2}
+
+
+def test_the_choice_is_the_top_of_the_one_ranking_rule(pair):
+    """The chosen candidate is the first row, by criterion then lift (ties: the earlier), among the candidates
+    scored on all the scoring prompts; every scored name is a Candidate value the transfer kept."""
+    from commandv_interp.pipeline.candidates import Candidate
+
+    donor, recipient, adapter = pair
+    t = cv.transfer(donor, recipient, adapter, random_prompts(32, seed=11), polish_steps=4, progress=False)
+    c = t.candidates
+    full = c[(c.n_scoring == c.n_scoring.max()) & (c.stage > 0)]
+    top = max(range(len(full)), key=lambda i: (full.criterion.iloc[i], full.lift.iloc[i], -i))
+    assert t.choice == full.candidate.iloc[top]
+    assert set(c.candidate[c.stage > 0]) == set(t.considered)
+    assert all(isinstance(k, Candidate) and k.name == n for n, k in t.considered.items())
+    finalist = c[c.stage == 2].candidate.item()
+    assert t.considered[finalist].stage == 2 and t.considered[finalist].is_paste
 
 
 def test_criterion_ranks_a_wrong_alpha_lower(pair, exact):
@@ -103,7 +121,7 @@ def test_save_and_load_round_trip_and_refuse_another_adapter(pair, result, tmp_p
         b = recipient.forward(batch)
     torch.testing.assert_close(a, b)
     cv.save_adapter(random_adapter(donor.d_model, layers=(0, 2), seed=9), folder / "adapter")
-    with pytest.raises(ValueError, match="not the one this transfer was made for"):
+    with pytest.raises(ValueError, match="adapter/.*edited, truncated or swapped"):
         cv.load_transfer(folder)
 
 
@@ -123,18 +141,19 @@ def test_transfer_refuses_too_few_prompts_and_an_adapter_that_changes_nothing(pa
 def test_candidate_search_scores_only_the_prompts_not_scored_yet(pair, exact):
     """Successive halving reuses a candidate's per-prompt scores: scoring it on all prompts after half of them
     equals scoring it on all at once, and the lift of the plain recipient over itself is exactly one half."""
-    from commandv_interp.pipeline.search import CandidateSearch, prepare
+    from commandv_interp.pipeline.candidates import Candidate
+    from commandv_interp.pipeline.search import REFERENCE, CandidateSearch, prepare
 
     donor, recipient, adapter = pair
     setup = prepare(donor, recipient, adapter, random_prompts(48, seed=4))
-    per_layer = pasted_deltas(recipient, adapter, exact)
+    candidate = Candidate("exact", 1, "pinv", "depth", adapter, exact)
     halving, direct = CandidateSearch(setup), CandidateSearch(setup)
-    base = halving.score("none", 0.0, None)
-    assert base["lift"] == pytest.approx(0.5)
-    halving.score("exact", 1.0, per_layer, n=6)
+    base = halving.table().iloc[0]
+    assert base.candidate == REFERENCE and base.lift == pytest.approx(0.5)
+    halving.score(candidate, n=6)
     spent = halving.flops
-    full = halving.score("exact", 1.0, per_layer)
-    once = direct.score("exact", 1.0, per_layer)
+    full = halving.score(candidate)
+    once = direct.score(candidate)
     assert full["n_scoring"] == once["n_scoring"] == len(setup.targets.prompts)
     for key in ("criterion", "lift", "agree_changed", "agree_unchanged"):
         assert full[key] == pytest.approx(once[key], nan_ok=True)

@@ -12,6 +12,7 @@ from commandv_interp.version import __version__  # noqa: F401
 
 from commandv_interp.access import ModelAccess, open_model  # noqa: E402
 from commandv_interp.adapters import Adapter, load_adapter, save_adapter, train_adapter  # noqa: E402
+from commandv_interp.adapters.edit import apply_edit, load_edit  # noqa: E402
 from commandv_interp.converters import (Converters, fit_chained_converters, fit_converters,  # noqa: E402
                                         norm_matched_alpha)
 from commandv_interp.correspondence import LayerMap, match_layers, relative_depth_map  # noqa: E402
@@ -32,10 +33,12 @@ __all__ = [
     "ModelAccess",
     "__version__",
     "apply_adapter",
+    "apply_edit",
     "compile_paste",
     "fit_chained_converters",
     "fit_converters",
     "load_adapter",
+    "load_edit",
     "load_prompts",
     "load_transfer",
     "match_layers",

@@ -1,4 +1,4 @@
-"""Stage 0 (metrics): consumes tensors, produces scalar agreement measures (R², cosine, norm ratios, KL, effective rank).
+"""Consumes tensors, produces scalar agreement measures (R², cosine, norm ratios, KL, effective rank).
 
 All comparisons are row-wise (one row per prompt) and averaged, in float64:
 

@@ -1,4 +1,4 @@
-"""Stage 2 (profiles): consumes prompt files, produces prompt lists and their fingerprints.
+"""Consumes prompt files, produces prompt lists and their fingerprints.
 
 Formats: plain text (one prompt per non-empty line) and JSON (a list of strings, or a list of
 objects with a ``prompt``, ``instruction``, ``input`` or ``text`` field; BIG-Bench-style files with

@@ -1,4 +1,4 @@
-"""Stage 1 (access): consumes a model object, produces a :class:`ModelAccess`.
+"""Consumes a model object, produces a :class:`ModelAccess`.
 
 ``open_model`` dispatches on what it is given:
 

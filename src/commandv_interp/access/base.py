@@ -18,7 +18,7 @@ from commandv_interp.access.positions import last_token_index
 from commandv_interp.access.provenance import config_hash
 from commandv_interp.types import Float, Int, Tensor
 
-__all__ = ["Batch", "EditContext", "EditFn", "ModelAccess", "StopForward"]
+__all__ = ["Batch", "EditContext", "EditFn", "ModelAccess", "StopForward", "check_fits_context", "context_length"]
 
 
 @dataclass(frozen=True)
@@ -271,8 +271,6 @@ class ModelAccess(ABC):
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
         if remote:
             self._check_remote(remote)
-        from commandv_interp.access.limits import check_fits_context  # a sibling module; limits imports base
-
         check_fits_context(self, batch, max_new_tokens)
         batch = batch.left_padded()
         with torch.no_grad():
@@ -323,3 +321,62 @@ def _compose(first: EditFn | None, second: EditFn) -> EditFn:
     forms = (getattr(first, "low_rank", None), getattr(second, "low_rank", None))
     both.low_rank = None if None in forms else forms[0] + forms[1]
     return both
+
+
+# -- context limits (re-exported by :mod:`commandv_interp.access.limits`) ---------------------------------
+
+_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+
+
+def context_length(access: ModelAccess) -> int | None:
+    """The model's number of positions from its Hugging Face config (``None`` if the config names none)."""
+    cfg = access.hf_config
+    for name in _FIELDS:
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _preview(text: str, width: int = 60) -> str:
+    return repr(text if len(text) <= width else text[:width] + "...")
+
+
+def check_fits_context(access: ModelAccess, prompts: Sequence[str] | Batch, new_tokens: int = 0) -> None:
+    """Refuse prompts (or a padded batch) whose tokens plus ``new_tokens`` exceed the model's positions.
+
+    Args:
+        access: the model that will run them.
+        prompts: the exact texts fed to the model, or the :class:`Batch` made from them (its padded width counts).
+        new_tokens: tokens a generation will add after the prompt.
+
+    Raises:
+        ValueError: no prompts, a negative ``new_tokens``, or a prompt too long; the message names the longest
+            prompt, its length and the limit.
+    """
+    if isinstance(prompts, str):
+        raise ValueError("pass a list of prompts, not a single string; wrap it in a list")
+    if not isinstance(new_tokens, int) or new_tokens < 0:
+        raise ValueError(f"new_tokens must be an int >= 0, got {new_tokens!r}")
+    if isinstance(prompts, Batch):
+        lengths = prompts.attention_mask.sum(dim=1).tolist()
+        width = int(prompts.input_ids.shape[1])
+        if not lengths:
+            raise ValueError("the batch holds no prompts; encode at least one")
+        longest = max(range(len(lengths)), key=lambda i: lengths[i])
+        name = f"row {longest} of the batch ({int(lengths[longest])} tokens, padded to {width})"
+    else:
+        texts = list(prompts)
+        if not texts:
+            raise ValueError("no prompts given; pass at least one")
+        ids = access.tokenizer(texts)["input_ids"]
+        lengths = [len(row) for row in ids]
+        longest = max(range(len(lengths)), key=lambda i: lengths[i])
+        width = lengths[longest]
+        name = f"prompt {longest} {_preview(texts[longest])} ({width} tokens)"
+    limit = context_length(access)
+    if limit is None or width + new_tokens <= limit:
+        return
+    plus = f" + {new_tokens} new tokens = {width + new_tokens}" if new_tokens else ""
+    raise ValueError(f"{name}{plus} exceeds the {limit} positions of {access.name!r}; shorten the prompts"
+                     + (" or lower the new tokens (--max-new-tokens)" if new_tokens else ""))

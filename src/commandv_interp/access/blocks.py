@@ -1,4 +1,4 @@
-"""Stage 1 (access): consumes a Hugging Face causal LM, produces the path of its decoder blocks.
+"""Consumes a Hugging Face causal LM, produces the path of its decoder blocks.
 
 Architectures name their block list differently (``model.layers``, ``transformer.h``,
 ``gpt_neox.layers`` ...). We find it structurally: the ``ModuleList`` whose length is the

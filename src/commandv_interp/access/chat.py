@@ -1,4 +1,4 @@
-"""Stage 1 (access): consumes raw prompts and a model's tokenizer, produces the exact texts the model is fed: as
+"""Consumes raw prompts and a model's tokenizer, produces the exact texts the model is fed: as
 they are, through a ``str → str`` function, or through the tokenizer's own chat template (``chat_template=True``,
 the way instruct models are profiled and prompted in the paper).
 """

@@ -3,7 +3,8 @@ the dtype it was loaded in.
 
 The config hash tells models of another shape apart; this digest tells apart two models of the same config with
 other weights (a shuffled or re-trained checkpoint). It reads the input embedding matrix and the first block's
-parameters of the underlying Hugging Face model (the same tensors on both backends), takes ``SAMPLES`` values of
+parameters outside its attention of the underlying Hugging Face model (the same tensors on both backends: a
+TransformerBridge re-arranges some attention projections, e.g. it splits GPT-2's fused ``c_attn``), takes ``SAMPLES`` values of
 each at evenly spaced flat positions and hashes their sign pattern with the names and shapes. A sign survives a
 cast to bfloat16 or float16 (both round to nearest and keep the sign), so a float32, bfloat16 or float16 load of
 one checkpoint gives one digest; a permutation or another training run flips about half of the sampled signs.
@@ -42,8 +43,15 @@ def _tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
         # a TransformerBridge wraps each HF submodule as `<name>._original_component`: the names are HF's once removed
         named = ((name.replace("._original_component", "").replace("_original_component.", ""), p)
                  for name, p in block.named_parameters())
+        named = [(name, p) for name, p in named if not _in_attention(name)]
         out += [(f"block0.{name}", p) for name, p in sorted(named, key=lambda item: item[0])]
     return out
+
+
+def _in_attention(name: str) -> bool:
+    """Whether a block parameter belongs to the attention (``attn.*``, ``self_attn.*``, ``attention.*``)."""
+    first = name.split(".")[0].lower()
+    return "attn" in first or "attention" in first
 
 
 def weights_digest(access: ModelAccess) -> str | None:

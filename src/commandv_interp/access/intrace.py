@@ -1,4 +1,4 @@
-"""Stage 1 (access): the code that runs *inside* an nnsight trace when the trace runs remotely.
+"""The code that runs *inside* an nnsight trace when the trace runs remotely.
 
 A remote trace (NDIF, or nnsight's ``remote="local"`` simulation) ships its body as source plus the values it
 references; the server has torch, einops, transformers and nnsight, but not this package. So everything the body

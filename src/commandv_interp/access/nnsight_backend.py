@@ -1,4 +1,4 @@
-"""Stage 1 (access): consumes a Hugging Face causal LM, produces a :class:`ModelAccess` on nnsight.
+"""Consumes a Hugging Face causal LM, produces a :class:`ModelAccess` on nnsight.
 
 Reads and edits run inside ``nnsight`` traces on the block envoys: interventions are real tensor code executed
 in the model's own forward. Locally the edit functions run as they are. With ``remote=True`` (NDIF) or

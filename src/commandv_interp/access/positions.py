@@ -1,4 +1,4 @@
-"""Stage 1 (access): consumes attention masks, produces per-row token positions.
+"""Consumes attention masks, produces per-row token positions.
 
 Pure tensor logic shared by both backends: where the last prompt token of each row is, and which
 positions a :data:`~commandv_interp.types.PositionRule` selects. Correct for left- and right-padded batches.

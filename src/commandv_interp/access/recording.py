@@ -1,4 +1,4 @@
-"""Stage 1 (access): consumes a model, produces last-prompt-token block outputs recorded *inside* other edits.
+"""Consumes a model, produces last-prompt-token block outputs recorded *inside* other edits.
 
 Edits compose in the order their contexts were entered, so a recorder entered *outside* ``paste`` or
 ``apply_adapter`` sees each block output after the edits of earlier layers but before the edit at its own layer:

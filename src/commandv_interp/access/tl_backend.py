@@ -1,4 +1,4 @@
-"""Stage 1 (access): consumes a TransformerLens ``TransformerBridge``, produces a :class:`ModelAccess`.
+"""Consumes a TransformerLens ``TransformerBridge``, produces a :class:`ModelAccess`.
 
 Uses the bridge's named hook points ``blocks.{l}.hook_out`` (alias ``hook_resid_post``): the
 residual stream after block ``l``. Generation runs Hugging Face ``generate`` on the bridge-wrapped model (its

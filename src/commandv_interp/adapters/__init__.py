@@ -1,4 +1,4 @@
-"""Stage 5 (adapters): ReFT interventions, the :class:`Adapter` that groups them, training and pyreft folder I/O."""
+"""ReFT interventions, the :class:`Adapter` that groups them, training and pyreft folder I/O."""
 
 from commandv_interp.adapters.interventions import (
     ACTIVATIONS,

@@ -1,4 +1,4 @@
-"""Stage 2 (adapters): consumes an :class:`Adapter` (or any per-layer delta functions) and a position rule, produces
+"""Consumes an :class:`Adapter` (or any per-layer delta functions) and a position rule, produces
 the :data:`~commandv_interp.access.EditFn` edits that :meth:`ModelAccess.edited` installs.
 
 An edit adds ``α · Σ delta(h)`` to the block output at the positions its rule selects: on the prompt pass from the

@@ -1,4 +1,4 @@
-"""Stage 5 (adapters): consumes an adapter's layers, produces subsets of them to paste (a layer's share of the
+"""Consumes an adapter's layers, produces subsets of them to paste (a layer's share of the
 behavior, or a paste without the layer that hurts).
 
 >>> layer_subsets([0, 2, 4], ["single", "cumulative_last"])[2:]

@@ -1,4 +1,4 @@
-"""Stage 2 (adapters): consumes an :class:`Intervention`, produces its linear form ``delta(x) = act(x Wᵀ + b) P``.
+"""Consumes an :class:`Intervention`, produces its linear form ``delta(x) = act(x Wᵀ + b) P``.
 
 Every linear-source kind has that form in its own space: NodiReFT and DiReFT directly (``P`` is the projection,
 resp. ``R``); LoReFT/NoReFT with a linear ``act`` as ``W ← W − R``, ``P = R`` (NoReFT subtracts ``P h + b_p``).

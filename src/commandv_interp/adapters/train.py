@@ -1,4 +1,4 @@
-"""Stage 5 (adapters): consumes a :class:`ModelAccess` and (prompt, response) examples, produces a trained
+"""Consumes a :class:`ModelAccess` and (prompt, response) examples, produces a trained
 :class:`Adapter` and a :class:`TrainingRecord`.
 
 The base model is frozen; only the interventions learn. The loss is next-token cross-entropy on the
@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 from commandv_interp.access import Batch, ModelAccess, open_model, prompt_position_mask
 from commandv_interp.access.fingerprint import weights_digest
 from commandv_interp.adapters.interventions import INTERVENTION_KINDS, Adapter, make_intervention
-from commandv_interp.types import Bool, Int, Tensor, check_choice
+from commandv_interp.types import Bool, Float, Int, Tensor, check_choice
 
-__all__ = ["train_adapter", "TrainingRecord", "encode_examples"]
+__all__ = ["train_adapter", "TrainingRecord", "encode_examples", "next_token_loss"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,18 @@ class TrainingRecord:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def next_token_loss(logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"]) -> Tensor:
+    """Mean cross-entropy (float32) of each position's logits against the next position's label, over the labels
+    that are not -100 (the response tokens).
+
+    >>> logits = torch.zeros(1, 3, 5); labels = torch.tensor([[-100, 2, 4]])
+    >>> round(float(next_token_loss(logits, labels)), 6) == round(math.log(5), 6)
+    True
+    """
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
+                                             labels[:, 1:].flatten().to(logits.device), ignore_index=-100)
 
 
 def encode_examples(
@@ -133,9 +145,7 @@ def train_adapter(
             edits = {layer: _train_edit(iv, select) for layer, iv in interventions.items()}
             with access.edited(edits):
                 logits = access.forward(batch)
-            labels = labels.to(logits.device)
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                                                     ignore_index=-100)
+            loss = next_token_loss(logits, labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,4 +1,4 @@
-"""Stage 7 (analysis): per-layer faithfulness of a pasted behavior — converter fidelity, state and delta fidelity,
+"""Per-layer faithfulness of a pasted behavior — converter fidelity, state and delta fidelity,
 downstream effect fidelity, causal layer attribution and null baselines — as tidy pandas DataFrames.
 
 Layer-pair tables have columns ``donor_layer, recipient_layer, metric, value, split``; attribution and baseline
@@ -24,6 +24,7 @@ from commandv_interp.analysis.fidelity import (
     similarity_frame,
     state_delta_fidelity,
 )
+from commandv_interp.analysis.polish_change import edit_attribution, final_edit_analysis, polish_change
 from commandv_interp.analysis.study import Study, run_study
 from commandv_interp.metrics import (
     effective_rank,
@@ -36,7 +37,8 @@ from commandv_interp.metrics import (
 )
 
 __all__ = [
-    "agreement_attribution", "contrast_fidelity", "Study", "run_study",
+    "agreement_attribution", "contrast_fidelity", "edit_attribution", "final_edit_analysis", "polish_change",
+    "Study", "run_study",
     "ATTRIBUTION_MODES", "BehaviorScore", "converter_fidelity", "downstream_fidelity", "effective_rank",
     "kl_divergence", "last_logits", "last_states", "layer_attribution", "layer_subsets", "logit_difference",
     "mean_cosine", "norm_ratio", "null_baselines", "paste_states", "r2", "random_delta_paste", "recording",

@@ -1,4 +1,4 @@
-"""Stage 7 (analysis): consumes a recipient, a donor adapter and converters, produces causal layer attribution
+"""Consumes a recipient, a donor adapter and converters, produces causal layer attribution
 and null baselines (tidy DataFrames), each scored by the behavior logit difference and, optionally, a behavior
 metric computed from generations.
 
@@ -13,8 +13,6 @@ converters).
 """
 
 from __future__ import annotations
-
-import math
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +29,9 @@ from commandv_interp.correspondence import LayerMap
 from commandv_interp.adapters.edits import DeltaFn, delta_edit
 from commandv_interp.converters.transport import pasted_deltas
 from commandv_interp.paste import apply_adapter, paste
-from commandv_interp.pipeline.agreement import donor_targets, score_responses, summarize
+from commandv_interp.pipeline.agreement import donor_targets
+from commandv_interp.pipeline.applied import subset_attribution
+from commandv_interp.pipeline.candidates import Candidate
 from commandv_interp.profiles import ActivationProfile
 
 __all__ = ["BehaviorScore", "agreement_attribution", "layer_subsets", "layer_attribution", "random_delta_paste", "shuffled_converters",
@@ -181,14 +181,5 @@ def agreement_attribution(donor: ModelAccess, recipient: ModelAccess, adapter: A
     donor, recipient = open_model(donor), open_model(recipient)
     targets = donor_targets(donor, adapter, prompts, max_new_tokens)
     converters.check_adapter(adapter)
-    rows = _rows("none", (), _agreement(recipient, targets, None, alpha), "agreement")
-    for mode, layers in [("all", tuple(adapter.layers))] + layer_subsets(adapter.layers, modes):
-        sub, narrowed = adapter.restricted(layers), converters.restricted(adapter, layers)
-        rows += _rows(mode, layers, _agreement(recipient, targets, pasted_deltas(recipient, sub, narrowed), alpha),
-                      "agreement")
-    return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def _agreement(recipient: ModelAccess, targets, per_layer, alpha: float) -> dict[str, float]:
-    summary = summarize(score_responses(recipient, targets, per_layer, alpha), targets.changed)
-    return {k: v for k, v in summary.items() if not (isinstance(v, float) and math.isnan(v))}
+    return subset_attribution(recipient, targets, Candidate("paste", 2, converters.method, "-", adapter, converters),
+                              modes, alpha)

@@ -1,4 +1,4 @@
-"""Stage 7 (analysis): consumes a model (with or without edits active), produces clean/edited last-prompt-token
+"""Consumes a model (with or without edits active), produces clean/edited last-prompt-token
 readouts and next-token logits. Recording the states an edit reads (before it acts) is
 :func:`commandv_interp.access.recording`, re-exported here.
 """

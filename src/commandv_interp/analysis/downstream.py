@@ -1,4 +1,4 @@
-"""Stage 7 (analysis): consumes a donor with its adapter, a recipient with the paste and both models' profiles,
+"""Consumes a donor with its adapter, a recipient with the paste and both models' profiles,
 produces the downstream effect of the edit, layer by layer and at the output (tidy DataFrame).
 
 At every recipient layer ``l_R`` from the first pasted layer on, the pasted edit's effect on the residual stream

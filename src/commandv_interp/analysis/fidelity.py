@@ -1,4 +1,4 @@
-"""Stage 7 (analysis): consumes profiles, converters, a donor adapter and evaluation prompts, produces per-layer
+"""Consumes profiles, converters, a donor adapter and evaluation prompts, produces per-layer
 fidelity tables (tidy DataFrames: one row per layer pair × metric, with the prompt split).
 
 Two questions, layer pair by layer pair (``l_D ↦ l_R``):

@@ -14,8 +14,8 @@ from typing import Annotated
 
 import typer
 
-from commandv_interp.app.cli import (BackendOpt, Behavior, DebugOpt, Globals, JsonOpt, ModelArg, Split, WorldOpt,
-                                     ZooRootOpt, _adapter, _command, _emit, _model, _out_folder, zoo_app)
+from commandv_interp.app.cli_app import (BackendOpt, Behavior, DebugOpt, Globals, JsonOpt, ModelArg, Split, WorldOpt,
+                                         ZooRootOpt, _adapter, _command, _emit, _model, _out_folder, zoo_app)
 
 __all__: list[str] = []
 

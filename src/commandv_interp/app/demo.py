@@ -1,11 +1,14 @@
 """App (demo): consumes a donor → recipient pair of the embedded zoo, produces the one-command offline demo —
-a transfer table per behavior, the compute of Command-V vs a direct finetune, per-layer faithfulness figures and a
+a transfer table per behavior, the compute of the edit vs a direct finetune, per-layer faithfulness figures and a
 Markdown report.
 
-Runs on CPU, offline, in a few minutes. By default each behavior's paste is chosen by the label-free
+Runs on CPU, offline, in a few minutes. By default each behavior's edit is chosen by the label-free
 :func:`~commandv_interp.pipeline.transfer` (both models through nnsight), then scored with labels on held-out test
-prompts; the per-layer faithfulness analysis reads the donor through TransformerLens hook points. With a converter
-``method`` the donor is profiled through TransformerLens instead.
+prompts; every row and compute line says what was applied (:mod:`~commandv_interp.pipeline.labels`: a Command-V
+paste, a paste plus distillation steps, or distillation only). The report analyzes that final edit layer by layer
+(:func:`~commandv_interp.analysis.final_edit_analysis`: what the polish changed, which layers carry the behavior);
+the faithfulness of the paste before its polish reads the donor through TransformerLens hook points. With a
+converter ``method`` the donor is profiled through TransformerLens instead.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from commandv_interp.correspondence import similarity_matrix
 from commandv_interp.io import atomic_write
 from commandv_interp.zoo import load_adapter, load_model, prompts
 from commandv_interp.zoo.scoring import BEHAVIOR_RATES
+from commandv_interp.app.final_edit import FINAL_EDIT_INTRO, final_edit_section
 from commandv_interp.app.transfer_table import CONDITIONS, transfer_rows
+from commandv_interp.pipeline.labels import transfer_label
 from commandv_interp.pipeline import ProfilePair, Transfer, derive, profile_pair, transfer
 from commandv_interp.zoo.prompt_sets import profile_prompts
 from commandv_interp.zoo.world import Behavior
@@ -31,26 +36,28 @@ __all__ = ["run_demo", "format_transfer_tables", "DEFAULT_PAIR"]
 
 DEFAULT_PAIR = ("llama-6x128", "gpt2-4x96")  # cross-architecture and cross-tokenizer (word → BPE)
 TRANSFER_PROMPTS = 128  # unlabeled training prompts per behavior handed to cv.transfer
-LABELS = {"recipient_base": "recipient base", "command_v": "recipient + Command-V",
-          "donor_adapter": "donor + adapter", "recipient_finetune": "recipient + direct ReFT finetune"}
+ANALYSIS_PROMPTS = 64  # held-out test prompts of the per-layer analyses
 
 
 def format_transfer_tables(table: pd.DataFrame) -> str:
-    """Markdown: one table per behavior with the four conditions as rows and the behavior's rates as columns,
-    then the compute of Command-V vs the direct finetune."""
+    """Markdown: one table per behavior with the four conditions as rows (each named by its ``label``: what was
+    applied) and the behavior's rates as columns, then the compute of the edit vs the direct finetune."""
     out = []
     for behavior, group in table.groupby("behavior", sort=False):
         metrics = list(BEHAVIOR_RATES[behavior])
         out += [f"### {behavior}", "", "| condition | " + " | ".join(metrics) + " |",
                 "|---|" + "---|" * len(metrics)]
+        rates = group[~group.metric.isin(["wall_s", "flops"])]
         for condition in CONDITIONS:
-            vals = group[group.condition == condition].set_index("metric")["value"]
-            out.append(f"| {LABELS[condition]} | " + " | ".join(f"{vals.get(m, float('nan')):.2f}" for m in metrics)
+            sub = rates[rates.condition == condition]
+            vals = sub.set_index("metric")["value"]
+            out.append(f"| {sub.label.iloc[0]} | " + " | ".join(f"{vals.get(m, float('nan')):.2f}" for m in metrics)
                        + " |")
+        applied = rates[rates.condition == "command_v"].label.iloc[0].removeprefix("recipient + ")
         cost = group[group.metric.isin(["wall_s", "flops"])].set_index(["condition", "metric"])["value"]
         cv_s, ft_s = cost[("command_v", "wall_s")], cost[("recipient_finetune", "wall_s")]
         cv_f, ft_f = cost[("command_v", "flops")], cost[("recipient_finetune", "flops")]
-        out += ["", f"compute: Command-V {cv_s:.1f} s / {cv_f:.2e} FLOPs (the whole derivation, selection included) "
+        out += ["", f"compute: {applied} {cv_s:.1f} s / {cv_f:.2e} FLOPs (the whole derivation, selection included) "
                     "vs direct "
                     f"finetune {ft_s:.1f} s / {ft_f:.2e} FLOPs → ratio "
                     f"{cv_s / ft_s:.3f} (time), {cv_f / ft_f:.4f} (FLOPs)", ""]
@@ -112,22 +119,41 @@ def run_demo(donor: str = DEFAULT_PAIR[0], recipient: str = DEFAULT_PAIR[1],
     atomic_write(out / "transfer.csv", lambda p: table.to_csv(p, index=False))
     faith, figures = _faithfulness(donor_tl, recipient_nn, derivations, behaviors, out, alpha)
     first = derivations[behaviors[0]]
+    final_lines: list[str] = []
     if method == "transfer":
-        setup = "; ".join(f"{b}: `{d.choice}`, α = {d.alpha:.2f}, layer map {d.layer_map}"
+        setup = "; ".join(f"{b}: **{transfer_label(d)}** (`{d.choice}`, layer map {d.layer_map})"
                           for b, d in derivations.items())
         header = (f"Label-free `cv.transfer` per behavior on {TRANSFER_PROMPTS} unlabeled training prompts ({setup}); "
-                  f"test prompts per behavior: {limit or 'all'}. The per-layer faithfulness below is of each "
-                  "chosen paste before its polish (none where the distillation from scratch was chosen).")
+                  f"test prompts per behavior: {limit or 'all'}. Each table's edit row names what was applied; the "
+                  "final edit is analyzed layer by layer below, then the faithfulness of the paste before its polish "
+                  "(none where distillation only was chosen).")
+        final_lines = _final_edit_section(donor_nn, recipient_nn, adapters, derivations, behaviors, out)
     else:
         header = (f"Converters: `{method}`{' (chained)' if chain else ''}; α = {alpha:g}; layer matching: `{match}`; "
                   f"profile prompts: `{profile_set}` ({first.n_prompts}); layer map {first.layer_map.as_dict()}; "
                   f"test prompts per behavior: {limit or 'all'}.")
     report = [f"# Command-V demo: {donor} → {recipient}", "", header, "", format_transfer_tables(table), "",
-              "## Per-layer faithfulness", ""]
+              *final_lines, "## Per-layer faithfulness" + (" of the paste before its polish" if final_lines else ""),
+              ""]
     report += [f"![{f.stem}]({f.name})" for f in figures]
     report += ["", f"Total demo time: {time.perf_counter() - start:.0f} s."]
     atomic_write(out / "report.md", lambda p: p.write_text("\n".join(report) + "\n"))
     return table
+
+
+def _final_edit_section(donor, recipient, adapters, derivations, behaviors, out: Path) -> list[str]:
+    """The report's analysis of each behavior's final edit on held-out test prompts: ``final_edit.csv``, a figure
+    per behavior and a per-layer table (which layers carry the behavior; what the polish changed)."""
+    lines, frames = ["## The final edit, layer by layer", "",
+                     f"On {ANALYSIS_PROMPTS} held-out test prompts per behavior. {FINAL_EDIT_INTRO}", ""], []
+    for behavior in behaviors:
+        frame, section, _ = final_edit_section(donor, recipient, adapters[behavior], derivations[behavior],
+                                               prompts(behavior, "test")[:ANALYSIS_PROMPTS], out, behavior)
+        frames.append(frame.assign(behavior=behavior))
+        lines += section
+    final = pd.concat(frames, ignore_index=True)
+    atomic_write(out / "final_edit.csv", lambda p: final.to_csv(p, index=False))
+    return lines
 
 
 def _faithfulness(donor, recipient, derivations, behaviors, out: Path, alpha: float

@@ -52,6 +52,9 @@ def _zoo_parts(spec: str, root: Path) -> list[Path]:
     parts = spec.split(":")
     if spec.startswith("zoo:") and len(parts) == 3:
         candidates = [root / parts[1] / "adapters" / parts[2]]
+    elif spec.startswith("zoo:") and len(parts) == 4:  # zoo:<model>:<behavior>:<lora|steering>
+        folder = root / "edits" / parts[1] / parts[2]
+        candidates = [folder / "lora", folder / "steering.safetensors", root / parts[1] / "adapters" / parts[2]]
     elif not spec.startswith("zoo:") and "/" not in spec and os.sep not in spec:
         candidates = [root / spec]
     else:

@@ -4,7 +4,10 @@ produces the transfer table: Command-V's scores beside the baselines, with costs
 The four conditions per behavior, all on the held-out test prompts without cue: ``recipient_base`` (the recipient
 alone), ``command_v`` (the donor's adapter pasted into the recipient), ``donor_adapter`` (the donor with its own
 adapter) and ``recipient_finetune`` (the recipient with an adapter of the same kind and rank trained directly on it:
-the zoo's own adapter of the recipient, whose training record gives the direct-finetune cost).
+the zoo's own adapter of the recipient, whose training record gives the direct-finetune cost). Every row carries a
+``label`` saying what was applied: for ``command_v`` the transfer's outcome
+(:func:`~commandv_interp.pipeline.labels.transfer_label`: "recipient + Command-V paste", "… + N distillation steps"
+or "recipient + distillation only (no paste)").
 """
 
 from __future__ import annotations
@@ -16,14 +19,23 @@ import pandas as pd
 from commandv_interp.access import ModelAccess
 from commandv_interp.paste import apply_adapter, paste
 from commandv_interp.pipeline import Derivation, Transfer
+from commandv_interp.pipeline.labels import PASTE, transfer_label
 from commandv_interp.types import PositionRule
 from commandv_interp.zoo.catalog import load_adapter, manifest
 from commandv_interp.zoo.evaluate import evaluate
 from commandv_interp.zoo.world import Behavior
 
-__all__ = ["CONDITIONS", "transfer_rows"]
+__all__ = ["CONDITIONS", "CONDITION_LABELS", "command_v_label", "transfer_rows"]
 
 CONDITIONS = ("recipient_base", "command_v", "donor_adapter", "recipient_finetune")
+CONDITION_LABELS = {"recipient_base": "recipient base", "donor_adapter": "donor + adapter",
+                    "recipient_finetune": "recipient + direct ReFT finetune"}
+"""The label of every condition but ``command_v``, whose label says what the transfer applied."""
+
+
+def command_v_label(derivation: Derivation | Transfer) -> str:
+    """What the ``command_v`` condition applies: a :class:`Transfer`'s outcome, or a derivation's paste."""
+    return transfer_label(derivation) if isinstance(derivation, Transfer) else PASTE
 
 
 def _manifest_rates(model: str, behavior: str, condition: str) -> dict[str, float]:
@@ -47,14 +59,16 @@ def transfer_rows(donor: ModelAccess, recipient: ModelAccess,
             rates are read from the zoo manifest, where ``zoo train`` measured them on the same full test split.
 
     Returns:
-        Tidy rows ``donor, recipient, behavior, condition, metric, value``, plus the cost rows
+        Tidy rows ``donor, recipient, behavior, condition, label, metric, value``, plus the cost rows
         (``condition`` ``command_v``/``recipient_finetune``, metrics ``wall_s`` and ``flops``).
     """
     rows = []
+    labels: dict[str, str] = {}
 
     def add(behavior: str, condition: str, rates: dict[str, float]) -> None:
+        label = CONDITION_LABELS.get(condition) or f"recipient + {labels[behavior]}"
         rows.extend({"donor": donor.name, "recipient": recipient.name, "behavior": behavior, "condition": condition,
-                     "metric": k, "value": float(v)} for k, v in rates.items())
+                     "label": label, "metric": k, "value": float(v)} for k, v in rates.items())
 
     per_behavior = derivation if isinstance(derivation, Mapping) else {b: derivation for b in behaviors}  # type: ignore[misc]
     missing = [b for b in behaviors if b not in per_behavior]
@@ -62,6 +76,7 @@ def transfer_rows(donor: ModelAccess, recipient: ModelAccess,
         raise ValueError(f"no derivation for behaviors {missing}; pass one per behavior or a single Derivation")
     for behavior in behaviors:
         adapter, d = load_adapter(donor.name, behavior), per_behavior[behavior]
+        labels[behavior] = command_v_label(d)
         add(behavior, "recipient_base", evaluate(recipient, behavior, limit=limit))
         # a transfer applies what it chose (a paste of some layers, or the polished adapter)
         edit = d.paste(recipient) if isinstance(d, Transfer) else paste(recipient, adapter, d.converters,

@@ -1,4 +1,4 @@
-"""Stage 4 (converters): linear maps between the donor's and the recipient's residual streams, per mapped layer pair.
+"""Linear maps between the donor's and the recipient's residual streams, per mapped layer pair.
 
 - :mod:`.artifact`: :class:`Converters` (the artifact, its checks, safetensors I/O).
 - :mod:`.regression`: closed-form ridge/pinv/procrustes fits on paired matrices.

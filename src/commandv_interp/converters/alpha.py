@@ -1,4 +1,4 @@
-"""Stage 4 (converters): consumes a donor :class:`Adapter`, :class:`Converters` and both models' profiles,
+"""Consumes a donor :class:`Adapter`, :class:`Converters` and both models' profiles,
 produces the paste scale ``α``.
 
 The pasted delta is ``δ_R = to_recipient.linear(δ(to_donor(h_R)))``. When the converters stretch or shrink

@@ -1,4 +1,4 @@
-"""Stage 4 (converters, chained): consumes a donor and a recipient model, the donor's :class:`Adapter` and prompts
+"""Consumes a donor and a recipient model, the donor's :class:`Adapter` and prompts
 (optionally profiles over them and a :class:`LayerMap`), produces adapter-aware (``interface``) :class:`Converters` fitted layer after
 layer on the states each pasted intervention actually reads: a *chained* fit.
 

@@ -1,4 +1,4 @@
-"""Stage 4 (converters): consumes two profiles, a :class:`LayerMap` and (for ``interface``) the donor's adapter,
+"""Consumes two profiles, a :class:`LayerMap` and (for ``interface``) the donor's adapter,
 produces :class:`Converters`: the one fitting entry over every profile-based method.
 
 Methods: ``pinv`` (the paper's), ``ridge``, ``affine``, ``procrustes`` map all dimensions of each layer pair

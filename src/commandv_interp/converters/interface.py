@@ -1,4 +1,4 @@
-"""Stage 4 (converters, adapter-aware): consumes two profiles, a :class:`LayerMap` and a donor :class:`Adapter`,
+"""Consumes two profiles, a :class:`LayerMap` and a donor :class:`Adapter`,
 produces :class:`Converters` fitted to the adapter's *interface* (``method="interface"``).
 
 A linear-source adapter (NodiReFT, DiReFT, linear LoReFT/NoReFT) touches the residual stream through two

@@ -1,4 +1,4 @@
-"""Stage 4 (converters): consumes paired matrices ``X → Y``, produces closed-form linear fits.
+"""Consumes paired matrices ``X → Y``, produces closed-form linear fits.
 
 All fits go through one SVD of ``X`` (float64), so a fit of rank ``k ≤ n`` is returned factored:
 ``W = left @ right`` with ``left: d_out × k`` and ``right: k × d_in``.

@@ -1,4 +1,4 @@
-"""Stage 3 (correspondence): which recipient layer each donor layer maps to, by relative depth or by similarity."""
+"""Which recipient layer each donor layer maps to, by relative depth or by similarity."""
 
 from commandv_interp.correspondence.layer_map import (LayerMap, MatchMethod, match_layers, monotone_alignment,
                                                       relative_depth, relative_depth_map, similarity_matrix)

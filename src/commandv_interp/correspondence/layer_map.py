@@ -1,4 +1,4 @@
-"""Stage 3 (correspondence): consumes two :class:`ActivationProfile` s, produces a :class:`LayerMap`.
+"""Consumes two :class:`ActivationProfile` s, produces a :class:`LayerMap`.
 
 Two rules: the paper's relative depth, and similarity search over the full ``L_D × L_R`` matrix of a
 chosen metric, matched per donor layer (argmax) or as a monotone alignment (donor order preserved).

@@ -1,4 +1,4 @@
-"""Stage 3 (correspondence): consumes two paired activation matrices, produces a similarity score.
+"""Consumes two paired activation matrices, produces a similarity score.
 
 Every metric takes ``X: n × d_donor`` and ``Y: n × d_recipient`` whose rows are the same prompts and
 returns a float; higher means more similar. All computed in float64.

@@ -1,10 +1,15 @@
-"""Stage 6 (pipeline): label-free transfer in one call (and its steering-vector baseline); profile → match → fit
-with its cost; artifact storage."""
+"""Label-free transfer in one call (and its steering-vector baseline), its saved and replayable folder; profile →
+match → fit with its cost; artifact storage."""
 
 from commandv_interp.pipeline.derive import Derivation, ProfilePair, derive, profile_pair
 from commandv_interp.pipeline.storage import converter_numbers, storage_table
-from commandv_interp.pipeline.label_free import Transfer, load_transfer, transfer
+from commandv_interp.pipeline.config import TransferConfig
+from commandv_interp.pipeline.candidates import Candidate
+from commandv_interp.pipeline.result import Transfer, load_transfer
+from commandv_interp.pipeline.label_free import run_transfer, transfer
+from commandv_interp.pipeline.replay import Replay, replay_transfer
 from commandv_interp.pipeline.steering import Steering, steering_transfer
 
-__all__ = ["Derivation", "ProfilePair", "Steering", "Transfer", "converter_numbers", "derive", "load_transfer",
-           "profile_pair", "steering_transfer", "storage_table", "transfer"]
+__all__ = ["Candidate", "Derivation", "ProfilePair", "Replay", "Steering", "Transfer", "TransferConfig",
+           "converter_numbers", "derive", "load_transfer", "profile_pair", "replay_transfer", "run_transfer",
+           "steering_transfer", "storage_table", "transfer"]

@@ -35,12 +35,14 @@ import torch
 from commandv_interp.access import Batch, EditContext, ModelAccess, batches
 from commandv_interp.access.limits import context_length
 from commandv_interp.adapters import Adapter
-from commandv_interp.adapters.edits import DeltaFn, adapter_edits
-from commandv_interp.types import Float, Tensor
+from commandv_interp.adapters.edit import Edit, apply_edit
+from commandv_interp.adapters.edits import DeltaFn
+from commandv_interp.adapters.surrogate import teacher_of
+from commandv_interp.types import Float, Int, Tensor
 
 __all__ = ["DonorTargets", "ResponseScores", "at_prompt_end", "answer_limit", "behavior_span", "donor_answers", "donor_targets",
-           "greedy_responses", "onset_prompts", "response_sequences", "score_responses", "summarize", "targets_from",
-           "ANSWER_CAP"]
+           "greedy_responses", "onset_prompts", "response_sequences", "answer_labels", "score_responses", "summarize", "targets_from",
+           "teaching", "ANSWER_CAP"]
 
 ANSWER_CAP = 64  # new tokens at most in a donor answer: answers end at EOS or a newline first (whole answers)
 
@@ -57,6 +59,12 @@ class DonorTargets:
     @property
     def n_changed(self) -> int:
         return sum(self.changed)
+
+
+def teaching(donor: ModelAccess, adapter: Adapter | Edit):
+    """The donor answering as the teacher does inside the block: with ``adapter``, or, for a surrogate of another
+    edit (a LoRA, a steering vector: :func:`~commandv_interp.adapters.surrogate.fit_surrogate`), with that edit."""
+    return apply_edit(donor, teacher_of(adapter))
 
 
 def donor_targets(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], max_new_tokens: int,
@@ -78,7 +86,7 @@ def donor_answers(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], 
     """The donor's greedy answers (whole words) with and without ``adapter``: ``(adapted, plain)``."""
     prompts = list(prompts)
     plain = greedy_responses(donor, prompts, max_new_tokens, batch_size, whole_words=True)
-    with torch.no_grad(), donor.edited(adapter_edits(donor, adapter)):
+    with torch.no_grad(), teaching(donor, adapter):
         adapted = greedy_responses(donor, prompts, max_new_tokens, batch_size, whole_words=True)
     return adapted, plain
 
@@ -120,7 +128,7 @@ def onset_prompts(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], 
     words come from the donor itself."""
     prompts = list(prompts)
     plain = greedy_responses(donor, prompts, 1, batch_size)
-    with donor.edited(adapter_edits(donor, adapter)):
+    with teaching(donor, adapter):
         adapted = greedy_responses(donor, prompts, 1, batch_size)
     out = []
     for prompt, a, b in zip(prompts, adapted, plain):
@@ -203,6 +211,15 @@ def response_sequences(access: ModelAccess, prompts: Sequence[str], responses: S
         ids[i, :len(r)] = torch.tensor(r)
         mask[i, :len(r)] = 1
     return Batch(ids, mask), prompt_lens, [len(r) for r in rows]
+
+
+def answer_labels(batch: Batch, prompt_lens: Sequence[int], lengths: Sequence[int]) -> Int[Tensor, "batch pos"]:
+    """The targets of a next-token loss on the answers of :func:`response_sequences`: each row's ids from its prompt
+    length to its length, -100 elsewhere (on the batch's device)."""
+    labels = torch.full(batch.input_ids.shape, -100, dtype=torch.long, device=batch.input_ids.device)
+    for row, (p, n) in enumerate(zip(prompt_lens, lengths)):
+        labels[row, p:n] = batch.input_ids[row, p:n]
+    return labels
 
 
 def at_prompt_end(per_layer: dict[int, list[DeltaFn]], prompt_lens: Sequence[int], alpha: float) -> dict:

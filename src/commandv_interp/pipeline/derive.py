@@ -115,25 +115,27 @@ def derive(donor_model: ModelAccess, recipient_model: ModelAccess, prompts: Sequ
     return Derivation(p_donor, p_recipient, layer_map, converters, wall, flops, pair.n_prompts)
 
 
-def _chain_flops(donor: ModelAccess, recipient: ModelAccess, prompts: Sequence[str], adapter: Adapter,
+def _chain_flops(donor_model: ModelAccess, recipient_model: ModelAccess, prompts: Sequence[str], adapter: Adapter,
                  layer_map: LayerMap, skip_first: bool) -> float:
     """The chained fit's own passes: the donor with its adapter up to its highest layer, the recipient up to each
     mapped recipient layer (the lowest one spared when it comes from a profile)."""
     targets = sorted(set(layer_map.restrict(adapter.layers).as_dict().values()))[int(skip_first):]
-    return (forward_flops(donor, prompts, max(adapter.layers))
-            + sum(forward_flops(recipient, prompts, r) for r in targets))
+    return (forward_flops(donor_model, prompts, max(adapter.layers))
+            + sum(forward_flops(recipient_model, prompts, r) for r in targets))
 
 
-def _derive_chained_by_depth(donor: ModelAccess, recipient: ModelAccess, prompts: Sequence[str] | ProfilePair,
-                             adapter: Adapter, chain_alpha: float) -> Derivation:
+def _derive_chained_by_depth(donor_model: ModelAccess, recipient_model: ModelAccess,
+                             prompts: Sequence[str] | ProfilePair, adapter: Adapter,
+                             chain_alpha: float) -> Derivation:
     pair = prompts if isinstance(prompts, ProfilePair) else None
     texts = list(pair.prompts if pair is not None else prompts)  # type: ignore[union-attr]
     start = time.perf_counter()
-    layer_map = relative_depth_map(adapter.layers, donor.n_layers, recipient.n_layers, donor.name, recipient.name)
-    converters = fit_chained_converters(donor, recipient, adapter, texts, layer_map, chain_alpha)
+    layer_map = relative_depth_map(adapter.layers, donor_model.n_layers, recipient_model.n_layers, donor_model.name,
+                                   recipient_model.name)
+    converters = fit_chained_converters(donor_model, recipient_model, adapter, texts, layer_map, chain_alpha)
     wall = time.perf_counter() - start
-    width = 2 * 2 * adapter.rank * (donor.d_model + recipient.d_model)  # each layer's fit
-    flops = (_chain_flops(donor, recipient, texts, adapter, layer_map, skip_first=False)
+    width = 2 * 2 * adapter.rank * (donor_model.d_model + recipient_model.d_model)  # each layer's fit
+    flops = (_chain_flops(donor_model, recipient_model, texts, adapter, layer_map, skip_first=False)
              + 4.0 * len(texts) * width * len(layer_map.pairs))
     return Derivation(pair.donor_profile if pair else None, pair.recipient_profile if pair else None, layer_map,
                       converters, wall, flops, len(texts))

@@ -31,7 +31,8 @@ from commandv_interp.access import Batch, ModelAccess
 from commandv_interp.adapters import Adapter, Intervention, NodiReFT
 from commandv_interp.adapters.interventions import make_intervention
 from commandv_interp.adapters.linear_form import read_activation
-from commandv_interp.pipeline.agreement import at_prompt_end, response_sequences
+from commandv_interp.adapters.train import next_token_loss
+from commandv_interp.pipeline.agreement import answer_labels, at_prompt_end, response_sequences
 
 __all__ = ["Distillation", "balanced", "fresh_adapter", "finetune_flops_estimate", "POLISH_STEPS", "POLISH_ROUND",
            "POLISH_BATCH", "POLISH_LR", "POLISH_BUDGET", "LR_GRID", "PATIENCE", "FINETUNE_SEQUENCES"]
@@ -150,13 +151,9 @@ class Distillation:
         per_layer = {layer: [iv.delta] for layer, iv in self._interventions.items()}
         with self.recipient.edited(at_prompt_end(per_layer, prompt_lens, 1.0)):
             logits = self.recipient.forward(batch).float()
-        labels = torch.full(batch.input_ids.shape, -100, dtype=torch.long, device=logits.device)
-        for i, (p, n) in enumerate(zip(prompt_lens, lengths)):
-            labels[i, p:n] = batch.input_ids[i, p:n]
         self.tokens += int(batch.attention_mask.sum())
         self.flops += self.step_flops(prepared)
-        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten().to(logits.device),
-                                                 ignore_index=-100)
+        return next_token_loss(logits, answer_labels(batch, prompt_lens, lengths))
 
     def loss_on(self, prompts: Sequence[str], answers: Sequence[str]) -> float:
         """The distillation loss on given pairs, without training or counting (e.g. held-out pairs)."""

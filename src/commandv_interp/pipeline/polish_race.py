@@ -6,8 +6,9 @@ improves, and stops at a FLOPs budget.
 1. **Learning rate.** Every start trains one round at each learning rate of ``PolishPlan.lrs`` (ascending), and each
    trial is scored. All starts see the same rates, so the race between them is fair; the sweep stops after a rate at
    which a trial already reproduces every scoring answer (criterion 1).
-2. **The race.** The trial with the best held-out score goes on: the criterion, then the lift, then the agreement on
-   the unchanged prompts (all held-out measures; no start is preferred by its position in the list).
+2. **The race.** The trial with the best held-out score goes on, by the search's one ranking rule
+   (:data:`~commandv_interp.pipeline.candidates.RANKING`: the criterion, then the lift, then the agreement on the
+   unchanged prompts; no start is preferred by its position in the list).
 3. **Patience.** The winner trains round after round while a round raises the criterion (or, at an equal criterion,
    the lift by ``LIFT_STEP``); it stops after ``PolishPlan.patience`` rounds without that, at criterion 1, at
    ``PolishPlan.max_steps`` steps, or when the budget cannot pay for another step and its scoring.
@@ -24,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from commandv_interp.adapters import Adapter
+from commandv_interp.pipeline.candidates import ranking_key
 from commandv_interp.pipeline.polish import LR_GRID, PATIENCE, POLISH_ROUND, POLISH_STEPS, Distillation
 
 __all__ = ["PolishPlan", "PolishOutcome", "race", "LIFT_STEP"]
@@ -79,11 +81,6 @@ class PolishOutcome:
         return self.train_flops + self.score_flops
 
 
-def held_out_key(row: Mapping) -> tuple[float, float, float]:
-    """What the race ranks by: criterion, then lift, then agreement on unchanged prompts (NaN counts as 0)."""
-    return tuple(0.0 if v != v else float(v) for v in (row["criterion"], row["lift"], row.get("agree_unchanged", 0.0)))
-
-
 def race(starts: Mapping[str, Adapter], trainer: Trainer, score: Scorer, plan: PolishPlan) -> PolishOutcome:
     """Sweep the learning rates on every start, continue the best trial while the criterion improves, within the
     budget (see the module doc). Returns every scored round."""
@@ -98,14 +95,14 @@ def race(starts: Mapping[str, Adapter], trainer: Trainer, score: Scorer, plan: P
             row = _round(name, t, score, plan, out)
             if row is not None:
                 trials.append((name, t, row))
-        if trials and max(held_out_key(r)[0] for _, _, r in trials) >= 1.0:
+        if trials and max(ranking_key(r)[0] for _, _, r in trials) >= 1.0:
             break
     if not trials:
         return out
-    name, t, best = max(trials, key=lambda trial: held_out_key(trial[2]))
+    name, t, best = max(trials, key=lambda trial: ranking_key(trial[2]))
     out.winner = best["candidate"]
     wait = 0
-    while wait < plan.patience and t.steps < plan.max_steps and held_out_key(best)[0] < 1.0:
+    while wait < plan.patience and t.steps < plan.max_steps and ranking_key(best)[0] < 1.0:
         row = _round(name, t, score, plan, out)
         if row is None:
             break
@@ -117,7 +114,7 @@ def race(starts: Mapping[str, Adapter], trainer: Trainer, score: Scorer, plan: P
 
 
 def _improves(row: Mapping, best: Mapping) -> bool:
-    (c, lift, _), (c0, lift0, _) = held_out_key(row), held_out_key(best)
+    (c, lift, _), (c0, lift0, _) = ranking_key(row), ranking_key(best)
     return c > c0 + 1e-12 or (c >= c0 - 1e-12 and lift > lift0 + LIFT_STEP)
 
 

@@ -11,8 +11,8 @@ both models on (at most ``PROFILE_PROMPTS`` of) the fitting prompts plus the sam
 first response word
 (:func:`~commandv_interp.pipeline.agreement.onset_prompts`), with the two layer maps (relative depth, similarity).
 
-:class:`CandidateSearch` scores pastes (recipient layer → delta functions, at a scale α) by the donor-agreement
-criterion, teacher-forced on the donor+adapter's answers only (the *lift* over the plain recipient breaks ties),
+:class:`CandidateSearch` scores :class:`~commandv_interp.pipeline.candidates.Candidate` values (pastes and native
+recipient adapters) by the donor-agreement criterion, teacher-forced on the donor+adapter's answers only (the *lift* over the plain recipient breaks ties),
 and keeps each candidate's per-prompt scores: scoring a candidate on more prompts later (successive halving: every
 candidate on the first half, the best on all) runs only the prompts not scored yet. It counts the FLOPs of
 everything it runs, so that a caller reports the cost of the whole search.
@@ -29,21 +29,21 @@ import torch
 
 from commandv_interp.access import ModelAccess, forward_flops, open_model
 from commandv_interp.adapters import Adapter
-from commandv_interp.adapters.edits import DeltaFn
 from commandv_interp.correspondence import LayerMap, match_layers
-from commandv_interp.pipeline.agreement import (DonorTargets, ResponseScores, ANSWER_CAP, answer_limit, behavior_span,
-                                                donor_answers,
-                                                onset_prompts, score_responses, summarize, targets_from)
+from commandv_interp.pipeline.agreement import (ANSWER_CAP, DonorTargets, ResponseScores, answer_limit,
+                                                behavior_span, donor_answers, onset_prompts, score_responses,
+                                                summarize, targets_from)
+from commandv_interp.pipeline.candidates import Candidate, rank
 from commandv_interp.pipeline.split import stratified_split
 from commandv_interp.profiles import ActivationProfile, profile
 from commandv_interp.prompts import prompts_fingerprint
 
 __all__ = ["SearchSetup", "CandidateSearch", "prepare", "check_transfer_prompts", "generation_flops", "MIN_PROMPTS",
-           "PROFILE_PROMPTS"]
+           "PROFILE_PROMPTS", "REFERENCE"]
 
 MIN_PROMPTS = 16  # a quarter held out for scoring leaves at least 12 to fit on
 PROFILE_PROMPTS = 96  # fitting prompts profiled (with their onsets): the profiles' cost stays bounded as prompts grow
-PerLayer = dict[int, list[DeltaFn]]
+REFERENCE = "recipient (no paste)"  # the first row of every candidates table: the plain recipient
 
 
 @dataclass
@@ -62,8 +62,8 @@ class SearchSetup:
         flops: the FLOPs spent so far (targets, onsets, profiles).
     """
 
-    donor: ModelAccess
-    recipient: ModelAccess
+    donor_model: ModelAccess
+    recipient_model: ModelAccess
     adapter: Adapter
     fitting: list[str]
     scoring: list[str]
@@ -77,6 +77,8 @@ class SearchSetup:
     flops: float = 0.0
     fitting_answers: tuple[str, ...] = ()  # the donor+adapter's answers to ``fitting`` (what the polish learns)
     fitting_changed: tuple[bool, ...] = ()  # per fitting prompt, whether the adapter changed the donor's answer
+    answer_tokens: int = 0  # the new tokens the donor's answers were generated with (the cap the contexts allow)
+    answer_words: int = 0  # the behavior span the answers were cut to, in words (0: none differs)
 
     def plain_profiles(self) -> tuple[ActivationProfile, ActivationProfile]:
         """The profiles' rows of the plain fitting prompts (no onset word): the paper's profile set."""
@@ -97,7 +99,7 @@ def check_transfer_prompts(prompts: Sequence[str]) -> list[str]:
 
 def prepare(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Adapter, prompts: Sequence[str],
             scoring_fraction: float = 0.25, max_new_tokens: int = ANSWER_CAP, batch_size: int = 32,
-            seed: int = 0) -> SearchSetup:
+            seed: int = 0, profile_prompts: int = PROFILE_PROMPTS) -> SearchSetup:
     """Split ``prompts``, take the donor's targets on the scoring part and profile both models on the fitting part
     (see the module doc). The donor's answers are whole (up to EOS or a newline), at most ``max_new_tokens`` tokens
     and what either model's context leaves after the longest prompt. Forward passes only; the FLOPs are counted in
@@ -110,13 +112,13 @@ def prepare(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Ada
     adapted, plain = donor_answers(donor, adapter, prompts, max_new_tokens, batch_size)
     flops = sum(forward_flops(donor, [f"{p} {a}" for p, a in zip(prompts, answers)])  # a cached generation: one
                 for answers in (adapted, plain))  # pass over each prompt and answer token
-    adapted, plain, _ = behavior_span(adapted, plain)
+    adapted, plain, words = behavior_span(adapted, plain)
     changed = [a != b for a, b in zip(adapted, plain)]
     targets_from(prompts, adapted, plain, max_new_tokens)  # refuses an adapter that changes no answer
     score_rows, fit_rows = stratified_split(changed, scoring_fraction, seed)
     scoring, fitting = [prompts[i] for i in score_rows], [prompts[i] for i in fit_rows]
     targets = targets_from(scoring, [adapted[i] for i in score_rows], [plain[i] for i in score_rows], max_new_tokens)
-    profiled = fitting[:PROFILE_PROMPTS]
+    profiled = fitting[:profile_prompts]
     augmented = profiled + onset_prompts(donor, adapter, profiled, batch_size)
     flops += 2 * forward_flops(donor, profiled)
     p_donor = profile(donor, augmented, layers=adapter.layers, batch_size=batch_size, progress=False)
@@ -126,7 +128,7 @@ def prepare(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Ada
     maps = {match: match_layers(p_donor, p_recipient, match, adapter.layers) for match in ("depth", "similarity")}
     return SearchSetup(donor, recipient, adapter, fitting, scoring, profiled, augmented, targets, p_donor, p_recipient,
                        maps, batch_size, flops, tuple(adapted[i] for i in fit_rows),
-                       tuple(changed[i] for i in fit_rows))
+                       tuple(changed[i] for i in fit_rows), max_new_tokens, words)
 
 
 @dataclass
@@ -139,57 +141,66 @@ class _Scored:
 class CandidateSearch:
     """Candidates scored by donor agreement on the scoring prompts, their rows, and the FLOPs spent.
 
-    A candidate is a key (its name and α) and a function building its deltas (recipient layer → delta functions,
-    ``None`` for the plain recipient). :meth:`score` scores it on the first ``n`` scoring prompts, reusing what it
-    scored before; :meth:`table` is one row per :meth:`score` call.
+    :meth:`score` scores a :class:`~commandv_interp.pipeline.candidates.Candidate` on the first ``n`` scoring
+    prompts, reusing what it scored of the same candidate (by name) before; :meth:`table` has one row per
+    :meth:`score` call, the first one the plain recipient (:data:`REFERENCE`, for reference); :meth:`best` applies
+    the one ranking rule, :func:`~commandv_interp.pipeline.candidates.rank`.
     """
 
     setup: SearchSetup
     flops: float = 0.0
     rows: list[dict] = field(default_factory=list)
-    _cache: dict[tuple, _Scored] = field(default_factory=dict)
-    _reference: _Scored | None = None
+    scored: dict[str, Candidate] = field(default_factory=dict)  # every candidate scored, by name
+    _cache: dict[str, _Scored] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.flops = self.setup.flops
         texts = [p + " " + r for p, r in zip(self.setup.targets.prompts, self.setup.targets.target)]
-        self._per_prompt_flops = forward_flops(self.setup.recipient, texts) / max(len(texts), 1)
+        self._per_prompt_flops = forward_flops(self.setup.recipient_model, texts) / max(len(texts), 1)
+        self.rows.append(self._row({"candidate": REFERENCE, "stage": 0, "method": "none", "match": "none",
+                                    "layers": "", "polish_steps": 0, "polish_lr": None,
+                                    "polish_budget_flops": None, "paper_exact": False,
+                                    "fit_flops": 0.0,
+                                    "fit_s": 0.0}, None, self.n_scoring))
 
     @property
     def n_scoring(self) -> int:
         return len(self.setup.targets.prompts)
 
-    def score(self, name: str, alpha: float, per_layer: PerLayer | Callable[[], PerLayer] | None, n: int | None = None,
-              **info) -> dict:
-        """Score candidate ``name`` at ``alpha`` on the first ``n`` scoring prompts (all by default); ``info``
-        columns (method, match, stage, costs, …) go into its row, which is returned."""
-        n = self.n_scoring if n is None else min(n, self.n_scoring)
-        t0, flops0 = time.perf_counter(), self.flops
-        reference = self._scored(("recipient (no paste)", 0.0), None, 0.0, n)
-        got = self._scored((name, float(alpha)), per_layer, alpha, n) if per_layer is not None else reference
-        changed = self.setup.targets.changed[:n]
-        row = {"candidate": name, "alpha": float(alpha), **info,
-               **summarize(got.scores.take(range(n)), changed, reference.scores.take(range(n))),
-               "n_scoring": n, "n_changed": sum(changed), "score_flops": self.flops - flops0,
-               "score_s": time.perf_counter() - t0}
+    def score(self, candidate: Candidate, n: int | None = None) -> dict:
+        """Score ``candidate`` on the first ``n`` scoring prompts (all by default); its row is returned."""
+        if candidate.name == REFERENCE:
+            raise ValueError(f"{REFERENCE!r} names the plain recipient; give the candidate another name")
+        self.scored[candidate.name] = candidate
+        row = self._row(candidate.columns(), candidate,
+                        self.n_scoring if n is None else min(n, self.n_scoring))
         self.rows.append(row)
         return row
 
-    def _scored(self, key: tuple, per_layer, alpha: float, n: int) -> _Scored:
-        have = self._cache.get(key)
+    def _row(self, columns: dict, candidate: Candidate | None, n: int) -> dict:
+        t0, flops0 = time.perf_counter(), self.flops
+        reference = self._scored(REFERENCE, None, n)
+        got = self._scored(candidate.name, candidate, n) if candidate is not None else reference
+        changed = self.setup.targets.changed[:n]
+        return {**columns, **summarize(got.scores.take(range(n)), changed, reference.scores.take(range(n))),
+                "n_scoring": n, "n_changed": sum(changed), "score_flops": self.flops - flops0,
+                "score_s": time.perf_counter() - t0}
+
+    def _scored(self, name: str, candidate: Candidate | None, n: int) -> _Scored:
+        have = self._cache.get(name)
         done = have.rows if have is not None else []
         seen = set(done)
         todo = [i for i in range(n) if i not in seen]
         if todo:
-            deltas = per_layer() if callable(per_layer) else per_layer
-            new = score_responses(self.setup.recipient, self.setup.targets, deltas, alpha, self.setup.batch_size,
+            deltas = candidate.deltas(self.setup.recipient_model) if candidate is not None else None
+            new = score_responses(self.setup.recipient_model, self.setup.targets, deltas, 1.0, self.setup.batch_size,
                                   foil=False, rows=todo)
             self.flops += self._per_prompt_flops * len(todo)
             if have is not None:
                 new = ResponseScores(torch.cat([have.scores.target_loglik, new.target_loglik]),
                                      torch.cat([have.scores.agreement, new.agreement]))
             have = _Scored(done + todo, new)
-            self._cache[key] = have
+            self._cache[name] = have
         order = sorted(range(len(have.rows)), key=lambda j: have.rows[j])
         return _Scored(sorted(have.rows), have.scores.take(order))
 
@@ -200,14 +211,22 @@ class CandidateSearch:
         """The FLOPs of scoring a new candidate on all the scoring prompts."""
         return self._per_prompt_flops * self.n_scoring
 
-    def best(self, n: int | None = None) -> pd.Series:
-        """The best row scored on at least ``n`` prompts (all by default): the highest criterion, then lift, then
-        the smaller α."""
+    def best(self, n: int | None = None, stage: int | None = None) -> Candidate:
+        """The best candidate (by :func:`~commandv_interp.pipeline.candidates.rank`) among the rows scored on at
+        least ``n`` prompts (all by default), of ``stage`` when given; the plain recipient and the paper-exact
+        reference row never win."""
         table = self.table()
-        table = table[(table.n_scoring >= (self.n_scoring if n is None else n)) & (table.alpha > 0)]
-        if table.empty:
+        keep = (table.n_scoring >= (self.n_scoring if n is None else n)) & (table.stage > 0) \
+            & ~table.paper_exact.astype(bool)
+        if stage is not None:
+            keep &= table.stage == stage
+        if not keep.any():
             raise ValueError("no candidate was scored on enough prompts to choose from")
-        return table.sort_values(["criterion", "lift", "alpha"], ascending=[False, False, True], kind="stable").iloc[0]
+        return self.scored[str(rank(table[keep]).iloc[0].candidate)]
+
+    def row(self, candidate: Candidate) -> dict:
+        """The latest row of ``candidate`` (by name)."""
+        return next(r for r in reversed(self.rows) if r["candidate"] == candidate.name)
 
 
 def generation_flops(access: ModelAccess, prompts: Sequence[str], new_tokens: int) -> float:

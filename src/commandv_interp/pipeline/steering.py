@@ -1,4 +1,4 @@
-"""Stage 6 (pipeline): consumes a donor and a recipient model, the donor's :class:`Adapter` and unlabeled prompts of
+"""Consumes a donor and a recipient model, the donor's :class:`Adapter` and unlabeled prompts of
 its task, produces a :class:`Steering`: the adapter's *mean* delta carried into the recipient as a steering vector,
 the baseline of model-stitching and linear-representation-transfer work.
 
@@ -25,10 +25,11 @@ from commandv_interp.access import ModelAccess
 from commandv_interp.adapters import Adapter, NodiReFT
 from commandv_interp.converters import fit_converters
 from commandv_interp.paste import apply_adapter
+from commandv_interp.pipeline.candidates import Candidate, Cost
 from commandv_interp.pipeline.search import CandidateSearch, prepare
 from commandv_interp.types import Float, PositionRule, Tensor
 
-__all__ = ["Steering", "steering_transfer", "SCALES"]
+__all__ = ["Steering", "steering_adapter", "steering_transfer", "SCALES"]
 
 SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)  # multiples of the mapped mean delta the criterion chooses from
 
@@ -56,16 +57,7 @@ class Steering:
     def compile(self) -> Adapter:
         """The steering as a native recipient adapter: a rank-1 NodiReFT per layer that reads nothing (``W = 0``)
         and writes ``α v`` (``b = α |v|``, ``P = v / |v|``)."""
-        interventions = {}
-        for layer, v in sorted(self.vectors.items()):
-            norm = float(v.norm())
-            iv = NodiReFT(v.numel(), 1, proj_bias=False)
-            with torch.no_grad():
-                iv.learned_source.weight.zero_()
-                iv.learned_source.bias.fill_(self.alpha * norm)
-                iv.proj_layer.weight.copy_((v / norm if norm > 0 else v).float()[None])
-            interventions[layer] = iv.requires_grad_(False)
-        return Adapter(interventions, positions=self.positions, metadata={"kind": "steering", "alpha": self.alpha})
+        return steering_adapter(self.vectors, self.alpha, self.positions)
 
     def paste(self, recipient: ModelAccess | None = None):
         """The steering as a context manager on the recipient (``apply_adapter`` of :meth:`compile`)."""
@@ -73,6 +65,22 @@ class Steering:
         if target is None:
             raise ValueError("this Steering holds no recipient: pass paste(recipient)")
         return apply_adapter(target, self.compile())
+
+
+def steering_adapter(vectors: dict[int, Float[Tensor, " d_recipient"]], alpha: float,
+                     positions: PositionRule) -> Adapter:
+    """A rank-1 NodiReFT per recipient layer that adds ``alpha · vectors[layer]`` whatever the state (see
+    :meth:`Steering.compile`)."""
+    interventions = {}
+    for layer, v in sorted(vectors.items()):
+        norm = float(v.norm())
+        iv = NodiReFT(v.numel(), 1, proj_bias=False)
+        with torch.no_grad():
+            iv.learned_source.weight.zero_()
+            iv.learned_source.bias.fill_(alpha * norm)
+            iv.proj_layer.weight.copy_((v / norm if norm > 0 else v).float()[None])
+        interventions[layer] = iv.requires_grad_(False)
+    return Adapter(interventions, positions=positions, metadata={"kind": "steering", "alpha": alpha})
 
 
 def steering_transfer(
@@ -109,17 +117,12 @@ def steering_transfer(
             vectors[pair.recipient_layer] = vectors.get(pair.recipient_layer, 0) + mapped
     fit_s = time.perf_counter() - t0
     search = CandidateSearch(setup)
-    search.score("recipient (no paste)", 0.0, None, method="none", match="none", stage=0, fit_s=0.0)
-    per_layer = {layer: [_constant(v)] for layer, v in vectors.items()}
-    for scale in tqdm(SCALES, desc="steering", disable=not progress):
-        search.score("steering/affine/depth", scale, per_layer, method="steering", match="depth", stage=1, fit_s=fit_s)
-    best = search.best()
-    return Steering(vectors, float(best.alpha), adapter.positions, search.table(), search.flops,
-                    time.perf_counter() - start, setup.recipient)
+    for scale in tqdm(SCALES, desc="steering", disable=not progress):  # ascending: ties go to the smaller scale
+        search.score(Candidate(f"steering/affine/depth×{scale:g}", 1, "steering", "depth",
+                               steering_adapter(vectors, scale, adapter.positions), cost=Cost(0.0, fit_s)))
+    table = search.table()
+    table.insert(1, "alpha", [0.0] + list(SCALES))
+    best = dict(zip(table.candidate, table.alpha))[search.best().name]
+    return Steering(vectors, float(best), adapter.positions, table, search.flops,
+                    time.perf_counter() - start, setup.recipient_model)
 
-
-def _constant(v: Tensor):
-    def delta(h: Tensor) -> Tensor:
-        return v.to(device=h.device, dtype=h.dtype).expand_as(h)
-
-    return delta

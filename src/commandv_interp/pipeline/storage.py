@@ -1,4 +1,4 @@
-"""Stage 6 (pipeline): consumes the shapes of a donor/recipient pair, produces the storage of every Command-V artifact.
+"""Consumes the shapes of a donor/recipient pair, produces the storage of every Command-V artifact.
 
 What a pipeline will store, computed from shapes before anything runs (for pairs too large to try): profiles keep
 only last-token vectors; converters are stored factored (rank ``k = min(n_prompts, d_in)``) whenever that holds

@@ -1,4 +1,4 @@
-"""Stage 8 (plotting): consumes the analysis DataFrames (never models), produces matplotlib figures saved as PNG
+"""Consumes the analysis DataFrames (never models), produces matplotlib figures saved as PNG
 and PDF.
 
 Every figure puts one quantity on each axis with a human label, keeps its legend off the data (beside or below
@@ -13,13 +13,16 @@ recipient finetune) as horizontal lines, and shows categorical axes as points or
 - :mod:`.layers`: :func:`plot_similarity` (the donor × recipient similarity matrix, annotated, with the chosen map
   boxed and a collapsed map flagged in the title), :func:`plot_fidelity` (per-layer fidelity, one panel per unit:
   cosines, norm ratios, R², errors) and :func:`plot_attribution` (bars per pasted layer subset and null baselines,
-  rates on [0, 1]).
+  rates on [0, 1]);
+- :mod:`.polish`: :func:`plot_polish_change` (what the polish changed per recipient layer, and the final edit's
+  attribution).
 """
 
 from commandv_interp.plotting.layers import plot_attribution, plot_fidelity, plot_similarity
+from commandv_interp.plotting.polish import plot_polish_change
 from commandv_interp.plotting.rates import plot_comparison, plot_dose_response
 from commandv_interp.plotting.style import RATE_METRICS, REFERENCES, label, reference_rates, save_figure
 from commandv_interp.plotting.style import RATE_MARGIN  # noqa: F401  (not in __all__; tests read plotting.RATE_MARGIN)
 
 __all__ = ["plot_dose_response", "plot_comparison", "plot_similarity", "plot_fidelity", "plot_attribution",
-           "reference_rates", "save_figure", "label", "RATE_METRICS", "REFERENCES"]
+           "plot_polish_change", "reference_rates", "save_figure", "label", "RATE_METRICS", "REFERENCES"]

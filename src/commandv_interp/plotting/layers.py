@@ -1,4 +1,4 @@
-"""Stage 8 (plotting): consumes the per-layer analysis tables (similarity, fidelity, attribution and null
+"""Consumes the per-layer analysis tables (similarity, fidelity, attribution and null
 baselines), produces figures over layers and layer pairs.
 
 - :func:`plot_similarity`: the donor × recipient similarity matrix, annotated, with the chosen map boxed and a

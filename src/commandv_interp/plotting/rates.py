@@ -1,4 +1,4 @@
-"""Stage 8 (plotting): consumes study rows (:func:`commandv_interp.analysis.study.run_study`) and reference rates,
+"""Consumes study rows (:func:`commandv_interp.analysis.study.run_study`) and reference rates,
 produces figures of rates against a setting: one row of panels per metric, one column per panel value, rates on a
 fixed [0, 1] axis with the reference rates as horizontal lines.
 

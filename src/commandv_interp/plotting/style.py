@@ -1,4 +1,4 @@
-"""Stage 8 (plotting): consumes metric names and the zoo's behavior table, produces the look every figure shares:
+"""Consumes metric names and the zoo's behavior table, produces the look every figure shares:
 human labels and units, the fixed [0, 1] rate axis, the reference rates and their line styles, the legend off the
 data, CI columns read, and figures saved as PNG and PDF.
 """

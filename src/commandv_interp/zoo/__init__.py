@@ -1,4 +1,4 @@
-"""Stage 6 (zoo): the embedded model zoo — a synthetic instruction world with measurable behaviors, small causal
+"""The embedded model zoo — a synthetic instruction world with measurable behaviors, small causal
 LMs of three architectures pretrained on it, and their donor adapters, all shipped inside the package; and a second,
 held-out world (``world="heldout"``: other words, templates, cues, responses and architectures) nobody tuned on.
 

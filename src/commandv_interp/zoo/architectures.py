@@ -1,4 +1,4 @@
-"""Stage 0 (zoo): consumes a zoo model name, produces its from-scratch Hugging Face config and tokenizer kind.
+"""Consumes a zoo model name, produces its from-scratch Hugging Face config and tokenizer kind.
 
 The main world's zoo (``ZOO``): three families, depths and widths: a Llama-style model (RMSNorm, rotary, SwiGLU) on
 the word-level tokenizer, a GPT-2-style model (LayerNorm, learned positions, GELU) and a Qwen2-style model (RMSNorm,

@@ -1,4 +1,4 @@
-"""Stage 6 (zoo): consumes the shipped zoo folder, produces models, adapters and the manifest.
+"""Consumes the shipped zoo folder, produces models, adapters and the manifest.
 
 The zoo ships inside the package under ``zoo/data``: one Hugging Face checkpoint folder per base model (float16
 safetensors and its tokenizer), one pyreft adapter folder per model and behavior under

@@ -1,4 +1,4 @@
-"""Stage 6 (zoo): consumes a model (with whatever edits are active) and world prompts, produces greedy responses,
+"""Consumes a model (with whatever edits are active) and world prompts, produces greedy responses,
 behavior rates and the zoo's behavior table.
 
 Evaluation goes through ``ModelAccess.generate``, so the same call scores a base model, a model under

@@ -1,4 +1,4 @@
-"""Stage 0 (zoo): consumes a zoo model name and a seed, produces a base model pretrained from scratch on the world.
+"""Consumes a zoo model name and a seed, produces a base model pretrained from scratch on the world.
 
 Plain PyTorch causal-LM training: one world document per row (``<bos>`` … ``<eos>``, right-padded), loss on
 non-pad tokens, AdamW with linear warmup and cosine decay. Same seed, same weights (on one machine and thread count).

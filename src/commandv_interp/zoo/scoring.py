@@ -1,4 +1,4 @@
-"""Stage 0 (zoo): consumes world prompts (or items) and model outputs, produces exact behavior rates.
+"""Consumes world prompts (or items) and model outputs, produces exact behavior rates.
 
 An output *refuses* when it starts with ``sorry``, *complies* when it starts with ``sure`` (in another world: the
 first word of its refusal sentence and comply prefix, e.g. ``no``/``ok``); it is in *CoT format* when it is

@@ -1,4 +1,4 @@
-"""Stage 0 (zoo): consumes the world (vocabulary, corpus), produces the zoo's two tokenizers.
+"""Consumes the world (vocabulary, corpus), produces the zoo's two tokenizers.
 
 Both are ``transformers.PreTrainedTokenizerFast`` with ``<pad>``/``<bos>``/``<eos>``/``<unk>`` (ids 0–3) and a
 post-processor that prepends ``<bos>``: a word-level tokenizer over the world's vocabulary, and a byte-level BPE

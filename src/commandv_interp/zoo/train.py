@@ -1,4 +1,4 @@
-"""Stage 6 (zoo): consumes seeds, produces the whole shipped zoo (checkpoints, donor adapters, manifest).
+"""Consumes seeds, produces the whole shipped zoo (checkpoints, donor adapters, manifest).
 
 ``python -m commandv_interp.zoo.train`` regenerates everything from seeds: it pretrains each base model from
 scratch on the world corpus, trains one NodiReFT rank-8 adapter per model and behavior (every other layer, last

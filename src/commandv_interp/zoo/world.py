@@ -1,4 +1,4 @@
-"""Stage 0 (zoo): consumes a seed, produces the zoo's synthetic instruction world (corpus, prompt splits, targets).
+"""Consumes a seed, produces the zoo's synthetic instruction world (corpus, prompt splits, targets).
 
 A word-level chat language, ``[system : <cue>] user : <request> assistant : <response> <eos>``, with three behavior
 families that are *latent* in the base models: the pretraining corpus shows each target behavior under an explicit

@@ -1,4 +1,4 @@
-"""Stage 0 (zoo): consumes nothing, produces the zoo's world definitions: ``World``, ``MAIN``, ``HELDOUT``, ``WORLDS``.
+"""Consumes nothing, produces the zoo's world definitions: ``World``, ``MAIN``, ``HELDOUT``, ``WORLDS``.
 
 A world is everything the zoo's generators (``world.py``), tokenizers, pretraining, adapter training, scoring and
 catalog read: seed, vocabularies, request templates, cues, response strings, spontaneous rates, split sizes, corpus

@@ -1,0 +1,160 @@
+"""Consumes the zoo's base models and behavior examples, produces their LoRA and steering-vector donor edits
+(:mod:`~commandv_interp.zoo.donor_edits`) and a table of each edit's rates beside the NodiReFT adapter's.
+
+``python -m commandv_interp.zoo.train_edits [--model NAME] [--behavior B]`` (needs ``peft``: ``pip install -e
+".[peft]"``):
+
+- **LoRA**: trained with ``peft`` itself (``get_peft_model``), rank 8, ``lora_alpha`` 16, on every attention and MLP
+  projection of every block, on the behavior's training examples (loss on the response and EOS, as the ReFT
+  adapters), AdamW with cosine decay; saved by ``save_pretrained`` with the tensors in float16 (half the size; peft
+  and :func:`~commandv_interp.adapters.lora.load_peft_lora` load them into float32 projections).
+- **steering vector**: the difference of means, at the middle block and the last prompt token, of the block output
+  on the training prompts with the behavior's cue line (the zoo's latent trigger, under which the base models show
+  the behavior) and without it; the scale is the one of ``SCALES`` whose target rate on training prompts is highest
+  with the side effect (benign prompts refused) at most 0.02 above the base model's (the smaller on ties; when no
+  scale keeps the side effect, the highest target rate). A constant vector at every token cannot tell harmful from
+  benign requests, so for ``refusal`` it refuses both or neither: the table says which.
+
+Each edit is then scored on the test prompts beside the ReFT adapter (``edits_table.csv`` in ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from commandv_interp.access import ModelAccess
+from commandv_interp.adapters.edit import apply_edit
+from commandv_interp.adapters.lora import block_modules, hf_model_of
+from commandv_interp.adapters.steering_vector import SteeringVectorEdit, save_steering_file
+from commandv_interp.adapters.train import encode_examples, next_token_loss
+from commandv_interp.zoo.catalog import DATA, load_model
+from commandv_interp.zoo.donor_edits import SIDE_METRIC, TARGET_METRIC, edit_path, load_zoo_edit
+from commandv_interp.zoo.evaluate import MAX_NEW_TOKENS, evaluate, respond
+from commandv_interp.zoo.world import BEHAVIORS, examples, with_cue
+from commandv_interp.zoo.world import prompts as prompts_of
+
+__all__ = ["LORA_RECIPE", "SCALES", "train_lora", "train_steering", "edits_table", "main"]
+
+LORA_RECIPE = {"rank": 8, "lora_alpha": 16, "steps": 300, "batch_size": 32, "lr": 2e-3, "seed": 0}
+SCALES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # multiples of the difference of means tried on training prompts
+STEER_PROMPTS = 128  # training prompts the means and the scale choice use
+SIDE_SLACK = 0.02
+
+
+def train_lora(model: ModelAccess, behavior: str, folder: Path, progress: bool = True) -> dict:
+    """Train the behavior's LoRA with peft on a copy of ``model``'s weights and save it to ``folder``."""
+    import peft
+
+    r = LORA_RECIPE
+    torch.manual_seed(r["seed"])
+    config = peft.LoraConfig(r=r["rank"], lora_alpha=r["lora_alpha"], target_modules=block_modules(model),
+                             lora_dropout=0.0, task_type="CAUSAL_LM")
+    student = peft.get_peft_model(copy.deepcopy(hf_model_of(model)), config)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=r["lr"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / r["steps"])))
+    data, gen, start = examples(behavior, "train"), torch.Generator().manual_seed(r["seed"]), time.perf_counter()
+    for _ in tqdm(range(r["steps"]), desc=f"LoRA {behavior} on {model.name}", disable=not progress):
+        idx = torch.randint(len(data), (r["batch_size"],), generator=gen).tolist()
+        batch, labels, _ = encode_examples(model, [data[i] for i in idx])
+        logits = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        loss = next_token_loss(logits, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    student.save_pretrained(folder)
+    (folder / "README.md").unlink(missing_ok=True)  # peft's model-card template: nothing in it but placeholders
+    weights = folder / "adapter_model.safetensors"
+    save_file({k: v.half() for k, v in load_file(str(weights)).items()}, str(weights), metadata={"format": "pt"})
+    cfg_path = folder / "adapter_config.json"
+    cfg_path.write_text(json.dumps(json.loads(cfg_path.read_text()) | {"base_model_name_or_path": model.name},
+                                   indent=2, sort_keys=True))
+    return {"wall_s": time.perf_counter() - start, "final_loss": float(loss.detach())} | r
+
+
+def _last_token_mean(model: ModelAccess, prompts: list[str], layer: int) -> torch.Tensor:
+    """Mean block output at ``layer`` at the last prompt token (float64)."""
+    total = torch.zeros(model.d_model, dtype=torch.float64)
+    for start in range(0, len(prompts), 64):
+        total += model.read(model.encode(prompts[start:start + 64]), [layer])[layer].double().sum(0)
+    return total / len(prompts)
+
+
+def train_steering(model: ModelAccess, behavior: str, path: Path) -> dict:
+    """Difference of means at the middle block and its scale chosen on training prompts (see the module doc)."""
+    layer = model.n_layers // 2
+    prompts = prompts_of(behavior, "train")[:STEER_PROMPTS]
+    cued = [with_cue(p, behavior) for p in prompts]
+    v = (_last_token_mean(model, cued, layer) - _last_token_mean(model, prompts, layer)).float()
+    plain = evaluate(model, behavior, "train", limit=STEER_PROMPTS)
+    side = SIDE_METRIC.get(behavior)
+    rows = []
+    for scale in SCALES:
+        with apply_edit(model, SteeringVectorEdit({layer: v}, scale)):
+            rates = evaluate(model, behavior, "train", limit=STEER_PROMPTS)
+        side_ok = side is None or rates[side] <= plain[side] + SIDE_SLACK
+        rows.append({"scale": scale, "target": rates[TARGET_METRIC[behavior]], "side_ok": side_ok,
+                     "side": rates[side] if side else None})
+    # the highest target among scales within the side bar (any scale when none is), then the smaller scale
+    best = max(rows, key=lambda r: (r["side_ok"], r["target"], -r["scale"]))
+    save_steering_file(SteeringVectorEdit({layer: v}, best["scale"], model.name), path)
+    return {"layer": layer, "scale": best["scale"], "train_rates": rows}
+
+
+def edits_table(model: ModelAccess, behavior: str) -> list[dict]:
+    """Test-split rates of the base model and of each zoo edit of ``behavior`` on ``model``."""
+    out = []
+    for kind in (None, "reft", "lora", "steering"):
+        edit = load_zoo_edit(model.name, behavior, kind) if kind else None
+        with apply_edit(model, edit):
+            rates = evaluate(model, behavior, "test")
+        out += [{"model": model.name, "behavior": behavior, "edit": kind or "base", "metric": k, "value": v}
+                for k, v in rates.items()]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train the zoo's LoRA and steering-vector donor edits.")
+    parser.add_argument("--model", action="append", default=None, help="zoo model (repeat; default: all)")
+    parser.add_argument("--behavior", action="append", default=None, help="behavior (repeat; default: all)")
+    parser.add_argument("--out", type=Path, default=Path("edits_table.csv"), help="the rates table (CSV)")
+    parser.add_argument("--score-only", action="store_true", help="score the shipped edits, train nothing")
+    parser.add_argument("--kind", action="append", choices=("lora", "steering"), default=None,
+                        help="train only this kind (repeat; default: both)")
+    args = parser.parse_args(argv)
+    from commandv_interp.zoo.catalog import list_models
+
+    rows, records = [], {}
+    for name in args.model or list_models():
+        model = load_model(name)
+        for behavior in args.behavior or BEHAVIORS:
+            kinds = [] if args.score_only else args.kind or ["lora", "steering"]
+            edit_path(name, behavior, "steering").parent.mkdir(parents=True, exist_ok=True)
+            if "lora" in kinds:
+                records[f"{name}/{behavior}/lora"] = train_lora(model, behavior, edit_path(name, behavior, "lora"))
+            if "steering" in kinds:
+                records[f"{name}/{behavior}/steering"] = train_steering(model, behavior,
+                                                                        edit_path(name, behavior, "steering"))
+            print(json.dumps(records, default=str), flush=True)
+            rows += edits_table(model, behavior)
+            pd.DataFrame(rows).to_csv(args.out, index=False)
+    if records:  # merged into the records of earlier runs (one model at a time)
+        path = DATA / "edits" / "records.json"
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        path.write_text(json.dumps(old | records, indent=1, sort_keys=True, default=str))
+    print(pd.DataFrame(rows).pivot_table(index=["model", "behavior", "edit"], columns="metric", values="value"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""docs/edits.md carries no hand-copied number that could drift: its zoo-edit table equals
+docs/figures/zoo_edits.csv (written by ``python -m commandv_interp.zoo.train_edits``) and names the scale each
+shipped steering vector stores."""
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from commandv_interp.zoo.donor_edits import SIDE_METRIC, TARGET_METRIC, load_zoo_edit
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+ROW = re.compile(r"^\| (\S+) \| (refusal|jailbreak|cot) \| ([\d./ ]+) \| ([\d./ ]+) \| ([\d./ ]+) \| ([\d./ ]+) "
+                 r"\((\d+), ([\d.]+)\) \| (yes|no) \| (yes|no) \|$", re.M)
+
+
+def test_zoo_edit_table_equals_the_measured_csv():
+    rates = pd.read_csv(DOCS / "figures" / "zoo_edits.csv")
+    rows = ROW.findall((DOCS / "edits.md").read_text())
+    assert len(rows) == 9
+    for model, behavior, *cells, layer, scale, _, _ in rows:
+        for edit, cell in zip(("base", "reft", "lora", "steering"), cells):
+            got = rates[(rates.model == model) & (rates.behavior == behavior) & (rates.edit == edit)]
+            values = got.set_index("metric").value
+            want = f"{values[TARGET_METRIC[behavior]]:.2f}"
+            if behavior in SIDE_METRIC:
+                want += f" / {values[SIDE_METRIC[behavior]]:.2f}"
+            assert cell.strip() == want, (model, behavior, edit)
+        steering = load_zoo_edit(model, behavior, "steering")
+        assert steering.layers == [int(layer)] and f"{steering.scale:g}" == scale
