@@ -45,6 +45,7 @@ def test_targets_come_from_the_teacher_edit(pair, hf_llama):
     assert all(t == want[prompts.index(p)] for p, t in zip(targets.prompts, targets.target))
 
 
+@pytest.mark.slow  # two label-free transfers (about 20 s each on an idle machine)
 @pytest.mark.parametrize("kind", ["lora", "steering"])
 def test_transfer_accepts_a_lora_and_a_steering_vector(pair, hf_llama, kind):
     donor, recipient, _ = pair

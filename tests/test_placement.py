@@ -32,6 +32,7 @@ EDIT_PATH: dict[str, tuple[str, ...] | None] = {
     "access/nnsight_backend.py": WHOLE,  # the hooks and the generation loop
     "access/tl_backend.py": WHOLE,
     "adapters/edits.py": WHOLE,
+    "adapters/lora.py": WHOLE,  # LoRA hooks on the projections
     "adapters/interventions.py": ("Intervention.delta", "Intervention.forward", "Intervention._source",
                                   "NodiReFT.delta", "NoReFT.delta", "DiReFT.delta", "LoReFT.delta",
                                   "_Rotated._rotate_and_source", "_Rotated.project"),

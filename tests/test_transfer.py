@@ -19,7 +19,9 @@ def pair(hf_llama, nn_llama):
 @pytest.fixture(scope="module")
 def result(pair):
     donor, recipient, adapter = pair
-    return cv.transfer(donor, recipient, adapter, random_prompts(64, seed=11), progress=False)
+    # 8-token answers, as the generations below are checked: a random tiny model never ends its answer, and over the
+    # default 64 tokens the fitted (not exact) rotation's float error flips near-ties of the random logits
+    return cv.transfer(donor, recipient, adapter, random_prompts(64, seed=11), max_new_tokens=8, progress=False)
 
 
 @pytest.fixture(scope="module")
