@@ -563,6 +563,9 @@ CLI_ROWS = [
     CliRow("transfer-negative-polish", lambda w: ["transfer", w.tiny / "llama", w.tiny / "gpt2", w.p.adapter,
                                                   w.root / "prompts.txt", "--out", w.root / "t", "--polish-steps",
                                                   "-1"], "--polish-steps"),
+    CliRow("transfer-first_last-adapter", lambda w: ["transfer", w.tiny / "llama", w.tiny / "gpt2", w.p.first_last,
+                                                     w.root / "prompts.txt", "--out", w.root / "t"],
+           "acts at the first and last 2 positions"),
     CliRow("sweep-study-missing", lambda w: ["sweep", w.root / "none.toml", "--out", w.root / "s"], "cannot read"),
     CliRow("sweep-study-not-toml", lambda w: ["sweep", w.root / "prompts.txt", "--out", w.root / "s"], "cannot read"),
     CliRow("sweep-unknown-model", lambda w: ["sweep", _study(w, 'pairs = [["x-1", "gpt2-4x96"]]\nbehaviors = '
@@ -619,7 +622,7 @@ def test_cli_user_error(row: CliRow, w, monkeypatch):
     result = runner.invoke(cli.app, args)
     assert result.exit_code == 2, (result.output, result.exception)
     lines = [line for line in result.stderr.strip().splitlines()
-             if not line.startswith("warning: ") and "%|" not in line]  # progress bars of model loading
+             if line.strip() and not line.startswith("warning: ") and "%|" not in line]  # model-loading bars
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert row.match in lines[0], lines[0]
     assert "Traceback" not in result.output

@@ -108,6 +108,10 @@ def run_transfer(donor_model: ModelAccess, recipient_model: ModelAccess, adapter
                  config: TransferConfig, progress: bool = True) -> Transfer:
     """:func:`transfer` with every setting in ``config`` (what a saved transfer records and a replay runs again)."""
     adapter = pasteable(donor_model, adapter, prompts)  # a LoRA or steering vector: its surrogate, taught by it
+    if adapter.positions == "first_last":  # the criterion scores every candidate acting at the last prompt token
+        raise ValueError(f"cv.transfer scores edits at the last prompt token, but this adapter acts at the first and "
+                         f"last {adapter.first_last_k} positions: paste it step by step (cv.paste(..., "
+                         f"positions='first_last', first_last_k={adapter.first_last_k}) or `commandv paste`) instead")
     if config.start == "scratch" and adapter.positions != "last":
         raise ValueError(f"start='scratch' learns everything in the polish, which acts at the last prompt token: "
                          f"pass a positions='last' adapter (got {adapter.positions!r}) or start='paste'")
