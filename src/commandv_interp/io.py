@@ -1,4 +1,4 @@
-"""Stage 0 (io): consumes bytes-producing callbacks and artifact files, produces files written atomically and
+"""Consumes bytes-producing callbacks and artifact files, produces files written atomically and
 validated tensors.
 
 Every artifact of the library (profiles, converters, adapters) is written to a scratch file next to the

@@ -1,4 +1,4 @@
-"""Stage 2 (profiles): consumes a :class:`ModelAccess` and prompts, produces an :class:`ActivationProfile`.
+"""Consumes a :class:`ModelAccess` and prompts, produces an :class:`ActivationProfile`.
 
 A profile holds, per layer, the ``n_prompts × d_model`` matrix of block outputs at each prompt's last
 token (the paper's "activation profile"), plus metadata that lets later stages refuse mismatched

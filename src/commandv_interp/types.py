@@ -1,4 +1,4 @@
-"""Stage 0: shared vocabulary. Consumes nothing internal; produces type aliases, enums and dim names.
+"""Shared vocabulary. Consumes nothing internal; produces type aliases, enums and dim names.
 
 Dim names used across the package:
 ``batch pos d_model`` inside one model; ``n_prompts d_donor d_recipient rank`` across models.

@@ -1,4 +1,4 @@
-"""Stage 0 (validation): consumes values a user hands to a public boundary (the API, the CLI, a study file),
+"""Consumes values a user hands to a public boundary (the API, the CLI, a study file),
 produces the same values checked, or one ``ValueError`` naming the value and the fix.
 
 Every boundary calls these functions, so a value is refused with the same message wherever it enters:

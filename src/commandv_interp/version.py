@@ -1,3 +1,3 @@
-"""Stage 0: the package version (what artifacts record as ``library_version``)."""
+"""The package version (what artifacts record as ``library_version``)."""
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Stage 1 (access): consumes a model object, produces a uniform reading/editing interface.
+"""Consumes a model object, produces a uniform reading/editing interface.
 
 :class:`ModelAccess` is the one interface every later stage talks to. Backends (nnsight,
 TransformerLens) subclass it and are the only code that knows hook names and execution order.

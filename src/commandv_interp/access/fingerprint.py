@@ -1,4 +1,4 @@
-"""Stage 1 (access): consumes a :class:`ModelAccess`, produces a cheap digest of its weights that does not depend on
+"""Consumes a :class:`ModelAccess`, produces a cheap digest of its weights that does not depend on
 the dtype it was loaded in.
 
 The config hash tells models of another shape apart; this digest tells apart two models of the same config with

@@ -1,4 +1,4 @@
-"""Stage 1 (access): consumes a :class:`ModelAccess` and prompts (or a batch), produces a refusal before any model
+"""Consumes a :class:`ModelAccess` and prompts (or a batch), produces a refusal before any model
 runs when they do not fit the model's context.
 
 Learned position tables (GPT-2) raise ``IndexError`` past their end; rotary models (Llama, Qwen2) run on but

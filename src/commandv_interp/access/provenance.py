@@ -1,4 +1,4 @@
-"""Stage 1 (access): consumes a model's config, produces its config hash (what a pairing check compares).
+"""Consumes a model's config, produces its config hash (what a pairing check compares).
 
 The hash covers what changes the function a model computes: architecture, widths, layers, heads, vocabulary,
 positional and normalization settings. It does not cover how the model was loaded: its dtype, device,

@@ -1,4 +1,4 @@
-"""Stage 5 (adapters): consumes nothing but shapes, produces residual-stream ReFT interventions and :class:`Adapter`.
+"""Consumes nothing but shapes, produces residual-stream ReFT interventions and :class:`Adapter`.
 
 Each intervention edits a block output ``h`` (``d_model`` wide) additively, ``h ↦ h + delta(h)``, through a
 rank-``r`` bottleneck. Vectors are rows: ``W h + b`` is ``h @ W.T + b``. Parameter and state-dict names follow

@@ -1,4 +1,4 @@
-"""Stage 5 (adapters): consumes a pyreft/pyvene adapter folder, produces an :class:`Adapter` (and writes one back).
+"""Consumes a pyreft/pyvene adapter folder, produces an :class:`Adapter` (and writes one back).
 
 Folder layout (what pyvene's ``IntervenableModel.save`` writes): ``config.json`` with parallel lists
 ``sorted_keys``, ``representations`` (``[layer, component, unit, max_number_of_units, low_rank_dimension,

@@ -1,4 +1,4 @@
-"""Stage 7 (analysis): consumes a declarative :class:`Study` (a grid of transfer settings) and a :class:`StudyWorld`
+"""Consumes a declarative :class:`Study` (a grid of transfer settings) and a :class:`StudyWorld`
 (models, adapters, prompts and a labeled scorer), produces one tidy DataFrame of labeled outcomes with bootstrap CIs.
 
 An ablation is the product of its axes: donor → recipient pairs, behaviors, converter methods (``pinv``, ``ridge``,

@@ -1,4 +1,4 @@
-"""Stage 7 (analysis): consumes the parsed TOML of a study file, produces the keyword arguments of a
+"""Consumes the parsed TOML of a study file, produces the keyword arguments of a
 :class:`~commandv_interp.analysis.study.Study`, or one ``ValueError`` line naming the key, the value and the fix.
 
 The schema (pydantic, strict: no string→number or float→int coercion) checks types, ranges and axis shapes before

@@ -1,4 +1,4 @@
-"""Stage 4 (converters): the :class:`Converters` artifact: per mapped layer pair, a linear map each way.
+"""The :class:`Converters` artifact: per mapped layer pair, a linear map each way.
 
 For each mapped pair a :class:`LayerConverter` with ``to_donor(h_R)`` and ``to_recipient(h_D)``, each a
 :class:`LinearConverter` ``y = x @ Wᵀ + b``. ``W`` may be stored factored (``W = left @ right``, rank ≤

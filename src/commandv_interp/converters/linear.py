@@ -1,4 +1,4 @@
-"""Stage 4 (converters): consumes two profiles and a :class:`LayerMap`, produces :class:`Converters` fitted over
+"""Consumes two profiles and a :class:`LayerMap`, produces :class:`Converters` fitted over
 all dimensions of each mapped layer pair (``pinv``, ``ridge``, ``affine``, ``procrustes``).
 """
 

@@ -1,4 +1,4 @@
-"""Stage 4 (converters): consumes a recipient :class:`ModelAccess`, a donor :class:`Adapter` and :class:`Converters`,
+"""Consumes a recipient :class:`ModelAccess`, a donor :class:`Adapter` and :class:`Converters`,
 produces the pasted delta functions, recipient layer by recipient layer (what :func:`~commandv_interp.paste.paste`
 installs and the chained fit records under)::
 

@@ -1,4 +1,4 @@
-"""Stage 5 (paste): the pasted edit inside a ``with`` block, native adapters, and the compiled native form."""
+"""The pasted edit inside a ``with`` block, native adapters, and the compiled native form."""
 
 from commandv_interp.paste.compile import compile_paste
 from commandv_interp.paste.paste import apply_adapter, paste

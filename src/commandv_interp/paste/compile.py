@@ -1,4 +1,4 @@
-"""Stage 5 (paste): consumes a donor :class:`Adapter` and :class:`Converters`, produces a native recipient :class:`Adapter`.
+"""Consumes a donor :class:`Adapter` and :class:`Converters`, produces a native recipient :class:`Adapter`.
 
 Every supported intervention has the form ``delta(x) = act(x Wᵀ + b) P`` in donor space (LoReFT/NoReFT with a
 linear ``act``: ``W ← W − R``, ``P = R``). With ``x = A h + c`` (``to_donor``) and the delta mapped back by

@@ -1,4 +1,4 @@
-"""Stage 5 (paste): consumes a recipient :class:`ModelAccess`, a donor :class:`Adapter` and :class:`Converters`,
+"""Consumes a recipient :class:`ModelAccess`, a donor :class:`Adapter` and :class:`Converters`,
 produces the recipient edited inside a ``with`` block (:func:`paste`), or a model running an adapter natively
 (:func:`apply_adapter`).
 

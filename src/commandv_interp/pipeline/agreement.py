@@ -1,4 +1,4 @@
-"""Stage 6 (pipeline): consumes a donor with its adapter and unlabeled prompts, produces the label-free selection
+"""Consumes a donor with its adapter and unlabeled prompts, produces the label-free selection
 signal of a paste: how strongly the pasted recipient prefers what the donor *with* its adapter answers over what it
 would answer otherwise.
 

@@ -1,4 +1,4 @@
-"""Stage 6 (pipeline): consumes a donor and a recipient model and prompts, produces a :class:`Derivation`: profiles,
+"""Consumes a donor and a recipient model and prompts, produces a :class:`Derivation`: profiles,
 layer map and converters, with what deriving them cost.
 
 Cost of Command-V = profiling both models + matching + fitting: wall time and a FLOPs estimate of

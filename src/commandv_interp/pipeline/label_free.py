@@ -1,4 +1,4 @@
-"""Stage 6 (pipeline): consumes a donor and a recipient model, the donor's :class:`Adapter` and unlabeled prompts of
+"""Consumes a donor and a recipient model, the donor's :class:`Adapter` and unlabeled prompts of
 its task, produces a :class:`~commandv_interp.pipeline.result.Transfer`: an edit chosen without behavior labels, with
 everything it considered, the configuration it ran with and the fingerprints of what it was made from.
 

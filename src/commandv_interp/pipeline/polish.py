@@ -1,4 +1,4 @@
-"""Stage 6 (pipeline): consumes a recipient, a native recipient :class:`Adapter` (a compiled paste, or a fresh one)
+"""Consumes a recipient, a native recipient :class:`Adapter` (a compiled paste, or a fresh one)
 and the donor+adapter's answers to the fitting prompts, produces that adapter *polished*: trained to reproduce the
 donor+adapter's answers, round by round, each round scored by the donor-agreement criterion
 (:mod:`~commandv_interp.pipeline.polish_race` runs the rounds: learning rate, patience, budget).

@@ -1,4 +1,4 @@
-"""Stage 6 (pipeline): consumes the polish's starts (a compiled paste, a fresh adapter), a way to train each
+"""Consumes the polish's starts (a compiled paste, a fresh adapter), a way to train each
 (:class:`~commandv_interp.pipeline.polish.Distillation`) and a way to score an adapter on the held-out scoring
 prompts, produces the polished rounds: a race that finds its own learning rate, runs while the held-out criterion
 improves, and stops at a FLOPs budget.

@@ -1,4 +1,4 @@
-"""Stage 6 (pipeline): consumes a donor, a recipient, the donor's :class:`Adapter` and unlabeled prompts of its task,
+"""Consumes a donor, a recipient, the donor's :class:`Adapter` and unlabeled prompts of its task,
 produces what every label-free candidate is built and scored from (:class:`SearchSetup`) and the engine that scores
 candidates (:class:`CandidateSearch`).
 

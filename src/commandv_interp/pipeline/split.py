@@ -1,4 +1,4 @@
-"""Stage 6 (pipeline): consumes, per prompt, whether the donor's adapter changes its answer, produces the fitting and
+"""Consumes, per prompt, whether the donor's adapter changes its answer, produces the fitting and
 the held-out scoring split of :func:`~commandv_interp.pipeline.search.prepare`, stratified on that flag.
 
 The criterion averages the agreement over the changed and the unchanged scoring prompts. The unchanged ones carry

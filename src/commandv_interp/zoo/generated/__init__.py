@@ -1,4 +1,4 @@
-"""Stage 6 (zoo): generated worlds — a world per seed, with its own grammar, tokenizers, architectures, a donor
+"""Generated worlds — a world per seed, with its own grammar, tokenizers, architectures, a donor
 adapter and the recipient's own finetune, built in 1.5–7 CPU minutes and cached (``docs/generated_worlds.md``).
 
 >>> from commandv_interp.zoo.generated import DEV_SEEDS, TEST_SEEDS, grammar

@@ -1,4 +1,4 @@
-"""Stage 6 (zoo): consumes a generated world's seed, produces its donor and recipient model plans and HF configs.
+"""Consumes a generated world's seed, produces its donor and recipient model plans and HF configs.
 
 Every family the access layer reads (Llama, Mistral, Qwen2, Qwen3, GPT-2, GPT-NeoX, Phi, Gemma2, OPT), depths 2–16
 and widths 48–256. The pair's shape cycles with the seed: ``deep→shallow``, ``shallow→deep`` (different families)

@@ -1,4 +1,4 @@
-"""Stage 6 (zoo): consumes a world seed, produces a built generated world on disk (models, adapters, record).
+"""Consumes a world seed, produces a built generated world on disk (models, adapters, record).
 
 ``build_world(seed)`` pretrains the seed's donor and recipient from scratch on the world's corpus (each on the
 tokenizer its plan names, exactly as ``AutoTokenizer`` reloads it), trains the donor's NodiReFT rank-8 adapter (a

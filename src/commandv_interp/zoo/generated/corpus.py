@@ -1,4 +1,4 @@
-"""Stage 6 (zoo): consumes a generated world's :class:`Grammar`, produces its corpus, prompt splits and targets.
+"""Consumes a generated world's :class:`Grammar`, produces its corpus, prompt splits and targets.
 
 The corpus mixes the behavior's requests (with the cue, a neutral system line or none), fact sentences about the
 world's objects (what persona and plain answers restate) or the station chain (what step-by-step answers walk),

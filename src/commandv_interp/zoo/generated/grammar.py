@@ -1,4 +1,4 @@
-"""Stage 6 (zoo): consumes a world seed, produces a generated world's grammar: words, templates, cue, corpus, splits.
+"""Consumes a world seed, produces a generated world's grammar: words, templates, cue, corpus, splits.
 
 Every content and function word of a generated world is a pseudo-word drawn from the seed (role markers, the cue,
 objects, verbs, frames, openers, response sentences), so two worlds share no vocabulary beyond ``:``, ``,``, ``.``

@@ -1,4 +1,4 @@
-"""Stage 6 (zoo): consumes a generated world's items and model responses, produces its behavior rates.
+"""Consumes a generated world's items and model responses, produces its behavior rates.
 
 Per behavior, a target rate and a side rate (``RATES``): ``refusal`` / ``false_refusal`` (first word of the
 response), ``format`` / ``accuracy`` (the whole response: k numbered steps along the chain, then the answer, nothing else;

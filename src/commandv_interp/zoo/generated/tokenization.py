@@ -1,4 +1,4 @@
-"""Stage 6 (zoo): consumes a generated world's corpus, produces its tokenizers (word, BPE, byte-level BPE, char).
+"""Consumes a generated world's corpus, produces its tokenizers (word, BPE, byte-level BPE, char).
 
 All are ``transformers.PreTrainedTokenizerFast`` with ``<pad>``/``<bos>``/``<eos>``/``<unk>`` (ids 0–3) and a
 post-processor that prepends ``<bos>``, trained offline (and deterministically) with the ``tokenizers`` package on

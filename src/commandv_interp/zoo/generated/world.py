@@ -1,4 +1,4 @@
-"""Stage 6 (zoo): consumes a world seed (and a cache folder), produces a loaded :class:`GeneratedWorld`.
+"""Consumes a world seed (and a cache folder), produces a loaded :class:`GeneratedWorld`.
 
 >>> import tempfile
 >>> w = build_world(0, config=TINY, cache_dir=tempfile.mkdtemp())  # doctest: +SKIP
