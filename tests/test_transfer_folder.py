@@ -5,6 +5,7 @@ Tiny models: the recipient is the donor in a rotated basis, the "other" recipien
 
 import dataclasses
 import json
+import os
 import shutil
 
 import pytest
@@ -175,6 +176,22 @@ def test_save_replaces_an_earlier_transfer_folder_whole_and_refuses_other_folder
         polished.save(tmp_path / "mine")
     assert (tmp_path / "mine" / "report.md").read_text() == "keep me"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+
+def test_a_save_killed_midway_is_cleared_by_the_next_save(polished, tmp_path):
+    """A kill between moving the earlier folder aside and putting the new one in place leaves ``.t.*.old/t`` and no
+    ``t``; a kill while writing leaves ``.t.*.saving``. The next save puts the earlier folder back, then replaces it,
+    and leaves nothing hidden behind."""
+    folder = polished.save(tmp_path / "t")
+    aside = tmp_path / ".t.k3j_9xq2.old"  # names as tempfile.mkdtemp makes them
+    aside.mkdir()
+    os.replace(folder, aside / "t")  # killed after moving the earlier folder aside
+    (tmp_path / ".t.a8b7c6d5.saving").mkdir()
+    (tmp_path / ".t.a8b7c6d5.saving" / "candidates.csv").write_text("half")
+    (tmp_path / ".t.x.abcdefgh.saving").mkdir()  # the staging of a folder named `t.x`: not ours to remove
+    polished.save(folder)
+    assert load_transfer(folder).choice == polished.choice
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".t.x.abcdefgh.saving"]
 
 
 def test_replay_reproduces_the_choice_and_the_digest(pair, other_recipient, another, saved, tmp_path):

@@ -12,6 +12,7 @@ verifies the folder as a whole.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -178,6 +179,7 @@ class Transfer:
         folder = Path(folder)
         _check_writable(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
+        _clear_leftovers(folder)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".saving", dir=folder.parent))
         try:
             self._write(staging, sources, report)
@@ -226,6 +228,18 @@ def _check_writable(folder: Path) -> None:
         if not (isinstance(meta, dict) and meta.get("kind") == KIND):
             raise ValueError(f"{str(folder)!r} holds other files and is not a transfer folder; choose a new or empty "
                              "folder")
+
+
+def _clear_leftovers(folder: Path) -> None:
+    """Remove what a save of ``folder`` killed midway left beside it: a ``.<name>.*.saving`` staging folder, and a
+    ``.<name>.*.old`` holding the earlier folder, which is first put back when ``folder`` itself is gone."""
+    name = glob.escape(folder.name) + "." + "?" * 8  # mkdtemp's 8 random characters: not another folder's
+    for old in sorted(folder.parent.glob(f".{name}.old")):
+        if not folder.exists() and (old / "t").is_dir():
+            os.replace(old / "t", folder)
+        shutil.rmtree(old)
+    for staging in folder.parent.glob(f".{name}.saving"):
+        shutil.rmtree(staging)
 
 
 def _swap_into(staging: Path, folder: Path) -> None:
