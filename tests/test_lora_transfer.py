@@ -59,3 +59,8 @@ def test_transfer_accepts_a_lora_and_a_steering_vector(pair, hf_llama, kind):
     plain = float(table[table.candidate == "recipient (no paste)"].criterion.iloc[0])
     assert float(table.criterion.max()) >= plain
     assert not donor.active_edits and all(torch.equal(v, before[k]) for k, v in hf_llama[0].state_dict().items())
+    if kind == "lora":  # the surrogate's fit is counted once: passing the fitted surrogate itself costs exactly that less
+        again = cv.transfer(donor, recipient, result.donor_adapter, random_prompts(40, seed=11), polish_steps=4,
+                            progress=False)
+        assert again.choice == result.choice
+        assert result.flops - again.flops == pytest.approx(result.donor_adapter.metadata["surrogate_flops"], rel=1e-9)

@@ -107,7 +107,9 @@ def transfer(
 def run_transfer(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Edit, prompts: Sequence[str],
                  config: TransferConfig, progress: bool = True) -> Transfer:
     """:func:`transfer` with every setting in ``config`` (what a saved transfer records and a replay runs again)."""
-    adapter = pasteable(donor_model, adapter, prompts)  # a LoRA or steering vector: its surrogate, taught by it
+    began, edit = time.perf_counter(), adapter
+    adapter = pasteable(donor_model, edit, prompts)  # a LoRA or steering vector: its surrogate, taught by it
+    surrogate_flops = float(adapter.metadata.get("surrogate_flops", 0.0)) if adapter is not edit else 0.0
     if adapter.positions == "first_last":  # the criterion scores every candidate acting at the last prompt token
         raise ValueError(f"cv.transfer scores edits at the last prompt token, but this adapter acts at the first and "
                          f"last {adapter.first_last_k} positions: paste it step by step (cv.paste(..., "
@@ -115,7 +117,6 @@ def run_transfer(donor_model: ModelAccess, recipient_model: ModelAccess, adapter
     if config.start == "scratch" and adapter.positions != "last":
         raise ValueError(f"start='scratch' learns everything in the polish, which acts at the last prompt token: "
                          f"pass a positions='last' adapter (got {adapter.positions!r}) or start='paste'")
-    began = time.perf_counter()
     prompts = check_transfer_prompts(prompts)
     setup = prepare(donor_model, recipient_model, adapter, prompts, config.scoring_fraction, config.max_new_tokens,
                     config.batch_size, config.seed, config.profile_prompts)
@@ -130,8 +131,8 @@ def run_transfer(donor_model: ModelAccess, recipient_model: ModelAccess, adapter
     if config.polish_steps:
         _polish(search, finalist, config)
     return Transfer.from_search(config, fingerprints, adapter, search.best(), finalist, search.table(),
-                                search.scored, search.flops, time.perf_counter() - began, setup.recipient_model,
-                                (setup.answer_tokens, setup.answer_words))
+                                search.scored, search.flops + surrogate_flops, time.perf_counter() - began,
+                                setup.recipient_model, (setup.answer_tokens, setup.answer_words))
 
 
 def _fits(search: CandidateSearch, progress: bool, n: int) -> None:
