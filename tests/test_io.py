@@ -20,7 +20,7 @@ from conftest import random_adapter
 import commandv_interp as cv
 from commandv_interp.io import (TMP_SUFFIX, atomic_write, read_safetensors, temp_path, tensors_checksum, write_json,
                                 write_safetensors)
-from commandv_interp.io import MANIFEST, verify_manifest, write_manifest
+from commandv_interp.manifest import MANIFEST, verify_manifest, write_manifest
 
 KIND = "test.kind"
 

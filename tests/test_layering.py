@@ -17,7 +17,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "commandv_interp"
 
 STAGE = {
-    "version": 0, "types": 0, "io": 0, "validation": 0, "prompts": 0, "metrics": 0,
+    "version": 0, "types": 0, "io": 0, "manifest": 0, "validation": 0, "prompts": 0, "metrics": 0,
     "access": 1,
     "profiles": 2, "adapters": 2,
     "correspondence": 3,

@@ -18,7 +18,7 @@ from commandv_interp.pipeline import TransferConfig, load_transfer
 from commandv_interp.pipeline.agreement import donor_targets, score_responses, summarize
 from commandv_interp.pipeline.applied import applied_edit, edit_attribution
 from commandv_interp.pipeline.labels import transfer_label
-from commandv_interp.io import write_manifest
+from commandv_interp.manifest import write_manifest
 from commandv_interp.pipeline.replay import replay_transfer
 from commandv_interp.prompts import prompts_fingerprint
 

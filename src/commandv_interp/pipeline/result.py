@@ -5,7 +5,7 @@ A transfer folder holds ``transfer.json`` (choice, configuration, fingerprints, 
 donor's whole adapter), ``adapter/`` and ``converters.safetensors`` (the paste, when the choice is one: the adapter
 is the subset of the donor's layers pasted), ``polished/`` (when the choice is polished), ``compiled/`` (the chosen
 edit as a native recipient adapter), ``candidates.csv``, an optional ``report.md``, and ``manifest.json`` over all of
-them with their SHA-256 and the configuration (:func:`~commandv_interp.io.write_manifest`). :func:`load_transfer`
+them with their SHA-256 and the configuration (:func:`~commandv_interp.manifest.write_manifest`). :func:`load_transfer`
 verifies the folder as a whole.
 """
 
@@ -29,8 +29,8 @@ from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.adapters import Adapter, load_adapter, save_adapter
 from commandv_interp.adapters.linear_form import has_linear_form
 from commandv_interp.converters import Converters
-from commandv_interp.io import (atomic_write, dir_mode, file_digest, read_json, tensors_checksum, verify_manifest,
-                               write_json, write_manifest)
+from commandv_interp.io import atomic_write, dir_mode, read_json, tensors_checksum, write_json
+from commandv_interp.manifest import file_digest, verify_manifest, write_manifest
 from commandv_interp.paste import apply_adapter, compile_paste, paste
 from commandv_interp.pipeline.candidates import Candidate
 from commandv_interp.pipeline.config import TransferConfig
