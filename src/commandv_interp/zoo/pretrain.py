@@ -117,6 +117,23 @@ def pretrain(name: str, seed: int = 0, steps: int | None = None, batch_size: int
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(build_config(name, len(tok), tok.pad_token_id, tok.bos_token_id,
                                                           tok.eos_token_id)).float().train()
+    t0 = time.perf_counter()
+    losses, tokens = train_causal_lm(model, docs, tok.pad_token_id, steps, batch_size, lr, warmup, seed, name, progress)
+    n_params = sum(p.numel() for p in model.parameters())
+    tail = losses[-min(50, len(losses)):]
+    record = PretrainRecord(name, seed, steps, batch_size, lr, n_docs, n_params, tokens, 6.0 * n_params * tokens,
+                            round(time.perf_counter() - t0, 2), sum(tail) / len(tail), spec(name).tokenizer,
+                            world_fingerprint(w), tokenization_digest(tok, w), w.name)
+    return model.eval(), tok, record
+
+
+def train_causal_lm(model: torch.nn.Module, docs: list[list[int]], pad_id: int, steps: int, batch_size: int,
+                    lr: float, warmup: int, seed: int, name: str = "pretrain", progress: bool = False
+                    ) -> tuple[list[float], int]:
+    """Next-token training of ``model`` on tokenized ``docs``, in place: AdamW (weight decay 0.1 on matrices, betas
+    0.9/0.98), linear warmup over ``min(warmup, steps // 10)`` steps (at least 1) then cosine decay, gradients clipped
+    at 1, batches of similar lengths drawn by a generator seeded with ``seed``. Returns the per-step losses and the
+    number of trained (non-pad) tokens."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
@@ -124,12 +141,12 @@ def pretrain(name: str, seed: int = 0, steps: int | None = None, batch_size: int
     gen = torch.Generator().manual_seed(seed)
     lengths = [len(d) for d in docs]
     order: list[list[int]] = []
-    losses, tokens, t0 = [], 0, time.perf_counter()
+    losses, tokens = [], 0
     warmup = min(warmup, max(1, steps // 10))
     for step in (bar := tqdm(range(steps), desc=name, disable=not progress, mininterval=2.0)):
         if not order:
             order = _bucketed(lengths, batch_size, gen)
-        ids, mask, labels = _batch(docs, order.pop(), tok.pad_token_id)
+        ids, mask, labels = _batch(docs, order.pop(), pad_id)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, steps, lr, warmup)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -141,12 +158,7 @@ def pretrain(name: str, seed: int = 0, steps: int | None = None, batch_size: int
         tokens += int(mask.sum())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
-    n_params = sum(p.numel() for p in model.parameters())
-    tail = losses[-min(50, len(losses)):]
-    record = PretrainRecord(name, seed, steps, batch_size, lr, n_docs, n_params, tokens, 6.0 * n_params * tokens,
-                            round(time.perf_counter() - t0, 2), sum(tail) / len(tail), spec(name).tokenizer,
-                            world_fingerprint(w), tokenization_digest(tok, w), w.name)
-    return model.eval(), tok, record
+    return losses, tokens
 
 
 def _world_of(name: str, world: WorldLike) -> World:

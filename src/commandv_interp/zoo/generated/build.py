@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
 from commandv_interp.access import open_model
@@ -33,7 +32,7 @@ from commandv_interp.zoo.generated.architectures import ModelPlan, build_config,
 from commandv_interp.zoo.generated.corpus import build_corpus, examples
 from commandv_interp.zoo.generated.grammar import grammar
 from commandv_interp.zoo.generated.tokenization import build_tokenizer, max_positions
-from commandv_interp.zoo.pretrain import _batch, _bucketed, _lr_at
+from commandv_interp.zoo.pretrain import train_causal_lm
 
 __all__ = ["BuildConfig", "DEFAULT", "TINY", "VERSION", "cache_root", "world_folder", "build_folder",
            "adapter_layers", "pretrain_plan"]
@@ -121,26 +120,10 @@ def pretrain_plan(plan: ModelPlan, seed: int, config: BuildConfig, progress: boo
     docs = [ids + [tok.eos_token_id] for ids in tok(texts)["input_ids"]]
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(hf_config).float().train()
-    opt = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.1},
-                             {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}],
-                            lr=config.lr, betas=(0.9, 0.98))
-    gen = torch.Generator().manual_seed(seed)
-    lengths, order, losses, tokens = [len(d) for d in docs], [], [], 0
     t0, cpu0 = time.perf_counter(), time.process_time()
     steps = round(config.pretrain_steps * (CHAR_STEPS if plan.tokenizer == "char" else 1))
-    for step in tqdm(range(steps), desc=plan.name, disable=not progress, mininterval=2.0):
-        if not order:
-            order = _bucketed(lengths, config.batch_size, gen)
-        ids, mask, labels = _batch(docs, order.pop(), tok.pad_token_id)
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, steps, config.lr, min(100, max(1, steps // 10)))
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        tokens += int(mask.sum())
+    losses, tokens = train_causal_lm(model, docs, tok.pad_token_id, steps, config.batch_size, config.lr, 100, seed,
+                                     plan.name, progress)
     n_params = sum(p.numel() for p in model.parameters())
     tail = losses[-min(50, len(losses)):]
     record = {"steps": steps, "n_params": n_params, "tokens": tokens, "flops": 6.0 * n_params * tokens,
