@@ -19,6 +19,19 @@ def assert_close(actual, expected, *, atol: float = 1e-5, rtol: float = 1e-5) ->
     torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
 
 
+def assert_one_error_line(result, match: str, forbid: str | None = None) -> str:
+    """A CLI user error as the CLI promises it: exit code 2, exactly one ``error:`` line on stderr (warnings and
+    model-loading progress bars aside) containing ``match`` (and not ``forbid``), no traceback. Returns the line."""
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = [line for line in result.stderr.strip().splitlines()
+             if line.strip() and not line.startswith("warning: ") and "%|" not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert match in lines[0], lines[0]
+    assert forbid is None or forbid not in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

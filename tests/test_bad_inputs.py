@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from conftest import random_adapter, random_prompts
+from conftest import assert_one_error_line, random_adapter, random_prompts
 
 import commandv_interp as cv
 from commandv_interp.access.limits import check_fits_context
@@ -619,13 +619,7 @@ def test_cli_user_error(row: CliRow, w, monkeypatch):
         row.patch(monkeypatch)
     args = [str(a) for a in row.args(w)]
     before = {p: p.read_bytes() for p in w.root.iterdir() if p.is_file()}
-    result = runner.invoke(cli.app, args)
-    assert result.exit_code == 2, (result.output, result.exception)
-    lines = [line for line in result.stderr.strip().splitlines()
-             if line.strip() and not line.startswith("warning: ") and "%|" not in line]  # model-loading bars
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert row.match in lines[0], lines[0]
-    assert "Traceback" not in result.output
+    assert_one_error_line(runner.invoke(cli.app, args), row.match)
     assert {p: p.read_bytes() for p in before} == before  # no input was touched
 
 
