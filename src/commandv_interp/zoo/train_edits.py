@@ -1,8 +1,8 @@
 """Consumes the zoo's base models and behavior examples, produces their LoRA and steering-vector donor edits
 (:mod:`~commandv_interp.zoo.donor_edits`) and a table of each edit's rates beside the NodiReFT adapter's.
 
-``python -m commandv_interp.zoo.train_edits [--model NAME] [--behavior B]`` (needs ``peft``: ``pip install -e
-".[peft]"``):
+``python -m commandv_interp.zoo.train_edits [--world heldout] [--model NAME] [--behavior B]`` (needs ``peft``:
+``pip install -e ".[peft]"``; the main world by default):
 
 - **LoRA**: trained with ``peft`` itself (``get_peft_model``), rank 8, ``lora_alpha`` 16, on every attention and MLP
   projection of every block, on the behavior's training examples (loss on the response and EOS, as the ReFT
@@ -40,7 +40,7 @@ from commandv_interp.adapters.train import encode_examples, next_token_loss
 from commandv_interp.zoo.catalog import DATA, load_model
 from commandv_interp.zoo.donor_edits import SIDE_METRIC, TARGET_METRIC, edit_path, load_zoo_edit
 from commandv_interp.zoo.evaluate import MAX_NEW_TOKENS, evaluate, respond
-from commandv_interp.zoo.world import BEHAVIORS, examples, with_cue
+from commandv_interp.zoo.world import WorldLike, examples, get_world, with_cue
 from commandv_interp.zoo.world import prompts as prompts_of
 
 __all__ = ["LORA_RECIPE", "SCALES", "train_lora", "train_steering", "edits_table", "main"]
@@ -51,8 +51,10 @@ STEER_PROMPTS = 128  # training prompts the means and the scale choice use
 SIDE_SLACK = 0.02
 
 
-def train_lora(model: ModelAccess, behavior: str, folder: Path, progress: bool = True) -> dict:
-    """Train the behavior's LoRA with peft on a copy of ``model``'s weights and save it to ``folder``."""
+def train_lora(model: ModelAccess, behavior: str, folder: Path, progress: bool = True, world: WorldLike = None
+               ) -> dict:
+    """Train the behavior's LoRA with peft on a copy of ``model``'s weights (on ``world``'s training examples) and
+    save it to ``folder``."""
     import peft
 
     r = LORA_RECIPE
@@ -63,7 +65,7 @@ def train_lora(model: ModelAccess, behavior: str, folder: Path, progress: bool =
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=r["lr"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / r["steps"])))
-    data, gen, start = examples(behavior, "train"), torch.Generator().manual_seed(r["seed"]), time.perf_counter()
+    data, gen, start = examples(behavior, "train", world), torch.Generator().manual_seed(r["seed"]), time.perf_counter()
     for _ in tqdm(range(r["steps"]), desc=f"LoRA {behavior} on {model.name}", disable=not progress):
         idx = torch.randint(len(data), (r["batch_size"],), generator=gen).tolist()
         batch, labels, _ = encode_examples(model, [data[i] for i in idx])
@@ -91,18 +93,18 @@ def _last_token_mean(model: ModelAccess, prompts: list[str], layer: int) -> torc
     return total / len(prompts)
 
 
-def train_steering(model: ModelAccess, behavior: str, path: Path) -> dict:
+def train_steering(model: ModelAccess, behavior: str, path: Path, world: WorldLike = None) -> dict:
     """Difference of means at the middle block and its scale chosen on training prompts (see the module doc)."""
     layer = model.n_layers // 2
-    prompts = prompts_of(behavior, "train")[:STEER_PROMPTS]
-    cued = [with_cue(p, behavior) for p in prompts]
+    prompts = prompts_of(behavior, "train", world)[:STEER_PROMPTS]
+    cued = [with_cue(p, behavior, world) for p in prompts]
     v = (_last_token_mean(model, cued, layer) - _last_token_mean(model, prompts, layer)).float()
-    plain = evaluate(model, behavior, "train", limit=STEER_PROMPTS)
+    plain = evaluate(model, behavior, "train", limit=STEER_PROMPTS, world=world)
     side = SIDE_METRIC.get(behavior)
     rows = []
     for scale in SCALES:
         with apply_edit(model, SteeringVectorEdit({layer: v}, scale)):
-            rates = evaluate(model, behavior, "train", limit=STEER_PROMPTS)
+            rates = evaluate(model, behavior, "train", limit=STEER_PROMPTS, world=world)
         side_ok = side is None or rates[side] <= plain[side] + SIDE_SLACK
         rows.append({"scale": scale, "target": rates[TARGET_METRIC[behavior]], "side_ok": side_ok,
                      "side": rates[side] if side else None})
@@ -112,20 +114,21 @@ def train_steering(model: ModelAccess, behavior: str, path: Path) -> dict:
     return {"layer": layer, "scale": best["scale"], "train_rates": rows}
 
 
-def edits_table(model: ModelAccess, behavior: str) -> list[dict]:
-    """Test-split rates of the base model and of each zoo edit of ``behavior`` on ``model``."""
+def edits_table(model: ModelAccess, behavior: str, world: WorldLike = None) -> list[dict]:
+    """Test-split rates of the base model and of each zoo edit of ``behavior`` on ``model`` (in ``world``)."""
     out = []
     for kind in (None, "reft", "lora", "steering"):
-        edit = load_zoo_edit(model.name, behavior, kind) if kind else None
+        edit = load_zoo_edit(model.name, behavior, kind, world=world) if kind else None
         with apply_edit(model, edit):
-            rates = evaluate(model, behavior, "test")
-        out += [{"model": model.name, "behavior": behavior, "edit": kind or "base", "metric": k, "value": v}
-                for k, v in rates.items()]
+            rates = evaluate(model, behavior, "test", world=world)
+        out += [{"world": get_world(world).name, "model": model.name, "behavior": behavior, "edit": kind or "base",
+                 "metric": k, "value": v} for k, v in rates.items()]
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the zoo's LoRA and steering-vector donor edits.")
+    parser.add_argument("--world", default="main", help="the zoo world (main or heldout; default main)")
     parser.add_argument("--model", action="append", default=None, help="zoo model (repeat; default: all)")
     parser.add_argument("--behavior", action="append", default=None, help="behavior (repeat; default: all)")
     parser.add_argument("--out", type=Path, default=Path("edits_table.csv"), help="the rates table (CSV)")
@@ -135,19 +138,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from commandv_interp.zoo.catalog import list_models
 
+    world = get_world(args.world)
+    prefix = "" if world.name == "main" else f"{world.name}:"  # the record keys of another world
     rows, records = [], {}
-    for name in args.model or list_models():
-        model = load_model(name)
-        for behavior in args.behavior or BEHAVIORS:
+    for name in args.model or list_models(world=world):
+        model = load_model(name, world=world)
+        for behavior in args.behavior or world.behaviors:
             kinds = [] if args.score_only else args.kind or ["lora", "steering"]
-            edit_path(name, behavior, "steering").parent.mkdir(parents=True, exist_ok=True)
+            path = {kind: edit_path(name, behavior, kind, world=world) for kind in ("lora", "steering")}
+            path["steering"].parent.mkdir(parents=True, exist_ok=True)
             if "lora" in kinds:
-                records[f"{name}/{behavior}/lora"] = train_lora(model, behavior, edit_path(name, behavior, "lora"))
+                records[f"{prefix}{name}/{behavior}/lora"] = train_lora(model, behavior, path["lora"], world=world)
             if "steering" in kinds:
-                records[f"{name}/{behavior}/steering"] = train_steering(model, behavior,
-                                                                        edit_path(name, behavior, "steering"))
+                records[f"{prefix}{name}/{behavior}/steering"] = train_steering(model, behavior, path["steering"],
+                                                                                world)
             print(json.dumps(records, default=str), flush=True)
-            rows += edits_table(model, behavior)
+            rows += edits_table(model, behavior, world)
             pd.DataFrame(rows).to_csv(args.out, index=False)
     if records:  # merged into the records of earlier runs (one model at a time)
         path = DATA / "edits" / "records.json"
