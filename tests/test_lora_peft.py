@@ -32,7 +32,7 @@ assert not any(name.startswith("commandv_interp") for name in sys.modules)
 
 def _distilled(nn_llama, nn_gpt2, folder):
     adapter = random_adapter(nn_llama.d_model, layers=(0, 2), scale=0.8, seed=2)
-    return to_peft(nn_llama, nn_gpt2, adapter, random_prompts(24, seed=6), folder, rank=4, steps=20, progress=False)
+    return to_peft(nn_llama, nn_gpt2, adapter, random_prompts(24, seed=6), folder, rank=4, max_steps=20, progress=False)
 
 
 def test_distilled_lora_round_trips_through_peft(hf_gpt2, nn_llama, nn_gpt2, tmp_path):

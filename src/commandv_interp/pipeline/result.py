@@ -27,6 +27,7 @@ import torch
 
 from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.adapters import Adapter, load_adapter, save_adapter
+from commandv_interp.adapters.edit import Edit
 from commandv_interp.adapters.linear_form import has_linear_form
 from commandv_interp.converters import Converters
 from commandv_interp.io import atomic_write, dir_mode, read_json, tensors_checksum, write_json
@@ -136,16 +137,19 @@ class Transfer:
         return compile_paste(self.adapter, self.converters, self.positions, self.alpha)
 
     def to_peft(self, folder: str | Path, donor_model: ModelAccess, prompts: Sequence[str], rank: int = 8,
-                steps: int = LORA_STEPS, seed: int = 0, max_new_tokens: int = 8,
+                steps: int = LORA_STEPS, seed: int | None = None, teacher: Edit | None = None,
                 progress: bool = True) -> LoraDistillation:
         """The transfer as a recipient LoRA in PEFT's format, distilled from the donor+edit's answers to ``prompts``
-        (``max_new_tokens`` long) over the whole answer (:func:`~commandv_interp.pipeline.to_peft.to_peft`; the
-        teacher is the donor's whole edit)."""
+        over the whole answer, cut to this transfer's ``answer_span`` and held out as its ``config`` splits them
+        (``seed``: its ``config.seed`` by default; :func:`~commandv_interp.pipeline.to_peft.to_peft`). The teacher is
+        the donor's whole edit; a transfer loaded from disk keeps only the surrogate of a LoRA or steering vector, so
+        pass that edit as ``teacher``."""
         if self.recipient_model is None:
             raise ValueError("this Transfer was loaded from disk and holds no recipient: load_transfer(folder, "
                              "recipient_model)")
-        return to_peft(donor_model, self.recipient_model, self.donor_adapter, prompts, folder, rank, steps, seed,
-                       max_new_tokens, progress)
+        return to_peft(donor_model, self.recipient_model, teacher if teacher is not None else self.donor_adapter,
+                       prompts, folder, rank, steps, self.config.seed if seed is None else seed, self.answer_span,
+                       scoring_fraction=self.config.scoring_fraction, progress=progress)
 
     def edit_digest(self) -> str:
         """SHA-256 (16 hex digits) of the edit this transfer applies: the polished adapter's digest, or the pasted
