@@ -24,6 +24,11 @@ seed 0), ``label_free_<world>`` for another world, plus ``_seeds<spec>`` for oth
     python benchmarks/label_free.py --quick                          # one cell
     python benchmarks/label_free.py --edit lora                      # from the zoo's LoRA (or steering, reft)
                                                                      # donors, with a PEFT LoRA output too
+    python benchmarks/label_free.py --edit steering --only gpt2-4x96/cot   # only the cells of these donor edits
+
+``--edit`` (either world) scores ``cv.transfer``'s ReFT output, its paste, the distillation from scratch and the PEFT
+LoRA output (``Transfer.to_peft``), and skips the steering baseline and paper-exact; ``<stem>.md`` then summarizes
+them per output kind (``_only`` is added to the stem with ``--only``).
 """
 
 from __future__ import annotations
@@ -48,7 +53,6 @@ from commandv_interp.pipeline.label_free import PAPER_EXACT
 from commandv_interp.pipeline.labels import BACKPROP_FREE_PASTE, PAPER_EXACT_PASTE, transfer_label
 from commandv_interp.zoo import generated
 from commandv_interp.zoo.donor_edits import ZOO_EDIT_KINDS, load_zoo_edit
-from commandv_interp.zoo.evaluate import MAX_NEW_TOKENS
 from commandv_interp.zoo.scoring import BEHAVIOR_RATES
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "figures"
@@ -144,6 +148,8 @@ def nothing_lost(cell: Cell, rates: dict) -> float:
 
 def run_cell(cell: Cell, seed: int, limit: int, corr_limit: int, lora_output: bool = False
              ) -> tuple[dict, pd.DataFrame]:
+    if lora_output:
+        return run_edit_cell(cell, seed, limit)
     donor, recipient, adapter, prompts = cell.donor, cell.recipient, cell.adapter, cell.prompts
     calls, walls = {}, {}
     for method, kwargs in (("transfer", {}), ("paste", {"polish_steps": 0}), ("distill", {"start": "scratch"})):
@@ -194,24 +200,84 @@ def run_cell(cell: Cell, seed: int, limit: int, corr_limit: int, lora_output: bo
             row[f"{method}_flops_ratio"] = calls[method].flops / ft["flops"]
             row[f"{method}_wall_ratio"] = walls[method] / ft["wall_s"]
     row["meets_bar"] = row["transfer_meets_bar"]
-    if lora_output:  # --edit: a PEFT LoRA output beside the ReFT one, distilled from the same donor+edit
-        with tempfile.TemporaryDirectory() as folder:
-            t0 = time.perf_counter()
-            lora = result.to_peft(folder, donor, prompts, seed=seed,
-                                  max_new_tokens=MAX_NEW_TOKENS.get(cell.behavior, 8), progress=False)
-            walls["lora"] = time.perf_counter() - t0
-        rates["lora"] = rates_under(apply_edit(recipient, lora.lora), limit)
-        row |= {"lora_target": rates["lora"][cell.target], "lora_side": rates["lora"][cell.side],
-                "lora_meets_bar": meets(cell, rates["lora"]), "lora_flops_ratio": lora.flops / ft["flops"],
-                "lora_wall_ratio": walls["lora"] / ft["wall_s"],
-                "surrogate_agreement": adapter.metadata.get("surrogate_agreement", float("nan")),
-                "surrogate_flops_ratio": adapter.metadata.get("surrogate_flops", 0.0) / ft["flops"]}
     return row, cands
 
 
-def with_zoo_edit(cell: Cell, kind: str) -> Cell:
+EDIT_OUTPUTS = ("transfer", "paste", "distill", "lora")
+EDIT_LABELS = {"transfer": "ReFT output (`cv.transfer`)", "paste": "its paste before the polish",
+               "distill": "distillation from scratch", "lora": "PEFT LoRA output (`Transfer.to_peft`)"}
+
+
+def run_edit_cell(cell: Cell, seed: int, limit: int) -> tuple[dict, pd.DataFrame]:
+    """``--edit``: the ReFT output, its paste, the distillation from scratch and the PEFT LoRA output distilled
+    from the same donor+edit (``Transfer.to_peft`` with its defaults). FLOPs shares: a transfer's include the
+    surrogate's fit (``surrogate_flops``, paid once before the calls); the LoRA output's are its own (teacher,
+    training, scoring: it needs no surrogate)."""
+    donor, recipient, adapter, prompts = cell.donor, cell.recipient, cell.adapter, cell.prompts
+    ft = cell.finetune
+    surrogate = adapter.metadata.get("surrogate_flops", 0.0) / ft["flops"]
+    calls, walls = {}, {}
+    for method, kwargs in (("transfer", {}), ("paste", {"polish_steps": 0}), ("distill", {"start": "scratch"})):
+        t0 = time.perf_counter()
+        calls[method] = cv.transfer(donor, recipient, adapter, prompts, seed=seed, progress=False, **kwargs)
+        walls[method] = time.perf_counter() - t0
+    result = calls["transfer"]
+    with tempfile.TemporaryDirectory() as folder:
+        t0 = time.perf_counter()
+        lora = result.to_peft(folder, donor, prompts, seed=seed, progress=False)
+        walls["lora"] = time.perf_counter() - t0
+
+    def rates_under(ctx) -> dict:
+        with ctx:
+            return cell.evaluate(recipient, limit)
+
+    rates = {m: rates_under(calls[m].paste()) for m in calls} | {"lora": rates_under(apply_edit(recipient, lora.lora))}
+    flops = {m: c.flops / ft["flops"] + surrogate for m, c in calls.items()} | {"lora": lora.flops / ft["flops"]}
+    row = {"donor": cell.donor_name, "recipient": cell.recipient_name, "behavior": cell.behavior, "seed": seed,
+           "choice": result.choice, "label": transfer_label(result), "target_metric": cell.target,
+           "side_metric": cell.side, "finetune_target": ft["rates"][cell.target],
+           "finetune_side": ft["rates"][cell.side], "n_test": limit,
+           "surrogate_agreement": adapter.metadata.get("surrogate_agreement", float("nan")),
+           "surrogate_flops_ratio": surrogate, "lora_steps": lora.steps, "lora_rounds": len(lora.rounds),
+           "lora_criterion": lora.criterion, "lora_answer_tokens": lora.span[0], "lora_answer_words": lora.span[1]}
+    for method in EDIT_OUTPUTS:
+        row[f"{method}_target"], row[f"{method}_side"] = rates[method][cell.target], rates[method][cell.side]
+        row[f"{method}_meets_bar"] = meets(cell, rates[method])
+        row[f"{method}_flops_ratio"] = flops[method]
+        row[f"{method}_wall_ratio"] = walls[method] / ft["wall_s"]
+    row["meets_bar"] = row["transfer_meets_bar"]
+    cands = result.candidates.drop_duplicates("candidate", keep="last").reset_index(drop=True)
+    return row, cands.assign(donor=cell.donor_name, recipient=cell.recipient_name, behavior=cell.behavior, seed=seed)
+
+
+def edit_markdown(table: pd.DataFrame, header: str) -> str:
+    """``--edit``: per output kind, runs meeting the bar, cells meeting it at every seed, median FLOPs share
+    (everything included); per cell, each kind's runs meeting the bar and its worst seed."""
+    cells = table.groupby(["donor", "recipient", "behavior"], sort=False)
+    lines = [header, "", "| output | runs meeting the bar | cells meeting it at every seed | median FLOPs / finetune "
+             "| max FLOPs / finetune |", "|---|---|---|---|---|"]
+    for m in EDIT_OUTPUTS:
+        lines.append(f"| {EDIT_LABELS[m]} | **{int(table[f'{m}_meets_bar'].sum())} of {len(table)}** | "
+                     f"{int(cells[f'{m}_meets_bar'].all().sum())} of {cells.ngroups} | "
+                     f"{_pct(table[f'{m}_flops_ratio'].median())} | {_pct(table[f'{m}_flops_ratio'].max())} |")
+    lines += ["", "| donor → recipient | behavior | finetune | " + " | ".join(
+        f"{EDIT_LABELS[m].split(' (')[0]}: runs, worst seed" for m in ("transfer", "lora", "distill")) + " |",
+        "|---|---|---|---|---|---|"]
+    for (d, r, b), runs in cells:
+        parts = []
+        for m in ("transfer", "lora", "distill"):
+            w = worst_seed(runs, m)
+            parts.append(f"{int(runs[f'{m}_meets_bar'].sum())}/{len(runs)}, seed {int(w.seed)}: "
+                         f"{w[f'{m}_target']:.2f} / {w[f'{m}_side']:.2f}")
+        first = runs.iloc[0]
+        lines.append(f"| {d} → {r} | {b} | {first.finetune_target:.2f} / {first.finetune_side:.2f} | "
+                     + " | ".join(parts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def with_zoo_edit(cell: Cell, kind: str, world: str = "main") -> Cell:
     """The cell with the zoo's ``kind`` donor edit of its behavior (its surrogate pasted, the edit the teacher)."""
-    edit = load_zoo_edit(cell.donor_name, cell.behavior, kind)
+    edit = load_zoo_edit(cell.donor_name, cell.behavior, kind, world=world)
     return dataclasses.replace(cell, adapter=pasteable(cell.donor, edit, cell.prompts))
 
 
@@ -292,10 +358,12 @@ def main() -> None:
                         help="test prompts per candidate for the criterion correlation (0: skip it)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--edit", default=None, choices=ZOO_EDIT_KINDS,
-                        help="the zoo's donor edit of this kind (main world), with a PEFT LoRA output too")
+                        help="the zoo's donor edit of this kind (a zoo world), with a PEFT LoRA output too")
+    parser.add_argument("--only", action="append", default=None, metavar="DONOR/BEHAVIOR",
+                        help="only the cells of this donor and behavior (repeat; a zoo world)")
     args = parser.parse_args()
-    if args.edit and args.world != "main":
-        parser.error("--edit needs --world main (the zoo's LoRA and steering donors are the main world's)")
+    if args.edit and args.world == "generated":
+        parser.error("--edit needs a zoo world (main or heldout): the generated worlds have no LoRA or steering donors")
     seeds = parse_seeds(args.seeds)
     if args.world == "generated":
         named = {"dev": list(generated.DEV_SEEDS), "test": list(generated.TEST_SEEDS)}
@@ -303,31 +371,37 @@ def main() -> None:
         loaders = [lambda s=s: load_generated_cell(s) for s in world_seeds]
         stem = f"label_free_generated_{args.world_seeds if args.world_seeds in named else 'w' + args.world_seeds}"
     else:
-        loaders = [lambda c=c: load_zoo_cell(*c, args.world) for c in zoo_cells(args.world)]
+        chosen = [c for c in zoo_cells(args.world) if args.only is None or f"{c[0]}/{c[2]}" in args.only]
+        if not chosen:
+            parser.error(f"--only {args.only} names no cell of the {args.world} world")
+        loaders = [lambda c=c: load_zoo_cell(*c, args.world) for c in chosen]
         stem = "label_free" if args.world == "main" else f"label_free_{args.world}"
     stem += "" if seeds == [0] else f"_seeds{args.seeds}"
     stem += f"_{args.edit}" if args.edit else ""
+    stem += "_only" if args.only else ""
     loaders = loaders[:1] if args.quick else loaders
     rows, frames, began = [], [], time.perf_counter()
     for load in loaders:
-        cell = load() if not args.edit else with_zoo_edit(load(), args.edit)
+        cell = load() if not args.edit else with_zoo_edit(load(), args.edit, args.world)
         for seed in seeds:
             row, cands = run_cell(cell, seed, args.limit, args.corr_limit, lora_output=args.edit is not None)
             rows.append(row)
             frames.append(cands)
+            third = "lora" if args.edit else "steering"
             print(f"{cell.donor_name} → {cell.recipient_name} {cell.behavior} seed {seed}: "
                   f"{row['transfer_target']:.2f}/{row['transfer_side']:.2f} (finetune {row['finetune_target']:.2f}/"
                   f"{row['finetune_side']:.2f}) meets {row['meets_bar']} | paste {row['paste_target']:.2f}/"
                   f"{row['paste_side']:.2f} | scratch {row['distill_target']:.2f}/{row['distill_side']:.2f} | "
-                  f"steering {row['steering_target']:.2f}/{row['steering_side']:.2f} | flops "
-                  f"{row['transfer_flops_ratio']:.3f} | {time.perf_counter() - began:.0f} s", flush=True)
+                  f"{third} {row[f'{third}_target']:.2f}/{row[f'{third}_side']:.2f} | flops "
+                  f"{row['transfer_flops_ratio']:.3f}" + (f"/{row['lora_flops_ratio']:.3f}" if args.edit else "")
+                  + f" | {time.perf_counter() - began:.0f} s", flush=True)
             table = pd.DataFrame(rows)
             args.out.mkdir(parents=True, exist_ok=True)
             table.to_csv(args.out / f"{stem}.csv", index=False)
             pd.concat(frames).to_csv(args.out / f"{stem}_candidates.csv", index=False)
             header = (f"`python benchmarks/label_free.py {' '.join(sys.argv[1:])}`: {len(rows)} runs, "
                       f"{time.perf_counter() - began:.0f} s wall.")
-            (args.out / f"{stem}.md").write_text(markdown(table, header))
+            (args.out / f"{stem}.md").write_text(edit_markdown(table, header) if args.edit else markdown(table, header))
     print((args.out / f"{stem}.md").read_text())
 
 

@@ -211,8 +211,6 @@ def distill_lora(donor_model: ModelAccess, recipient_model: ModelAccess, edit: E
                 best, stale = (lora, criterion, loglik, trainer.steps), 0
             else:
                 stale += 1
-            if criterion >= 1.0:
-                break
     finally:
         bar.close()
         for p, flag in zip(module.parameters(), flags):
