@@ -93,3 +93,20 @@ def test_a_surrogate_without_its_teacher_is_refused(pair, tmp_path):
     save_adapter(surrogate, tmp_path / "s")  # what a transfer folder keeps of it
     with pytest.raises(ValueError, match=r"surrogate of a 'steering' edit.*teacher=cv.load_edit"):
         check_teacher(load_adapter(tmp_path / "s"))
+
+
+@pytest.mark.slow  # a label-free transfer from a steering vector, saved and loaded (about 10 s)
+def test_a_loaded_transfer_of_a_steering_donor_needs_its_teacher(pair, tmp_path):
+    from commandv_interp.pipeline import load_transfer
+
+    donor, recipient, _ = pair
+    torch.manual_seed(4)
+    edit = SteeringVectorEdit({1: 3.0 * torch.randn(donor.d_model)})
+    made = cv.transfer(donor, recipient, edit, PROMPTS, polish_steps=0, progress=False)
+    loaded = load_transfer(made.save(tmp_path / "t"), recipient)
+    assert getattr(loaded.donor_adapter, "teacher", None) is None  # the folder keeps the surrogate only
+    with pytest.raises(ValueError, match="teacher=cv.load_edit"):
+        loaded.to_peft(tmp_path / "lora", donor, PROMPTS, steps=4, progress=False)
+    again = loaded.to_peft(tmp_path / "lora", donor, PROMPTS, steps=4, teacher=edit, progress=False)
+    first = made.to_peft(tmp_path / "lora0", donor, PROMPTS, steps=4, progress=False)
+    assert again.answers == first.answers and again.span == first.span == made.answer_span

@@ -25,8 +25,8 @@ from commandv_interp.adapters import Adapter
 from commandv_interp.adapters.edit import Edit
 from commandv_interp.adapters.lora import LoraEdit, lora_applied
 from commandv_interp.adapters.surrogate import teacher_of
-from commandv_interp.pipeline.agreement import (ANSWER_CAP, DonorTargets, answer_limit, behavior_span, donor_answers,
-                                                score_responses, summarize, targets_from)
+from commandv_interp.pipeline.agreement import (ANSWER_CAP, DonorTargets, answer_limit, behavior_span,
+                                                greedy_responses, score_responses, summarize, targets_from, teaching)
 from commandv_interp.pipeline.split import stratified_split
 
 __all__ = ["TeacherAnswers", "teacher_answers", "lora_criterion", "scoring_flops", "check_teacher"]
@@ -83,7 +83,9 @@ def teacher_answers(donor: ModelAccess, recipient: ModelAccess, edit: Edit, prom
     tokens, words = answer_span if answer_span is not None and answer_span[0] > 0 else (0, 0)
     if tokens == 0:
         tokens = min(answer_limit(model, prompts, ANSWER_CAP) for model in (donor, recipient))
-    adapted, plain = donor_answers(donor, edit, prompts, tokens, batch_size)
+    plain = greedy_responses(donor, prompts, tokens, batch_size, whole_words=True)  # as donor_answers, any edit
+    with teaching(donor, edit):
+        adapted = greedy_responses(donor, prompts, tokens, batch_size, whole_words=True)
     flops = sum(forward_flops(donor, [f"{p} {a}" for p, a in zip(prompts, texts)]) for texts in (adapted, plain))
     if answer_span is not None and answer_span[0] > 0:
         adapted, plain = ([" ".join(t.split()[:words]) for t in texts] if words else list(texts)
