@@ -187,9 +187,22 @@ def distill_lora(donor_model: ModelAccess, recipient_model: ModelAccess, edit: E
     with torch.no_grad():
         teacher = teacher_answers(donor, recipient, edit, prompts, answer_span, scoring_fraction, seed)
     budget_flops = budget * finetune_flops_estimate(recipient, teacher.fitting, teacher.answers)
+    trainer = _Trainer(recipient, _fresh(recipient, target_modules, rank, seed), teacher, batch_size, lr, seed)
+    best, rounds, spent = _rounds(trainer, budget_flops, max_steps, round_steps, patience, progress)
+    if best is None:
+        raise ValueError(f"budget={budget!r} ({budget_flops:.3g} FLOPs) pays for the teacher's answers "
+                         f"({teacher.flops:.3g}) but not for one step and its scoring; raise budget")
+    return LoraDistillation(best[0], teacher.fitting, teacher.answers, teacher.span, best[3], trainer.tokens, spent,
+                            budget_flops, best[1], pd.DataFrame(rounds), tuple(trainer.losses))
+
+
+def _rounds(trainer: _Trainer, budget_flops: float, max_steps: int, round_steps: int, patience: int,
+            progress: bool) -> tuple[tuple | None, list[dict], float]:
+    """Train and score round after round (see the module doc); returns the best round ``(lora, criterion, loglik,
+    steps)`` (None when the budget paid for no round), every round's row and the FLOPs spent, the teacher's
+    included."""
+    recipient, teacher = trainer.recipient, trainer.teacher
     score_cost = scoring_flops(recipient, teacher.targets)
-    modules = _fresh(recipient, target_modules, rank, seed)
-    trainer = _Trainer(recipient, modules, teacher, batch_size, lr, seed)
     spent, rounds, best, stale = teacher.flops, [], None, 0
     module = recipient.torch_module
     flags = [p.requires_grad for p in module.parameters()]
@@ -204,7 +217,7 @@ def distill_lora(donor_model: ModelAccess, recipient_model: ModelAccess, edit: E
                 break
             spent += trainer.flops - before + score_cost
             bar.update(done)
-            lora = _snapshot(recipient, modules)
+            lora = _snapshot(recipient, trainer.modules)
             criterion, loglik = lora_criterion(recipient, teacher.targets, lora)
             rounds.append({"steps": trainer.steps, "criterion": criterion, "loglik": loglik, "flops": spent})
             if best is None or (criterion, loglik) > (best[1], best[2]):
@@ -215,11 +228,7 @@ def distill_lora(donor_model: ModelAccess, recipient_model: ModelAccess, edit: E
         bar.close()
         for p, flag in zip(module.parameters(), flags):
             p.requires_grad_(flag)
-    if best is None:
-        raise ValueError(f"budget={budget!r} ({budget_flops:.3g} FLOPs) pays for the teacher's answers "
-                         f"({teacher.flops:.3g}) but not for one step and its scoring; raise budget")
-    return LoraDistillation(best[0], teacher.fitting, teacher.answers, teacher.span, best[3], trainer.tokens, spent,
-                            budget_flops, best[1], pd.DataFrame(rounds), tuple(trainer.losses))
+    return best, rounds, spent
 
 
 def to_peft(donor_model: ModelAccess, recipient_model: ModelAccess, edit: Edit, prompts: Sequence[str],
