@@ -239,6 +239,16 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def worse_than_both(table: pd.DataFrame) -> list[str]:
+    """Cells where ``cv.transfer`` meets the bar in fewer runs than its paste alone and fewer than the distillation
+    from scratch (the issue's "no cell worse than both"), as ``donor → recipient behavior``."""
+    cells = table.groupby(["donor", "recipient", "behavior"], sort=False)
+    counts = cells[["transfer_meets_bar", "paste_meets_bar", "distill_meets_bar"]].sum()
+    worse = counts[(counts.transfer_meets_bar < counts.paste_meets_bar)
+                   & (counts.transfer_meets_bar < counts.distill_meets_bar)]
+    return [f"{d} → {r} {b}" for d, r, b in worse.index]
+
+
 def _pct(x: float) -> str:
     return "" if x != x else f"{100 * x:.1f}%"
 
@@ -251,6 +261,9 @@ def markdown(table: pd.DataFrame, header: str) -> str:
         lines.append(f"| {METHOD_LABELS[s.method]} | **{s.runs_meeting_bar} of {s.runs}** "
                      f"({100 * s.share_meeting_bar:.0f}%) | {s.cells_meeting_bar_every_seed} of {s.cells} | {lost} | "
                      f"{_pct(s.median_flops_ratio)} | {_pct(s.median_wall_ratio)} |")
+    worse = worse_than_both(table)
+    lines += ["", f"Cells where `cv.transfer` meets the bar in fewer runs than both its paste and the distillation from "
+                  f"scratch: {len(worse)}" + (f" ({'; '.join(worse)})" if worse else "") + "."]
     lines += ["", "| donor → recipient | behavior | finetune (target / side) | transfer runs meeting the bar | "
               "transfer's worst seed (target / side) | what it applied there | paste | distillation | steering | "
               "paper-exact | nothing lost |", "|---|---|---|---|---|---|---|---|---|---|---|"]
