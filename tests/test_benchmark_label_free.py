@@ -84,6 +84,14 @@ def test_cells_worse_than_both_the_paste_and_the_distillation(bench):
     assert "fewer runs than both its paste and the distillation from scratch: 1 (a → r x)." in bench.markdown(table, "")
 
 
+def test_cells_with_a_weak_bar_are_named_and_left_out_of_a_second_count(bench):
+    table = _runs(bench)
+    assert bench.weak_bars(table) == [] and "bar says little" not in bench.markdown(table, "")
+    table.loc[table.donor == "a", "finetune_target"] = 0.3  # a finetune that hardly learned the behavior
+    assert bench.weak_bars(table) == ["a → r x"]
+    assert "(a → r x). Without them, `cv.transfer` meets the bar in 3 of 3 runs." in bench.markdown(table, "")
+
+
 def test_seed_specs(bench):
     assert bench.parse_seeds("0-4") == [0, 1, 2, 3, 4] and bench.parse_seeds("0,2,5") == [0, 2, 5]
     assert bench.parse_seeds("1-2,7") == [1, 2, 7]
