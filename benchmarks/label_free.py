@@ -58,6 +58,7 @@ from commandv_interp.zoo.scoring import BEHAVIOR_RATES
 OUT = Path(__file__).resolve().parents[1] / "docs" / "figures"
 TRAIN_PROMPTS = 128  # unlabeled prompts handed to transfer: the adapter's first training inputs
 METHODS = ("transfer", "paste", "distill", "steering", "paper")
+WEAK_BAR = 0.5  # a finetune below this target rate makes a weak bar (reported apart in the summary)
 METHOD_LABELS = {"transfer": "`cv.transfer` (defaults)", "paste": BACKPROP_FREE_PASTE,
                  "distill": "distillation from scratch (`start=\"scratch\"`)", "steering": "steering vector",
                  "paper": PAPER_EXACT_PASTE}
@@ -305,6 +306,23 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def worse_than_both(table: pd.DataFrame) -> list[str]:
+    """Cells where ``cv.transfer`` meets the bar in fewer runs than its paste alone and fewer than the distillation
+    from scratch (the issue's "no cell worse than both"), as ``donor → recipient behavior``."""
+    cells = table.groupby(["donor", "recipient", "behavior"], sort=False)
+    counts = cells[["transfer_meets_bar", "paste_meets_bar", "distill_meets_bar"]].sum()
+    worse = counts[(counts.transfer_meets_bar < counts.paste_meets_bar)
+                   & (counts.transfer_meets_bar < counts.distill_meets_bar)]
+    return [f"{d} → {r} {b}" for d, r, b in worse.index]
+
+
+def weak_bars(table: pd.DataFrame) -> list[str]:
+    """Cells whose bar says little: the recipient's own finetune reaches the target rate on fewer than
+    ``WEAK_BAR`` of the test prompts, so that 0.9 × its rate asks for little or nothing of a transfer."""
+    cells = table.groupby(["donor", "recipient", "behavior"], sort=False).finetune_target.first()
+    return [f"{d} → {r} {b}" for (d, r, b), v in cells.items() if v < WEAK_BAR]
+
+
 def _pct(x: float) -> str:
     return "" if x != x else f"{100 * x:.1f}%"
 
@@ -317,6 +335,16 @@ def markdown(table: pd.DataFrame, header: str) -> str:
         lines.append(f"| {METHOD_LABELS[s.method]} | **{s.runs_meeting_bar} of {s.runs}** "
                      f"({100 * s.share_meeting_bar:.0f}%) | {s.cells_meeting_bar_every_seed} of {s.cells} | {lost} | "
                      f"{_pct(s.median_flops_ratio)} | {_pct(s.median_wall_ratio)} |")
+    weak = weak_bars(table)
+    if weak:
+        keep = ~table.apply(lambda row: f"{row.donor} → {row.recipient} {row.behavior}" in weak, axis=1)
+        lines += ["", f"Cells whose bar says little (the recipient's own finetune reaches the target on fewer than "
+                      f"{WEAK_BAR:.0%} of the test prompts): {len(weak)} ({'; '.join(weak)}). Without them, "
+                      f"`cv.transfer` meets the bar in {int(table[keep].transfer_meets_bar.sum())} of "
+                      f"{int(keep.sum())} runs."]
+    worse = worse_than_both(table)
+    lines += ["", f"Cells where `cv.transfer` meets the bar in fewer runs than both its paste and the distillation from "
+                  f"scratch: {len(worse)}" + (f" ({'; '.join(worse)})" if worse else "") + "."]
     lines += ["", "| donor → recipient | behavior | finetune (target / side) | transfer runs meeting the bar | "
               "transfer's worst seed (target / side) | what it applied there | paste | distillation | steering | "
               "paper-exact | nothing lost |", "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -75,6 +75,23 @@ def test_summary_shares_cells_and_worst_seed(bench):
     assert "| a → r | x | 1.00 / 0.00 | 1/3 | seed 1: 0.50 / 0.00 | distillation only (no paste) |" in md
 
 
+def test_cells_worse_than_both_the_paste_and_the_distillation(bench):
+    table = _runs(bench)
+    assert bench.worse_than_both(table) == []  # the paste and the distillation meet the bar nowhere
+    table.loc[table.donor == "a", ["paste_meets_bar", "distill_meets_bar"]] = True  # both 3/3, transfer 1/3
+    table.loc[(table.donor == "b") & (table.seed == 0), "distill_meets_bar"] = True  # b: 3/3 against 0/3 and 1/3
+    assert bench.worse_than_both(table) == ["a → r x"]
+    assert "fewer runs than both its paste and the distillation from scratch: 1 (a → r x)." in bench.markdown(table, "")
+
+
+def test_cells_with_a_weak_bar_are_named_and_left_out_of_a_second_count(bench):
+    table = _runs(bench)
+    assert bench.weak_bars(table) == [] and "bar says little" not in bench.markdown(table, "")
+    table.loc[table.donor == "a", "finetune_target"] = 0.3  # a finetune that hardly learned the behavior
+    assert bench.weak_bars(table) == ["a → r x"]
+    assert "(a → r x). Without them, `cv.transfer` meets the bar in 3 of 3 runs." in bench.markdown(table, "")
+
+
 def test_seed_specs(bench):
     assert bench.parse_seeds("0-4") == [0, 1, 2, 3, 4] and bench.parse_seeds("0,2,5") == [0, 2, 5]
     assert bench.parse_seeds("1-2,7") == [1, 2, 7]

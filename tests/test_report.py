@@ -5,6 +5,7 @@ with no paste to compare. Tiny models: the recipient is the donor in a rotated b
 
 import copy
 import dataclasses
+import importlib
 
 import pandas as pd
 import pytest
@@ -42,8 +43,15 @@ def _value(frame, layer, reference, metric, edit="polished"):
     return float(sub.value.iloc[0])
 
 
-def test_analyze_shows_what_a_planted_polish_changed_layer_by_layer(pair, pasted, tmp_path):
+def test_analyze_shows_what_a_planted_polish_changed_layer_by_layer(pair, pasted, tmp_path, monkeypatch):
     donor, recipient, _ = pair
+    polish_change = importlib.import_module("commandv_interp.analysis.polish_change")
+    report_module = importlib.import_module("commandv_interp.app.report")
+    scored = []  # the polished adapter's attribution is scored once, and the final-edit section reuses it
+    for module in (report_module, polish_change):
+        original = module.subset_attribution
+        monkeypatch.setattr(module, "subset_attribution",
+                            lambda *a, _f=original, **k: scored.append(1) or _f(*a, **k))
     compiled = pasted.compile()
     polished = copy.deepcopy(compiled)
     last = max(polished.interventions)
@@ -51,6 +59,7 @@ def test_analyze_shows_what_a_planted_polish_changed_layer_by_layer(pair, pasted
         polished.interventions[last].proj_layer.weight.mul_(2.0)  # the last edited layer: states before it unchanged
     t = dataclasses.replace(pasted, polished=polished, choice=f"{pasted.choice}+polish/4/lr=0.004")
     files = analyze_transfer(t, donor, recipient, random_prompts(10, seed=5), tmp_path)
+    assert len(scored) == 1
     assert {tmp_path / "final_edit.csv", tmp_path / "final_edit_transfer.png"} <= set(files)
     final = pd.read_csv(tmp_path / "final_edit.csv")
     assert set(final.columns) == CHANGE | ATTRIBUTION

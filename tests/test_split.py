@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from commandv_interp.pipeline.agreement import ResponseScores, summarize
-from commandv_interp.pipeline.split import MIN_SCORING, stratified_split
+from commandv_interp.pipeline.split import MAX_SCORING, MIN_SCORING, stratified_split
 
 
-@pytest.mark.parametrize("n_changed, n_unchanged", [(40, 200), (64, 64), (300, 20), (5, 3), (1, 30)])
+@pytest.mark.parametrize("n_changed, n_unchanged", [(40, 200), (64, 64), (300, 20), (5, 3), (1, 30), (190, 322)])
 def test_each_stratum_is_split_by_the_rule(n_changed, n_unchanged):
     changed = [True] * n_changed + [False] * n_unchanged
     g = torch.Generator().manual_seed(n_changed)
@@ -17,12 +17,26 @@ def test_each_stratum_is_split_by_the_rule(n_changed, n_unchanged):
     scoring, fitting = stratified_split(changed, 0.25, seed=3)
     assert sorted(scoring + fitting) == list(range(len(changed)))  # disjoint and covering
     for flag, n in ((True, n_changed), (False, n_unchanged)):
-        want = max(round(0.25 * n), min(MIN_SCORING[flag], n // 2), 1)
+        want = max(min(max(round(0.25 * n), min(MIN_SCORING[flag], n // 2)), MAX_SCORING[flag]), 1)
         want = min(want, n - 1) if n >= 2 else 1
         assert sum(changed[i] == flag for i in scoring) == want
     assert stratified_split(changed, 0.25, seed=3) == (scoring, fitting)
     if len(changed) > 10:
         assert stratified_split(changed, 0.25, seed=4)[0] != scoring
+
+
+def test_the_scoring_split_stops_growing_with_the_prompts():
+    """512 prompts, 37% of them changed (a quarter would score 48 + 81): the split scores 32 + 64, whatever the
+    seed, and up to 128 prompts per stratum it is the uncapped rule (the cap never binds there)."""
+    changed = [i % 100 < 37 for i in range(512)]
+    for seed in range(3):
+        scoring, fitting = stratified_split(changed, 0.25, seed)
+        assert sum(changed[i] for i in scoring) == 32 and sum(not changed[i] for i in scoring) == 64
+        assert len(fitting) == 512 - 96
+    for n in range(2, 129):
+        for flag in (True, False):
+            assert min(max(round(0.25 * n), min(MIN_SCORING[flag], n // 2)), MAX_SCORING[flag]) \
+                == max(round(0.25 * n), min(MIN_SCORING[flag], n // 2))
 
 
 def test_refuses_a_bad_fraction():

@@ -168,7 +168,8 @@ def _scratch_of(result) -> Adapter | None:
 
 def final_edit_analysis(donor_model: ModelAccess | object, recipient_model: ModelAccess | object,
                         donor_adapter: Adapter, result, prompts: Sequence[str], max_new_tokens: int = 8,
-                        targets: DonorTargets | None = None) -> dict[str, pd.DataFrame]:
+                        targets: DonorTargets | None = None,
+                        attribution: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """The edit a :class:`~commandv_interp.pipeline.Transfer` applies, analyzed layer by layer on held-out prompts.
 
     Args:
@@ -177,6 +178,8 @@ def final_edit_analysis(donor_model: ModelAccess | object, recipient_model: Mode
             ``positions``, ``alpha``).
         prompts: held-out prompts; targets: the donor's answers to them, if already made (see
             :func:`edit_attribution`).
+        attribution: :func:`edit_attribution` of the final edit on these prompts and targets, if already made
+            (``commandv analyze`` makes it for a polished transfer): used as it is instead of scoring it again.
 
     Returns:
         ``{"attribution": ..., "change": ...}``: :func:`edit_attribution` of the final edit (the polished adapter,
@@ -189,8 +192,10 @@ def final_edit_analysis(donor_model: ModelAccess | object, recipient_model: Mode
     paste = (compile_paste(result.adapter, result.converters, result.positions, result.alpha)
              if result.converters is not None else None)
     final = result.polished if result.polished is not None else paste
-    frames = {"attribution": edit_attribution(donor_model, recipient_model, donor_adapter, final, prompts,
-                                              max_new_tokens=max_new_tokens, targets=targets)}
+    if attribution is None:
+        attribution = edit_attribution(donor_model, recipient_model, donor_adapter, final, prompts,
+                                       max_new_tokens=max_new_tokens, targets=targets)
+    frames = {"attribution": attribution}
     if result.polished is not None:
         scratch = _scratch_of(result) if paste is not None else None  # distillation only: the final edit is it
         frames["change"] = polish_change(recipient_model, paste, result.polished, prompts, scratch)

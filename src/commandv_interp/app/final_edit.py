@@ -28,10 +28,11 @@ FINAL_EDIT_INTRO = (
 
 
 def final_edit_section(donor_model, recipient_model, donor_adapter: Adapter, t, prompts: Sequence[str], out: Path,
-                       name: str, heading: str = "###", targets: DonorTargets | None = None
-                       ) -> tuple[pd.DataFrame, list[str], list[Path]]:
+                       name: str, heading: str = "###", targets: DonorTargets | None = None,
+                       attribution: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[str], list[Path]]:
     """Analyze the final edit of ``t`` on ``prompts`` and draw it into ``out/final_edit_<name>.png`` (and PDF).
-    ``targets``: the donor's answers to ``prompts``, if already made (else generated, 8 new tokens).
+    ``targets``: the donor's answers to ``prompts``, if already made (else generated, 8 new tokens);
+    ``attribution``: the final edit's layer attribution against them, if already made (else scored here).
 
     Returns:
         The tidy rows (:func:`~commandv_interp.analysis.final_edit_analysis`'s frames, concatenated, each row with
@@ -41,7 +42,7 @@ def final_edit_section(donor_model, recipient_model, donor_adapter: Adapter, t, 
     import matplotlib.pyplot as plt
 
     found = analysis.final_edit_analysis(donor_model, recipient_model, donor_adapter, t, list(prompts),
-                                         targets=targets)
+                                         targets=targets, attribution=attribution)
     frame = pd.concat([f.assign(analysis=kind) for kind, f in found.items()], ignore_index=True)
     title = f"{name}: {transfer_label(t)} (`{t.choice}`)"
     fig = plotting.plot_polish_change(found["change"], found["attribution"], title=title.replace("`", ""))

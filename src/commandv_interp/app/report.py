@@ -61,7 +61,7 @@ def analyze_transfer(t: Transfer, donor_model: ModelAccess, recipient_model: Mod
                                          "and the pasted delta point where the donor's own do (cosine; 1 is exact)."))
     plt.close("all")
     final, section, figures = final_edit_section(donor, recipient, t.donor_adapter, t, prompts, out, "transfer",
-                                                 targets=targets)
+                                                 targets=targets, attribution=attribution if native else None)
     files += [atomic_write(out / "final_edit.csv", lambda p: final.to_csv(p, index=False)), *figures]
     lines = [f"# Analysis of `{t.choice}`: {kind}", "",
              f"{len(prompts)} prompts; layer map of the paste {t.layer_map or '(none: no paste)'}"

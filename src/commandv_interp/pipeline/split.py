@@ -8,6 +8,11 @@ among which a paste refusing 5% of benign requests refuses none 44% of the time 
 least its share ``scoring_fraction`` and, when the stratum is larger, up to ``MIN_SCORING[stratum]`` prompts (never
 more than half of it, so that fitting keeps the other half): with ≥ 128 unchanged prompts the scoring split holds
 64 of them and misses a 5% difference 4% of the time (0.95⁶⁴).
+
+A stratum never puts more than ``MAX_SCORING[stratum]`` prompts into scoring (32 changed, 64 unchanged): every
+candidate and every polish round is scored on the whole scoring split within the polish's FLOPs budget, so a split
+that grew with the prompts (a quarter of 512 is 128) would starve the polish of training rounds; the prompts beyond
+the cap go to fitting, where the distillation learns from them. Up to 128 prompts per stratum the cap never binds.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["stratified_split", "MIN_SCORING"]
+__all__ = ["stratified_split", "MIN_SCORING", "MAX_SCORING"]
 
 MIN_SCORING = {True: 16, False: 64}  # scored prompts wanted per stratum (changed: target side; unchanged: side metric)
+MAX_SCORING = {True: 32, False: 64}  # scored prompts at most per stratum (the rest fit: see the module doc)
 
 
 def stratified_split(changed: Sequence[bool], scoring_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -32,8 +38,8 @@ def stratified_split(changed: Sequence[bool], scoring_fraction: float, seed: int
     Returns:
         ``(scoring, fitting)``: disjoint index lists covering every prompt, each in a seeded random order (so that
         any prefix, e.g. the first half that stage 1 scores, mixes the strata). A stratum of ``n`` prompts puts
-        ``max(round(f n), min(MIN_SCORING[stratum], n // 2))`` into scoring (at least 1, and at most ``n − 1`` when
-        ``n ≥ 2``).
+        ``min(max(round(f n), min(MIN_SCORING[stratum], n // 2)), MAX_SCORING[stratum])`` into scoring (at least 1,
+        and at most ``n − 1`` when ``n ≥ 2``).
 
     Example:
         >>> scoring, fitting = stratified_split([True] * 40 + [False] * 200, 0.25)
@@ -49,7 +55,7 @@ def stratified_split(changed: Sequence[bool], scoring_fraction: float, seed: int
         if not members:
             continue
         n = len(members)
-        k = max(round(n * scoring_fraction), min(MIN_SCORING[stratum], n // 2), 1)
+        k = max(min(max(round(n * scoring_fraction), min(MIN_SCORING[stratum], n // 2)), MAX_SCORING[stratum]), 1)
         k = min(k, n - 1) if n >= 2 else 1
         order = torch.randperm(n, generator=generator).tolist()
         scoring += [members[j] for j in order[:k]]
