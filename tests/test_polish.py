@@ -185,6 +185,36 @@ def test_lr_sweep_picks_the_planted_best_rate_for_every_start_alike(pair, teache
         assert len(later) == plan.patience  # no round improved on the trial (same criterion, lift +0.002 per round)
 
 
+def test_a_winner_stuck_at_the_floor_hands_the_budget_to_the_other_start(pair, teacher):
+    """Planted: start a's trials score exactly the unedited recipient's criterion (0.5) and win the first round on
+    the lift; b's trial ties at 0.5 and then improves round after round. With the floor at 0.5, a stalls after its
+    patience and b goes on (its later rounds beat 0.5); with no floor, b never trains past its trial."""
+    _, recipient, _ = pair
+    prompts, answers, changed = teacher
+    starts = {"a": fresh_adapter(recipient, [1], rank=2, seed=1), "b": fresh_adapter(recipient, [1], rank=2, seed=2)}
+
+    def score(start, candidate, adapter, info):
+        crit = 0.5 if start == "a" or info["polish_steps"] <= 2 else min(1.0, 0.5 + 0.1 * info["polish_steps"] / 2)
+        return {"candidate": candidate, "criterion": crit, "lift": 0.6 if start == "a" else 0.55,
+                "agree_unchanged": 1.0, "score_flops": 1e3, "start": start, **info}
+
+    def make(start, lr):
+        return Distillation(recipient, start, prompts, answers, changed, batch_size=4, lr=lr)
+
+    for floor, second in ((0.5, True), (float("-inf"), False)):
+        plan = PolishPlan(budget=1e15, score_cost=1e3, max_steps=12, lrs=(4e-3,), round_steps=2, patience=2,
+                          floor=floor)
+        out = race(starts, make, score, plan)
+        assert out.winner == "a+polish/2/lr=0.004"
+        b_later = [r for r in out.rows.values() if r["start"] == "b" and r["polish_steps"] > 2]
+        assert bool(b_later) == second and (out.second == "b+polish/2/lr=0.004") == second
+        if second:
+            assert max(r["criterion"] for r in b_later) > 0.5
+            assert rank(pd.DataFrame(list(out.rows.values()))).iloc[0].start == "b"
+    with pytest.raises(ValueError, match="floor"):
+        PolishPlan(budget=1.0, score_cost=0.0, floor=float("nan"))
+
+
 def test_polish_stops_at_its_budget_and_counts_every_flop(pair, teacher):
     """A budget of a few steps: the training and scoring FLOPs counted stay within it, a larger budget runs more
     steps, and the same seed gives the same rounds (deterministic)."""

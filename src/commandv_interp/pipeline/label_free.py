@@ -18,8 +18,9 @@ everything it considered, the configuration it ran with and the fingerprints of 
    finalist compiled to a native recipient adapter, and beside it a fresh adapter at the depth-matched layers, are
    trained in rounds to reproduce the donor+adapter's answers on the fitting prompts (distillation from the donor
    itself: no labels); both try the same learning rates, the best held-out trial goes on while the criterion
-   improves, within a FLOPs budget; each round is a candidate scored on all the scoring prompts (skipped when the
-   finalist already reproduces every scoring answer);
+   improves (and, if it never beats the unedited recipient, the other start's best trial after it), within a FLOPs
+   budget; each round is a candidate scored on all the scoring prompts (skipped when the finalist already
+   reproduces every scoring answer);
 4. :meth:`~commandv_interp.pipeline.result.Transfer.from_search`: the best candidate scored on all the scoring
    prompts, by the one ranking rule :func:`~commandv_interp.pipeline.candidates.rank`.
 
@@ -188,8 +189,9 @@ def _polish(search: CandidateSearch, finalist: Candidate | None, config: Transfe
         native = compile_paste(finalist.edit, finalist.converters, "last", 1.0)
         starts = {finalist.name: Candidate(finalist.name, 3, finalist.method, finalist.match, native)} | starts
     budget_flops = config.polish_budget * finetune_flops_estimate(recipient, setup.fitting, answers)
+    floor = float(search.rows[0]["criterion"])  # the unedited recipient (REFERENCE): what a polish must beat
     plan = PolishPlan(budget_flops, search.score_cost(), config.polish_steps, config.polish_lrs, config.polish_round,
-                      config.polish_patience)
+                      config.polish_patience, floor)
 
     def trainer(start: Adapter, lr: float) -> Distillation:
         return Distillation(recipient, start, setup.fitting, answers, changed, config.polish_batch, lr, config.seed)

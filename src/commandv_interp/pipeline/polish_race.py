@@ -12,6 +12,11 @@ improves, and stops at a FLOPs budget.
 3. **Patience.** The winner trains round after round while a round raises the criterion (or, at an equal criterion,
    the lift by ``LIFT_STEP``); it stops after ``PolishPlan.patience`` rounds without that, at criterion 1, at
    ``PolishPlan.max_steps`` steps, or when the budget cannot pay for another step and its scoring.
+4. **A second chance.** A winner that never scored above ``PolishPlan.floor`` (the unedited recipient's criterion:
+   it learned nothing the criterion can see, e.g. it flipped from answering every request to refusing every one)
+   leaves what is left of the budget to the best trial of another start, which goes on by the same patience. On a
+   world where every first-round trial did one or the other, the paste's winner stalled there while the fresh start,
+   given the budget alone, learned to refuse only the harmful requests.
 
 The budget covers everything the polish runs: every trial's and round's training steps (``4 · params · tokens``)
 and the scoring of each (``score_cost`` per scored adapter). A round's training is cut at the step that would pass
@@ -47,6 +52,8 @@ class PolishPlan:
         lrs: the learning rates every start tries in its first round.
         round_steps: steps per scored round.
         patience: rounds without improvement before stopping.
+        floor: the criterion to beat (the unedited recipient's); a winner that never does hands the rest of the
+            budget to the best trial of another start.
     """
 
     budget: float
@@ -55,8 +62,11 @@ class PolishPlan:
     lrs: tuple[float, ...] = LR_GRID
     round_steps: int = POLISH_ROUND
     patience: int = PATIENCE
+    floor: float = float("-inf")
 
     def __post_init__(self) -> None:
+        if self.floor != self.floor:
+            raise ValueError("floor must be a criterion value (or -inf for none), got NaN")
         if not self.budget >= 0 or not self.score_cost >= 0:
             raise ValueError(f"budget and score_cost must be >= 0 FLOPs, got {self.budget!r} and {self.score_cost!r}")
         if not self.lrs or any(not lr > 0 for lr in self.lrs):
@@ -75,6 +85,7 @@ class PolishOutcome:
     train_flops: float = 0.0
     score_flops: float = 0.0
     winner: str | None = None  # the first-round trial that went on
+    second: str | None = None  # the trial of another start that went on after the winner stalled at the floor
 
     @property
     def flops(self) -> float:
@@ -101,6 +112,17 @@ def race(starts: Mapping[str, Adapter], trainer: Trainer, score: Scorer, plan: P
         return out
     name, t, best = max(trials, key=lambda trial: ranking_key(trial[2]))
     out.winner = best["candidate"]
+    best = _continue(name, t, best, score, plan, out)
+    others = [trial for trial in trials if trial[0] != name]
+    if ranking_key(best)[0] <= plan.floor + 1e-12 and others:  # the winner learned nothing: another start's turn
+        other, t, row = max(others, key=lambda trial: ranking_key(trial[2]))
+        out.second = row["candidate"]
+        _continue(other, t, row, score, plan, out)
+    return out
+
+
+def _continue(name: str, t: Distillation, best: dict, score: Scorer, plan: PolishPlan, out: PolishOutcome) -> dict:
+    """Train ``t`` round after round while it improves on ``best`` (patience, steps, budget); its best row."""
     wait = 0
     while wait < plan.patience and t.steps < plan.max_steps and ranking_key(best)[0] < 1.0:
         row = _round(name, t, score, plan, out)
@@ -110,7 +132,7 @@ def race(starts: Mapping[str, Adapter], trainer: Trainer, score: Scorer, plan: P
             best, wait = row, 0
         else:
             wait += 1
-    return out
+    return best
 
 
 def _improves(row: Mapping, best: Mapping) -> bool:
