@@ -34,7 +34,7 @@ from commandv_interp.adapters.linear_form import read_activation
 from commandv_interp.adapters.train import next_token_loss
 from commandv_interp.pipeline.agreement import answer_labels, at_prompt_end, response_sequences
 
-__all__ = ["Distillation", "balanced", "fresh_adapter", "finetune_flops_estimate", "POLISH_STEPS", "POLISH_ROUND",
+__all__ = ["Distillation", "balanced", "balanced_draw", "strata", "fresh_adapter", "finetune_flops_estimate", "POLISH_STEPS", "POLISH_ROUND",
            "POLISH_BATCH", "POLISH_LR", "POLISH_BUDGET", "LR_GRID", "PATIENCE", "FINETUNE_SEQUENCES"]
 
 POLISH_STEPS = 256  # a cap on the optimizer steps of the continued start; the budget and the patience stop it first
@@ -91,8 +91,7 @@ class Distillation:
         self._optimizer = torch.optim.AdamW(params, lr=self.lr)
         self._generator = torch.Generator().manual_seed(self.seed)
         self._n_params = sum(p.numel() for p in self.recipient.torch_module.parameters())
-        groups = [[i for i, c in enumerate(self.changed) if bool(c) == flag] for flag in (True, False)]
-        self._strata = groups if all(groups) else [list(range(len(self.prompts)))]
+        self._strata = strata(self.changed, len(self.prompts))
         self._mean_tokens: float | None = None
 
     def run(self, steps: int, flops_limit: float | None = None) -> float:
@@ -124,11 +123,7 @@ class Distillation:
 
     def next_indices(self) -> list[int]:
         """The pairs of the next batch (by index), drawn with replacement, an equal share from each stratum."""
-        idx: list[int] = []
-        for k, group in enumerate(self._strata):
-            n = self.batch_size // len(self._strata) + (k < self.batch_size % len(self._strata))
-            idx += [group[j] for j in torch.randint(len(group), (n,), generator=self._generator).tolist()]
-        return idx
+        return balanced_draw(self._strata, self.batch_size, self._generator)
 
     def _next_batch(self) -> tuple[Batch, list[int], list[int]]:
         idx = self.next_indices()
@@ -170,6 +165,23 @@ class Distillation:
                                                         "flops": self.flops, "lr": self.lr,
                                                         "batch_size": self.batch_size, "seed": self.seed}}
         return Adapter(ivs, positions=self.start.positions, first_last_k=self.start.first_last_k, metadata=meta)
+
+
+def strata(changed: Sequence[bool], n: int) -> list[list[int]]:
+    """The pair indices whose answer the edit changed and the others, as two strata; one stratum of all ``n`` pairs
+    when either is empty (or no flags are given)."""
+    groups = [[i for i, c in enumerate(changed) if bool(c) == flag] for flag in (True, False)]
+    return groups if all(groups) else [list(range(n))]
+
+
+def balanced_draw(groups: Sequence[Sequence[int]], batch_size: int, generator: torch.Generator) -> list[int]:
+    """A batch of pair indices drawn with replacement, an equal share from each stratum (the first ones get the
+    remainder): what both distillations (the ReFT polish and the LoRA output) train on."""
+    idx: list[int] = []
+    for k, group in enumerate(groups):
+        n = batch_size // len(groups) + (k < batch_size % len(groups))
+        idx += [group[j] for j in torch.randint(len(group), (n,), generator=generator).tolist()]
+    return idx
 
 
 def finetune_flops_estimate(recipient: ModelAccess, prompts: Sequence[str], answers: Sequence[str]) -> float:

@@ -40,7 +40,7 @@ from commandv_interp.adapters.train import next_token_loss
 from commandv_interp.pipeline.agreement import answer_labels, response_sequences
 from commandv_interp.pipeline.lora_teacher import (TeacherAnswers, check_teacher, lora_criterion, scoring_flops,
                                                    teacher_answers)
-from commandv_interp.pipeline.polish import finetune_flops_estimate
+from commandv_interp.pipeline.polish import balanced_draw, finetune_flops_estimate, strata
 
 __all__ = ["LoraDistillation", "distill_lora", "to_peft", "LORA_STEPS", "LORA_LR", "LORA_BATCH", "LORA_ROUND",
            "LORA_PATIENCE", "LORA_BUDGET"]
@@ -119,16 +119,11 @@ class _Trainer:
         self.optimizer = torch.optim.AdamW([t for ab in modules.values() for t in ab], lr=lr)
         self.generator = torch.Generator().manual_seed(seed)
         self.n_params = sum(p.numel() for p in recipient.torch_module.parameters())
-        groups = [[i for i, c in enumerate(teacher.changed) if c == flag] for flag in (True, False)]
-        self.strata = groups if all(groups) else [list(range(len(teacher.fitting)))]
+        self.strata = strata(teacher.changed, len(teacher.fitting))
         self.steps, self.tokens, self.flops, self.losses = 0, 0, 0.0, []
 
     def _draw(self) -> list[int]:
-        idx: list[int] = []
-        for k, group in enumerate(self.strata):
-            n = self.batch_size // len(self.strata) + (k < self.batch_size % len(self.strata))
-            idx += [group[j] for j in torch.randint(len(group), (n,), generator=self.generator).tolist()]
-        return idx
+        return balanced_draw(self.strata, self.batch_size, self.generator)
 
     def run(self, steps: int, flops_limit: float) -> int:
         """Up to ``steps`` steps, stopping before one that would take ``flops`` past ``flops_limit``; returns the
