@@ -1,9 +1,9 @@
 """ReFT interventions, the :class:`Adapter` that groups them, training and pyreft folder I/O."""
 
+from commandv_interp.adapters.adapter import Adapter
 from commandv_interp.adapters.interventions import (
     ACTIVATIONS,
     INTERVENTION_KINDS,
-    Adapter,
     DiReFT,
     Intervention,
     LoReFT,

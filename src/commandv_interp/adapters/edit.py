@@ -16,7 +16,7 @@ from typing import Literal, get_args
 
 from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.adapters.edits import adapter_edits
-from commandv_interp.adapters.interventions import Adapter
+from commandv_interp.adapters.adapter import Adapter
 from commandv_interp.adapters.lora import CONFIG_FILE, LoraEdit, load_peft_lora, lora_applied
 from commandv_interp.adapters.pyreft_format import load_pyreft_folder
 from commandv_interp.adapters.steering_vector import (SteeringVectorEdit, load_steering_file, steering_edits,

@@ -16,7 +16,8 @@ import torch
 from commandv_interp.access import EditContext, ModelAccess, prompt_position_mask
 from commandv_interp.access.intrace import LowRankEdit
 from commandv_interp.access.fingerprint import weights_digest
-from commandv_interp.adapters.interventions import Adapter, Intervention
+from commandv_interp.adapters.adapter import Adapter
+from commandv_interp.adapters.interventions import Intervention
 from commandv_interp.adapters.linear_form import has_linear_form, linear_parts, read_activation
 from commandv_interp.types import POSITION_RULES, Bool, Float, PositionRule, Tensor, check_choice
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from commandv_interp.adapters.interventions import INTERVENTION_KINDS, Adapter, Intervention
+from commandv_interp.adapters.adapter import Adapter
+from commandv_interp.adapters.interventions import INTERVENTION_KINDS, Intervention
 from commandv_interp.io import TMP_SUFFIX, dir_mode, file_mode, is_io_failure, read_json, write_error
 
 __all__ = ["load_pyreft_folder", "save_pyreft_folder", "META_FILE", "parse_pyreft_positions"]

@@ -29,7 +29,8 @@ import torch
 
 from commandv_interp.access import ModelAccess, batches, forward_flops, open_model
 from commandv_interp.adapters.edit import Edit, apply_edit, restrict_edit
-from commandv_interp.adapters.interventions import Adapter, NodiReFT
+from commandv_interp.adapters.adapter import Adapter
+from commandv_interp.adapters.interventions import NodiReFT
 from commandv_interp.types import Float, Tensor
 
 __all__ = ["SurrogateAdapter", "Surrogate", "fit_surrogate", "pasteable", "fit_low_rank", "edit_deltas", "teacher_of"]

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from commandv_interp.access import Batch, ModelAccess, open_model, prompt_position_mask
 from commandv_interp.access.fingerprint import weights_digest
-from commandv_interp.adapters.interventions import INTERVENTION_KINDS, Adapter, make_intervention
+from commandv_interp.adapters.adapter import Adapter
+from commandv_interp.adapters.interventions import INTERVENTION_KINDS, make_intervention
 from commandv_interp.types import Bool, Float, Int, Tensor, check_choice
 
 __all__ = ["train_adapter", "TrainingRecord", "encode_examples", "next_token_loss"]

@@ -9,7 +9,7 @@ modules or shapes the donor lacks is refused when it is first applied to the don
 from __future__ import annotations
 
 from commandv_interp.adapters.edit import Edit, edit_kind, load_edit
-from commandv_interp.adapters.interventions import Adapter
+from commandv_interp.adapters.adapter import Adapter
 from commandv_interp.adapters.lora import LoraEdit
 
 __all__ = ["donor_edit", "describe_edit"]
