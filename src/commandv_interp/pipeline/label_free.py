@@ -133,7 +133,8 @@ def run_transfer(donor_model: ModelAccess, recipient_model: ModelAccess, adapter
         _polish(search, finalist, config)
     return Transfer.from_search(config, fingerprints, adapter, search.best(), finalist, search.table(),
                                 search.scored, search.flops + surrogate_flops, time.perf_counter() - began,
-                                setup.recipient_model, (setup.answer_tokens, setup.answer_words))
+                                setup.recipient_model, (setup.answer_tokens, setup.answer_words),
+                                setup.donor_answers)
 
 
 def _fits(search: CandidateSearch, progress: bool, n: int) -> None:

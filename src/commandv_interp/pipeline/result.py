@@ -4,7 +4,9 @@ configuration and fingerprints it was made with, every candidate considered) and
 A transfer folder holds ``transfer.json`` (choice, configuration, fingerprints, digests), ``donor_adapter/`` (the
 donor's whole adapter), ``adapter/`` and ``converters.safetensors`` (the paste, when the choice is one: the adapter
 is the subset of the donor's layers pasted), ``polished/`` (when the choice is polished), ``compiled/`` (the chosen
-edit as a native recipient adapter), ``candidates.csv``, an optional ``report.md``, and ``manifest.json`` over all of
+edit as a native recipient adapter), ``candidates.csv``, ``answers.json`` (the donor's answers with and without its
+edit that the criterion judged, :class:`~commandv_interp.pipeline.lora_teacher.DonorAnswers`; absent from folders
+saved before transfers kept them), an optional ``report.md``, and ``manifest.json`` over all of
 them with their SHA-256 and the configuration (:func:`~commandv_interp.manifest.write_manifest`). :func:`load_transfer`
 verifies the folder as a whole.
 """
@@ -36,7 +38,9 @@ from commandv_interp.paste import apply_adapter, compile_paste, paste
 from commandv_interp.pipeline.candidates import Candidate
 from commandv_interp.pipeline.config import TransferConfig
 from commandv_interp.pipeline.fingerprints import Fingerprints
+from commandv_interp.pipeline.lora_teacher import DonorAnswers
 from commandv_interp.pipeline.to_peft import LORA_STEPS, LoraDistillation, to_peft
+from commandv_interp.prompts import prompts_fingerprint
 from commandv_interp.types import PositionRule
 from commandv_interp.version import __version__
 
@@ -70,6 +74,9 @@ class Transfer:
         answer_span: the donor's answers as the criterion judged them: ``(tokens, words)``, the new tokens they
             were generated with and the behavior span they were cut to (0 words: not cut).
         considered: every candidate scored, by name (not saved).
+        donor_answers: the donor's answers with and without its whole edit to every prompt, as the criterion judged
+            them (saved as ``answers.json``; what :meth:`to_peft` reuses on these prompts); None for a folder saved
+            before transfers kept them.
     """
 
     config: TransferConfig
@@ -86,12 +93,14 @@ class Transfer:
     recipient_model: ModelAccess | None = field(default=None, repr=False)
     answer_span: tuple[int, int] = (0, 0)
     considered: dict[str, Candidate] = field(default_factory=dict, repr=False)
+    donor_answers: DonorAnswers | None = field(default=None, repr=False)
 
     @classmethod
     def from_search(cls, config: TransferConfig, fingerprints: Fingerprints, donor_adapter: Adapter,
                     chosen: Candidate, finalist: Candidate | None, candidates: pd.DataFrame,
                     considered: dict[str, Candidate], flops: float, wall_s: float,
-                    recipient_model: ModelAccess, answer_span: tuple[int, int]) -> Transfer:
+                    recipient_model: ModelAccess, answer_span: tuple[int, int],
+                    donor_answers: DonorAnswers | None = None) -> Transfer:
         """The transfer of ``chosen``: a paste (``finalist`` itself), its polish (a native adapter started from
         ``finalist``), or a fresh adapter's polish (no paste: ``finalist`` is then ignored)."""
         if chosen.is_paste:
@@ -102,7 +111,7 @@ class Transfer:
         adapter = paste_of.edit if paste_of is not None else donor_adapter
         converters = paste_of.converters if paste_of is not None else None
         return cls(config, fingerprints, donor_adapter, adapter, converters, donor_adapter.positions, chosen.name,
-                   candidates, polished, flops, wall_s, recipient_model, answer_span, dict(considered))
+                   candidates, polished, flops, wall_s, recipient_model, answer_span, dict(considered), donor_answers)
 
     @property
     def alpha(self) -> float:
@@ -141,15 +150,34 @@ class Transfer:
                 progress: bool = True) -> LoraDistillation:
         """The transfer as a recipient LoRA in PEFT's format, distilled from the donor+edit's answers to ``prompts``
         over the whole answer, cut to this transfer's ``answer_span`` and held out as its ``config`` splits them
-        (``seed``: its ``config.seed`` by default; :func:`~commandv_interp.pipeline.to_peft.to_peft`). The teacher is
-        the donor's whole edit; a transfer loaded from disk keeps only the surrogate of a LoRA or steering vector, so
-        pass that edit as ``teacher``."""
+        (``seed``: its ``config.seed`` by default; :func:`~commandv_interp.pipeline.to_peft.to_peft`).
+
+        On this transfer's own prompts the answers are the ones it judged and kept (:attr:`donor_answers`): the
+        donor generates nothing, and the result's ``teacher_flops`` is 0 (the transfer paid for them, in its
+        ``flops``). On other prompts, with ``teacher``, with another donor, or for a folder saved before transfers
+        kept their answers, they are generated from the donor+edit, and the result's ``teacher_note`` says why. The
+        teacher is the donor's whole edit; a transfer loaded from disk keeps only the surrogate of a LoRA or steering
+        vector, so when the answers must be generated, pass that edit as ``teacher``."""
         if self.recipient_model is None:
             raise ValueError("this Transfer was loaded from disk and holds no recipient: load_transfer(folder, "
                              "recipient_model)")
-        return to_peft(donor_model, self.recipient_model, teacher if teacher is not None else self.donor_adapter,
-                       prompts, folder, rank, steps, self.config.seed if seed is None else seed, self.answer_span,
-                       scoring_fraction=self.config.scoring_fraction, progress=progress)
+        kept, why = self._kept_answers(donor_model, teacher)
+        result = to_peft(donor_model, self.recipient_model, teacher if teacher is not None else self.donor_adapter,
+                         prompts, folder, rank, steps, self.config.seed if seed is None else seed, self.answer_span,
+                         scoring_fraction=self.config.scoring_fraction, progress=progress, answers=kept)
+        return result if why is None else dataclasses.replace(result, teacher_note=why)
+
+    def _kept_answers(self, donor_model: ModelAccess, teacher: Edit | None) -> tuple[DonorAnswers | None, str | None]:
+        """The kept answers :meth:`to_peft` may reuse (None: generate them, for the reason given)."""
+        if self.donor_answers is None:
+            return None, "this transfer keeps no answers (saved before transfers kept them): generated again"
+        if teacher is not None:
+            return None, "teacher= was given: the answers were generated from it"
+        try:
+            self.fingerprints.donor_model.check(donor_model, "donor", f"the transfer {self.choice!r}")
+        except ValueError:
+            return None, "the donor given is not the transfer's: the answers were generated from it"
+        return self.donor_answers, None
 
     def edit_digest(self) -> str:
         """SHA-256 (16 hex digits) of the edit this transfer applies: the polished adapter's digest, or the pasted
@@ -206,6 +234,8 @@ class Transfer:
             compiled = self.compile()
             save_adapter(compiled, folder / "compiled")
         atomic_write(folder / "candidates.csv", lambda p: self.candidates.to_csv(p, index=False))
+        if self.donor_answers is not None:
+            write_json(folder / "answers.json", self.donor_answers.to_dict())
         if report is not None:
             atomic_write(folder / "report.md", lambda p: p.write_text(report))
         meta = {"kind": KIND, "choice": self.choice, "alpha": self.alpha, "positions": self.positions,
@@ -219,6 +249,7 @@ class Transfer:
                                       else None),
                 "layer_map": {str(k): v for k, v in self.layer_map.items()}, "n_candidates": len(self.candidates),
                 "answer_span": list(self.answer_span),
+                "answers_sha256": (file_digest(folder / "answers.json") if self.donor_answers is not None else None),
                 "flops": self.flops, "wall_s": self.wall_s, "sources": sources, "library_version": __version__}
         write_json(folder / "transfer.json", meta)
         write_manifest(folder, {"kind": KIND, "config": self.config.to_dict()})
@@ -298,8 +329,10 @@ def load_transfer(folder: str | Path, recipient_model: ModelAccess | None = None
     span = meta.get("answer_span")
     if not (isinstance(span, list) and len(span) == 2 and all(isinstance(x, int) and x >= 0 for x in span)):
         raise ValueError(f"{str(folder / 'transfer.json')!r}: answer_span {span!r} is not two counts; {FIX}")
+    answers = _read_answers(folder, meta.get("answers_sha256"), fingerprints, (span[0], span[1]))
     t = Transfer(config, fingerprints, donor_adapter, adapter, converters, adapter.positions, str(meta["choice"]),
-                 candidates, polished, float(meta["flops"]), float(meta["wall_s"]), answer_span=(span[0], span[1]))
+                 candidates, polished, float(meta["flops"]), float(meta["wall_s"]), answer_span=(span[0], span[1]),
+                 donor_answers=answers)
     if recipient_model is None:
         return t
     access = open_model(recipient_model)
@@ -319,6 +352,27 @@ def _read_candidates(folder: Path, meta: dict) -> pd.DataFrame:
         raise ValueError(f"{str(folder / 'candidates.csv')!r} does not list the {meta.get('n_candidates')} "
                          f"candidates of this transfer; {FIX}")
     return candidates
+
+
+def _read_answers(folder: Path, digest: object, fingerprints: Fingerprints,
+                  span: tuple[int, int]) -> DonorAnswers | None:
+    """``answers.json``, refused unless it is the file ``transfer.json`` records (SHA-256) and answers exactly the
+    transfer's prompts with its answer span; None for a folder saved before transfers kept their answers."""
+    if digest is None:
+        return None
+    path = folder / "answers.json"
+    if not path.is_file() or file_digest(path) != digest:
+        raise ValueError(f"{str(path)!r} is not the answers this transfer judged (missing, or its SHA-256 differs "
+                         f"from transfer.json's); {FIX}")
+    try:
+        answers = DonorAnswers.from_dict(read_json(path), repr(str(path)))
+    except ValueError as err:
+        raise ValueError(f"{err}; {FIX}") from None
+    if (prompts_fingerprint(answers.prompts), len(answers.prompts)) != (fingerprints.prompts, fingerprints.n_prompts) \
+            or answers.span != span:
+        raise ValueError(f"{str(path)!r} answers other prompts or another answer span than this transfer's "
+                         f"(span {answers.span!r}, transfer.json says {span!r}); {FIX}")
+    return answers
 
 
 def _adapter_with_digest(folder: Path, name: str, digest: object) -> Adapter:

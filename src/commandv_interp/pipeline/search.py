@@ -34,6 +34,7 @@ from commandv_interp.pipeline.agreement import (ANSWER_CAP, DonorTargets, Respon
                                                 behavior_span, donor_answers, onset_prompts, score_responses,
                                                 summarize, targets_from)
 from commandv_interp.pipeline.candidates import Candidate, rank
+from commandv_interp.pipeline.lora_teacher import DonorAnswers
 from commandv_interp.pipeline.split import stratified_split
 from commandv_interp.profiles import ActivationProfile, profile
 from commandv_interp.prompts import prompts_fingerprint
@@ -60,6 +61,8 @@ class SearchSetup:
         donor_profile, recipient_profile: profiles over ``augmented`` (the donor's at the adapter's layers).
         layer_maps: ``{"depth": ..., "similarity": ...}`` for the adapter's layers.
         flops: the FLOPs spent so far (targets, onsets, profiles).
+        donor_answers: the donor's answers with and without its adapter to every prompt, cut to the behavior span
+            (what the split, the targets and the fitting answers were taken from; a transfer keeps them).
     """
 
     donor_model: ModelAccess
@@ -79,6 +82,7 @@ class SearchSetup:
     fitting_changed: tuple[bool, ...] = ()  # per fitting prompt, whether the adapter changed the donor's answer
     answer_tokens: int = 0  # the new tokens the donor's answers were generated with (the cap the contexts allow)
     answer_words: int = 0  # the behavior span the answers were cut to, in words (0: none differs)
+    donor_answers: DonorAnswers | None = None
 
     def plain_profiles(self) -> tuple[ActivationProfile, ActivationProfile]:
         """The profiles' rows of the plain fitting prompts (no onset word): the paper's profile set."""
@@ -113,6 +117,7 @@ def prepare(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Ada
     flops = sum(forward_flops(donor, [f"{p} {a}" for p, a in zip(prompts, answers)])  # a cached generation: one
                 for answers in (adapted, plain))  # pass over each prompt and answer token
     adapted, plain, words = behavior_span(adapted, plain)
+    judged = DonorAnswers(tuple(prompts), tuple(adapted), tuple(plain), (max_new_tokens, words), flops)
     changed = [a != b for a, b in zip(adapted, plain)]
     targets_from(prompts, adapted, plain, max_new_tokens)  # refuses an adapter that changes no answer
     score_rows, fit_rows = stratified_split(changed, scoring_fraction, seed)
@@ -128,7 +133,7 @@ def prepare(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Ada
     maps = {match: match_layers(p_donor, p_recipient, match, adapter.layers) for match in ("depth", "similarity")}
     return SearchSetup(donor, recipient, adapter, fitting, scoring, profiled, augmented, targets, p_donor, p_recipient,
                        maps, batch_size, flops, tuple(adapted[i] for i in fit_rows),
-                       tuple(changed[i] for i in fit_rows), max_new_tokens, words)
+                       tuple(changed[i] for i in fit_rows), max_new_tokens, words, judged)
 
 
 @dataclass

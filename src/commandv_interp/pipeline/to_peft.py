@@ -4,7 +4,8 @@ held-out prompts, within a FLOPs budget.
 
 The teacher is the donor with its edit (a surrogate's teacher: the LoRA or steering vector it stands for), greedy, on
 the user's prompts, and its answers are the ones a transfer judges (:mod:`~commandv_interp.pipeline.lora_teacher`:
-the transfer's answer span, fitting/scoring split and seed). The student is a rank-``r`` LoRA on the recipient's
+the transfer's answer span, fitting/scoring split and seed); on a transfer's own prompts they are the answers it
+kept (:class:`~commandv_interp.pipeline.lora_teacher.DonorAnswers`), and the donor generates nothing. The student is a rank-``r`` LoRA on the recipient's
 block projections (attention and MLP; PEFT's initialization: ``A`` Kaiming-uniform, ``B = 0``, so it starts as the
 plain recipient). A LoRA acts at every position, so it learns the whole answer: the loss is the recipient's
 next-token cross-entropy on every answer token, teacher-forced after the prompt. Each batch draws half of its pairs
@@ -16,8 +17,9 @@ Every ``round_steps`` steps the LoRA is scored by donor agreement on the held-ou
 (:func:`~commandv_interp.pipeline.lora_teacher.lora_criterion`, forward passes only); the distillation stops after
 ``patience`` rounds without a better criterion, at criterion 1, at ``max_steps``, or when the budget cannot pay for
 another step and its round's scoring, and returns the best round. The budget is a share of
-:func:`~commandv_interp.pipeline.polish.finetune_flops_estimate` and covers everything: the teacher's generations,
-every training step (``4 · params · tokens``, as a finetune counts them) and every scoring. The folder is written
+:func:`~commandv_interp.pipeline.polish.finetune_flops_estimate` and covers everything spent here: the teacher's
+generations (none when a transfer's kept answers are reused: the transfer paid for them), every training step
+(``4 · params · tokens``, as a finetune counts them) and every scoring. The folder is written
 by :func:`~commandv_interp.adapters.lora.save_peft_lora` and loads with
 ``peft.PeftModel.from_pretrained(recipient_hf_model, folder)`` alone.
 """
@@ -38,8 +40,8 @@ from commandv_interp.adapters.edit import Edit
 from commandv_interp.adapters.lora import LoraEdit, block_modules, lora_applied, projections, save_peft_lora
 from commandv_interp.adapters.train import next_token_loss
 from commandv_interp.pipeline.agreement import answer_labels, response_sequences
-from commandv_interp.pipeline.lora_teacher import (TeacherAnswers, check_teacher, lora_criterion, scoring_flops,
-                                                   teacher_answers)
+from commandv_interp.pipeline.lora_teacher import (DonorAnswers, TeacherAnswers, check_teacher, lora_criterion,
+                                                   scoring_flops, teacher_answers)
 from commandv_interp.pipeline.polish import balanced_draw, finetune_flops_estimate, strata
 
 __all__ = ["LoraDistillation", "distill_lora", "to_peft", "LORA_STEPS", "LORA_LR", "LORA_BATCH", "LORA_ROUND",
@@ -66,6 +68,9 @@ class LoraDistillation:
         criterion: the best round's held-out donor agreement.
         rounds: one row per scored round: ``steps, criterion, loglik, flops`` (cumulative).
         losses: per step.
+        teacher_reused: whether the teacher's answers were a transfer's kept answers (nothing generated).
+        teacher_flops: the teacher's generations counted in ``flops`` (0 when reused: the transfer paid for them).
+        teacher_note: where the teacher's answers came from, in words.
     """
 
     lora: LoraEdit
@@ -79,6 +84,9 @@ class LoraDistillation:
     criterion: float
     rounds: pd.DataFrame
     losses: tuple[float, ...]
+    teacher_reused: bool = False
+    teacher_flops: float = 0.0
+    teacher_note: str = ""
 
 
 def _fresh(recipient: ModelAccess, targets: Sequence[str] | None, rank: int,
@@ -152,8 +160,8 @@ def distill_lora(donor_model: ModelAccess, recipient_model: ModelAccess, edit: E
                  rank: int = 8, max_steps: int = LORA_STEPS, lr: float = LORA_LR, batch_size: int = LORA_BATCH,
                  answer_span: tuple[int, int] | None = None, budget: float = LORA_BUDGET,
                  round_steps: int = LORA_ROUND, patience: int = LORA_PATIENCE, scoring_fraction: float = 0.25,
-                 target_modules: Sequence[str] | None = None, seed: int = 0, progress: bool = True
-                 ) -> LoraDistillation:
+                 target_modules: Sequence[str] | None = None, seed: int = 0, progress: bool = True,
+                 answers: DonorAnswers | None = None) -> LoraDistillation:
     """Train a recipient LoRA to answer ``prompts`` as the donor with ``edit`` does (see the module doc).
 
     Args:
@@ -167,6 +175,10 @@ def distill_lora(donor_model: ModelAccess, recipient_model: ModelAccess, edit: E
         budget: the FLOPs of everything, as a share of the estimated finetune.
         scoring_fraction: the share of prompts held out for scoring (a transfer's ``config.scoring_fraction``).
         target_modules: leaf names of the recipient's projections (default: every projection in its blocks).
+        answers: the donor+edit's answers a transfer judged and kept
+            (:attr:`~commandv_interp.pipeline.result.Transfer.donor_answers`): when they answer exactly ``prompts``
+            they are split as the transfer split them and the donor generates nothing (``edit`` is then unused);
+            otherwise the answers are generated again, and ``teacher_note`` says so.
 
     Raises:
         ValueError: bad settings, an edit that changes no answer, a surrogate without its teacher, or a budget that
@@ -178,9 +190,12 @@ def distill_lora(donor_model: ModelAccess, recipient_model: ModelAccess, edit: E
         raise ValueError(f"need at least 4 prompts, rank, max_steps, round_steps, patience >= 1 and budget > 0; got "
                          f"{len(prompts)} prompts, rank={rank!r}, max_steps={max_steps!r}, "
                          f"round_steps={round_steps!r}, patience={patience!r}, budget={budget!r}")
-    check_teacher(edit)
+    reusable = answers is not None and answers.prompts == tuple(prompts)
+    if not reusable:
+        check_teacher(edit)
     with torch.no_grad():
-        teacher = teacher_answers(donor, recipient, edit, prompts, answer_span, scoring_fraction, seed)
+        teacher = teacher_answers(donor, recipient, edit, prompts, answer_span, scoring_fraction, seed,
+                                  kept=answers if reusable else None)
     budget_flops = budget * finetune_flops_estimate(recipient, teacher.fitting, teacher.answers)
     trainer = _Trainer(recipient, _fresh(recipient, target_modules, rank, seed), teacher, batch_size, lr, seed)
     best, rounds, spent = _rounds(trainer, budget_flops, max_steps, round_steps, patience, progress)
@@ -188,7 +203,16 @@ def distill_lora(donor_model: ModelAccess, recipient_model: ModelAccess, edit: E
         raise ValueError(f"budget={budget!r} ({budget_flops:.3g} FLOPs) pays for the teacher's answers "
                          f"({teacher.flops:.3g}) but not for one step and its scoring; raise budget")
     return LoraDistillation(best[0], teacher.fitting, teacher.answers, teacher.span, best[3], trainer.tokens, spent,
-                            budget_flops, best[1], pd.DataFrame(rounds), tuple(trainer.losses))
+                            budget_flops, best[1], pd.DataFrame(rounds), tuple(trainer.losses), teacher.reused,
+                            teacher.flops, _note(answers, teacher.reused))
+
+
+def _note(answers: DonorAnswers | None, reused: bool) -> str:
+    if reused:
+        return "the answers the transfer judged, kept with it (their generation was paid by the transfer)"
+    if answers is not None:
+        return "the prompts differ from the transfer's: the donor+edit's answers were generated again"
+    return "the donor+edit's answers were generated"
 
 
 def _rounds(trainer: _Trainer, budget_flops: float, max_steps: int, round_steps: int, patience: int,
@@ -229,7 +253,7 @@ def _rounds(trainer: _Trainer, budget_flops: float, max_steps: int, round_steps:
 def to_peft(donor_model: ModelAccess, recipient_model: ModelAccess, edit: Edit, prompts: Sequence[str],
             folder: str | Path, rank: int = 8, max_steps: int = LORA_STEPS, seed: int = 0,
             answer_span: tuple[int, int] | None = None, budget: float = LORA_BUDGET, scoring_fraction: float = 0.25,
-            progress: bool = True) -> LoraDistillation:
+            progress: bool = True, answers: DonorAnswers | None = None) -> LoraDistillation:
     """:func:`distill_lora` and write the LoRA to ``folder`` in PEFT's format (see the module doc).
 
     Example:
@@ -237,6 +261,7 @@ def to_peft(donor_model: ModelAccess, recipient_model: ModelAccess, edit: Edit, 
         >>> peft.PeftModel.from_pretrained(recipient_hf, "lora")  # doctest: +SKIP
     """
     result = distill_lora(donor_model, recipient_model, edit, prompts, rank, max_steps, answer_span=answer_span,
-                          budget=budget, scoring_fraction=scoring_fraction, seed=seed, progress=progress)
+                          budget=budget, scoring_fraction=scoring_fraction, seed=seed, progress=progress,
+                          answers=answers)
     save_peft_lora(result.lora, folder)
     return result
