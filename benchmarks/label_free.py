@@ -212,8 +212,10 @@ EDIT_LABELS = {"transfer": "ReFT output (`cv.transfer`)", "paste": "its paste be
 def run_edit_cell(cell: Cell, seed: int, limit: int) -> tuple[dict, pd.DataFrame]:
     """``--edit``: the ReFT output, its paste, the distillation from scratch and the PEFT LoRA output distilled
     from the same donor+edit (``Transfer.to_peft`` with its defaults). FLOPs shares: a transfer's include the
-    surrogate's fit (``surrogate_flops``, paid once before the calls); the LoRA output's are its own (teacher,
-    training, scoring: it needs no surrogate)."""
+    surrogate's fit (``surrogate_flops``, paid once before the calls); the LoRA output's are only what ``to_peft``
+    spent (training and scoring; it needs no surrogate): on the transfer's own prompts it reuses the answers the
+    transfer judged, whose generation the transfer paid (``lora_teacher_reused``; ``lora_teacher_flops_ratio`` is
+    the teacher's share it spent, 0 then)."""
     donor, recipient, adapter, prompts = cell.donor, cell.recipient, cell.adapter, cell.prompts
     ft = cell.finetune
     surrogate = adapter.metadata.get("surrogate_flops", 0.0) / ft["flops"]
@@ -240,7 +242,8 @@ def run_edit_cell(cell: Cell, seed: int, limit: int) -> tuple[dict, pd.DataFrame
            "finetune_side": ft["rates"][cell.side], "n_test": limit,
            "surrogate_agreement": adapter.metadata.get("surrogate_agreement", float("nan")),
            "surrogate_flops_ratio": surrogate, "lora_steps": lora.steps, "lora_rounds": len(lora.rounds),
-           "lora_criterion": lora.criterion, "lora_answer_tokens": lora.span[0], "lora_answer_words": lora.span[1]}
+           "lora_criterion": lora.criterion, "lora_answer_tokens": lora.span[0], "lora_answer_words": lora.span[1],
+           "lora_teacher_reused": lora.teacher_reused, "lora_teacher_flops_ratio": lora.teacher_flops / ft["flops"]}
     for method in EDIT_OUTPUTS:
         row[f"{method}_target"], row[f"{method}_side"] = rates[method][cell.target], rates[method][cell.side]
         row[f"{method}_meets_bar"] = meets(cell, rates[method])
