@@ -3,15 +3,15 @@ format, trained by label-free distillation from the donor+edit's answers, round 
 held-out prompts, within a FLOPs budget.
 
 The teacher is the donor with its edit (a surrogate's teacher: the LoRA or steering vector it stands for), greedy, on
-the user's prompts, and its answers are the ones a transfer judges (:mod:`~commandv_interp.pipeline.lora_teacher`:
-the transfer's answer span, fitting/scoring split and seed); on a transfer's own prompts they are the answers it
-kept (:class:`~commandv_interp.pipeline.lora_teacher.DonorAnswers`), and the donor generates nothing. The student is a rank-``r`` LoRA on the recipient's
-block projections (attention and MLP; PEFT's initialization: ``A`` Kaiming-uniform, ``B = 0``, so it starts as the
-plain recipient). A LoRA acts at every position, so it learns the whole answer: the loss is the recipient's
-next-token cross-entropy on every answer token, teacher-forced after the prompt. Each batch draws half of its pairs
-from the fitting prompts whose answer the edit changed and half from the others (as the ReFT polish,
-:class:`~commandv_interp.pipeline.polish.Distillation`), so the LoRA learns where the behavior does not belong as
-much as where it does. The recipient is frozen; AdamW on ``A, B`` only.
+the user's prompts, and its answers are the ones a transfer judges (:mod:`~commandv_interp.pipeline.lora_teacher`: the
+transfer's answer span, fitting/scoring split and seed); on a transfer's own prompts they are the answers it kept
+(:class:`~commandv_interp.pipeline.lora_teacher.DonorAnswers`), and the donor generates nothing. The student is a
+rank-``r`` LoRA on the recipient's block projections (attention and MLP; PEFT's initialization: ``A`` Kaiming-uniform,
+``B = 0``, so it starts as the plain recipient). A LoRA acts at every position, so it learns the whole answer: the loss
+is the recipient's next-token cross-entropy on every answer token, teacher-forced after the prompt. Each batch draws
+half of its pairs from the fitting prompts whose answer the edit changed and half from the others (as the ReFT polish,
+:class:`~commandv_interp.pipeline.polish.Distillation`), so the LoRA learns where the behavior does not belong as much
+as where it does. The recipient is frozen; AdamW on ``A, B`` only.
 
 Every ``round_steps`` steps the LoRA is scored by donor agreement on the held-out scoring prompts
 (:func:`~commandv_interp.pipeline.lora_teacher.lora_criterion`, forward passes only); the distillation stops after
