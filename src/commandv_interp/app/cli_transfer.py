@@ -42,6 +42,9 @@ def transfer_cmd(
                                                            "stop it first).")] = 256,
     start: Annotated[str, typer.Option(help="paste (search, then polish) or scratch (the distillation baseline: "
                                             "polish a fresh adapter, no paste).")] = "paste",
+    scale_search: Annotated[bool, typer.Option("--scale-search/--no-scale-search", help="Score the polished "
+                                               "adapter at a few scales and keep the middle of the best range.")
+                            ] = True,
     output: Annotated[str, typer.Option("--as", help="reft (compiled/ as a pyreft adapter) or lora (also lora/, a "
                                                      "PEFT LoRA of the recipient distilled from the donor+edit).")
                       ] = "reft",
@@ -73,12 +76,12 @@ def transfer_cmd(
 
     check_choice("--start", start, STARTS)
     check_choice("--as", output, ("reft", "lora"))
-    TransferConfig(polish_steps=polish_steps, start=start)  # type: ignore[arg-type]  # settings before the models
+    TransferConfig(polish_steps=polish_steps, start=start, scale_search=scale_search)  # type: ignore[arg-type]
     texts = check_transfer_prompts(_prompts(g, prompts)[:limit])  # cheap inputs first: fail before loading the models
     sources = {"donor": _source(donor_name), "recipient": _source(recipient_name), "adapter": _source(adapter),
                "prompts": _source(prompts), "limit": limit, "backend": backend, "world": g.world,
                "zoo_root": _source(str(g.zoo_root)) if g.zoo_root is not None else None}
-    _run_transfer(g, out, sources, texts, polish_steps, start, lora=output == "lora")
+    _run_transfer(g, out, sources, texts, polish_steps, start, lora=output == "lora", scale_search=scale_search)
 
 
 def _source(spec: str) -> str:
@@ -87,7 +90,7 @@ def _source(spec: str) -> str:
 
 
 def _run_transfer(g: Globals, out: Path, sources: dict, texts: list[str], polish_steps: int, start: str,
-                  lora: bool = False) -> None:
+                  lora: bool = False, scale_search: bool = True) -> None:
     import commandv_interp as cv
     from commandv_interp.pipeline.candidates import rank
     from commandv_interp.pipeline.labels import transfer_label
@@ -101,7 +104,8 @@ def _run_transfer(g: Globals, out: Path, sources: dict, texts: list[str], polish
         typer.echo(kind_line)
     models = _model(g, sources["donor"], backend), _model(g, sources["recipient"], backend)
     check_models_fit(models, texts, new_tokens=_ANSWER_TOKENS)  # prompt + the donor's answer, before any work
-    result = cv.transfer(*models, donor_adapter, texts, polish_steps=polish_steps, start=start, progress=not g.json)
+    result = cv.transfer(*models, donor_adapter, texts, polish_steps=polish_steps, start=start, progress=not g.json,
+                         scale_search=scale_search)
     scored = result.candidates
     best = rank(scored[scored.n_scoring == scored.n_scoring.max()]).head(8)
     label = transfer_label(result)  # what was applied: a paste, a paste + N distillation steps, or distillation only

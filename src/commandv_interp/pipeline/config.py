@@ -21,6 +21,8 @@ from commandv_interp.pipeline.search import PROFILE_PROMPTS
 __all__ = ["TransferConfig", "Start", "STARTS"]
 
 Start = Literal["paste", "scratch"]
+LATER = {"scale_search": False}
+"""Settings added after transfers were first saved, with the value a config saved before them ran with."""
 STARTS: tuple[str, ...] = get_args(Start)
 
 
@@ -46,6 +48,8 @@ class TransferConfig:
         polish_patience: rounds without a better criterion before the polish stops.
         polish_batch: (prompt, answer) pairs per polish step.
         profile_prompts: at most this many fitting prompts are profiled (with their onsets).
+        scale_search: score the chosen polished adapter at a few scales around 1 and keep the middle of the range
+            the criterion cannot tell from the best (:mod:`~commandv_interp.pipeline.scale`).
     """
 
     scoring_fraction: float = 0.25
@@ -60,6 +64,7 @@ class TransferConfig:
     polish_patience: int = PATIENCE
     polish_batch: int = POLISH_BATCH
     profile_prompts: int = PROFILE_PROMPTS
+    scale_search: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.scoring_fraction, bool) or not isinstance(self.scoring_fraction, float | int) \
@@ -80,6 +85,8 @@ class TransferConfig:
                              f"{self.polish_lrs!r}")
         if self.start not in STARTS:
             raise ValueError(f"start={self.start!r} is not one of {list(STARTS)}")
+        if not isinstance(self.scale_search, bool):
+            raise ValueError(f"scale_search must be True or False, got {self.scale_search!r}")
         if self.start == "scratch" and self.polish_steps == 0:
             raise ValueError("start='scratch' learns everything in the polish: pass polish_steps >= 1 (got 0)")
 
@@ -93,6 +100,7 @@ class TransferConfig:
         if not isinstance(data, Mapping):
             raise ValueError(f"a transfer config is a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
+        data = dict(LATER) | dict(data)  # settings added later: a config saved before them ran without them
         unknown, missing = sorted(set(data) - names), sorted(names - set(data))
         if unknown or missing:
             raise ValueError(f"transfer config has unknown keys {unknown} and lacks keys {missing}; re-create it "

@@ -54,6 +54,7 @@ from commandv_interp.pipeline.polish import (POLISH_BUDGET, POLISH_STEPS, Distil
                                              fresh_adapter)
 from commandv_interp.pipeline.polish_race import PolishPlan, race
 from commandv_interp.pipeline.result import Transfer
+from commandv_interp.pipeline.scale import choose_scale
 from commandv_interp.pipeline.search import MIN_PROMPTS, CandidateSearch, check_transfer_prompts, prepare
 
 __all__ = ["transfer", "run_transfer", "check_transfer_prompts", "polishable", "native_deltas", "MIN_PROMPTS",
@@ -78,6 +79,7 @@ def transfer(
     start: str = "paste",  # a Start; checked by TransferConfig with a clear message
     polish_budget: float = POLISH_BUDGET,
     progress: bool = True,
+    scale_search: bool = True,
 ) -> Transfer:
     """Derive a working edit of ``adapter`` for the recipient without behavior labels (see the module doc).
 
@@ -87,7 +89,8 @@ def transfer(
             steering vector (:func:`~commandv_interp.adapters.edit.load_edit`): its last-token NodiReFT surrogate
             is pasted and the edit itself is the teacher (:func:`~commandv_interp.adapters.surrogate.pasteable`).
         prompts: unlabeled prompts of the adapter's task (e.g. its training inputs), at least 16.
-        scoring_fraction, max_new_tokens, batch_size, seed, polish_steps, start, polish_budget: the settings, as
+        scoring_fraction, max_new_tokens, batch_size, seed, polish_steps, start, polish_budget, scale_search: the
+            settings, as
             :class:`~commandv_interp.pipeline.config.TransferConfig` documents them.
         progress: show a progress bar over the candidates.
 
@@ -101,7 +104,8 @@ def transfer(
         ...     recipient.generate(recipient.encode(new_prompts))
     """
     config = TransferConfig(scoring_fraction=scoring_fraction, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                            seed=seed, polish_steps=polish_steps, start=start, polish_budget=polish_budget)
+                            seed=seed, polish_steps=polish_steps, start=start, polish_budget=polish_budget,
+                            scale_search=scale_search)
     return run_transfer(donor_model, recipient_model, adapter, prompts, config, progress)
 
 
@@ -131,7 +135,8 @@ def run_transfer(donor_model: ModelAccess, recipient_model: ModelAccess, adapter
         finalist = _finalist(search, half)
     if config.polish_steps:
         _polish(search, finalist, config)
-    return Transfer.from_search(config, fingerprints, adapter, search.best(), finalist, search.table(),
+    chosen = choose_scale(search, search.best()) if config.scale_search else search.best()
+    return Transfer.from_search(config, fingerprints, adapter, chosen, finalist, search.table(),
                                 search.scored, search.flops + surrogate_flops, time.perf_counter() - began,
                                 setup.recipient_model, (setup.answer_tokens, setup.answer_words),
                                 setup.donor_answers)

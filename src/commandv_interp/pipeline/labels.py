@@ -12,12 +12,16 @@ paper-exact paste and the backprop-free paste (``polish_steps=0``) keep rows of 
 'Command-V paste + 8 distillation steps'
 >>> edit_label(pasted=False, polish_steps=8)
 'distillation only (no paste)'
+>>> edit_label(pasted=True, polish_steps=8, scale=1.25)
+'Command-V paste + 8 distillation steps, scaled ×1.25 on held-out prompts'
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any
+
+from commandv_interp.pipeline.scale import scale_of
 
 __all__ = ["edit_label", "transfer_label", "polish_steps_of", "PASTE", "DISTILLATION_ONLY", "PAPER_EXACT_PASTE",
            "BACKPROP_FREE_PASTE"]
@@ -32,9 +36,10 @@ BACKPROP_FREE_PASTE = "Command-V paste, backprop-free (polish_steps=0)"
 _POLISH = re.compile(r"\+polish/(\d+)(?:/|$)")  # <start>+polish/<steps>, optionally /lr=<rate> after it
 
 
-def edit_label(pasted: bool, polish_steps: int) -> str:
+def edit_label(pasted: bool, polish_steps: int, scale: float = 1.0) -> str:
     """The label of an edit: a paste (``pasted``) or a fresh adapter, trained for ``polish_steps`` distillation
-    steps (0: not trained).
+    steps (0: not trained), its delta multiplied by ``scale`` (chosen on the held-out scoring prompts,
+    :mod:`~commandv_interp.pipeline.scale`; 1: as trained).
 
     Raises:
         ValueError: ``polish_steps`` is not an int >= 0, or an edit that is no paste was never trained (no such
@@ -42,14 +47,17 @@ def edit_label(pasted: bool, polish_steps: int) -> str:
     """
     if isinstance(polish_steps, bool) or not isinstance(polish_steps, int) or polish_steps < 0:
         raise ValueError(f"polish_steps must be an int >= 0, got {polish_steps!r}")
+    if not (isinstance(scale, float | int) and not isinstance(scale, bool) and scale > 0):
+        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    suffix = "" if scale == 1 else f", scaled ×{scale:g} on held-out prompts"
     if not pasted:
         if polish_steps == 0:
             raise ValueError("an edit with no paste and no distillation step is no edit; pass pasted=True or the "
                              "number of distillation steps that trained it")
-        return DISTILLATION_ONLY
+        return DISTILLATION_ONLY + suffix
     if polish_steps == 0:
-        return PASTE
-    return f"{PASTE} + {polish_steps} distillation step{'s' if polish_steps != 1 else ''}"
+        return PASTE + suffix
+    return f"{PASTE} + {polish_steps} distillation step{'s' if polish_steps != 1 else ''}{suffix}"
 
 
 def polish_steps_of(choice: str, polished: Any = None) -> int:
@@ -90,4 +98,4 @@ def transfer_label(result: Any) -> str:
     if not pasted and steps == 0:
         raise ValueError(f"the transfer {result.choice!r} has neither converters nor a polished adapter: it applies "
                          "nothing; reload it from a complete transfer folder")
-    return edit_label(pasted, steps)
+    return edit_label(pasted, steps, scale_of(result.choice))
