@@ -5,6 +5,7 @@ behavior at transfer seeds 0-4, scored with labels afterwards on 160 held-out te
     python benchmarks/prompt_count.py --prompts 320 --out runs.csv                   # the first 320 training prompts
     python benchmarks/prompt_count.py --prompts 320 --subset 128 --out runs.csv      # a seeded 128 of those 320
     python benchmarks/prompt_count.py --prompts 320 --uncapped --out runs.csv        # scoring split without its cap
+    python benchmarks/prompt_count.py --prompts 128 --no-scale-search --out runs.csv # without the scale search
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=320, help="the first N training prompts of each behavior")
     parser.add_argument("--subset", type=int, default=0, help="use a seeded random subset of this many of them")
     parser.add_argument("--uncapped", action="store_true", help="lift the scoring split's cap (MAX_SCORING)")
+    parser.add_argument("--no-scale-search", action="store_true", help="cv.transfer(..., scale_search=False)")
     parser.add_argument("--behaviors", default="refusal")
     parser.add_argument("--seeds", default="0-4")
     parser.add_argument("--out", type=Path, required=True)
@@ -56,10 +58,12 @@ def main() -> None:
         target, side = BEHAVIOR_RATES[b]
         for seed in seeds:
             t0 = time.perf_counter()
-            result = cv.transfer(donor, recipient, adapter, prompts, seed=seed, progress=False)
+            result = cv.transfer(donor, recipient, adapter, prompts, seed=seed, progress=False,
+                                 scale_search=not args.no_scale_search)
             with result.paste():
                 rates = zoo.evaluate(recipient, b, limit=160)
-            rows.append({"prompts": len(prompts), "uncapped": args.uncapped, "donor": d, "recipient": r,
+            rows.append({"prompts": len(prompts), "uncapped": args.uncapped, "scale_search": not args.no_scale_search,
+                         "donor": d, "recipient": r,
                          "behavior": b, "seed": seed, "choice": result.choice, "target": rates[target],
                          "side": rates[side], "meets_bar": bar(rates, ft, b), "flops_ratio": result.flops / ft_flops,
                          "wall_s": time.perf_counter() - t0})

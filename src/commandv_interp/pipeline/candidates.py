@@ -42,8 +42,10 @@ class Candidate:
     """One edit a transfer considers.
 
     Attributes:
-        name: its name in the candidates table (``<method>/<match>``, ``…/layers=<l>+<l>``, ``…+polish/<steps>``).
-        stage: 1 (fits and layer subsets), 2 (the finalist) or 3 (a polish round).
+        name: its name in the candidates table (``<method>/<match>``, ``…/layers=<l>+<l>``, ``…+polish/<steps>``,
+            ``…*scale=<s>``).
+        stage: 1 (fits and layer subsets), 2 (the finalist), 3 (a polish round) or 4 (the chosen round at another
+            scale).
         method, match: how its converters were fitted and its layers matched (``scratch``/``depth`` for the fresh
             adapter).
         edit: the donor adapter (or the subset of its layers) it pastes, or the native recipient adapter it applies.

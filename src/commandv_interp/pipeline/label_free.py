@@ -21,8 +21,12 @@ everything it considered, the configuration it ran with and the fingerprints of 
    improves (and, if it never beats the unedited recipient, the other start's best trial after it), within a FLOPs
    budget; each round is a candidate scored on all the scoring prompts (skipped when the finalist already
    reproduces every scoring answer);
-4. :meth:`~commandv_interp.pipeline.result.Transfer.from_search`: the best candidate scored on all the scoring
-   prompts, by the one ranking rule :func:`~commandv_interp.pipeline.candidates.rank`.
+4. :func:`~commandv_interp.pipeline.scale.choose_scale` (``scale_search``, on by default): the best candidate, when
+   it is a polished adapter, scored at a few scales around 1; the middle of the range of scales whose criterion is
+   within one scoring prompt of the best is chosen (a polish of a few dozen steps leaves the scale least settled);
+5. :meth:`~commandv_interp.pipeline.result.Transfer.from_search`: that candidate (without the scale search: the best
+   candidate scored on all the scoring prompts, by the one ranking rule
+   :func:`~commandv_interp.pipeline.candidates.rank`).
 
 Every paste is at α = 1 (the polish learns the scale). Forward passes only, except the polish's few training steps,
 whose FLOPs are counted as a finetune's are. ``start="scratch"`` skips stages 1 and 2 and polishes a fresh adapter:

@@ -68,8 +68,9 @@ class Transfer:
         candidates: one row per scoring of a candidate: ``candidate, stage, method, match, layers, polish_steps,
             polish_lr, paper_exact, fit_flops, fit_s, criterion, agree_changed, agree_unchanged, lift, lift_changed,
             lift_unchanged, n_scoring, n_changed, score_flops, score_s`` (the first row is the recipient without a
-            paste; stage 1 rows are scored on half of the scoring prompts, stages 2 and 3 on all; a polished row's
-            ``fit_flops`` is its round of training).
+            paste; stage 1 rows are scored on half of the scoring prompts, stages 2–4 on all; a polished row's
+            ``fit_flops`` is its round of training; stage 4 rows are the chosen polished adapter at other scales,
+            ``…*scale=<s>``, :mod:`~commandv_interp.pipeline.scale`).
         flops, wall_s: the whole call (targets, profiles, fits, scoring and polish).
         answer_span: the donor's answers as the criterion judged them: ``(tokens, words)``, the new tokens they
             were generated with and the behavior span they were cut to (0 words: not cut).

@@ -103,20 +103,25 @@ def choose_scale(search, chosen: Candidate) -> Candidate:
         return chosen
     row = search.row(chosen)
     tol = tolerance(int(row["n_changed"]), int(row["n_scoring"]) - int(row["n_changed"]))
-    criterion = {1.0: float(row["criterion"])}
+    criterion = {1.0: _value(row["criterion"])}
     made = {1.0: chosen}
     for s in SCALES:
         made[s] = _scaled_candidate(chosen, s)
-        criterion[s] = float(search.score(made[s])["criterion"])
+        criterion[s] = _value(search.score(made[s])["criterion"])
     low, high = plateau_scale(criterion, tol)
     middle = round(math.sqrt(low * high), 4)
     if middle not in made:
         made[middle] = _scaled_candidate(chosen, middle)
-        criterion[middle] = float(search.score(made[middle])["criterion"])
+        criterion[middle] = _value(search.score(made[middle])["criterion"])
         if criterion[middle] < max(criterion.values()) - tol - 1e-12:  # the middle fell off: the nearest scored one
             middle = min((s for s in made if low <= s <= high and s != middle),
                          key=lambda s: (abs(math.log(s / math.sqrt(low * high))), abs(math.log(s))))
     return made[middle]
+
+
+def _value(x: object) -> float:
+    """A criterion as the ranking reads it: a missing or NaN value counts as 0."""
+    return 0.0 if x is None or x != x else float(x)  # type: ignore[arg-type]
 
 
 def _scaled_candidate(chosen: Candidate, factor: float) -> Candidate:
