@@ -93,11 +93,13 @@ n_boot = 20
 """
 
 
-@pytest.mark.parametrize("script", ["fig_similarity.py", "fig_alpha.py"])
+@pytest.mark.parametrize("script", ["fig_similarity.py", "fig_alpha.py", "fig_scale.py"])
 def test_analysis_script_regenerates_its_figure(script, tmp_path):
     """One command writes PNG + PDF + CSV and prints its caption; a study script runs a (tiny) study file."""
     args = ["--out", str(tmp_path / "figures")]
-    if script != "fig_similarity.py":
+    if script == "fig_scale.py":  # one transfer and its scored scales
+        args += ["--runs", "llama-6x128:gpt2-4x96:0"]
+    elif script != "fig_similarity.py":
         (tmp_path / "tiny.toml").write_text(TINY_STUDY)
         args += ["--study", str(tmp_path / "tiny.toml"), "--cache", str(tmp_path / "cache")]
     run = subprocess.run([sys.executable, str(ROOT / "analyses" / script), *args], check=True, capture_output=True,
