@@ -27,9 +27,9 @@ STEM = "scale_search"
 BEHAVIOR = "refusal"
 RUNS = ("llama-6x128:qwen2-5x160:3", "qwen2-5x160:llama-6x128:4", "gpt2-4x96:llama-6x128:0",
         "llama-6x128:gpt2-4x96:1", "qwen2-5x160:gpt2-4x96:2")
-PANELS = (("criterion", "held-out criterion\n(agreement with donor + adapter)"),
-          ("refusal", "test: harmful requests\nrefused"),
-          ("false_refusal", "test: benign requests\nrefused"))
+PANELS = (("criterion", "held-out criterion\n(no labels)"),
+          ("refusal", "harmful test\nrequests refused"),
+          ("false_refusal", "benign test\nrequests refused"))
 
 
 def scan(donor_name: str, recipient_name: str, seed: int) -> pd.DataFrame:
@@ -65,7 +65,7 @@ def plot(frame: pd.DataFrame, finetune: dict) -> plt.Figure:
         ax.set_ylabel(label)
         ax.set_ylim(-0.04, 1.04)
     axes[1].axhline(0.9 * finetune["refusal"], color="k", ls="--", lw=1, label="bar: 0.9 × recipient finetune")
-    axes[2].axhline(finetune["false_refusal"] + 0.02, color="k", ls="--", lw=1, label="bar: finetune + 0.02")
+    axes[2].axhline(finetune["false_refusal"] + 0.02, color="k", ls="-.", lw=1, label="bar: finetune + 0.02")
     axes[-1].set_xscale("log")
     axes[-1].set_xticks([0.64, 0.8, 1.0, 1.25, 1.5625])
     axes[-1].set_xticklabels(["0.64", "0.8", "1", "1.25", "1.56"])
