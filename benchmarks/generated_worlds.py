@@ -1,5 +1,6 @@
 """Build (or load from the cache) generated worlds and tabulate them: per world, its behavior, donor and recipient
-(family, depth × width, tokenizer), build cost (CPU seconds on one thread, wall seconds) and the behavior table on
+(family, depth × width, tokenizer), the plans the build set aside (unaffordable, or failing the build-time check on
+train prompts), build cost (CPU seconds on one thread, wall seconds) and the behavior table on
 the 160 held-out test prompts (each model without cue, with cue, with its own adapter). Writes
 ``<out>/generated_worlds_<seeds>.md`` and ``.csv``.
 
@@ -34,7 +35,19 @@ def world_row(seed: int, cached_only: bool) -> dict | None:
         for condition in ("base", "cue", "adapter"):
             row[f"{role}_{condition}"] = f"{rate[(role, condition, target)]:.2f} / {rate[(role, condition, side)]:.2f}"
     row["adapter_ok"] = rate[("donor", "adapter", target)] >= 0.9
+    row["finetune_ok"] = rate[("recipient", "adapter", target)] >= 0.9
+    row["set_aside"] = _set_aside(w.record)
+    row["checks_passed"] = all(w.record[r].get("check", {}).get("passed", False) for r in ("donor", "recipient"))
     return row
+
+
+def _set_aside(record: dict) -> str:
+    """The plans the build replaced, per role and reason (e.g. ``donor 1 cost, recipient 1 check``)."""
+    parts = []
+    for role in ("donor", "recipient"):
+        whys = [s["why"] for s in record[role].get("set_aside", [])]
+        parts += [f"{role} {whys.count(why)} {why}" for why in ("cost", "check") if why in whys]
+    return ", ".join(parts) or "none"
 
 
 def main() -> None:
@@ -50,14 +63,18 @@ def main() -> None:
     stem = f"generated_worlds_{args.seeds.replace(',', '-')}"
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / f"{stem}.csv", index=False)
-    cols = ["seed", "behavior", "pair", "donor", "recipient", "build_cpu_s", "donor_cue", "donor_adapter",
-            "recipient_base", "recipient_adapter"]
-    lines = ["| world | behavior (target / side) | pair | donor | recipient | build CPU s | donor + cue | "
-             "donor + adapter | recipient | recipient finetune |", "|" + "---|" * len(cols)]
+    cols = ["seed", "behavior", "pair", "donor", "recipient", "set_aside", "build_cpu_s", "donor_cue",
+            "donor_adapter", "recipient_base", "recipient_adapter"]
+    lines = ["| world | behavior (target / side) | pair | donor | recipient | plans set aside | build CPU s | "
+             "donor + cue | donor + adapter | recipient | recipient finetune |", "|" + "---|" * len(cols)]
     for r in table.itertuples():
         lines.append(f"| {r.seed} | {r.behavior} ({r.target} / {r.side}) | {r.pair} | {r.donor} | {r.recipient} | "
-                     f"{r.build_cpu_s:.0f} | {r.donor_cue} | {r.donor_adapter}{'' if r.adapter_ok else ' ✗'} | "
-                     f"{r.recipient_base} | {r.recipient_adapter} |")
+                     f"{r.set_aside}{'' if r.checks_passed else ' (a check failed)'} | {r.build_cpu_s:.0f} | "
+                     f"{r.donor_cue} | {r.donor_adapter}{'' if r.adapter_ok else ' ✗'} | {r.recipient_base} | "
+                     f"{r.recipient_adapter}{'' if r.finetune_ok else ' ✗'} |")
+    lines += ["", f"Build CPU seconds (one thread; pretraining, adapters and checks, not the behavior table): median "
+              f"{table.build_cpu_s.median():.0f}, max {table.build_cpu_s.max():.0f}; within 180: "
+              f"{int((table.build_cpu_s <= 180).sum())} of {len(table)}. ✗: an adapter under 0.9 on the test prompts."]
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -26,8 +26,9 @@ def test_seeds_cover_every_behavior_and_pair_shape_and_split_cleanly():
         grammar(-1)
 
 
-def test_plans_stay_in_range_and_keep_their_shape():
-    plans = [pair_plan(s) for s in range(120)]
+@pytest.mark.parametrize("attempts", [(0, 0), (1, 0), (0, 2), (3, 3)])
+def test_plans_stay_in_range_and_keep_their_shape(attempts):
+    plans = [pair_plan(s, attempts) for s in range(120)]
     for donor, recipient in plans:
         for p in (donor, recipient):
             assert p.n_layers in DEPTHS and p.d_model in WIDTHS and p.n_layers * p.d_model <= 1024
@@ -41,6 +42,18 @@ def test_plans_stay_in_range_and_keep_their_shape():
     assert {p.family for pair in plans for p in pair} == set(FAMILIES)
     assert {p.tokenizer for pair in plans for p in pair} == set(TOKENIZER_KINDS)
     assert sum(d.n_layers * d.d_model <= 512 and r.n_layers * r.d_model <= 512 for d, r in plans) > 0.6 * len(plans)
+
+
+def test_a_redrawn_plan_changes_only_its_role_and_is_deterministic():
+    for seed in range(30):
+        first = pair_plan(seed)
+        assert pair_plan(seed, (0, 0)) == first
+        donor_again, recipient_again = pair_plan(seed, (1, 0)), pair_plan(seed, (0, 1))
+        assert donor_again[1] == first[1] and recipient_again[0] == first[0]  # the other role is kept
+        assert pair_plan(seed, (1, 0)) == donor_again  # the same redraw every time
+        assert len({pair_plan(seed, (k, 0))[0] for k in range(6)}) > 1  # redraws draw something else
+    with pytest.raises(ValueError, match="attempts"):
+        pair_plan(0, (-1, 0))
 
 
 def test_worlds_differ_in_words_and_templates():
@@ -145,6 +158,42 @@ def test_build_is_deterministic_per_seed_and_cached_atomically(tmp_path):
     assert first.folder == world_folder(1, TINY, tmp_path / "a")
     assert first.donor_model.n_layers == pair_plan(1)[0].n_layers
     assert {r["condition"] for r in first.record["behavior_table"]} == {"base", "cue", "adapter"}
+
+
+def test_budget_sets_the_steps_and_unaffordable_plans_are_set_aside(tmp_path):
+    from dataclasses import replace
+
+    from commandv_interp.zoo.generated.build import prepare
+
+    config = replace(TINY, pretrain_flops=4e10, min_steps=8, max_steps=20)
+    plans = [pair_plan(7, (k, 0))[0] for k in range(4)]  # qwen2 5×192, 8×128, 4×80, 2×128
+    prepared = [prepare(p, 7, config) for p in plans]
+    assert [p.affordable for p in prepared[:3]] == [False, False, True]
+    for p in prepared:  # steps = what the budget pays for, capped
+        assert p.steps == min(20, int(4e10 // p.step_flops)) and p.affordable == (p.steps >= 8)
+        assert p.step_flops == pytest.approx(6 * p.n_params * 32 * sum(map(len, p.docs)) / len(p.docs))
+    world = build_world(7, config=config, cache_dir=tmp_path)
+    donor = world.record["donor"]
+    costly = [s for s in donor["set_aside"] if s["why"] == "cost"]
+    assert [s["attempt"] for s in costly] == [0, 1] and donor["attempt"] == 2
+    assert donor["pretrain"]["steps"] == prepared[2].steps == 20 and donor["plan"] == plans[2].to_dict()
+    with pytest.raises(RuntimeError, match="pretrain_flops"):
+        build_world(7, config=replace(config, pretrain_flops=1.0), cache_dir=tmp_path / "none")
+
+
+def test_a_model_that_fails_the_check_is_replaced_and_the_best_kept(tmp_path):
+    from dataclasses import replace
+
+    world = build_world(4, config=replace(TINY, check_rate=1.01), cache_dir=tmp_path)  # nothing can pass
+    for i, role in enumerate(("donor", "recipient")):
+        rec = world.record[role]
+        failed = [s for s in rec["set_aside"] if s["why"] == "check"]
+        assert len(failed) == TINY.max_attempts - 1 and not rec["check"]["passed"]
+        assert rec["check"]["prompts"] == f"train[:{TINY.check_prompts}]"  # train prompts, never test ones
+        kept = pair_plan(4, (world.record["donor"]["attempt"], rec["attempt"]) if i else (rec["attempt"], 0))[i]
+        assert rec["plan"] == kept.to_dict() and all(s["plan"] != rec["plan"] for s in failed)
+    assert sorted(p.name for p in world.folder.iterdir()) == ["donor", "recipient", "world.json"]
+    assert world.recipient_model.n_layers == world.record["recipient"]["plan"]["n_layers"]
 
 
 def test_cache_folder_follows_argument_then_environment(tmp_path, monkeypatch):

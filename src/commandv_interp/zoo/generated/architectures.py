@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from transformers import (Gemma2Config, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig, OPTConfig,
                           PhiConfig, PretrainedConfig, Qwen2Config, Qwen3Config)
 
-__all__ = ["FAMILIES", "PAIRS", "ModelPlan", "pair_plan", "build_config"]
+__all__ = ["FAMILIES", "PAIRS", "ROLES", "TOKENIZERS", "ModelPlan", "pair_plan", "build_config"]
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "phi", "gemma2", "opt")
 PAIRS = ("deep→shallow", "shallow→deep", "same-family")
@@ -57,9 +57,47 @@ def _shape(rng: random.Random, cap: int, deep: bool | None) -> tuple[int, int]:
     return rng.choice(shapes)
 
 
-def pair_plan(seed: int, tokenizers: tuple[str, ...] = ("word", "bpe-64", "bpe-128", "bpe-256", "byte-bpe-320",
-                                                        "char")) -> tuple[ModelPlan, ModelPlan]:
-    """The donor and recipient plans of world ``seed`` (shape ``PAIRS[(seed // 3) % 3]``)."""
+ROLES = ("donor", "recipient")
+TOKENIZERS = ("word", "bpe-64", "bpe-128", "bpe-256", "byte-bpe-320", "char")
+
+
+def _tokenizer(kind: str, family: str, n_layers: int, d_model: int) -> str:
+    """A drawn tokenizer kind, kept or swapped by the rules every plan obeys."""
+    # transformers loads any qwen2 checkpoint's tokenizer as its byte-level Qwen2Tokenizer, which drops the
+    # spaces of every other kind: a qwen2 model gets the byte-level BPE
+    if family == "qwen2":
+        return "byte-bpe-320"
+    # char-level models read ~5x the tokens: keep them small, and deep enough to spell words (a 2-layer char-level
+    # model answered 0.12 of v1's step questions right after pretraining, against 1.00 for a 6-layer BPE one)
+    if kind == "char" and (n_layers * d_model > 384 or n_layers < 3):
+        return "bpe-128"
+    return kind
+
+
+def _redraw(seed: int, plans: list[ModelPlan], i: int, attempt: int, cap: int) -> ModelPlan:
+    """Role ``i``'s plan at a later ``attempt``: its shape and tokenizer (and, across families, its family) drawn
+    again from a stream of their own, within the pair's shape; the other role's plan is kept."""
+    plan, other = plans[i], plans[1 - i]
+    rng = random.Random(f"commandv-models:{seed}:{plan.role}:{attempt}")
+    family = plan.family if plan.pair == "same-family" else rng.choice([f for f in FAMILIES if f != other.family])
+    if plan.pair == "same-family":
+        n, w = _shape(rng, cap, None)
+        while (n, w) == (other.n_layers, other.d_model):
+            n, w = _shape(rng, cap, None)
+    else:
+        deep = (plan.pair == "deep→shallow") == (plan.role == "donor")
+        n, w = _shape(rng, cap if deep else 512, deep)
+    return ModelPlan(plan.role, family, n, w, _tokenizer(rng.choice(TOKENIZERS), family, n, w), plan.pair)
+
+
+def pair_plan(seed: int, attempts: tuple[int, int] = (0, 0)) -> tuple[ModelPlan, ModelPlan]:
+    """The donor and recipient plans of world ``seed`` (shape ``PAIRS[(seed // 3) % 3]``); a role whose
+    ``attempts`` entry is k > 0 gets its k-th redrawn plan (the build's next plan for a model it could not afford
+    or that could not learn the behavior: :func:`~commandv_interp.zoo.generated.build.build_folder`).
+
+    >>> pair_plan(5, (0, 1))[0] == pair_plan(5)[0] != pair_plan(5, (1, 0))[0]
+    True
+    """
     rng = random.Random(f"commandv-models:{seed}")
     pair = PAIRS[(seed // 3) % 3]
     cap = 1024 if seed % 4 == 3 else 512
@@ -73,18 +111,15 @@ def pair_plan(seed: int, tokenizers: tuple[str, ...] = ("word", "bpe-64", "bpe-1
         (n1, w1), (n2, w2) = _shape(rng, cap, True), _shape(rng, 512, False)
         if pair == "shallow→deep":
             (n1, w1), (n2, w2) = (n2, w2), (n1, w1)
-    kind_d, kind_r = rng.choice(tokenizers), rng.choice(tokenizers)
-    # transformers loads any qwen2 checkpoint's tokenizer as its byte-level Qwen2Tokenizer, which drops the
-    # spaces of every other kind: a qwen2 model gets the byte-level BPE
-    kind_d = "byte-bpe-320" if fam_d == "qwen2" else kind_d
-    kind_r = "byte-bpe-320" if fam_r == "qwen2" else kind_r
-    # char-level models read ~5x the tokens: keep them small, and deep enough to spell words (a 2-layer char-level
-    # model answered 0.12 of v1's step questions right after pretraining, against 1.00 for a 6-layer BPE one)
-    if kind_d == "char" and (n1 * w1 > 384 or n1 < 3):
-        kind_d = "bpe-128"
-    if kind_r == "char" and (n2 * w2 > 384 or n2 < 3):
-        kind_r = "bpe-128"
-    return (ModelPlan("donor", fam_d, n1, w1, kind_d, pair), ModelPlan("recipient", fam_r, n2, w2, kind_r, pair))
+    kind_d, kind_r = rng.choice(TOKENIZERS), rng.choice(TOKENIZERS)
+    plans = [ModelPlan("donor", fam_d, n1, w1, _tokenizer(kind_d, fam_d, n1, w1), pair),
+             ModelPlan("recipient", fam_r, n2, w2, _tokenizer(kind_r, fam_r, n2, w2), pair)]
+    for i, attempt in enumerate(attempts):
+        if attempt < 0:
+            raise ValueError(f"attempts are counts from 0, got {attempts}")
+        if attempt:
+            plans[i] = _redraw(seed, plans, i, attempt, cap)
+    return plans[0], plans[1]
 
 
 def build_config(plan: ModelPlan, vocab_size: int, max_positions: int, pad_id: int = 0, bos_id: int = 1,

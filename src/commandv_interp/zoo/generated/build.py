@@ -1,11 +1,14 @@
 """Consumes a world seed, produces a built generated world on disk (models, adapters, record).
 
 ``build_world(seed)`` pretrains the seed's donor and recipient from scratch on the world's corpus (each on the
-tokenizer its plan names, exactly as ``AutoTokenizer`` reloads it), trains the donor's NodiReFT rank-8 adapter (a
-few layers, last prompt token, no cue: the paper's setup) and the recipient's own adapter with the same recipe (the
-*direct finetune*, the reference bar of a transfer), scores both and the unedited models on the held-out test
-prompts, and caches everything under ``<cache>/<seed>-v<VERSION>`` (written to a temporary folder, then renamed:
-a reader sees a whole world or none). Later calls load the cache.
+tokenizer its plan names, exactly as ``AutoTokenizer`` reloads it, for as many steps as its FLOPs budget pays for),
+trains the donor's NodiReFT rank-8 adapter (a few layers, last prompt token, no cue: the paper's setup) and the
+recipient's own adapter with the same recipe (the *direct finetune*, the reference bar of a transfer), and checks on
+train prompts that each adapter reaches the behavior; a plan that cannot afford its pretraining, or whose model
+fails the check, is replaced by the role's next plan (:func:`~commandv_interp.zoo.generated.architectures.pair_plan`).
+Then it scores both models, unedited, cued and adapted, on the held-out test prompts, and caches everything under
+``<cache>/<seed>-v<VERSION>`` (written to a temporary folder, then renamed: a reader sees a whole world or none).
+Later calls load the cache.
 
 The cache folder is the ``cache_dir`` argument, else ``$COMMANDV_WORLDS_DIR``, else
 ``~/.cache/commandv_interp/worlds``.
@@ -23,22 +26,27 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import (AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel,
+                          PreTrainedTokenizerFast)
 
 from commandv_interp.access import open_model
-from commandv_interp.adapters import save_adapter, train_adapter
+from commandv_interp.adapters import load_adapter, save_adapter, train_adapter
 from commandv_interp.io import read_json, write_json
-from commandv_interp.zoo.generated.architectures import ModelPlan, build_config, pair_plan
-from commandv_interp.zoo.generated.corpus import build_corpus, examples
+from commandv_interp.paste import apply_adapter
+from commandv_interp.zoo.generated.architectures import ROLES, ModelPlan, build_config, pair_plan
+from commandv_interp.zoo.generated.corpus import build_corpus, examples, items
 from commandv_interp.zoo.generated.grammar import grammar
+from commandv_interp.zoo.generated.judge import RATES
+from commandv_interp.zoo.generated.rates import item_rates
 from commandv_interp.zoo.generated.tokenization import build_tokenizer, max_positions
 from commandv_interp.zoo.pretrain import train_causal_lm
 
-__all__ = ["BuildConfig", "DEFAULT", "TINY", "VERSION", "cache_root", "world_folder", "build_folder",
-           "adapter_layers", "pretrain_plan"]
+__all__ = ["BuildConfig", "DEFAULT", "TINY", "VERSION", "Prepared", "cache_root", "world_folder", "build_folder",
+           "adapter_layers", "prepare", "pretrain_plan", "check_model"]
 
-VERSION = 2  # bump when anything that changes a built world changes (2: numbered steps, char-level rules)
-CHAR_STEPS = 1.5  # char-level models see ~4x the tokens per word: half as many steps again
+VERSION = 3  # bump when anything that changes a built world changes (2: numbered steps, char-level rules;
+# 3: pretraining steps from a FLOPs budget, the build-time check and redrawn plans)
+MAX_DRAWS = 32  # plans a role may draw (affordable or not) before the build gives up
 ENV = "COMMANDV_WORLDS_DIR"
 
 
@@ -46,7 +54,10 @@ ENV = "COMMANDV_WORLDS_DIR"
 class BuildConfig:
     """How a world is built: pretraining and adapter schedules (one recipe for donor adapter and finetune)."""
 
-    pretrain_steps: int = 900
+    pretrain_flops: float = 2.5e12  # a model's pretraining FLOPs (6 · params · tokens) at most: ~1 CPU minute
+    min_steps: int = 600  # a plan that cannot afford this many pretraining steps is replaced by the next (a
+    # 4×128 BPE-64 recipient given 412 steps reached 0.86 refusal under its adapter in the check)
+    max_steps: int = 1500  # small models stop here
     batch_size: int = 32
     lr: float = 3e-3
     n_docs: int = 30_000
@@ -55,6 +66,9 @@ class BuildConfig:
     adapter_lr: float = 4e-3
     rank: int = 8
     eval_limit: int | None = None  # test prompts scored in the record (None: all 160)
+    check_prompts: int = 48  # train prompts (never test prompts) the build-time check scores each adapter on
+    check_rate: float = 0.9  # the adapted target rate a model must reach there (and false refusal <= 0.1)
+    max_attempts: int = 3  # trained plans per role; if none passes, the best is kept and the record says so
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,8 +79,9 @@ class BuildConfig:
 
 
 DEFAULT = BuildConfig()
-TINY = BuildConfig(pretrain_steps=6, n_docs=300, adapter_steps=3, eval_limit=8)
-"""A few steps of everything: exercises every code path in seconds (the models learn nothing)."""
+TINY = BuildConfig(pretrain_flops=1e18, min_steps=6, max_steps=6, n_docs=300, adapter_steps=3, eval_limit=8,
+                   check_prompts=4, check_rate=0.0)
+"""A few steps of everything: exercises every code path in seconds (the models learn nothing; the check passes)."""
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -108,9 +123,26 @@ def _reloaded(tok: PreTrainedTokenizerFast, config, sample: str) -> PreTrainedTo
     return loaded
 
 
-def pretrain_plan(plan: ModelPlan, seed: int, config: BuildConfig, progress: bool = False
-                  ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, dict]:
-    """Pretrain one planned model from scratch on world ``seed``'s corpus; returns model, tokenizer and record."""
+@dataclass
+class Prepared:
+    """A plan ready to pretrain: its tokenizer (as reloaded), HF config, tokenized corpus and step budget."""
+
+    plan: ModelPlan
+    tokenizer: PreTrainedTokenizerFast
+    hf_config: PretrainedConfig
+    docs: list[list[int]]
+    n_params: int
+    step_flops: float  # 6 · params · the mean tokens of a batch
+    steps: int  # the pretraining steps the budget pays for (capped at the config's max_steps)
+    min_steps: int  # the config's: fewer affordable steps make the plan unaffordable
+
+    @property
+    def affordable(self) -> bool:
+        return self.steps >= self.min_steps
+
+
+def prepare(plan: ModelPlan, seed: int, config: BuildConfig) -> Prepared:
+    """Tokenizer, config and corpus of a plan, and the pretraining steps ``config.pretrain_flops`` pays for."""
     g = grammar(seed)
     built = build_tokenizer(plan.tokenizer, g)  # type: ignore[arg-type]
     hf_config = build_config(plan, len(built), max_positions(plan.tokenizer), built.pad_token_id,
@@ -118,18 +150,26 @@ def pretrain_plan(plan: ModelPlan, seed: int, config: BuildConfig, progress: boo
     texts = [d.removesuffix(" <eos>") for d in build_corpus(g, 0, config.n_docs)]
     tok = _reloaded(built, hf_config, texts[0])
     docs = [ids + [tok.eos_token_id] for ids in tok(texts)["input_ids"]]
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(hf_config).parameters())
+    step_flops = 6.0 * n_params * config.batch_size * sum(map(len, docs)) / len(docs)
+    steps = min(config.max_steps, int(config.pretrain_flops // step_flops))
+    return Prepared(plan, tok, hf_config, docs, n_params, step_flops, steps, config.min_steps)
+
+
+def pretrain_plan(prepared: Prepared, seed: int, config: BuildConfig, progress: bool = False
+                  ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, dict]:
+    """Pretrain one prepared model from scratch on world ``seed``'s corpus; returns model, tokenizer and record."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(hf_config).float().train()
+    model = AutoModelForCausalLM.from_config(prepared.hf_config).float().train()
     t0, cpu0 = time.perf_counter(), time.process_time()
-    steps = round(config.pretrain_steps * (CHAR_STEPS if plan.tokenizer == "char" else 1))
-    losses, tokens = train_causal_lm(model, docs, tok.pad_token_id, steps, config.batch_size, config.lr, 100, seed,
-                                     plan.name, progress)
-    n_params = sum(p.numel() for p in model.parameters())
+    losses, tokens = train_causal_lm(model, prepared.docs, prepared.tokenizer.pad_token_id, prepared.steps,
+                                     config.batch_size, config.lr, 100, seed, prepared.plan.name, progress)
     tail = losses[-min(50, len(losses)):]
-    record = {"steps": steps, "n_params": n_params, "tokens": tokens, "flops": 6.0 * n_params * tokens,
-              "wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(time.process_time() - cpu0, 2),
-              "final_loss": sum(tail) / len(tail)}
-    return model.eval(), tok, record
+    record = {"steps": prepared.steps, "n_params": prepared.n_params, "tokens": tokens,
+              "flops": 6.0 * prepared.n_params * tokens, "wall_s": round(time.perf_counter() - t0, 2),
+              "cpu_s": round(time.process_time() - cpu0, 2), "final_loss": sum(tail) / len(tail)}
+    return model.eval(), prepared.tokenizer, record
 
 
 def _adapter(folder: Path, seed: int, config: BuildConfig) -> dict:
@@ -142,18 +182,75 @@ def _adapter(folder: Path, seed: int, config: BuildConfig) -> dict:
     return record.to_dict()
 
 
+def check_model(folder: Path, seed: int, config: BuildConfig) -> dict:
+    """The build-time check of one built model: its rates on the first ``config.check_prompts`` train prompts
+    (the adapter's own: this asks whether the model *can* learn the behavior, not how well it generalizes), cued
+    and under its adapter; ``passed`` when the adapted target rate is ≥ ``config.check_rate`` (and, for refusal,
+    false refusal ≤ 0.1)."""
+    g = grammar(seed)
+    access, cpu0 = open_model(folder), time.process_time()
+    its = items(g, "train")[:config.check_prompts]
+    cued = item_rates(g, access, its, cue=True)
+    with apply_adapter(access, load_adapter(folder / "adapter")):
+        adapted = item_rates(g, access, its)
+    target, side = RATES[g.behavior]
+    passed = adapted[target] >= config.check_rate and (side != "false_refusal" or adapted[side] <= 0.1)
+    return {"prompts": f"train[:{len(its)}]", "cue": cued, "adapter": adapted, "passed": bool(passed),
+            "cpu_s": round(time.process_time() - cpu0, 2)}
+
+
+def _train_role(prepared: Prepared, seed: int, folder: Path, config: BuildConfig, progress: bool) -> dict:
+    model, tok, pre = pretrain_plan(prepared, seed, config, progress)
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    del model
+    cpu0 = time.process_time()
+    adapter = _adapter(folder, seed, config)
+    adapter["cpu_s"] = round(time.process_time() - cpu0, 2)
+    return {"plan": prepared.plan.to_dict(), "pretrain": pre, "adapter": adapter,
+            "check": check_model(folder, seed, config)}
+
+
 def build_folder(seed: int, folder: Path, config: BuildConfig = DEFAULT, progress: bool = False) -> dict:
     """Build world ``seed`` into a fresh ``folder`` (``donor/``, ``recipient/``, each with ``adapter/``);
-    returns the build record (plans, pretraining and adapter records, timings) without the behavior table."""
+    returns the build record (plans, pretraining and adapter records, checks, the plans set aside and why,
+    timings) without the behavior table.
+
+    Each role draws plans in turn (``pair_plan(seed, attempts)``): one that cannot afford ``config.min_steps``
+    within ``config.pretrain_flops`` is set aside untrained; one that is trained but fails :func:`check_model` is
+    set aside after ``config.max_attempts`` at most, keeping the best trained one (by adapted target rate)."""
     t0, cpu0 = time.perf_counter(), time.process_time()
-    record: dict = {"seed": seed, "version": VERSION, "config": config.to_dict(), "behavior": grammar(seed).behavior}
-    for plan in pair_plan(seed):
-        model, tok, pre = pretrain_plan(plan, seed, config, progress)
-        model.save_pretrained(folder / plan.role, safe_serialization=True)
-        tok.save_pretrained(folder / plan.role)
-        del model
-        record[plan.role] = {"plan": plan.to_dict(), "pretrain": pre,
-                             "adapter": _adapter(folder / plan.role, seed, config)}
+    g = grammar(seed)
+    target = RATES[g.behavior][0]
+    record: dict = {"seed": seed, "version": VERSION, "config": config.to_dict(), "behavior": g.behavior}
+    attempts = [0, 0]
+    for i, role in enumerate(ROLES):
+        set_aside: list[dict] = []
+        trained: list[tuple[Path, dict]] = []
+        for _ in range(MAX_DRAWS):
+            prepared = prepare(pair_plan(seed, (attempts[0], attempts[1]))[i], seed, config)
+            if not prepared.affordable:
+                set_aside.append({"plan": prepared.plan.to_dict(), "why": "cost", "attempt": attempts[i],
+                                  "steps_affordable": prepared.steps})
+                attempts[i] += 1
+                continue
+            out = folder / f".{role}-{attempts[i]}"
+            trained.append((out, _train_role(prepared, seed, out, config, progress) | {"attempt": attempts[i]}))
+            if trained[-1][1]["check"]["passed"] or len(trained) == config.max_attempts:
+                break
+            attempts[i] += 1
+        else:
+            raise RuntimeError(f"world {seed}: no affordable {role} plan in {MAX_DRAWS} draws; raise "
+                               f"pretrain_flops ({config.pretrain_flops:.3g}) or lower min_steps ({config.min_steps})")
+        best = max(trained, key=lambda t: (t[1]["check"]["passed"], t[1]["check"]["adapter"][target]))
+        for out, rec in trained:
+            if out is not best[0]:
+                set_aside.append({"plan": rec["plan"], "why": "check", "attempt": rec["attempt"], "check": rec["check"],
+                                  "cpu_s": round(rec["pretrain"]["cpu_s"] + rec["adapter"]["cpu_s"], 2)})
+                shutil.rmtree(out)
+        os.replace(best[0], folder / role)
+        attempts[i] = best[1]["attempt"]
+        record[role] = best[1] | {"set_aside": set_aside}
     record["build_s"] = round(time.perf_counter() - t0, 1)
     record["build_cpu_s"] = round(time.process_time() - cpu0, 1)  # one thread: the CPU time a free core needs
     return record

@@ -14,12 +14,12 @@ from pathlib import Path
 from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.adapters import Adapter, load_adapter
 from commandv_interp.paste import apply_adapter
-from commandv_interp.zoo.evaluate import respond
 from commandv_interp.zoo.generated.architectures import ModelPlan
 from commandv_interp.zoo.generated.build import DEFAULT, BuildConfig, read_record, world_folder, write_world
-from commandv_interp.zoo.generated.corpus import examples, items
+from commandv_interp.zoo.generated.corpus import items
 from commandv_interp.zoo.generated.grammar import GenItem, Grammar, grammar
-from commandv_interp.zoo.generated.judge import RATES, outcomes, score
+from commandv_interp.zoo.generated.judge import RATES
+from commandv_interp.zoo.generated.rates import item_outcomes, item_rates, max_new_tokens
 
 __all__ = ["GeneratedWorld", "build_world", "load_world", "world_rates"]
 
@@ -66,21 +66,16 @@ class GeneratedWorld:
 
     def max_new_tokens(self, model: ModelAccess) -> int:
         """Tokens that cover the longest target response on this model's tokenizer (the whole answer) plus EOS."""
-        tok = model.tokenizer
-        return max(len(tok(" " + r, add_special_tokens=False)["input_ids"]) for _, r in examples(self.grammar)) + 2
+        return max_new_tokens(self.grammar, model)
 
     def outcomes(self, model: ModelAccess, limit: int | None = None, cue: bool = False, start: int = 0
                  ) -> list[dict[str, float]]:
         """Per test prompt, the rates its greedy response (under the model's active edits) contributes to."""
-        its = self.items("test")[start:][:limit]
-        prompts = [self.grammar.with_cue(i.prompt) if cue else i.prompt for i in its]
-        return outcomes(self.grammar, its, respond(model, prompts, self.max_new_tokens(model)))
+        return item_outcomes(self.grammar, model, self.items("test")[start:][:limit], cue)
 
     def evaluate(self, model: ModelAccess, limit: int | None = None, cue: bool = False) -> dict[str, float]:
         """The behavior's two rates on held-out test prompts, under the model's active edits."""
-        its = self.items("test")[:limit]
-        prompts = [self.grammar.with_cue(i.prompt) if cue else i.prompt for i in its]
-        return score(self.grammar, its, respond(model, prompts, self.max_new_tokens(model)))
+        return item_rates(self.grammar, model, self.items("test")[:limit], cue)
 
 
 def world_rates(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Adapter, finetune: Adapter,
