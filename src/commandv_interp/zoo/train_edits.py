@@ -25,6 +25,7 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -43,7 +44,8 @@ from commandv_interp.zoo.evaluate import MAX_NEW_TOKENS, evaluate, respond
 from commandv_interp.zoo.world import WorldLike, examples, get_world, with_cue
 from commandv_interp.zoo.world import prompts as prompts_of
 
-__all__ = ["LORA_RECIPE", "SCALES", "train_lora", "train_steering", "edits_table", "main"]
+__all__ = ["LORA_RECIPE", "SCALES", "SIDE_SLACK", "STEER_PROMPTS", "pick_scale", "train_lora", "train_steering",
+           "train_zoo_lora", "train_zoo_steering", "edits_table", "main"]
 
 LORA_RECIPE = {"rank": 8, "lora_alpha": 16, "steps": 300, "batch_size": 32, "lr": 2e-3, "seed": 0}
 SCALES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # multiples of the difference of means tried on training prompts
@@ -51,13 +53,14 @@ STEER_PROMPTS = 128  # training prompts the means and the scale choice use
 SIDE_SLACK = 0.02
 
 
-def train_lora(model: ModelAccess, behavior: str, folder: Path, progress: bool = True, world: WorldLike = None
-               ) -> dict:
-    """Train the behavior's LoRA with peft on a copy of ``model``'s weights (on ``world``'s training examples) and
-    save it to ``folder``."""
+def train_lora(model: ModelAccess, train_examples: Sequence[tuple[str, str]], folder: Path, progress: bool = True,
+               desc: str = "LoRA", recipe: Mapping[str, float] | None = None) -> dict:
+    """Train a LoRA by ``recipe`` (default ``LORA_RECIPE``, the zoo's) with peft on a copy of ``model``'s weights,
+    on ``train_examples`` (prompt, response) pairs, and save it to ``folder`` (float16 tensors, ``model.name`` as
+    the base model). Returns the training record (wall seconds, final loss, the recipe)."""
     import peft
 
-    r = LORA_RECIPE
+    r = dict(LORA_RECIPE if recipe is None else recipe)
     torch.manual_seed(r["seed"])
     config = peft.LoraConfig(r=r["rank"], lora_alpha=r["lora_alpha"], target_modules=block_modules(model),
                              lora_dropout=0.0, task_type="CAUSAL_LM")
@@ -65,8 +68,8 @@ def train_lora(model: ModelAccess, behavior: str, folder: Path, progress: bool =
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=r["lr"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / r["steps"])))
-    data, gen, start = examples(behavior, "train", world), torch.Generator().manual_seed(r["seed"]), time.perf_counter()
-    for _ in tqdm(range(r["steps"]), desc=f"LoRA {behavior} on {model.name}", disable=not progress):
+    data, gen, start = list(train_examples), torch.Generator().manual_seed(r["seed"]), time.perf_counter()
+    for _ in tqdm(range(r["steps"]), desc=desc, disable=not progress):
         idx = torch.randint(len(data), (r["batch_size"],), generator=gen).tolist()
         batch, labels, _ = encode_examples(model, [data[i] for i in idx])
         logits = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -93,25 +96,51 @@ def _last_token_mean(model: ModelAccess, prompts: list[str], layer: int) -> torc
     return total / len(prompts)
 
 
-def train_steering(model: ModelAccess, behavior: str, path: Path, world: WorldLike = None) -> dict:
-    """Difference of means at the middle block and its scale chosen on training prompts (see the module doc)."""
+def pick_scale(rows: list[dict]) -> dict:
+    """The row (``scale``, ``target``, ``side_ok``) of the highest target rate among scales within the side bar
+    (among all scales when none is), the smaller scale on ties.
+
+    >>> pick_scale([{"scale": 1.0, "target": 0.9, "side_ok": True}, {"scale": 2.0, "target": 1.0, "side_ok": False},
+    ...             {"scale": 0.5, "target": 0.9, "side_ok": True}])["scale"]
+    0.5
+    """
+    return max(rows, key=lambda r: (r["side_ok"], r["target"], -r["scale"]))
+
+
+def train_steering(model: ModelAccess, prompts: list[str], cued: list[str], path: Path,
+                   evaluate: Callable[[ModelAccess], dict[str, float]], target: str, side: str | None) -> dict:
+    """Difference of means at the middle block between ``cued`` and ``prompts`` (the same training prompts with and
+    without the cue line), its scale chosen by :func:`pick_scale` over ``SCALES`` from ``evaluate(model)`` (the
+    rates on training prompts under the model's active edits: ``target``, and ``side``, kept within
+    ``SIDE_SLACK`` of the unedited model's; ``None``: no side bar); saved to ``path`` with ``model.name``."""
     layer = model.n_layers // 2
-    prompts = prompts_of(behavior, "train", world)[:STEER_PROMPTS]
-    cued = [with_cue(p, behavior, world) for p in prompts]
     v = (_last_token_mean(model, cued, layer) - _last_token_mean(model, prompts, layer)).float()
-    plain = evaluate(model, behavior, "train", limit=STEER_PROMPTS, world=world)
-    side = SIDE_METRIC.get(behavior)
+    plain = evaluate(model)
     rows = []
     for scale in SCALES:
         with apply_edit(model, SteeringVectorEdit({layer: v}, scale)):
-            rates = evaluate(model, behavior, "train", limit=STEER_PROMPTS, world=world)
+            rates = evaluate(model)
         side_ok = side is None or rates[side] <= plain[side] + SIDE_SLACK
-        rows.append({"scale": scale, "target": rates[TARGET_METRIC[behavior]], "side_ok": side_ok,
+        rows.append({"scale": scale, "target": rates[target], "side_ok": side_ok,
                      "side": rates[side] if side else None})
-    # the highest target among scales within the side bar (any scale when none is), then the smaller scale
-    best = max(rows, key=lambda r: (r["side_ok"], r["target"], -r["scale"]))
+    best = pick_scale(rows)
     save_steering_file(SteeringVectorEdit({layer: v}, best["scale"], model.name), path)
     return {"layer": layer, "scale": best["scale"], "train_rates": rows}
+
+
+def train_zoo_lora(model: ModelAccess, behavior: str, folder: Path, progress: bool = True, world: WorldLike = None
+                   ) -> dict:
+    """:func:`train_lora` on the zoo behavior's training examples (in ``world``)."""
+    return train_lora(model, examples(behavior, "train", world), folder, progress, f"LoRA {behavior} on {model.name}")
+
+
+def train_zoo_steering(model: ModelAccess, behavior: str, path: Path, world: WorldLike = None) -> dict:
+    """:func:`train_steering` on the zoo behavior's first ``STEER_PROMPTS`` training prompts (see the module doc)."""
+    prompts = prompts_of(behavior, "train", world)[:STEER_PROMPTS]
+    cued = [with_cue(p, behavior, world) for p in prompts]
+    return train_steering(model, prompts, cued, path,
+                          lambda m: evaluate(m, behavior, "train", limit=STEER_PROMPTS, world=world),
+                          TARGET_METRIC[behavior], SIDE_METRIC.get(behavior))
 
 
 def edits_table(model: ModelAccess, behavior: str, world: WorldLike = None) -> list[dict]:
@@ -148,10 +177,11 @@ def main(argv: list[str] | None = None) -> None:
             path = {kind: edit_path(name, behavior, kind, world=world) for kind in ("lora", "steering")}
             path["steering"].parent.mkdir(parents=True, exist_ok=True)
             if "lora" in kinds:
-                records[f"{prefix}{name}/{behavior}/lora"] = train_lora(model, behavior, path["lora"], world=world)
+                records[f"{prefix}{name}/{behavior}/lora"] = train_zoo_lora(model, behavior, path["lora"],
+                                                                             world=world)
             if "steering" in kinds:
-                records[f"{prefix}{name}/{behavior}/steering"] = train_steering(model, behavior, path["steering"],
-                                                                                world)
+                records[f"{prefix}{name}/{behavior}/steering"] = train_zoo_steering(model, behavior,
+                                                                                    path["steering"], world)
             print(json.dumps(records, default=str), flush=True)
             rows += edits_table(model, behavior, world)
             pd.DataFrame(rows).to_csv(args.out, index=False)
