@@ -54,7 +54,7 @@ SIDE_SLACK = 0.02
 
 
 def train_lora(model: ModelAccess, train_examples: Sequence[tuple[str, str]], folder: Path, progress: bool = True,
-               desc: str = "LoRA", recipe: Mapping[str, float] | None = None) -> dict:
+               desc: str = "LoRA", recipe: Mapping[str, int | float] | None = None) -> dict:
     """Train a LoRA by ``recipe`` (default ``LORA_RECIPE``, the zoo's) with peft on a copy of ``model``'s weights,
     on ``train_examples`` (prompt, response) pairs, and save it to ``folder`` (float16 tensors, ``model.name`` as
     the base model). Returns the training record (wall seconds, final loss, the recipe)."""

@@ -82,7 +82,7 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"kind={kind!r} is not one of {list(GENERATED_EDIT_KINDS)}")
 
 
-def edit_folder(world: GeneratedWorld, kind: GeneratedEditKind) -> Path:
+def edit_folder(world: GeneratedWorld, kind: str) -> Path:
     """Where ``world`` keeps its ``kind`` edit (``reft``: the donor's adapter folder)."""
     _check_kind(kind)
     if kind == "reft":
@@ -146,7 +146,7 @@ def _build(world: GeneratedWorld, kind: str, target: Path, recipe: EditRecipe, p
             shutil.rmtree(tmp)
 
 
-def edit_record(world: GeneratedWorld, kind: GeneratedEditKind, recipe: EditRecipe = RECIPE,
+def edit_record(world: GeneratedWorld, kind: str, recipe: EditRecipe = RECIPE,
                 progress: bool = False) -> dict:
     """The record of ``world``'s ``kind`` edit (built first if missing; see the module doc). ``reft``: the world's
     adapter, with the donor's test rates from the behavior table.
@@ -172,7 +172,7 @@ def edit_record(world: GeneratedWorld, kind: GeneratedEditKind, recipe: EditReci
     return record
 
 
-def world_edit(world: GeneratedWorld, kind: GeneratedEditKind, recipe: EditRecipe = RECIPE,
+def world_edit(world: GeneratedWorld, kind: str, recipe: EditRecipe = RECIPE,
                progress: bool = False) -> Edit:
     """``world``'s donor edit of ``kind``: ``reft`` (the world's NodiReFT adapter), ``lora`` or ``steering``, built
     by ``recipe`` and cached on first request (minutes at ``RECIPE``), loaded afterwards.
