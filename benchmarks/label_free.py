@@ -25,8 +25,10 @@ seed 0), ``label_free_<world>`` for another world, plus ``_seeds<spec>`` for oth
     python benchmarks/label_free.py --edit lora                      # from the zoo's LoRA (or steering, reft)
                                                                      # donors, with a PEFT LoRA output too
     python benchmarks/label_free.py --edit steering --only gpt2-4x96/cot   # only the cells of these donor edits
+    python benchmarks/label_free.py --edit lora --world generated --seeds 0-4   # the generated worlds' LoRA donors
+                                                                     # (zoo.generated.edits; built on first use)
 
-``--edit`` (either world) scores ``cv.transfer``'s ReFT output, its paste, the distillation from scratch and the PEFT
+``--edit`` (any world) scores ``cv.transfer``'s ReFT output, its paste, the distillation from scratch and the PEFT
 LoRA output (``Transfer.to_peft``), and skips the steering baseline and paper-exact; ``<stem>.md`` then summarizes
 them per output kind (``_only`` is added to the stem with ``--only``).
 """
@@ -53,6 +55,7 @@ from commandv_interp.pipeline.label_free import PAPER_EXACT
 from commandv_interp.pipeline.labels import BACKPROP_FREE_PASTE, PAPER_EXACT_PASTE, transfer_label
 from commandv_interp.zoo import generated
 from commandv_interp.zoo.donor_edits import ZOO_EDIT_KINDS, load_zoo_edit
+from commandv_interp.zoo.generated.edits import world_edit
 from commandv_interp.zoo.scoring import BEHAVIOR_RATES
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "figures"
@@ -110,7 +113,8 @@ def load_zoo_cell(donor_name: str, recipient_name: str, behavior: str, world: st
                 finetune_row(recipient_name, behavior, world), reference)
 
 
-def load_generated_cell(seed: int) -> Cell:
+def load_generated_cell(seed: int, edit: str | None = None) -> Cell:
+    """World ``seed``'s cell; with ``edit``, its donor's edit of that kind (:func:`with_generated_edit`)."""
     w = generated.build_world(seed, progress=False)
     target, side = w.rates
     rate = {(r["model"], r["condition"]): r["value"] for r in w.record["behavior_table"] if r["metric"] == side}
@@ -120,10 +124,11 @@ def load_generated_cell(seed: int) -> Cell:
     donor_plan, recipient_plan = w.plans
     reference = None if w.behavior == "refusal" else {"donor_adapter": rate[("donor", "adapter")],
                                                       "recipient_base": rate[("recipient", "base")]}
-    return Cell(f"w{seed}:{donor_plan.name}/{donor_plan.tokenizer}",
+    cell = Cell(f"w{seed}:{donor_plan.name}/{donor_plan.tokenizer}",
                 f"{recipient_plan.name}/{recipient_plan.tokenizer}", w.behavior, w.donor_model, w.recipient_model,
                 w.adapter, w.prompts("train")[:TRAIN_PROMPTS], lambda model, n: w.evaluate(model, n), target, side,
                 {"rates": ft, "flops": cost["flops"], "wall_s": cost["wall_time_s"]}, reference)
+    return cell if edit is None else with_generated_edit(cell, w, edit)
 
 
 def spearman(x: pd.Series, y: pd.Series) -> float:
@@ -285,6 +290,13 @@ def with_zoo_edit(cell: Cell, kind: str, world: str = "main") -> Cell:
     return dataclasses.replace(cell, adapter=pasteable(cell.donor, edit, cell.prompts))
 
 
+def with_generated_edit(cell: Cell, world: generated.GeneratedWorld, kind: str) -> Cell:
+    """The generated world's cell with its donor's ``kind`` edit (built into the world folder on first use; its
+    surrogate pasted, the edit the teacher)."""
+    edit = world_edit(world, kind, progress=True)
+    return dataclasses.replace(cell, adapter=pasteable(cell.donor, edit, cell.prompts))
+
+
 def worst_seed(runs: pd.DataFrame, method: str) -> pd.Series:
     """The run of a cell that misses the bar with the lowest target rate (or, if all meet it, the lowest target)."""
     key = runs.assign(_ok=runs[f"{method}_meets_bar"].astype(int), _t=runs[f"{method}_target"])
@@ -389,17 +401,16 @@ def main() -> None:
                         help="test prompts per candidate for the criterion correlation (0: skip it)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--edit", default=None, choices=ZOO_EDIT_KINDS,
-                        help="the zoo's donor edit of this kind (a zoo world), with a PEFT LoRA output too")
+                        help="the donor edit of this kind (a zoo world's, or a generated world's, built into its "
+                             "folder on first use), with a PEFT LoRA output too")
     parser.add_argument("--only", action="append", default=None, metavar="DONOR/BEHAVIOR",
                         help="only the cells of this donor and behavior (repeat; a zoo world)")
     args = parser.parse_args()
-    if args.edit and args.world == "generated":
-        parser.error("--edit needs a zoo world (main or heldout): the generated worlds have no LoRA or steering donors")
     seeds = parse_seeds(args.seeds)
     if args.world == "generated":
         named = {"dev": list(generated.DEV_SEEDS), "test": list(generated.TEST_SEEDS)}
         world_seeds = named.get(args.world_seeds) or parse_seeds(args.world_seeds)
-        loaders = [lambda s=s: load_generated_cell(s) for s in world_seeds]
+        loaders = [lambda s=s: load_generated_cell(s, args.edit) for s in world_seeds]
         stem = f"label_free_generated_{args.world_seeds if args.world_seeds in named else 'w' + args.world_seeds}"
     else:
         chosen = [c for c in zoo_cells(args.world) if args.only is None or f"{c[0]}/{c[2]}" in args.only]
@@ -413,7 +424,7 @@ def main() -> None:
     loaders = loaders[:1] if args.quick else loaders
     rows, frames, began = [], [], time.perf_counter()
     for load in loaders:
-        cell = load() if not args.edit else with_zoo_edit(load(), args.edit, args.world)
+        cell = load() if not args.edit or args.world == "generated" else with_zoo_edit(load(), args.edit, args.world)
         for seed in seeds:
             row, cands = run_cell(cell, seed, args.limit, args.corr_limit, lora_output=args.edit is not None)
             rows.append(row)
