@@ -12,6 +12,7 @@ from conftest import assert_close
 import commandv_interp as cv
 from commandv_interp.adapters.edit import apply_edit
 from commandv_interp.adapters.lora import hf_model_of
+from commandv_interp.io import dir_mode
 from commandv_interp.zoo.generated import TINY, build_world
 from commandv_interp.zoo.generated import edits as gen_edits
 from commandv_interp.zoo.generated.corpus import items
@@ -37,6 +38,7 @@ def test_edits_are_built_once_then_loaded_from_the_world_folder(refusal_world, m
     assert world_edit(w, "reft", TINY_RECIPE) is w.adapter
     edits = w.folder / "edits"
     assert sorted(p.name for p in edits.iterdir()) == ["lora", "steering"]  # no temporary folder left
+    assert (edits / "lora").stat().st_mode & 0o777 == dir_mode()  # the umask's, not mkdtemp's 0o700
     before = _files(edits)
     assert {"lora/adapter_config.json", "lora/adapter_model.safetensors", "lora/record.json",
             "steering/steering.safetensors", "steering/record.json"} == set(before)
@@ -111,3 +113,28 @@ def test_the_steering_scale_is_picked_on_train_prompts_by_the_rule(tmp_path, mon
     assert [r["scale"] for r in record["training"]["train_rates"]] == list(SCALES)
     assert world_edit(w, "steering", TINY_RECIPE).scale == 0.75
     assert record["training"]["layer"] == w.donor_model.n_layers // 2
+
+
+def test_the_label_free_benchmark_pastes_the_world_edit_s_surrogate_with_the_edit_as_teacher(refusal_world,
+                                                                                           monkeypatch):
+    import functools
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from commandv_interp.adapters.surrogate import teacher_of
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "label_free.py"
+    spec = importlib.util.spec_from_file_location("label_free_benchmark_edits", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclass resolves annotations through sys.modules
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "world_edit", functools.partial(world_edit, recipe=TINY_RECIPE))
+    w = refusal_world
+    cell = bench.Cell("d", "r", w.behavior, w.donor_model, w.recipient_model, w.adapter, w.prompts("train")[:8],
+                      lambda m, n: {}, *w.rates, {"rates": {}, "flops": 1.0, "wall_s": 1.0}, None)
+    assert bench.with_generated_edit(cell, w, "reft").adapter is w.adapter
+    lora = bench.with_generated_edit(cell, w, "lora").adapter
+    assert teacher_of(lora).kind == "lora" and lora.positions == "last"
+    assert teacher_of(lora).modules.keys() == world_edit(w, "lora", TINY_RECIPE).modules.keys()
+    assert "surrogate_agreement" in lora.metadata

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from commandv_interp.adapters.edit import Edit, apply_edit, load_edit
-from commandv_interp.io import read_json, write_json
+from commandv_interp.io import dir_mode, read_json, write_json
 from commandv_interp.zoo.generated.build import VERSION
 from commandv_interp.zoo.generated.corpus import examples, items
 from commandv_interp.zoo.generated.rates import item_rates
@@ -131,6 +131,7 @@ def _build(world: GeneratedWorld, kind: str, target: Path, recipe: EditRecipe, p
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{kind}.", dir=target.parent))
     try:
+        tmp.chmod(dir_mode())  # mkdtemp's 0o700: give the folder the umask's permissions as every artifact
         t0 = time.perf_counter()
         training, path = _train(world, kind, tmp, recipe, progress)
         rates = {"base": _donor_table(world, "base"), "reft": _donor_table(world, "adapter"),
