@@ -16,6 +16,10 @@
   benign requests, so for ``refusal`` it refuses both or neither: the table says which.
 
 Each edit is then scored on the test prompts beside the ReFT adapter (``edits_table.csv`` in ``--out``).
+
+:func:`train_lora` and :func:`train_steering` take the examples, prompts and a rate function rather than a zoo
+behavior, so that the generated worlds' donors (:mod:`~commandv_interp.zoo.generated.edits`) are made by the same
+code; ``train_zoo_lora`` / ``train_zoo_steering`` bind them to a zoo behavior.
 """
 
 from __future__ import annotations
