@@ -411,7 +411,8 @@ def main() -> None:
         named = {"dev": list(generated.DEV_SEEDS), "test": list(generated.TEST_SEEDS)}
         world_seeds = named.get(args.world_seeds) or parse_seeds(args.world_seeds)
         loaders = [lambda s=s: load_generated_cell(s, args.edit) for s in world_seeds]
-        stem = f"label_free_generated_{args.world_seeds if args.world_seeds in named else 'w' + args.world_seeds}"
+        spec = args.world_seeds if args.world_seeds in named else "w" + args.world_seeds.replace(",", "-")
+        stem = f"label_free_generated_{spec}"
     else:
         chosen = [c for c in zoo_cells(args.world) if args.only is None or f"{c[0]}/{c[2]}" in args.only]
         if not chosen:
