@@ -205,8 +205,8 @@ def test_cache_folder_follows_argument_then_environment(tmp_path, monkeypatch):
     assert cache_root() == Path.home() / ".cache" / "commandv_interp" / "worlds"
 
 
-# ---------------------------------------------------------------- slow tier: real builds (1.5–7 CPU minutes a world)
-CI_SEED = 0  # a refusal world (qwen3 8×64 word-level → gpt2 4×128 BPE-64), the one CI builds
+# ---------------------------------------------------------------- slow tier: real builds (about 2–3 CPU minutes a world)
+CI_SEED = 0  # a refusal world (qwen3 8×64 word-level → gpt2 2×64 BPE-128), the one CI builds
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Generated worlds — a world per seed, with its own grammar, tokenizers, architectures, a donor
-adapter and the recipient's own finetune, built in 1.5–7 CPU minutes and cached (``docs/generated_worlds.md``).
+adapter and the recipient's own finetune, built in about 2–3 CPU minutes and cached (``docs/generated_worlds.md``).
 
 >>> from commandv_interp.zoo.generated import DEV_SEEDS, TEST_SEEDS, grammar
 >>> set(DEV_SEEDS).isdisjoint(TEST_SEEDS), grammar(4).behavior

@@ -2,8 +2,9 @@
 
 Every family the access layer reads (Llama, Mistral, Qwen2, Qwen3, GPT-2, GPT-NeoX, Phi, Gemma2, OPT), depths 2–16
 and widths 48–256. The pair's shape cycles with the seed: ``deep→shallow``, ``shallow→deep`` (different families)
-and ``same-family`` (one family, two sizes). Most seeds keep depth × width ≤ 512 so that a world builds in ~3 CPU
-minutes; every fourth seed allows up to 1,024 for its deeper model.
+and ``same-family`` (one family, two sizes). Most seeds keep depth × width ≤ 512; every fourth seed allows up to
+1,024 for its deeper model (the build then sets aside a plan whose pretraining its FLOPs budget cannot pay for, and
+one that cannot learn the behavior, and draws the role's next plan: ``pair_plan(seed, attempts)``).
 
 >>> d, r = pair_plan(0)
 >>> (d.pair, d.n_layers > r.n_layers), pair_plan(6)[0].family == pair_plan(6)[1].family

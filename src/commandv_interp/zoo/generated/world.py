@@ -107,7 +107,7 @@ def load_world(folder: str | Path) -> GeneratedWorld:
 
 def build_world(seed: int, config: BuildConfig = DEFAULT, cache_dir: str | Path | None = None,
                 progress: bool = False) -> GeneratedWorld:
-    """World ``seed``, built (1.5–7 CPU minutes at the default config on one thread) or loaded from the cache.
+    """World ``seed``, built (about 2–3 CPU minutes at the default config on one thread) or loaded from the cache.
 
     Args:
         seed: the world's seed (any int ≥ 0; ``DEV_SEEDS`` and ``TEST_SEEDS`` are the benchmark's).
