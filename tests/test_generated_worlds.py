@@ -226,6 +226,9 @@ def test_a_generated_world_has_a_latent_behavior_and_adapters_that_reach_it(ci_w
         assert table[(role, "cue", target_rate)] >= 0.6  # ... on under it: latent in pretraining
         assert table[(role, "adapter", target_rate)] >= 0.9  # the donor adapter and the recipient's finetune
         assert table[(role, "adapter", side_rate)] <= 0.1
+        check = ci_world.record[role]["check"]  # the build-time check passed, on train prompts
+        assert check["passed"] and check["adapter"][target_rate] >= 0.9 and check["prompts"] == "train[:48]"
+        assert {s["why"] for s in ci_world.record[role]["set_aside"]} <= {"cost", "check"}
 
 
 @pytest.mark.slow
