@@ -112,18 +112,18 @@ def pick_scale(rows: list[dict]) -> dict:
 
 
 def train_steering(model: ModelAccess, prompts: list[str], cued: list[str], path: Path,
-                   evaluate: Callable[[ModelAccess], dict[str, float]], target: str, side: str | None) -> dict:
+                   rates_of: Callable[[ModelAccess], dict[str, float]], target: str, side: str | None) -> dict:
     """Difference of means at the middle block between ``cued`` and ``prompts`` (the same training prompts with and
-    without the cue line), its scale chosen by :func:`pick_scale` over ``SCALES`` from ``evaluate(model)`` (the
+    without the cue line), its scale chosen by :func:`pick_scale` over ``SCALES`` from ``rates_of(model)`` (the
     rates on training prompts under the model's active edits: ``target``, and ``side``, kept within
     ``SIDE_SLACK`` of the unedited model's; ``None``: no side bar); saved to ``path`` with ``model.name``."""
     layer = model.n_layers // 2
     v = (_last_token_mean(model, cued, layer) - _last_token_mean(model, prompts, layer)).float()
-    plain = evaluate(model)
+    plain = rates_of(model)
     rows = []
     for scale in SCALES:
         with apply_edit(model, SteeringVectorEdit({layer: v}, scale)):
-            rates = evaluate(model)
+            rates = rates_of(model)
         side_ok = side is None or rates[side] <= plain[side] + SIDE_SLACK
         rows.append({"scale": scale, "target": rates[target], "side_ok": side_ok,
                      "side": rates[side] if side else None})
