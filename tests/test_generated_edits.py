@@ -20,6 +20,7 @@ from commandv_interp.zoo.generated.edits import TINY_RECIPE, edit_folder, edit_r
 from commandv_interp.zoo.train_edits import SCALES, SIDE_SLACK
 
 pytest.importorskip("peft")
+pytestmark = pytest.mark.slow  # each test builds a tiny world and trains its donor edits (a few steps)
 
 
 @pytest.fixture(scope="module")

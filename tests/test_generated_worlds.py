@@ -160,6 +160,7 @@ def test_build_is_deterministic_per_seed_and_cached_atomically(tmp_path):
     assert {r["condition"] for r in first.record["behavior_table"]} == {"base", "cue", "adapter"}
 
 
+@pytest.mark.slow  # pretrains a few models (a few steps each)
 def test_budget_sets_the_steps_and_unaffordable_plans_are_set_aside(tmp_path, monkeypatch):
     from dataclasses import replace
 
@@ -183,6 +184,7 @@ def test_budget_sets_the_steps_and_unaffordable_plans_are_set_aside(tmp_path, mo
         build_world(7, config=replace(config, pretrain_flops=1.0), cache_dir=tmp_path / "none")
 
 
+@pytest.mark.slow  # pretrains and checks four models (a few steps each)
 def test_a_model_that_fails_the_check_is_replaced_and_the_best_kept(tmp_path):
     from dataclasses import replace
 
