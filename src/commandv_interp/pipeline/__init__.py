@@ -7,9 +7,10 @@ from commandv_interp.pipeline.config import TransferConfig
 from commandv_interp.pipeline.candidates import Candidate
 from commandv_interp.pipeline.result import Transfer, load_transfer
 from commandv_interp.pipeline.label_free import run_transfer, transfer
+from commandv_interp.pipeline.blind import BlindCriterionWarning
 from commandv_interp.pipeline.replay import Replay, replay_transfer
 from commandv_interp.pipeline.steering import Steering, steering_transfer
 
-__all__ = ["Candidate", "Derivation", "ProfilePair", "Replay", "Steering", "Transfer", "TransferConfig",
+__all__ = ["BlindCriterionWarning", "Candidate", "Derivation", "ProfilePair", "Replay", "Steering", "Transfer", "TransferConfig",
            "converter_numbers", "derive", "load_transfer", "profile_pair", "replay_transfer", "run_transfer",
            "steering_transfer", "storage_table", "transfer"]

@@ -51,6 +51,7 @@ from commandv_interp.adapters.surrogate import pasteable
 from commandv_interp.converters import fit_converters
 from commandv_interp.paste import compile_paste
 from commandv_interp.pipeline.agreement import ANSWER_CAP
+from commandv_interp.pipeline.blind import warn_if_blind
 from commandv_interp.pipeline.candidates import Candidate, Cost, native_deltas
 from commandv_interp.pipeline.config import STARTS, TransferConfig
 from commandv_interp.pipeline.fingerprints import Fingerprints
@@ -140,6 +141,7 @@ def run_transfer(donor_model: ModelAccess, recipient_model: ModelAccess, adapter
     if config.polish_steps:
         _polish(search, finalist, config)
     chosen = choose_scale(search, search.best()) if config.scale_search else search.best()
+    warn_if_blind(search, chosen)
     return Transfer.from_search(config, fingerprints, adapter, chosen, finalist, search.table(),
                                 search.scored, search.flops + surrogate_flops, time.perf_counter() - began,
                                 setup.recipient_model, (setup.answer_tokens, setup.answer_words),
