@@ -3,7 +3,7 @@ could not tell that candidate from the unedited recipient: its criterion is less
 (:func:`~commandv_interp.pipeline.scale.tolerance`) above the plain recipient's. The transfer then chose among
 candidates the criterion sees as no better than doing nothing, and its choice says little.
 
-Measured on the label-free benchmark's candidate tables (seeds 0–4): this never happened in the 300 runs from
+Measured on the label-free benchmark's candidate tables (seeds 0–4): this never happened in the 200 runs from
 ReFT adapters (zoo and generated worlds) nor in the 90 from generated worlds' LoRA donors; it happened in 24 of the
 90 runs from steering vectors, whose steered answers are often garbled past their first words, and 8 of those 24
 missed the bar (of 14 misses in all). It is a warning to check the result with labels, not a verdict.
