@@ -31,6 +31,15 @@ def parser(doc: str, study: str) -> argparse.ArgumentParser:
     return p
 
 
+def runs_parser(doc: str, runs: tuple[str, ...], metavar: str, help: str) -> argparse.ArgumentParser:
+    """The command line of a script that reads runs rather than a study file: ``--runs`` (default ``runs``) and
+    ``--out`` (default docs/figures)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="+", default=list(runs), metavar=metavar, help=help)
+    p.add_argument("--out", type=Path, default=FIGURES, help="folder for the PNG, PDF and CSV")
+    return p
+
+
 def seed(value: int = 0) -> None:
     random.seed(value)
     np.random.seed(value)

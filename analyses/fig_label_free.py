@@ -10,7 +10,6 @@ Writes label_free_overview.{png,pdf,csv}.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -80,11 +79,8 @@ def plot(frame: pd.DataFrame) -> plt.Figure:
 
 def main() -> None:
     started = time.perf_counter()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", nargs="+", default=list(RUNS), metavar="WORLD=CSV",
-                        help="world names and label_free tables (relative paths: under docs/figures)")
-    parser.add_argument("--out", type=Path, default=_figure.FIGURES, help="folder for the PNG, PDF and CSV")
-    args = parser.parse_args()
+    args = _figure.runs_parser(__doc__, RUNS, "WORLD=CSV",
+                               "world names and label_free tables (relative paths: under docs/figures)").parse_args()
     runs = []
     for spec in args.runs:
         world, sep, csv = spec.partition("=")

@@ -10,9 +10,7 @@ scale 1) is then scored with labels on 160 held-out test prompts. Writes scale_s
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -83,10 +81,8 @@ def plot(frame: pd.DataFrame, finetune: dict) -> plt.Figure:
 
 def main() -> None:
     started = time.perf_counter()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", nargs="+", default=list(RUNS), metavar="DONOR:RECIPIENT:SEED")
-    parser.add_argument("--out", type=Path, default=_figure.FIGURES, help="folder for the PNG, PDF and CSV")
-    args = parser.parse_args()
+    args = _figure.runs_parser(__doc__, RUNS, "DONOR:RECIPIENT:SEED",
+                               "transfers to scan: donor, recipient and transfer seed").parse_args()
     frames = []
     for spec in args.runs:
         donor_name, recipient_name, seed = spec.split(":")

@@ -123,7 +123,7 @@ def _reloaded(tok: PreTrainedTokenizerFast, config, sample: str) -> PreTrainedTo
     return loaded
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prepared:
     """A plan ready to pretrain: its tokenizer (as reloaded), HF config, tokenized corpus and step budget."""
 
