@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from conftest import random_adapter, random_prompts
 
 import commandv_interp as cv
+from commandv_interp.pipeline.compute import PARTS
 from commandv_interp.app import cli
 
 runner = CliRunner()
@@ -55,6 +56,16 @@ def test_transfer_records_its_recipe_and_replays_it(tiny_dir, inputs, made):
     assert result.exit_code == 2 and "other prompts" in result.output
     result = invoke("transfer", "--replay", out, "--out", inputs / "x")
     assert result.exit_code == 2 and "--replay writes nothing" in result.output
+
+
+def test_transfer_reports_where_its_compute_went(inputs, made):
+    out, summary = made
+    parts = summary["compute"]
+    assert [p["part"] for p in parts] == list(PARTS)
+    assert sum(p["flops"] for p in parts) == pytest.approx(summary["flops"], rel=1e-9)
+    report = (out / "report.md").read_text()
+    for p in parts:
+        assert f"| {p['part']} | {p['flops']:.3g} | {p['share_of_call']:.1%} |" in report
 
 
 def test_analyze_reports_the_applied_edit_and_refuses_another_recipient(tiny_dir, inputs, made):

@@ -93,6 +93,7 @@ def _run_transfer(g: Globals, out: Path, sources: dict, texts: list[str], polish
                   lora: bool = False, scale_search: bool = True) -> None:
     import commandv_interp as cv
     from commandv_interp.pipeline.candidates import rank
+    from commandv_interp.pipeline.compute import compute_table
     from commandv_interp.pipeline.labels import transfer_label
 
     from commandv_interp.access.limits import check_models_fit
@@ -123,12 +124,18 @@ def _run_transfer(g: Globals, out: Path, sources: dict, texts: list[str], polish
               "", f"Settings: {result.config.to_dict()}.", "",
               "| candidate | stage | criterion | lift |", "|---|---|---|---|"]
     report += [f"| {r.candidate} | {r.stage} | {r.criterion:.3f} | {r.lift:.3f} |" for r in best.itertuples()]
+    compute = compute_table(result)
+    report += ["", "Where the compute went (the polish's budget is a share of the estimated finetune):", "",
+               "| part | FLOPs | share of this call | share of the estimated finetune |", "|---|---|---|---|"]
+    report += [f"| {r.part} | {r.flops:.3g} | {r.share_of_call:.1%} | "
+               f"{'–' if r.share_of_finetune != r.share_of_finetune else f'{r.share_of_finetune:.2%}'} |"
+               for r in compute.itertuples()]
     result.save(out, sources=sources, report="\n".join(report) + "\n")
     if lora:  # the recipient LoRA in PEFT's format, distilled from the donor+edit's whole answers
         result.to_peft(out / "lora", models[0], texts, progress=not g.json)
     _emit(g, {"out": str(out), "choice": result.choice, "label": label, "alpha": result.alpha,
               "layer_map": result.layer_map, "flops": result.flops, "wall_s": result.wall_s,
-              "config": result.config.to_dict()},
+              "compute": compute.to_dict(orient="records"), "config": result.config.to_dict()},
           f"wrote {out}: {label} (`{result.choice}`), compiled adapter in {out / 'compiled'}; best candidates:",
           [{"candidate": r.candidate, "stage": r.stage, "criterion": round(r.criterion, 4)}
            for r in best.itertuples()])

@@ -36,6 +36,7 @@ from commandv_interp.io import atomic_write, dir_mode, read_json, tensors_checks
 from commandv_interp.manifest import file_digest, verify_manifest, write_manifest
 from commandv_interp.paste import apply_adapter, compile_paste, paste
 from commandv_interp.pipeline.candidates import Candidate
+from commandv_interp.pipeline.compute import compute_table
 from commandv_interp.pipeline.config import TransferConfig
 from commandv_interp.pipeline.fingerprints import Fingerprints
 from commandv_interp.pipeline.lora_teacher import DonorAnswers
@@ -118,6 +119,11 @@ class Transfer:
     def alpha(self) -> float:
         """The scale of the paste: always 1 (the polish learns the scale)."""
         return 1.0
+
+    @property
+    def compute(self) -> pd.DataFrame:
+        """Where the call's FLOPs went, part by part (:func:`~commandv_interp.pipeline.compute.compute_table`)."""
+        return compute_table(self)
 
     @property
     def rounds(self) -> dict[str, Adapter]:
