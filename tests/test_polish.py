@@ -185,6 +185,36 @@ def test_lr_sweep_picks_the_planted_best_rate_for_every_start_alike(pair, teache
         assert len(later) == plan.patience  # no round improved on the trial (same criterion, lift +0.002 per round)
 
 
+@pytest.mark.parametrize("improves_at_high, rates_tried", [(True, (1.6e-2,)), (False, (1.6e-2, 4e-3))])
+def test_a_lower_rate_is_tried_only_when_no_trial_improved_on_its_start(pair, teacher, improves_at_high, rates_tried):
+    """With origins, the rates go in order and the sweep stops at the first one where some start's trial beats its
+    origin (planted criteria: a's origin 0.6, b's 0.5); where neither does at 1.6e-2, both starts try 4e-3 too. An
+    origin per start is required."""
+    _, recipient, _ = pair
+    prompts, answers, changed = teacher
+    starts = {"a": fresh_adapter(recipient, [1], rank=2, seed=1), "b": fresh_adapter(recipient, [1], rank=2, seed=2)}
+    origins = {"a": {"criterion": 0.6, "lift": 0.5, "agree_unchanged": 1.0},
+               "b": {"criterion": 0.5, "lift": 0.5, "agree_unchanged": 1.0}}
+    high = {"a": 0.55, "b": 0.7 if improves_at_high else 0.5}  # b's trial at 1.6e-2 beats its origin, or ties it
+
+    def score(start, candidate, adapter, info):
+        crit = high[start] if info["polish_lr"] == 1.6e-2 else 0.65
+        return {"candidate": candidate, "criterion": crit, "lift": 0.5, "agree_unchanged": 1.0, "score_flops": 1e3,
+                "start": start, **info}
+
+    def make(start, lr):
+        return Distillation(recipient, start, prompts, answers, changed, batch_size=4, lr=lr)
+
+    plan = PolishPlan(budget=1e15, score_cost=1e3, max_steps=4, lrs=(1.6e-2, 4e-3), round_steps=2, patience=1)
+    out = race(starts, make, score, plan, origins)
+    trials = sorted((r["start"], r["polish_lr"]) for r in out.rows.values() if r["polish_steps"] == 2)
+    assert trials == sorted((s, lr) for s in "ab" for lr in rates_tried)
+    everything = race(starts, make, score, plan)  # no origins: every rate, as transfers saved before them ran
+    assert len([r for r in everything.rows.values() if r["polish_steps"] == 2]) == 4
+    with pytest.raises(ValueError, match="one row per start"):
+        race(starts, make, score, plan, {"a": origins["a"]})
+
+
 def test_a_winner_stuck_at_the_floor_hands_the_budget_to_the_other_start(pair, teacher):
     """Planted: start a's trials score exactly the unedited recipient's criterion (0.5) and win the first round on
     the lift; b's trial ties at 0.5 and then improves round after round. With the floor at 0.5, a stalls after its

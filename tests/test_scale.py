@@ -124,8 +124,10 @@ def test_config_flag_is_checked_and_an_older_config_loads_without_it():
     with pytest.raises((ValueError, TypeError), match="scale_search"):  # TypeError: the jaxtyping/beartype check
         TransferConfig(scale_search="yes")  # type: ignore[arg-type]
     old = TransferConfig().to_dict()
-    del old["scale_search"]
-    assert TransferConfig.from_dict(old).scale_search is False
+    del old["scale_search"], old["lr_fallback"]
+    assert TransferConfig.from_dict(old).scale_search is False and TransferConfig.from_dict(old).lr_fallback is False
+    with pytest.raises((ValueError, TypeError), match="lr_fallback"):
+        TransferConfig(lr_fallback=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown keys"):
         TransferConfig.from_dict(TransferConfig().to_dict() | {"nonsense": 1})
 

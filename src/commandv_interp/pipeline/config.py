@@ -21,7 +21,7 @@ from commandv_interp.pipeline.search import PROFILE_PROMPTS
 __all__ = ["TransferConfig", "Start", "STARTS"]
 
 Start = Literal["paste", "scratch"]
-LATER = {"scale_search": False}
+LATER = {"scale_search": False, "lr_fallback": False}
 """Settings added after transfers were first saved, with the value a config saved before them ran with."""
 STARTS: tuple[str, ...] = get_args(Start)
 
@@ -50,6 +50,9 @@ class TransferConfig:
         profile_prompts: at most this many fitting prompts are profiled (with their onsets).
         scale_search: score the chosen polished adapter at a few scales around 1 and keep the middle of the range
             the criterion cannot tell from the best (:mod:`~commandv_interp.pipeline.scale`).
+        lr_fallback: try the rates of ``polish_lrs`` in order and go to the next only when no trial so far improved
+            on where its start began (the paste's own criterion, the unedited recipient's for the fresh adapter);
+            False: every rate is tried (how transfers saved before this setting ran).
     """
 
     scoring_fraction: float = 0.25
@@ -65,6 +68,7 @@ class TransferConfig:
     polish_batch: int = POLISH_BATCH
     profile_prompts: int = PROFILE_PROMPTS
     scale_search: bool = True
+    lr_fallback: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.scoring_fraction, bool) or not isinstance(self.scoring_fraction, float | int) \
@@ -85,8 +89,9 @@ class TransferConfig:
                              f"{self.polish_lrs!r}")
         if self.start not in STARTS:
             raise ValueError(f"start={self.start!r} is not one of {list(STARTS)}")
-        if not isinstance(self.scale_search, bool):
-            raise ValueError(f"scale_search must be True or False, got {self.scale_search!r}")
+        for name in ("scale_search", "lr_fallback"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.start == "scratch" and self.polish_steps == 0:
             raise ValueError("start='scratch' learns everything in the polish: pass polish_steps >= 1 (got 0)")
 

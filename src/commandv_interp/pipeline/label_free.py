@@ -214,7 +214,10 @@ def _polish(search: CandidateSearch, finalist: Candidate | None, config: Transfe
                                       Cost(extra["fit_flops"], extra["fit_s"]), extra["polish_steps"],
                                       polish_lr=extra["polish_lr"], polish_budget_flops=budget_flops))
 
-    outcome = race({name: c.edit for name, c in starts.items()}, trainer, score, plan)
+    # where each start begins: the paste's own row, the unedited recipient's (REFERENCE) for the fresh adapter
+    origins = {"scratch": search.rows[0]} | ({finalist.name: search.row(finalist)} if finalist is not None else {})
+    origins = origins if config.lr_fallback else None
+    outcome = race({name: c.edit for name, c in starts.items()}, trainer, score, plan, origins)
     if finalist is None and not outcome.rounds:
         raise ValueError(f"start='scratch' learns everything in the polish, and polish_budget={config.polish_budget!r} "
                          f"pays for no training round ({budget_flops:.3g} FLOPs); raise polish_budget")

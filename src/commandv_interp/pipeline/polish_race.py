@@ -3,9 +3,12 @@
 prompts, produces the polished rounds: a race that finds its own learning rate, runs while the held-out criterion
 improves, and stops at a FLOPs budget.
 
-1. **Learning rate.** Every start trains one round at each learning rate of ``PolishPlan.lrs`` (ascending), and each
-   trial is scored. All starts see the same rates, so the race between them is fair; the sweep stops after a rate at
-   which a trial already reproduces every scoring answer (criterion 1).
+1. **Learning rate.** Every start trains one round at the first learning rate of ``PolishPlan.lrs`` (the highest,
+   by default), and each trial is scored. All starts see the same rates, so the race between them is fair. The next
+   (lower) rate is tried only when no trial so far improved on where its start began (its *origin*: the paste's own
+   row, or the unedited recipient's for a fresh adapter): a rate too high to improve on its start is lowered. The
+   sweep also stops after a rate at which a trial reproduces every scoring answer (criterion 1). Without origins,
+   every rate is tried.
 2. **The race.** The trial with the best held-out score goes on, by the search's one ranking rule
    (:data:`~commandv_interp.pipeline.candidates.RANKING`: the criterion, then the lift, then the agreement on the
    unchanged prompts; no start is preferred by its position in the list).
@@ -92,9 +95,13 @@ class PolishOutcome:
         return self.train_flops + self.score_flops
 
 
-def race(starts: Mapping[str, Adapter], trainer: Trainer, score: Scorer, plan: PolishPlan) -> PolishOutcome:
+def race(starts: Mapping[str, Adapter], trainer: Trainer, score: Scorer, plan: PolishPlan,
+         origins: Mapping[str, Mapping] | None = None) -> PolishOutcome:
     """Sweep the learning rates on every start, continue the best trial while the criterion improves, within the
-    budget (see the module doc). Returns every scored round."""
+    budget (see the module doc). ``origins`` holds each start's scored row before training (its criterion and lift):
+    with them, a lower rate is tried only when no trial improved on its origin. Returns every scored round."""
+    if origins is not None and set(origins) != set(starts):
+        raise ValueError(f"origins must hold one row per start: starts {sorted(starts)}, origins {sorted(origins)}")
     out = PolishOutcome()
     trials: list[tuple[str, Distillation, dict]] = []
     for lr in plan.lrs:
@@ -108,6 +115,8 @@ def race(starts: Mapping[str, Adapter], trainer: Trainer, score: Scorer, plan: P
                 trials.append((name, t, row))
         if trials and max(ranking_key(r)[0] for _, _, r in trials) >= 1.0:
             break
+        if origins is not None and any(_improves(row, origins[name]) for name, _, row in trials):
+            break  # this rate (or a higher one) already improves on a start: no lower rate is needed
     if not trials:
         return out
     name, t, best = max(trials, key=lambda trial: ranking_key(trial[2]))
