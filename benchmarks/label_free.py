@@ -205,6 +205,8 @@ def run_cell(cell: Cell, seed: int, limit: int, corr_limit: int, lora_output: bo
         if method in calls:
             row[f"{method}_flops_ratio"] = calls[method].flops / ft["flops"]
             row[f"{method}_wall_ratio"] = walls[method] / ft["wall_s"]
+    for part in result.compute.itertuples():  # where the transfer's compute went, as shares of the finetune's
+        row[f"transfer_compute_{part.key}"] = part.flops / ft["flops"]
     row["meets_bar"] = row["transfer_meets_bar"]
     return row, cands
 

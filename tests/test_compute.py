@@ -10,7 +10,7 @@ import pytest
 from conftest import random_adapter, random_prompts
 
 import commandv_interp as cv
-from commandv_interp.pipeline.compute import PARTS, compute_table
+from commandv_interp.pipeline.compute import KEYS, PARTS, compute_table
 from commandv_interp.pipeline.polish import finetune_flops_estimate
 from commandv_interp.pipeline.search import prepare
 
@@ -27,7 +27,7 @@ def _planted(total: float, surrogate: float = 0.0, budget_flops: float | None = 
 
 def test_parts_of_a_planted_transfer():
     table = compute_table(_planted(total=100.0, surrogate=7.0))
-    assert list(table.part) == list(PARTS)
+    assert list(table.part) == list(PARTS) and list(table.key) == list(KEYS)
     flops = dict(zip(table.part, table.flops))
     assert flops == {PARTS[0]: 100.0 - 7 - 12 - 16 - 8 - 8, PARTS[1]: 7.0, PARTS[2]: 12.0, PARTS[3]: 16.0,
                      PARTS[4]: 8.0, PARTS[5]: 8.0}

@@ -16,16 +16,18 @@ import math
 
 import pandas as pd
 
-__all__ = ["compute_table", "PARTS"]
+__all__ = ["compute_table", "PARTS", "KEYS"]
 
 PARTS = ("setup: donor answers and profiles", "surrogate fit (LoRA or steering donor)",
          "paste search: scoring the pastes (stages 0–2)", "polish: training", "polish: scoring its rounds",
          "scale search: scoring (stage 4)")
 """The parts of a transfer's compute, in the order they run."""
+KEYS = ("setup", "surrogate", "paste_search", "polish_training", "polish_scoring", "scale_search")
+"""The parts' short names (the ``key`` column), one per entry of :data:`PARTS`."""
 
 
 def compute_table(transfer) -> pd.DataFrame:
-    """Where ``transfer``'s FLOPs went (see the module doc): columns ``part``, ``flops``, ``share_of_call`` and
+    """Where ``transfer``'s FLOPs went (see the module doc): columns ``part``, ``key`` (:data:`KEYS`), ``flops``, ``share_of_call`` and
     ``share_of_finetune`` (NaN when no polish ran: the finetune is estimated by the polish, and its budget is a
     share of it). The rows add up to ``transfer.flops``.
 
@@ -53,7 +55,7 @@ def compute_table(transfer) -> pd.DataFrame:
     parts = {PARTS[0]: max(setup, 0.0)} | parts
     finetune = _finetune_estimate(table, transfer.config.polish_budget)
     total = float(transfer.flops)
-    return pd.DataFrame([{"part": part, "flops": flops, "share_of_call": flops / total if total > 0 else math.nan,
+    return pd.DataFrame([{"part": part, "key": KEYS[PARTS.index(part)], "flops": flops, "share_of_call": flops / total if total > 0 else math.nan,
                           "share_of_finetune": flops / finetune if finetune > 0 else math.nan}
                          for part, flops in parts.items()])
 
