@@ -40,6 +40,19 @@ def runs_parser(doc: str, runs: tuple[str, ...], metavar: str, help: str) -> arg
     return p
 
 
+def runs_paths(specs: list[str], hint: str) -> list[tuple[str, Path]]:
+    """``NAME=CSV`` specs of ``--runs`` as (name, path) pairs (a relative path is under docs/figures); exits with one
+    ``error:`` line naming a spec without ``=`` or without its table, and ``hint`` (how to make it)."""
+    runs = []
+    for spec in specs:
+        name, sep, csv = spec.partition("=")
+        path = Path(csv) if Path(csv).is_absolute() else FIGURES / csv
+        if not sep or not path.is_file():
+            raise SystemExit(f"error: --runs {spec!r}: expected WORLD=CSV with an existing table ({hint})")
+        runs.append((name, path))
+    return runs
+
+
 def seed(value: int = 0) -> None:
     random.seed(value)
     np.random.seed(value)

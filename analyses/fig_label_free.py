@@ -81,15 +81,7 @@ def main() -> None:
     started = time.perf_counter()
     args = _figure.runs_parser(__doc__, RUNS, "WORLD=CSV",
                                "world names and label_free tables (relative paths: under docs/figures)").parse_args()
-    runs = []
-    for spec in args.runs:
-        world, sep, csv = spec.partition("=")
-        path = Path(csv) if Path(csv).is_absolute() else _figure.FIGURES / csv
-        if not sep or not path.is_file():
-            raise SystemExit(f"error: --runs {spec!r}: expected WORLD=CSV with an existing label_free table "
-                             f"(run benchmarks/label_free.py --seeds 0-4 first)")
-        runs.append((world, path))
-    frame = tidy(runs)
+    frame = tidy(_figure.runs_paths(args.runs, "run benchmarks/label_free.py --seeds 0-4 first"))
     share = frame.pivot_table(index="method", values="share_meeting_bar", aggfunc=["min", "max"]).droplevel(1, axis=1)
     caption = (f"cv.transfer meets the bar in {share.loc['transfer', 'min']:.0%}–{share.loc['transfer', 'max']:.0%} "
                f"of the runs of each world, the backprop-free paste in {share.loc['paste', 'min']:.0%}–"
