@@ -14,12 +14,8 @@ verifies the folder as a whole.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +28,14 @@ from commandv_interp.adapters import Adapter, load_adapter, save_adapter
 from commandv_interp.adapters.edit import Edit
 from commandv_interp.adapters.linear_form import has_linear_form
 from commandv_interp.converters import Converters
-from commandv_interp.io import atomic_write, dir_mode, read_json, tensors_checksum, write_json
+from commandv_interp.io import atomic_write, read_json, tensors_checksum, write_json
 from commandv_interp.manifest import file_digest, verify_manifest, write_manifest
 from commandv_interp.paste import apply_adapter, compile_paste, paste
 from commandv_interp.pipeline.candidates import Candidate
 from commandv_interp.pipeline.compute import compute_table
 from commandv_interp.pipeline.config import TransferConfig
 from commandv_interp.pipeline.fingerprints import Fingerprints
+from commandv_interp.pipeline.folder_swap import replace_folder
 from commandv_interp.pipeline.lora_teacher import DonorAnswers
 from commandv_interp.pipeline.to_peft import LORA_STEPS, LoraDistillation, to_peft
 from commandv_interp.prompts import prompts_fingerprint
@@ -217,17 +214,7 @@ class Transfer:
         """
         folder = Path(folder)
         _check_writable(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        _clear_leftovers(folder)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".saving", dir=folder.parent))
-        try:
-            self._write(staging, sources, report)
-            os.chmod(staging, dir_mode())
-            _swap_into(staging, folder)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
-        return folder
+        return replace_folder(folder, lambda staging: self._write(staging, sources, report))
 
     def _write(self, folder: Path, sources: dict | None, report: str | None) -> None:
         save_adapter(self.donor_adapter, folder / "donor_adapter")
@@ -270,29 +257,6 @@ def _check_writable(folder: Path) -> None:
         if not (isinstance(meta, dict) and meta.get("kind") == KIND):
             raise ValueError(f"{str(folder)!r} holds other files and is not a transfer folder; choose a new or empty "
                              "folder")
-
-
-def _clear_leftovers(folder: Path) -> None:
-    """Remove what a save of ``folder`` killed midway left beside it: a ``.<name>.*.saving`` staging folder, and a
-    ``.<name>.*.old`` holding the earlier folder, which is first put back when ``folder`` itself is gone."""
-    name = glob.escape(folder.name) + "." + "?" * 8  # mkdtemp's 8 random characters: not another folder's
-    for old in sorted(folder.parent.glob(f".{name}.old")):
-        if not folder.exists() and (old / "t").is_dir():
-            os.replace(old / "t", folder)
-        shutil.rmtree(old)
-    for staging in folder.parent.glob(f".{name}.saving"):
-        shutil.rmtree(staging)
-
-
-def _swap_into(staging: Path, folder: Path) -> None:
-    """Put ``staging`` in ``folder``'s place; an earlier folder is moved aside first and removed last."""
-    old = None
-    if folder.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
-        os.replace(folder, old / "t")
-    os.replace(staging, folder)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 def load_transfer(folder: str | Path, recipient_model: ModelAccess | None = None) -> Transfer:
