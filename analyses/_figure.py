@@ -53,6 +53,27 @@ def runs_paths(specs: list[str], hint: str) -> list[tuple[str, Path]]:
     return runs
 
 
+LABEL_FREE_RUNS = ("main zoo world=label_free_seeds0-4.csv", "second zoo world=label_free_heldout_seeds0-4.csv",
+                   "generated dev worlds=label_free_generated_dev_seeds0-4.csv",
+                   "generated test worlds=label_free_generated_test_seeds0-4.csv")
+"""The label-free benchmark's tables over seeds 0–4 on every world (``benchmarks/label_free.py --seeds 0-4``)."""
+
+
+def label_free_runs(doc: str) -> argparse.Namespace:
+    """The command line of a figure that reads ``benchmarks/label_free.py``'s tables: ``args.runs`` as (world, path)
+    pairs (default :data:`LABEL_FREE_RUNS`) and ``args.out``."""
+    args = runs_parser(doc, LABEL_FREE_RUNS, "WORLD=CSV",
+                       "world names and label_free tables (relative paths: under docs/figures)").parse_args()
+    args.runs = runs_paths(args.runs, "run benchmarks/label_free.py --seeds 0-4 first")
+    return args
+
+
+def world_ticks(ax, worlds: list[str]) -> None:
+    """World names as two-line x tick labels at 0, 1, …"""
+    ax.set_xticks(np.arange(len(worlds)))
+    ax.set_xticklabels([w.replace(" worlds", "\nworlds").replace(" world", "\nworld") for w in worlds], fontsize=8)
+
+
 def seed(value: int = 0) -> None:
     random.seed(value)
     np.random.seed(value)

@@ -21,9 +21,6 @@ import _figure
 from commandv_interp.pipeline.compute import KEYS, PARTS
 
 STEM = "compute_parts"
-RUNS = ("main zoo world=label_free_seeds0-4.csv", "second zoo world=label_free_heldout_seeds0-4.csv",
-        "generated dev worlds=label_free_generated_dev_seeds0-4.csv",
-        "generated test worlds=label_free_generated_test_seeds0-4.csv")
 COMPUTE_TARGET = 0.03  # issue 27's target median compute (a share of the finetune's FLOPs)
 POLISH_BUDGET = 0.05  # the polish's default budget (a share of the estimated finetune)
 
@@ -63,8 +60,7 @@ def plot(frame: pd.DataFrame) -> plt.Figure:
     ax.axhline(100 * COMPUTE_TARGET, color="k", ls=":", lw=1, label="target median compute (3%)")
     ax.axhline(100 * POLISH_BUDGET, color="0.5", ls="-.", lw=1, label="the polish's default budget (5% of the estimate)")
     ax.set_ylabel("mean FLOPs per run, % of the\nrecipient finetune's")
-    ax.set_xticks(x)
-    ax.set_xticklabels([w.replace(" worlds", "\nworlds").replace(" world", "\nworld") for w in worlds], fontsize=8)
+    _figure.world_ticks(ax, worlds)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.set_title("Where cv.transfer's compute goes (defaults, transfer seeds 0–4)", fontsize=10)
     fig.tight_layout()
@@ -73,9 +69,8 @@ def plot(frame: pd.DataFrame) -> plt.Figure:
 
 def main() -> None:
     started = time.perf_counter()
-    args = _figure.runs_parser(__doc__, RUNS, "WORLD=CSV",
-                               "world names and label_free tables (relative paths: under docs/figures)").parse_args()
-    frame = tidy(_figure.runs_paths(args.runs, "run benchmarks/label_free.py --seeds 0-4 first"))
+    args = _figure.label_free_runs(__doc__)
+    frame = tidy(args.runs)
     by_part = frame.groupby("key")["mean"].mean()
     share = by_part / by_part.sum()
     top = share.sort_values(ascending=False).index[:2]

@@ -20,9 +20,6 @@ import pandas as pd
 import _figure
 
 STEM = "label_free_overview"
-RUNS = ("main zoo world=label_free_seeds0-4.csv", "second zoo world=label_free_heldout_seeds0-4.csv",
-        "generated dev worlds=label_free_generated_dev_seeds0-4.csv",
-        "generated test worlds=label_free_generated_test_seeds0-4.csv")
 METHODS = {"transfer": "cv.transfer (defaults)", "distill": "distillation from scratch",
            "paste": "Command-V paste alone (backprop-free)", "steering": "steering vector",
            "paper": "paper-exact Command-V"}
@@ -67,8 +64,7 @@ def plot(frame: pd.DataFrame) -> plt.Figure:
     axes[0].set_ylim(0, 1.02)
     axes[1].set_ylabel("median FLOPs, % of the\nrecipient finetune's")
     for ax in axes:
-        ax.set_xticks(x)
-        ax.set_xticklabels([w.replace(" worlds", "\nworlds").replace(" world", "\nworld") for w in worlds], fontsize=8)
+        _figure.world_ticks(ax, worlds)
     handles, labels = axes[0].get_legend_handles_labels()
     h, lab = axes[1].get_legend_handles_labels()
     fig.legend(handles + h, labels + lab, loc="lower center", ncol=4, fontsize=8, frameon=False)
@@ -79,9 +75,8 @@ def plot(frame: pd.DataFrame) -> plt.Figure:
 
 def main() -> None:
     started = time.perf_counter()
-    args = _figure.runs_parser(__doc__, RUNS, "WORLD=CSV",
-                               "world names and label_free tables (relative paths: under docs/figures)").parse_args()
-    frame = tidy(_figure.runs_paths(args.runs, "run benchmarks/label_free.py --seeds 0-4 first"))
+    args = _figure.label_free_runs(__doc__)
+    frame = tidy(args.runs)
     share = frame.pivot_table(index="method", values="share_meeting_bar", aggfunc=["min", "max"]).droplevel(1, axis=1)
     caption = (f"cv.transfer meets the bar in {share.loc['transfer', 'min']:.0%}–{share.loc['transfer', 'max']:.0%} "
                f"of the runs of each world, the backprop-free paste in {share.loc['paste', 'min']:.0%}–"
