@@ -47,7 +47,7 @@ def test_no_polish_has_no_finetune_share_and_a_foreign_table_is_refused():
         compute_table(broken)
 
 
-def test_parts_of_a_real_transfer_match_independent_counts(nn_llama, nn_gpt2):
+def test_parts_of_a_real_transfer_match_independent_counts(nn_llama, nn_gpt2, tmp_path):
     adapter = random_adapter(nn_llama.d_model, layers=(0, 2), scale=0.6, seed=3)
     prompts = random_prompts(40, seed=11)
     result = cv.transfer(nn_llama, nn_gpt2, adapter, prompts, max_new_tokens=8, polish_steps=8, seed=1,
@@ -68,3 +68,5 @@ def test_parts_of_a_real_transfer_match_independent_counts(nn_llama, nn_gpt2):
     assert table.loc[PARTS[3], "flops"] == pytest.approx(sum(last.values()), rel=1e-9)
     finetune = finetune_flops_estimate(nn_gpt2, setup.fitting, list(setup.fitting_answers))
     assert table.share_of_finetune.tolist() == pytest.approx((table.flops / finetune).tolist(), rel=1e-9)
+    back = cv.load_transfer(result.save(tmp_path / "t"), nn_gpt2)  # a saved transfer says the same
+    pd.testing.assert_frame_equal(back.compute, result.compute)
