@@ -185,11 +185,15 @@ def test_lr_sweep_picks_the_planted_best_rate_for_every_start_alike(pair, teache
         assert len(later) == plan.patience  # no round improved on the trial (same criterion, lift +0.002 per round)
 
 
-@pytest.mark.parametrize("improves_at_high, rates_tried", [(True, (1.6e-2,)), (False, (1.6e-2, 4e-3))])
-def test_a_lower_rate_is_tried_only_when_no_trial_improved_on_its_start(pair, teacher, improves_at_high, rates_tried):
-    """With origins, the rates go in order and the sweep stops at the first one where some start's trial beats its
-    origin (planted criteria: a's origin 0.6, b's 0.5); where neither does at 1.6e-2, both starts try 4e-3 too. An
-    origin per start is required."""
+@pytest.mark.parametrize("improves_at_high, lift_at_high, rates_tried", [
+    (True, 0.5, (1.6e-2,)), (False, 0.5, (1.6e-2, 4e-3)),
+    (False, 0.6, (1.6e-2, 4e-3)),  # a higher lift alone does not keep the rate
+])
+def test_a_lower_rate_is_tried_only_when_no_trial_raised_its_start_criterion(pair, teacher, improves_at_high,
+                                                                              lift_at_high, rates_tried):
+    """With origins, the rates go in order and the sweep stops at the first one where some start's trial raises the
+    criterion above its origin's (planted criteria: a's origin 0.6, b's 0.5); where neither does at 1.6e-2, both
+    starts try 4e-3 too, even when b's lift rose there. An origin per start is required."""
     _, recipient, _ = pair
     prompts, answers, changed = teacher
     starts = {"a": fresh_adapter(recipient, [1], rank=2, seed=1), "b": fresh_adapter(recipient, [1], rank=2, seed=2)}
@@ -199,7 +203,8 @@ def test_a_lower_rate_is_tried_only_when_no_trial_improved_on_its_start(pair, te
 
     def score(start, candidate, adapter, info):
         crit = high[start] if info["polish_lr"] == 1.6e-2 else 0.65
-        return {"candidate": candidate, "criterion": crit, "lift": 0.5, "agree_unchanged": 1.0, "score_flops": 1e3,
+        lift = lift_at_high if info["polish_lr"] == 1.6e-2 else 0.5
+        return {"candidate": candidate, "criterion": crit, "lift": lift, "agree_unchanged": 1.0, "score_flops": 1e3,
                 "start": start, **info}
 
     def make(start, lr):

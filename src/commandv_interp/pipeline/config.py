@@ -50,9 +50,9 @@ class TransferConfig:
         profile_prompts: at most this many fitting prompts are profiled (with their onsets).
         scale_search: score the chosen polished adapter at a few scales around 1 and keep the middle of the range
             the criterion cannot tell from the best (:mod:`~commandv_interp.pipeline.scale`).
-        lr_fallback: try the rates of ``polish_lrs`` in order and go to the next only when no trial so far improved
-            on where its start began (the paste's own criterion, the unedited recipient's for the fresh adapter);
-            False: every rate is tried (how transfers saved before this setting ran).
+        lr_fallback: try the rates of ``polish_lrs`` in order and go to the next only when no trial so far raised
+            the criterion above where its start began (the paste's own criterion, the unedited recipient's for the
+            fresh adapter); False: every rate is tried (how transfers saved before this setting ran).
     """
 
     scoring_fraction: float = 0.25

@@ -42,7 +42,7 @@ POLISH_ROUND = 4  # steps per round, each round scored on the held-out scoring p
 POLISH_BATCH = 16  # (prompt, answer) pairs per step, drawn with replacement, half changed and half unchanged
 POLISH_LR = 4e-3  # the zoo's adapter learning rate (AdamW, constant): the middle of the grid searched
 LR_GRID = (1.6e-2, 4e-3)  # learning rates the first round tries, in this order, every start alike (a lower one only
-# when no trial at the higher ones improved on its start: polish_race.race)
+# when no trial at the higher ones raised its start's criterion: polish_race.race)
 PATIENCE = 2  # rounds without a better criterion before the polish stops
 POLISH_BUDGET = 0.05  # the polish's FLOPs (sweep, rounds, their scoring) as a share of the estimated finetune
 FINETUNE_SEQUENCES = 400 * 32  # the estimated finetune: the zoo's shortest adapter recipe (400 steps of 32 answers)

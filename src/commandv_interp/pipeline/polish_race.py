@@ -5,8 +5,9 @@ improves, and stops at a FLOPs budget.
 
 1. **Learning rate.** Every start trains one round at the first learning rate of ``PolishPlan.lrs`` (the highest,
    by default), and each trial is scored. All starts see the same rates, so the race between them is fair. The next
-   (lower) rate is tried only when no trial so far improved on where its start began (its *origin*: the paste's own
-   row, or the unedited recipient's for a fresh adapter): a rate too high to improve on its start is lowered. The
+   (lower) rate is tried only when no trial so far raised the criterion above where its start began (its *origin*:
+   the paste's own row, or the unedited recipient's for a fresh adapter; a higher lift alone does not count): a rate
+   too high to improve on its start is lowered. The
    sweep also stops after a rate at which a trial reproduces every scoring answer (criterion 1). Without origins,
    every rate is tried.
 2. **The race.** The trial with the best held-out score goes on, by the search's one ranking rule
@@ -99,7 +100,8 @@ def race(starts: Mapping[str, Adapter], trainer: Trainer, score: Scorer, plan: P
          origins: Mapping[str, Mapping] | None = None) -> PolishOutcome:
     """Sweep the learning rates on every start, continue the best trial while the criterion improves, within the
     budget (see the module doc). ``origins`` holds each start's scored row before training (its criterion and lift):
-    with them, a lower rate is tried only when no trial improved on its origin. Returns every scored round."""
+    with them, a lower rate is tried only when no trial raised the criterion above its origin's. Returns every scored
+    round."""
     if origins is not None and set(origins) != set(starts):
         raise ValueError(f"origins must hold one row per start: starts {sorted(starts)}, origins {sorted(origins)}")
     out = PolishOutcome()
@@ -115,8 +117,8 @@ def race(starts: Mapping[str, Adapter], trainer: Trainer, score: Scorer, plan: P
                 trials.append((name, t, row))
         if trials and max(ranking_key(r)[0] for _, _, r in trials) >= 1.0:
             break
-        if origins is not None and any(_improves(row, origins[name]) for name, _, row in trials):
-            break  # this rate (or a higher one) already improves on a start: no lower rate is needed
+        if origins is not None and any(_raises_criterion(row, origins[name]) for name, _, row in trials):
+            break  # this rate (or a higher one) already raised a start's criterion: no lower rate is needed
     if not trials:
         return out
     name, t, best = max(trials, key=lambda trial: ranking_key(trial[2]))
@@ -142,6 +144,12 @@ def _continue(name: str, t: Distillation, best: dict, score: Scorer, plan: Polis
         else:
             wait += 1
     return best
+
+
+def _raises_criterion(row: Mapping, origin: Mapping) -> bool:
+    """Whether a trial's criterion is above its start's origin (a lift alone does not count: it moves before any
+    answer changes, and a rate too high for its start can raise it while the criterion falls)."""
+    return ranking_key(row)[0] > ranking_key(origin)[0] + 1e-12
 
 
 def _improves(row: Mapping, best: Mapping) -> bool:
