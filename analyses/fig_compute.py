@@ -58,7 +58,8 @@ def plot(frame: pd.DataFrame) -> plt.Figure:
     medians = frame.drop_duplicates("world").set_index("world").reindex(worlds)["call_median"].to_numpy() * 100
     ax.scatter(x, medians, marker="D", color="k", zorder=3, label="median of the whole call")
     ax.axhline(100 * COMPUTE_TARGET, color="k", ls=":", lw=1, label="target median compute (3%)")
-    ax.axhline(100 * POLISH_BUDGET, color="0.5", ls="-.", lw=1, label="the polish's default budget (5% of the estimate)")
+    ax.axhline(100 * POLISH_BUDGET, color="0.5", ls="-.", lw=1,
+               label="the polish's default budget (5% of the estimate)")
     ax.set_ylabel("mean FLOPs per run, % of the\nrecipient finetune's")
     _figure.world_ticks(ax, worlds)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)

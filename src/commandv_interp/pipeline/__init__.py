@@ -12,6 +12,6 @@ from commandv_interp.pipeline.blind import BlindCriterionWarning
 from commandv_interp.pipeline.replay import Replay, replay_transfer
 from commandv_interp.pipeline.steering import Steering, steering_transfer
 
-__all__ = ["BlindCriterionWarning", "Candidate", "Derivation", "ProfilePair", "Replay", "Steering", "Transfer", "TransferConfig",
-           "compute_table", "converter_numbers", "derive", "load_transfer", "profile_pair", "replay_transfer", "run_transfer",
-           "steering_transfer", "storage_table", "transfer"]
+__all__ = ["BlindCriterionWarning", "Candidate", "Derivation", "ProfilePair", "Replay", "Steering", "Transfer",
+           "TransferConfig", "compute_table", "converter_numbers", "derive", "load_transfer", "profile_pair",
+           "replay_transfer", "run_transfer", "steering_transfer", "storage_table", "transfer"]

@@ -27,9 +27,9 @@ KEYS = ("setup", "surrogate", "paste_search", "polish_training", "polish_scoring
 
 
 def compute_table(transfer) -> pd.DataFrame:
-    """Where ``transfer``'s FLOPs went (see the module doc): columns ``part``, ``key`` (:data:`KEYS`), ``flops``, ``share_of_call`` and
-    ``share_of_finetune`` (NaN when no polish ran: the finetune is estimated by the polish, and its budget is a
-    share of it). The rows add up to ``transfer.flops``.
+    """Where ``transfer``'s FLOPs went (see the module doc): columns ``part``, ``key`` (:data:`KEYS`), ``flops``,
+    ``share_of_call`` and ``share_of_finetune`` (NaN when no polish ran: the finetune is estimated by the polish, and
+    its budget is a share of it). The rows add up to ``transfer.flops``.
 
     Raises:
         ValueError: the candidates table lacks the FLOPs columns, or its rows add up to more than the call's FLOPs
@@ -55,7 +55,8 @@ def compute_table(transfer) -> pd.DataFrame:
     parts = {PARTS[0]: max(setup, 0.0)} | parts
     finetune = _finetune_estimate(table, transfer.config.polish_budget)
     total = float(transfer.flops)
-    return pd.DataFrame([{"part": part, "key": KEYS[PARTS.index(part)], "flops": flops, "share_of_call": flops / total if total > 0 else math.nan,
+    return pd.DataFrame([{"part": part, "key": KEYS[PARTS.index(part)], "flops": flops,
+                          "share_of_call": flops / total if total > 0 else math.nan,
                           "share_of_finetune": flops / finetune if finetune > 0 else math.nan}
                          for part, flops in parts.items()])
 

@@ -7,9 +7,8 @@ improves, and stops at a FLOPs budget.
    by default), and each trial is scored. All starts see the same rates, so the race between them is fair. The next
    (lower) rate is tried only when no trial so far raised the criterion above where its start began (its *origin*:
    the paste's own row, or the unedited recipient's for a fresh adapter; a higher lift alone does not count): a rate
-   too high to improve on its start is lowered. The
-   sweep also stops after a rate at which a trial reproduces every scoring answer (criterion 1). Without origins,
-   every rate is tried.
+   too high to improve on its start is lowered. The sweep also stops after a rate at which a trial reproduces every
+   scoring answer (criterion 1). Without origins, every rate is tried.
 2. **The race.** The trial with the best held-out score goes on, by the search's one ranking rule
    (:data:`~commandv_interp.pipeline.candidates.RANKING`: the criterion, then the lift, then the agreement on the
    unchanged prompts; no start is preferred by its position in the list).
