@@ -52,19 +52,16 @@ from commandv_interp import zoo
 from commandv_interp.adapters.edit import apply_edit
 from commandv_interp.adapters.surrogate import pasteable
 from commandv_interp.pipeline.label_free import PAPER_EXACT
-from commandv_interp.pipeline.labels import BACKPROP_FREE_PASTE, PAPER_EXACT_PASTE, transfer_label
+from commandv_interp.pipeline.labels import transfer_label
 from commandv_interp.zoo import generated
 from commandv_interp.zoo.donor_edits import ZOO_EDIT_KINDS, load_zoo_edit
 from commandv_interp.zoo.generated.edits import world_edit
 from commandv_interp.zoo.scoring import BEHAVIOR_RATES
+from label_free_tables import (EDIT_LABELS, EDIT_OUTPUTS, METHOD_LABELS, METHODS, WEAK_BAR,  # noqa: F401 (re-exported)
+                               edit_markdown, markdown, summary, weak_bars, worse_than_both, worst_seed)
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "figures"
 TRAIN_PROMPTS = 128  # unlabeled prompts handed to transfer: the adapter's first training inputs
-METHODS = ("transfer", "paste", "distill", "steering", "paper")
-WEAK_BAR = 0.5  # a finetune below this target rate makes a weak bar (reported apart in the summary)
-METHOD_LABELS = {"transfer": "`cv.transfer` (defaults)", "paste": BACKPROP_FREE_PASTE,
-                 "distill": "distillation from scratch (`start=\"scratch\"`)", "steering": "steering vector",
-                 "paper": PAPER_EXACT_PASTE}
 
 
 @dataclass(frozen=True)
@@ -211,11 +208,6 @@ def run_cell(cell: Cell, seed: int, limit: int, corr_limit: int, lora_output: bo
     return row, cands
 
 
-EDIT_OUTPUTS = ("transfer", "paste", "distill", "lora")
-EDIT_LABELS = {"transfer": "ReFT output (`cv.transfer`)", "paste": "its paste before the polish",
-               "distill": "distillation from scratch", "lora": "PEFT LoRA output (`Transfer.to_peft`)"}
-
-
 def run_edit_cell(cell: Cell, seed: int, limit: int) -> tuple[dict, pd.DataFrame]:
     """``--edit``: the ReFT output, its paste, the distillation from scratch and the PEFT LoRA output distilled
     from the same donor+edit (``Transfer.to_peft`` with its defaults). FLOPs shares: a transfer's include the
@@ -261,31 +253,6 @@ def run_edit_cell(cell: Cell, seed: int, limit: int) -> tuple[dict, pd.DataFrame
     return row, cands.assign(donor=cell.donor_name, recipient=cell.recipient_name, behavior=cell.behavior, seed=seed)
 
 
-def edit_markdown(table: pd.DataFrame, header: str) -> str:
-    """``--edit``: per output kind, runs meeting the bar, cells meeting it at every seed, median FLOPs share
-    (everything included); per cell, each kind's runs meeting the bar and its worst seed."""
-    cells = table.groupby(["donor", "recipient", "behavior"], sort=False)
-    lines = [header, "", "| output | runs meeting the bar | cells meeting it at every seed | median FLOPs / finetune "
-             "| max FLOPs / finetune |", "|---|---|---|---|---|"]
-    for m in EDIT_OUTPUTS:
-        lines.append(f"| {EDIT_LABELS[m]} | **{int(table[f'{m}_meets_bar'].sum())} of {len(table)}** | "
-                     f"{int(cells[f'{m}_meets_bar'].all().sum())} of {cells.ngroups} | "
-                     f"{_pct(table[f'{m}_flops_ratio'].median())} | {_pct(table[f'{m}_flops_ratio'].max())} |")
-    lines += ["", "| donor → recipient | behavior | finetune | " + " | ".join(
-        f"{EDIT_LABELS[m].split(' (')[0]}: runs, worst seed" for m in ("transfer", "lora", "distill")) + " |",
-        "|---|---|---|---|---|---|"]
-    for (d, r, b), runs in cells:
-        parts = []
-        for m in ("transfer", "lora", "distill"):
-            w = worst_seed(runs, m)
-            parts.append(f"{int(runs[f'{m}_meets_bar'].sum())}/{len(runs)}, seed {int(w.seed)}: "
-                         f"{w[f'{m}_target']:.2f} / {w[f'{m}_side']:.2f}")
-        first = runs.iloc[0]
-        lines.append(f"| {d} → {r} | {b} | {first.finetune_target:.2f} / {first.finetune_side:.2f} | "
-                     + " | ".join(parts) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def with_zoo_edit(cell: Cell, kind: str, world: str = "main") -> Cell:
     """The cell with the zoo's ``kind`` donor edit of its behavior (its surrogate pasted, the edit the teacher)."""
     edit = load_zoo_edit(cell.donor_name, cell.behavior, kind, world=world)
@@ -297,83 +264,6 @@ def with_generated_edit(cell: Cell, world: generated.GeneratedWorld, kind: str) 
     surrogate pasted, the edit the teacher)."""
     edit = world_edit(world, kind, progress=True)
     return dataclasses.replace(cell, adapter=pasteable(cell.donor, edit, cell.prompts))
-
-
-def worst_seed(runs: pd.DataFrame, method: str) -> pd.Series:
-    """The run of a cell that misses the bar with the lowest target rate (or, if all meet it, the lowest target)."""
-    key = runs.assign(_ok=runs[f"{method}_meets_bar"].astype(int), _t=runs[f"{method}_target"])
-    return key.sort_values(["_ok", "_t", "seed"], kind="stable").iloc[0]
-
-
-def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per method: runs meeting the bar, cells meeting it at every seed, nothing lost, median compute."""
-    rows = []
-    cells = table.groupby(["donor", "recipient", "behavior"], sort=False)
-    multi = table[table.transfer_nothing_lost.notna()]
-    for m in METHODS:
-        rows.append({"method": m, "runs": len(table), "runs_meeting_bar": int(table[f"{m}_meets_bar"].sum()),
-                     "share_meeting_bar": float(table[f"{m}_meets_bar"].mean()),
-                     "cells": cells.ngroups, "cells_meeting_bar_every_seed": int(cells[f"{m}_meets_bar"].all().sum()),
-                     "multi_token_runs": len(multi),
-                     "nothing_lost_runs": int(multi[f"{m}_nothing_lost"].sum()) if len(multi) else 0,
-                     "median_flops_ratio": float(table[f"{m}_flops_ratio"].median())
-                     if f"{m}_flops_ratio" in table else float("nan"),
-                     "median_wall_ratio": float(table[f"{m}_wall_ratio"].median())
-                     if f"{m}_wall_ratio" in table else float("nan")})
-    return pd.DataFrame(rows)
-
-
-def worse_than_both(table: pd.DataFrame) -> list[str]:
-    """Cells where ``cv.transfer`` meets the bar in fewer runs than its paste alone and fewer than the distillation
-    from scratch (the issue's "no cell worse than both"), as ``donor → recipient behavior``."""
-    cells = table.groupby(["donor", "recipient", "behavior"], sort=False)
-    counts = cells[["transfer_meets_bar", "paste_meets_bar", "distill_meets_bar"]].sum()
-    worse = counts[(counts.transfer_meets_bar < counts.paste_meets_bar)
-                   & (counts.transfer_meets_bar < counts.distill_meets_bar)]
-    return [f"{d} → {r} {b}" for d, r, b in worse.index]
-
-
-def weak_bars(table: pd.DataFrame) -> list[str]:
-    """Cells whose bar says little: the recipient's own finetune reaches the target rate on fewer than
-    ``WEAK_BAR`` of the test prompts, so that 0.9 × its rate asks for little or nothing of a transfer."""
-    cells = table.groupby(["donor", "recipient", "behavior"], sort=False).finetune_target.first()
-    return [f"{d} → {r} {b}" for (d, r, b), v in cells.items() if v < WEAK_BAR]
-
-
-def _pct(x: float) -> str:
-    return "" if x != x else f"{100 * x:.1f}%"
-
-
-def markdown(table: pd.DataFrame, header: str) -> str:
-    lines = [header, "", "| method | runs meeting the bar | cells meeting it at every seed | nothing lost "
-             "(multi-token runs) | median FLOPs / finetune | median wall / finetune |", "|---|---|---|---|---|---|"]
-    for s in summary(table).itertuples():
-        lost = f"{s.nothing_lost_runs} of {s.multi_token_runs}" if s.multi_token_runs else "–"
-        lines.append(f"| {METHOD_LABELS[s.method]} | **{s.runs_meeting_bar} of {s.runs}** "
-                     f"({100 * s.share_meeting_bar:.0f}%) | {s.cells_meeting_bar_every_seed} of {s.cells} | {lost} | "
-                     f"{_pct(s.median_flops_ratio)} | {_pct(s.median_wall_ratio)} |")
-    weak = weak_bars(table)
-    if weak:
-        keep = ~table.apply(lambda row: f"{row.donor} → {row.recipient} {row.behavior}" in weak, axis=1)
-        lines += ["", f"Cells whose bar says little (the recipient's own finetune reaches the target on fewer than "
-                      f"{WEAK_BAR:.0%} of the test prompts): {len(weak)} ({'; '.join(weak)}). Without them, "
-                      f"`cv.transfer` meets the bar in {int(table[keep].transfer_meets_bar.sum())} of "
-                      f"{int(keep.sum())} runs."]
-    worse = worse_than_both(table)
-    lines += ["", f"Cells where `cv.transfer` meets the bar in fewer runs than both its paste and the distillation from "
-                  f"scratch: {len(worse)}" + (f" ({'; '.join(worse)})" if worse else "") + "."]
-    lines += ["", "| donor → recipient | behavior | finetune (target / side) | transfer runs meeting the bar | "
-              "transfer's worst seed (target / side) | what it applied there | paste | distillation | steering | "
-              "paper-exact | nothing lost |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (d, r, b), runs in table.groupby(["donor", "recipient", "behavior"], sort=False):
-        w = worst_seed(runs, "transfer")
-        n = len(runs)
-        counts = [f"{int(runs[f'{m}_meets_bar'].sum())}/{n}" for m in ("paste", "distill", "steering", "paper")]
-        lost = "–" if runs.transfer_nothing_lost.isna().all() else f"{int(runs.transfer_nothing_lost.sum())}/{n}"
-        lines.append(f"| {d} → {r} | {b} | {w.finetune_target:.2f} / {w.finetune_side:.2f} | "
-                     f"{int(runs.transfer_meets_bar.sum())}/{n} | seed {int(w.seed)}: {w.transfer_target:.2f} / "
-                     f"{w.transfer_side:.2f} | {w.label} | " + " | ".join(counts) + f" | {lost} |")
-    return "\n".join(lines) + "\n"
 
 
 def parse_seeds(spec: str) -> list[int]:
