@@ -57,7 +57,10 @@ from commandv_interp.zoo import generated
 from commandv_interp.zoo.donor_edits import ZOO_EDIT_KINDS, load_zoo_edit
 from commandv_interp.zoo.generated.edits import world_edit
 from commandv_interp.zoo.scoring import BEHAVIOR_RATES
-from label_free_tables import (EDIT_LABELS, EDIT_OUTPUTS, METHOD_LABELS, METHODS, WEAK_BAR,  # noqa: F401 (re-exported)
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # the tables module beside this file, however it is loaded
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from label_free_tables import (EDIT_LABELS, EDIT_OUTPUTS, METHOD_LABELS, METHODS, WEAK_BAR,  # noqa: E402,F401
                                edit_markdown, markdown, summary, weak_bars, worse_than_both, worst_seed)
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "figures"

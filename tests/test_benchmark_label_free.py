@@ -16,15 +16,11 @@ BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "label_free.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARK.parent))  # it imports label_free_tables, as when run as a script
-    try:
-        spec = importlib.util.spec_from_file_location("label_free_benchmark", BENCHMARK)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclass resolves annotations through sys.modules
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCHMARK.parent))
+    spec = importlib.util.spec_from_file_location("label_free_benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass resolves annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
 
 
 def _cell(bench, target, side, ft, reference=None):
