@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import runpy
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -254,3 +256,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if str(item.fspath).endswith(".ipynb"):
             item.add_marker(pytest.mark.slow)
+
+
+def run_script(monkeypatch, script, *args: str) -> None:
+    """Run ``script`` (a path) as ``python script args`` in this process, its folder first on the path (as Python
+    puts it when the script is run): for the figure scripts of ``analyses/``, which import their ``_figure``."""
+    monkeypatch.syspath_prepend(str(script.parent))
+    monkeypatch.setattr(sys, "argv", [str(script), *args])
+    runpy.run_path(str(script), run_name="__main__")

@@ -3,23 +3,17 @@ right; a table without the per-part columns is refused with one line."""
 
 from __future__ import annotations
 
-import runpy
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from conftest import run_script
+
 from commandv_interp.pipeline.compute import KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "analyses" / "fig_compute.py"
-
-
-def _run(monkeypatch, *args: str) -> None:
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *args])
-    runpy.run_path(str(SCRIPT), run_name="__main__")
 
 
 def _table(parts: dict[str, list[float]]) -> pd.DataFrame:
@@ -33,7 +27,7 @@ def test_parts_mean_and_median_of_planted_tables(tmp_path, monkeypatch, capsys):
     b = _table({"setup": [0.04, 0.03], "paste_search": [0.01, 0.01]})
     a.to_csv(tmp_path / "a.csv", index=False)
     b.to_csv(tmp_path / "b.csv", index=False)
-    _run(monkeypatch, "--out", str(tmp_path / "f"), "--runs", f"world a={tmp_path / 'a.csv'}",
+    run_script(monkeypatch, SCRIPT, "--out", str(tmp_path / "f"), "--runs", f"world a={tmp_path / 'a.csv'}",
          f"world b={tmp_path / 'b.csv'}")
     out = pd.read_csv(tmp_path / "f" / "compute_parts.csv").set_index(["world", "key"])
     assert out.loc[("world a", "polish_training"), "mean"] == pytest.approx(0.04)
@@ -49,4 +43,4 @@ def test_parts_mean_and_median_of_planted_tables(tmp_path, monkeypatch, capsys):
 def test_a_table_without_the_parts_is_refused(tmp_path, monkeypatch):
     pd.DataFrame({"transfer_flops_ratio": [0.1]}).to_csv(tmp_path / "old.csv", index=False)
     with pytest.raises(SystemExit, match="lacks transfer_compute_setup"):
-        _run(monkeypatch, "--out", str(tmp_path), "--runs", f"x={tmp_path / 'old.csv'}")
+        run_script(monkeypatch, SCRIPT, "--out", str(tmp_path), "--runs", f"x={tmp_path / 'old.csv'}")

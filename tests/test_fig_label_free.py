@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import runpy
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from conftest import run_script
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "analyses" / "fig_label_free.py"
-
-
-def _run(monkeypatch, *args: str) -> None:
-    """The script's command line, in this process (``analyses/`` on the path for its ``_figure``)."""
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *args])
-    runpy.run_path(str(SCRIPT), run_name="__main__")
 
 
 def _table(meets: dict[str, list[bool]], flops: dict[str, list[float]]) -> pd.DataFrame:
@@ -32,7 +25,7 @@ def test_overview_counts_shares_and_medians_of_planted_tables(tmp_path, monkeypa
                {"transfer": [0.05, 0.07], "paste": [0.02, 0.04]})
     a.to_csv(tmp_path / "a.csv", index=False)
     b.to_csv(tmp_path / "b.csv", index=False)
-    _run(monkeypatch, "--out", str(tmp_path / "f"), "--runs", f"world a={tmp_path / 'a.csv'}",
+    run_script(monkeypatch, SCRIPT, "--out", str(tmp_path / "f"), "--runs", f"world a={tmp_path / 'a.csv'}",
          f"world b={tmp_path / 'b.csv'}")
     out = pd.read_csv(tmp_path / "f" / "label_free_overview.csv").set_index(["world", "method"])
     assert out.loc[("world a", "transfer"), "runs_meeting_bar"] == 3
@@ -47,4 +40,4 @@ def test_overview_counts_shares_and_medians_of_planted_tables(tmp_path, monkeypa
 
 def test_overview_refuses_a_missing_table(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="expected WORLD=CSV"):
-        _run(monkeypatch, "--out", str(tmp_path), "--runs", f"x={tmp_path / 'none.csv'}")
+        run_script(monkeypatch, SCRIPT, "--out", str(tmp_path), "--runs", f"x={tmp_path / 'none.csv'}")
