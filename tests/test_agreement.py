@@ -3,9 +3,10 @@ planted answers) and limited by the model's context."""
 
 import pytest
 
-from conftest import random_prompts
+from conftest import random_adapter, random_prompts
 
-from commandv_interp.pipeline.agreement import ANSWER_CAP, answer_limit, behavior_span, targets_from
+from commandv_interp.pipeline.agreement import (ANSWER_CAP, answer_limit, answer_pair, behavior_span, donor_answers,
+                                                greedy_responses, onset_prompts, targets_from, teaching)
 
 
 def test_behavior_span_keeps_the_changed_answers_whole_and_cuts_the_rest_to_their_length():
@@ -47,3 +48,26 @@ def test_answer_limit_leaves_room_in_the_context(nn_llama):
     assert answer_limit(nn_llama, prompts, 8) == 8
     with pytest.raises(ValueError, match="max_new_tokens must be an int >= 1"):
         answer_limit(nn_llama, prompts, 0)
+
+
+def test_answer_pairs_onsets_are_the_one_token_responses_they_replaced(nn_llama):
+    """The onsets read off the answers equal what a separate one-token generation with and without the adapter gives
+    (what the profiles' onset prompts were taken from before), on both edits; the prompts come out paired and once
+    where the two tokens agree."""
+    adapter = random_adapter(nn_llama.d_model, layers=(1,), scale=3.0, seed=2)
+    prompts = random_prompts(24, seed=5)
+    pair = answer_pair(nn_llama, adapter, prompts, 6, batch_size=8)
+    assert pair.plain_onsets == greedy_responses(nn_llama, prompts, 1, 8)
+    with teaching(nn_llama, adapter):
+        assert pair.adapted_onsets == greedy_responses(nn_llama, prompts, 1, 8)
+    assert pair.adapted_onsets != pair.plain_onsets  # the adapter moves some first tokens: both kinds are seen
+    assert (pair.adapted, pair.plain) == donor_answers(nn_llama, adapter, prompts, 6, batch_size=8)
+    rows = onset_prompts(prompts, pair.adapted_onsets, pair.plain_onsets)
+    want = [f"{p} {w}" for p, a, b in zip(prompts, pair.adapted_onsets, pair.plain_onsets)
+            for w in ((b,) if a == b else (b, a)) if w]
+    assert rows == want and len(rows) > len(prompts)
+
+
+def test_onset_prompts_refuses_unpaired_onsets():
+    with pytest.raises(ValueError, match="one onset of each kind per prompt"):
+        onset_prompts(["a", "b"], ["x"], ["y", "z"])

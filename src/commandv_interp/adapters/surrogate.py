@@ -177,7 +177,7 @@ def fit_surrogate(donor_model: ModelAccess, edit: Edit, prompts: Sequence[str], 
         row["edit_changes"] = changes
     records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows]
     adapter = replace(adapter, metadata=meta | {"surrogate_fidelity": records, "surrogate_agreement": whole,
-                                                "surrogate_flops": _cost(donor, prompts, held, len(rows),
+                                                "surrogate_flops": _cost(donor, prompts, held, sorted(x),
                                                                          max_new_tokens)})
     return Surrogate(adapter, pd.DataFrame(rows), whole)
 
@@ -194,12 +194,15 @@ def pasteable(donor_model: ModelAccess, edit: Edit, prompts: Sequence[str], rank
     return fit_surrogate(donor_model, edit, prompts, rank).adapter
 
 
-def _cost(donor: ModelAccess, prompts: list[str], held: list[str], n_layers: int, max_new_tokens: int) -> float:
-    """Estimated FLOPs of :func:`fit_surrogate`: ``n_layers + 1`` reading passes over the prompts (full passes, an
-    upper bound) and ``n_layers + 3`` greedy generations of the held-out prompts."""
+def _cost(donor: ModelAccess, prompts: list[str], held: list[str], layers: Sequence[int], max_new_tokens: int) -> float:
+    """FLOPs of :func:`fit_surrogate`: the reading passes of :func:`edit_deltas` over the prompts, each as far as it
+    runs (:meth:`~commandv_interp.access.ModelAccess.read` stops after the last layer it reads: the edited pass after
+    the edit's last layer, the pass for layer ``l`` after ``l``), and ``len(layers) + 3`` greedy generations of the
+    held-out prompts."""
     tokens = sum(len(ids) for ids in donor.tokenizer(held)["input_ids"])
     generation = forward_flops(donor, held) * (1 + max_new_tokens * len(held) / max(tokens, 1))
-    return (n_layers + 1) * forward_flops(donor, prompts) + (n_layers + 3) * generation
+    reading = forward_flops(donor, prompts, max(layers)) + sum(forward_flops(donor, prompts, layer) for layer in layers)
+    return reading + (len(layers) + 3) * generation
 
 
 def _answers(donor: ModelAccess, edit: Edit | None, extra: Adapter | None, prompts: list[str], max_new_tokens: int,

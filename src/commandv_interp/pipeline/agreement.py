@@ -40,9 +40,9 @@ from commandv_interp.adapters.edits import DeltaFn
 from commandv_interp.adapters.surrogate import teacher_of
 from commandv_interp.types import Float, Int, Tensor
 
-__all__ = ["DonorTargets", "ResponseScores", "at_prompt_end", "answer_limit", "behavior_span", "donor_answers", "donor_targets",
-           "greedy_responses", "onset_prompts", "response_sequences", "answer_labels", "score_responses", "summarize", "targets_from",
-           "teaching", "ANSWER_CAP"]
+__all__ = ["DonorTargets", "ResponseScores", "AnswerPair", "at_prompt_end", "answer_limit", "answer_pair",
+           "behavior_span", "donor_answers", "donor_targets", "greedy_responses", "onset_prompts",
+           "response_sequences", "answer_labels", "score_responses", "summarize", "targets_from", "teaching", "ANSWER_CAP"]
 
 ANSWER_CAP = 64  # new tokens at most in a donor answer: answers end at EOS or a newline first (whole answers)
 
@@ -84,11 +84,30 @@ def donor_targets(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], 
 def donor_answers(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], max_new_tokens: int,
                   batch_size: int = 32) -> tuple[list[str], list[str]]:
     """The donor's greedy answers (whole words) with and without ``adapter``: ``(adapted, plain)``."""
+    pair = answer_pair(donor, adapter, prompts, max_new_tokens, batch_size)
+    return pair.adapted, pair.plain
+
+
+@dataclass(frozen=True)
+class AnswerPair:
+    """The donor's greedy answers (whole words) with (``adapted``) and without (``plain``) its adapter, and the first
+    response token of each (``adapted_onsets``, ``plain_onsets``: what a one-token generation gives, read off the
+    same generations)."""
+
+    adapted: list[str]
+    plain: list[str]
+    adapted_onsets: list[str]
+    plain_onsets: list[str]
+
+
+def answer_pair(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], max_new_tokens: int,
+                batch_size: int = 32) -> AnswerPair:
+    """:func:`donor_answers` with the answers' first tokens (:class:`AnswerPair`)."""
     prompts = list(prompts)
-    plain = greedy_responses(donor, prompts, max_new_tokens, batch_size, whole_words=True)
+    plain, plain_onsets = _greedy(donor, prompts, max_new_tokens, batch_size, whole_words=True)
     with torch.no_grad(), teaching(donor, adapter):
-        adapted = greedy_responses(donor, prompts, max_new_tokens, batch_size, whole_words=True)
-    return adapted, plain
+        adapted, adapted_onsets = _greedy(donor, prompts, max_new_tokens, batch_size, whole_words=True)
+    return AnswerPair(adapted, plain, adapted_onsets, plain_onsets)
 
 
 def targets_from(prompts: Sequence[str], adapted: Sequence[str], plain: Sequence[str],
@@ -119,19 +138,19 @@ def targets_from(prompts: Sequence[str], adapted: Sequence[str], plain: Sequence
                         tuple(foils[i] for i in keep), tuple(changed[i] for i in keep))
 
 
-def onset_prompts(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], batch_size: int = 32) -> list[str]:
-    """Each prompt followed by the donor's first response token without and with ``adapter`` (once when they agree).
+def onset_prompts(prompts: Sequence[str], adapted_onsets: Sequence[str], plain_onsets: Sequence[str]) -> list[str]:
+    """Each prompt followed by the donor's first response token without and with its adapter (once when they agree;
+    the tokens of an :class:`AnswerPair`).
 
     Profiled beside the plain prompts, these put into the fit the directions along which the start of the
     behavior moves both models' residual streams at the last token (the first word of a refusal, of a
     step-by-step solution): both models read the same text, so their states there are paired. Label-free: the
     words come from the donor itself."""
-    prompts = list(prompts)
-    plain = greedy_responses(donor, prompts, 1, batch_size)
-    with teaching(donor, adapter):
-        adapted = greedy_responses(donor, prompts, 1, batch_size)
+    if not len(prompts) == len(adapted_onsets) == len(plain_onsets):
+        raise ValueError(f"need one onset of each kind per prompt, got {len(prompts)} prompts, "
+                         f"{len(adapted_onsets)} and {len(plain_onsets)} onsets")
     out = []
-    for prompt, a, b in zip(prompts, adapted, plain):
+    for prompt, a, b in zip(prompts, adapted_onsets, plain_onsets):
         out += [f"{prompt} {w}" for w in dict.fromkeys((b, a)) if w]
     return out
 
@@ -145,7 +164,14 @@ def greedy_responses(access: ModelAccess, prompts: list[str], max_new_tokens: in
     cut may have split (``"... how to wea"``): another tokenizer re-tokenizes a split word unlike the model that
     would have finished it, so a recipient could never agree with it, and a distillation would teach the fragment.
     """
+    return _greedy(access, prompts, max_new_tokens, batch_size, whole_words)[0]
+
+
+def _greedy(access: ModelAccess, prompts: list[str], max_new_tokens: int, batch_size: int,
+            whole_words: bool) -> tuple[list[str], list[str]]:
+    """:func:`greedy_responses` and each response's first token as a one-token response would read."""
     out: list[str] = []
+    first: list[str] = []
     eos = access.tokenizer.eos_token_id
     for batch in batches(access, prompts, batch_size):
         ids = access.generate_ids(batch, max_new_tokens=max_new_tokens)
@@ -153,7 +179,8 @@ def greedy_responses(access: ModelAccess, prompts: list[str], max_new_tokens: in
             ended = eos in row or "\n" in text
             text = text.split("\n", 1)[0].strip()
             out.append(text.rsplit(" ", 1)[0] if whole_words and not ended and " " in text else text)
-    return out
+        first += [text.split("\n", 1)[0].strip() for text in access.decode_continuations(ids[:, :1])]
+    return out, first
 
 
 def behavior_span(adapted: Sequence[str], plain: Sequence[str]) -> tuple[list[str], list[str], int]:

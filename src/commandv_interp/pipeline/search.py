@@ -8,7 +8,7 @@ set stratified on whether the adapter changed the answer (:func:`~commandv_inter
 enough unchanged prompts are scored to see a small false-refusal difference), keeps the scoring prompts' target/foil
 pairs and the fitting prompts' adapted answers (what the polish learns), and profiles
 both models on (at most ``PROFILE_PROMPTS`` of) the fitting prompts plus the same prompts followed by the donor's
-first response word
+first response token with and without the adapter, read off the same answers
 (:func:`~commandv_interp.pipeline.agreement.onset_prompts`), with the two layer maps (relative depth, similarity).
 
 :class:`CandidateSearch` scores :class:`~commandv_interp.pipeline.candidates.Candidate` values (pastes and native
@@ -31,7 +31,7 @@ from commandv_interp.access import ModelAccess, forward_flops, open_model
 from commandv_interp.adapters import Adapter
 from commandv_interp.correspondence import LayerMap, match_layers
 from commandv_interp.pipeline.agreement import (ANSWER_CAP, DonorTargets, ResponseScores, answer_limit,
-                                                behavior_span, donor_answers, onset_prompts, score_responses,
+                                                answer_pair, behavior_span, onset_prompts, score_responses,
                                                 summarize, targets_from)
 from commandv_interp.pipeline.candidates import Candidate, rank
 from commandv_interp.pipeline.lora_teacher import DonorAnswers
@@ -60,7 +60,7 @@ class SearchSetup:
             the plain donor's.
         donor_profile, recipient_profile: profiles over ``augmented`` (the donor's at the adapter's layers).
         layer_maps: ``{"depth": ..., "similarity": ...}`` for the adapter's layers.
-        flops: the FLOPs spent so far (targets, onsets, profiles).
+        flops: the FLOPs spent so far (the donor's answers, which give the onsets too, and the profiles).
         donor_answers: the donor's answers with and without its adapter to every prompt, cut to the behavior span
             (what the split, the targets and the fitting answers were taken from; a transfer keeps them).
     """
@@ -113,7 +113,8 @@ def prepare(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Ada
     if not (isinstance(scoring_fraction, float | int) and 0 < scoring_fraction < 1):
         raise ValueError(f"scoring_fraction must be in (0, 1), got {scoring_fraction!r}")
     max_new_tokens = min(answer_limit(model, prompts, max_new_tokens) for model in (donor, recipient))
-    adapted, plain = donor_answers(donor, adapter, prompts, max_new_tokens, batch_size)
+    answers = answer_pair(donor, adapter, prompts, max_new_tokens, batch_size)
+    adapted, plain = answers.adapted, answers.plain
     flops = sum(forward_flops(donor, [f"{p} {a}" for p, a in zip(prompts, answers)])  # a cached generation: one
                 for answers in (adapted, plain))  # pass over each prompt and answer token
     adapted, plain, words = behavior_span(adapted, plain)
@@ -123,9 +124,10 @@ def prepare(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Ada
     score_rows, fit_rows = stratified_split(changed, scoring_fraction, seed)
     scoring, fitting = [prompts[i] for i in score_rows], [prompts[i] for i in fit_rows]
     targets = targets_from(scoring, [adapted[i] for i in score_rows], [plain[i] for i in score_rows], max_new_tokens)
-    profiled = fitting[:profile_prompts]
-    augmented = profiled + onset_prompts(donor, adapter, profiled, batch_size)
-    flops += 2 * forward_flops(donor, profiled)
+    profiled_rows = fit_rows[:profile_prompts]
+    profiled = [prompts[i] for i in profiled_rows]
+    augmented = profiled + onset_prompts(profiled, [answers.adapted_onsets[i] for i in profiled_rows],
+                                         [answers.plain_onsets[i] for i in profiled_rows])
     p_donor = profile(donor, augmented, layers=adapter.layers, batch_size=batch_size, progress=False)
     p_recipient = profile(recipient, augmented, batch_size=batch_size, progress=False)
     flops += (forward_flops(donor, augmented, max(adapter.layers))
