@@ -59,7 +59,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -67,7 +66,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -75,86 +73,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import LlamaForCausalLM  # noqa: E402
 
 import commandv_interp as cv  # noqa: E402
-from commandv_interp.adapters import make_intervention  # noqa: E402
-from commandv_interp.zoo.tokenization import SPECIALS, word_tokenizer  # noqa: E402
-from devices import DTYPES, DevicePeak, add_device_args, built_on, check_device, device_name, synchronize  # noqa: E402
-
-REFERENCE_ADAPTER = Path("/work/shared/reference_adapters/cot_reasoning-Llama-3.2-3B-Instruct-nodireft-l1")
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "realwidth.md"
-MIB = 2**20
-BATCH_SIZE = 32
-LLAMA3_VOCAB = 128256  # the paper's Llama 3.2 models' vocabulary
-
-
-@dataclass(frozen=True)
-class Shape:
-    """One random Llama: width, blocks, attention heads and KV heads."""
-
-    d_model: int
-    n_layers: int
-    heads: int
-    kv_heads: int
-
-
-@dataclass(frozen=True)
-class Setup:
-    donor: Shape
-    recipient: Shape
-    n_profile: int
-    n_gen: int = 16  # the paste-entry target is stated against a 16-prompt × 16-token generation
-    new_tokens: int = 16
-
-
-SETUPS = {
-    "full": Setup(Shape(3072, 28, 24, 8), Shape(2048, 16, 32, 8), n_profile=256),
-    "quick": Setup(Shape(192, 6, 6, 2), Shape(128, 4, 4, 2), n_profile=64),
-}
-
-
-def random_llama(tokenizer, shape: Shape, intermediate: int, seed: int, vocab: int = 0,
-                 device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
-    """A random Llama of ``shape``; ``vocab`` rows of embedding and head (at least the tokenizer's); initialized on
-    ``device``, then cast to ``dtype``."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=max(vocab, len(tokenizer)), hidden_size=shape.d_model, intermediate_size=intermediate,
-        num_hidden_layers=shape.n_layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
-        max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
-    with built_on(device):
-        model = LlamaForCausalLM(config).eval().to(dtype)
-    model.generation_config.eos_token_id = None  # every row decodes all new tokens, in every mode
-    return model
-
-
-def random_prompts(tokenizer, n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    words = sorted(w for w in tokenizer.get_vocab() if w not in SPECIALS)
-    return [" ".join(rng.choice(words) for _ in range(rng.randint(4, 10))) for _ in range(n)]
-
-
-def reference_adapter(donor: Shape) -> cv.Adapter:
-    """The reference adapter; for a narrower or shallower donor, its layers that exist there, cut to its width."""
-    adapter = cv.load_adapter(REFERENCE_ADAPTER)
-    d_ref = next(iter(adapter.interventions.values())).d_model
-    if d_ref == donor.d_model and max(adapter.interventions) < donor.n_layers:
-        return adapter
-    cut = {}
-    for layer, iv in adapter.interventions.items():
-        if layer >= donor.n_layers:
-            continue
-        rank = iv.proj_layer.weight.shape[0]
-        new = make_intervention(type(iv).__name__.lower(), donor.d_model, rank)
-        with torch.no_grad():
-            for name, param in new.named_parameters():
-                ref = dict(iv.named_parameters())[name]
-                param.copy_(ref[tuple(slice(0, donor.d_model) if n == d_ref else slice(None) for n in ref.shape)])
-        cut[layer] = new.requires_grad_(False)
-    return cv.Adapter(cut, positions=adapter.positions, first_last_k=adapter.first_last_k)
-
+from commandv_interp.zoo.tokenization import word_tokenizer  # noqa: E402
+from devices import DTYPES, DevicePeak, add_device_args, check_device, synchronize  # noqa: E402
+from realwidth_models import (BATCH_SIZE, DOCS, LLAMA3_VOCAB, MIB, REFERENCE_ADAPTER, SETUPS, Setup,  # noqa: E402,F401
+                              Shape, random_llama, random_prompts, reference_adapter)
+from realwidth_report import (KEPT, STAGE_HEADER, TARGET_HEADER, markdown, stage_rows,  # noqa: E402,F401
+                              target_rows, write_docs)
 
 class Stages:
     """Runs named stages, recording each run's wall seconds, CPU seconds and peak MiB (in run order).
@@ -345,107 +272,6 @@ def after_last_block(model: LlamaForCausalLM) -> float:
 
 def profile_bytes(profile: cv.ActivationProfile) -> int:
     return sum(a.numel() * a.element_size() for a in profile.activations.values())
-
-
-# -- report ---------------------------------------------------------------------------------------------------------
-def target_rows(stages: Stages, setup: Setup, sizes: dict[str, int], storage: int) -> list[tuple[str, ...]]:
-    """(metric, value, spread, target, met) rows: a ratio is the median of its paired rounds."""
-    rows = []
-
-    def add(metric: str, value: float, limit: float, fmt: str, target: str, spread: str = "") -> None:
-        rows.append((metric, fmt.format(value), spread, target, "yes" if value <= limit else "NO"))
-
-    gen = stages.median("generate plain", 1)
-    entry = stages.median("paste entry", 1)
-    add(f"paste entry / {setup.n_gen}×{setup.new_tokens} generation", entry / gen, 0.05, "{:.1%}", "≤ 5%")
-    for mode, limit in (("paste", 1.03), ("compiled", 1.01)):
-        add(f"{mode} generation / plain", stages.paired(f"generate {mode}", "generate plain"), limit, "{:.3f}",
-            f"≤ {limit:.2f}", stages.spread(f"generate {mode}", "generate plain"))
-    for model, shape in (("donor", setup.donor), ("recipient", setup.recipient)):
-        for name in [n for n in stages.runs if n.startswith(f"{model} profile")]:  # the timing rounds
-            part = name.split("(")[1].rstrip(")")
-            fraction = 1.0 if part == "all" else (int(part.split("-")[1]) + 1) / shape.n_layers
-            add(f"{name} / forward", stages.paired(name, f"{model} forward"), 0.95 * fraction, "{:.3f}",
-                f"≤ {0.95 * fraction:.3f}" + ("" if part == "all" else f" (0.95 × {fraction:.2f} of the blocks)"),
-                stages.spread(name, f"{model} forward"))
-        name = f"{model} profile (all)"
-        forward_peak = stages.median(f"memory: {model} forward", 2)
-        limit = 1.10 * (forward_peak + sizes[model] / MIB)
-        add(f"{model} profile peak (MiB)", stages.median(f"memory: {name}", 2), limit, "{:.1f}",
-            f"≤ 1.1 × (forward peak {forward_peak:.1f} + profile {sizes[model] / MIB:.1f}) = {limit:.1f}")
-    rows.append(("converter storage (MiB, as saved)", f"{storage / MIB:.1f}", "", "reported", ""))
-    return rows
-
-
-def stage_rows(stages: Stages) -> list[tuple[str, ...]]:
-    """One row per stage: profiling (timing, then memory) by model, forward first; then the others as they ran."""
-    def key(name: str) -> tuple:
-        bare = name.removeprefix("memory: ")
-        return (name.startswith("memory"), not bare.startswith("donor"), "forward" not in bare, bare)
-
-    profiling = sorted((n for n in stages.runs if n.removeprefix("memory: ").startswith(("donor", "recipient"))),
-                       key=key)
-    order = profiling + [n for n in stages.runs if n not in profiling]
-    return [(name, str(len(stages.runs[name])), f"{stages.median(name, 0):.3f}", f"{stages.median(name, 1):.3f}",
-             "" if stages.median(name, 2) != stages.median(name, 2) else f"{stages.median(name, 2):.1f}")
-            for name in order]
-
-
-def markdown(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
-TARGET_HEADER = ("metric", "value", "spread of the paired ratios", "target", "met")
-STAGE_HEADER = ("stage", "runs", "wall s", "CPU s", "peak MiB")
-
-
-def write_docs(path: Path, setup: Setup, args, targets, stages_table, notes: list[str]) -> None:
-    shape = "{0.d_model} × {0.n_layers} blocks ({0.heads} heads, {0.kv_heads} KV heads)"
-    where = "CPU" if args.device == "cpu" else device_name(check_device(args.device))
-    text = "\n".join([
-        f"# Command-V at the paper's widths ({where})",
-        "",
-        "Written by `benchmarks/realwidth.py" + (" --quick" if args.quick else "")
-        + (f" --vocab {args.vocab}" if args.vocab != (len(word_tokenizer()) if args.quick else LLAMA3_VOCAB) else "")
-        + " --write-docs" + ("" if Path(path).resolve() == DOCS else f" {path}") + "`; see its "
-        "docstring for what each stage runs.",
-        "",
-        f"- donor: random Llama {shape.format(setup.donor)}, recipient: {shape.format(setup.recipient)}; "
-        f"MLP width {args.intermediate}, vocabulary {args.vocab}",
-        f"- {setup.n_profile} profile prompts (batch {BATCH_SIZE}); generation {setup.n_gen} prompts × "
-        f"{setup.new_tokens} new tokens; {args.rounds} profiling time round(s) over {args.timing_batches} batches, "
-        f"{args.gen_rounds} generation round(s)",
-        f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}, "
-        f"torch {torch.__version__}; models on {args.device} in {args.dtype}",
-        "",
-        "## Targets (issue 20)",
-        "",
-        markdown(TARGET_HEADER, targets),
-        "",
-        "## Stages",
-        "",
-        "Medians over the stage's runs: wall time, CPU time (the basis of every ratio above) and peak resident "
-        "memory above the level at the stage's start. The profiling rows without `memory:` are the per-batch "
-        "interleaved timing rounds (totals over their batches); the `memory:` rows are the whole runs over all "
-        "prompts, in their own process with the fixed mmap threshold (slower: page faults).",
-        "",
-        markdown(STAGE_HEADER, stages_table),
-        "",
-        *notes,
-        "",
-    ]) + _kept_sections(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
-KEPT = "\n## On a GPU"
-"""The section ``gpu_check.py``'s results live in: kept when the CPU tables are rewritten."""
-
-
-def _kept_sections(path: Path) -> str:
-    old = path.read_text() if path.is_file() else ""
-    return old[old.index(KEPT):] if KEPT in old else ""  # from the blank line before the heading
 
 
 def parse_args() -> argparse.Namespace:
