@@ -15,7 +15,8 @@ import torch
 from commandv_interp.access.base import Batch, EditContext, EditFn, ModelAccess, StopForward
 from commandv_interp.access.nnsight_backend import NNsightAccess
 from commandv_interp.access.positions import gather_rows, last_token_index, prompt_position_mask
-from commandv_interp.access.recording import batches, forward_flops, recorded_states, recording
+from commandv_interp.access.prefix import PrefixStates
+from commandv_interp.access.recording import batches, forward_flops, recorded_states, recording, token_flops
 from commandv_interp.access.tl_backend import TransformerLensAccess, hook_name
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "EditFn",
     "ModelAccess",
     "NNsightAccess",
+    "PrefixStates",
     "StopForward",
     "TransformerLensAccess",
     "batches",
@@ -33,6 +35,7 @@ __all__ = [
     "open_model",
     "prompt_position_mask",
     "forward_flops",
+    "token_flops",
     "recorded_states",
     "recording",
 ]

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from commandv_interp.access.positions import last_token_index
+from commandv_interp.access.prefix import PrefixStates
 from commandv_interp.access.provenance import config_hash
 from commandv_interp.types import Float, Int, Tensor
 
@@ -276,6 +277,24 @@ class ModelAccess(ABC):
         with torch.no_grad():
             return (self._generate_ids_remote(batch, max_new_tokens, remote) if remote
                     else self._generate_ids(batch, max_new_tokens))
+
+    # -- passes from cached prefixes -----------------------------------------------------------
+    supports_prefix: bool = False
+    """Whether :meth:`prefix_states` and :meth:`forward_suffix` run here (else callers run whole passes)."""
+
+    def prefix_states(self, prefixes: Sequence[Sequence[int]], batch_size: int = 32) -> PrefixStates:
+        """The key/value states of ``prefixes`` (token ids: prompts without their last token), from plain passes
+        (no edit acts: see :mod:`~commandv_interp.access.prefix`)."""
+        raise NotImplementedError(f"the {self.backend} backend keeps no prefix states; run whole passes (forward)")
+
+    def forward_suffix(self, states: PrefixStates, rows: Sequence[int], batch: Batch
+                       ) -> Float[Tensor, "batch pos vocab"]:
+        """Logits of a pass over right-padded suffixes whose row ``i`` continues prompt ``rows[i]`` of ``states``:
+        position 0 is that prompt's last token. The active edits apply with a one-position prompt mask, so an edit
+        of the last prompt token acts at position 0; every active edit must act there only (the prefix states
+        were taken without edits). Keeps grad if enabled. Equals :meth:`forward` over the whole sequences at the
+        same positions, to float rounding."""
+        raise NotImplementedError(f"the {self.backend} backend keeps no prefix states; run whole passes (forward)")
 
     def decode_continuations(self, ids: Int[Tensor, "batch new"]) -> list[str]:
         eos = self.tokenizer.eos_token_id

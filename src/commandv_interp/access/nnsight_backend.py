@@ -22,6 +22,7 @@ from commandv_interp.access import intrace
 from commandv_interp.access.base import Batch, EditContext, EditFn, ModelAccess, StopForward
 from commandv_interp.access.blocks import find_block_path, rewrap_block_output, unwrap_block_output
 from commandv_interp.access.positions import gather_rows, prompt_position_mask
+from commandv_interp.access.prefix import PrefixStates, prefix_states, suffix_inputs
 from commandv_interp.types import Float, Int, Tensor
 
 __all__ = ["NNsightAccess"]
@@ -141,6 +142,26 @@ class NNsightAccess(ModelAccess):
             logits = self.nn.output.logits.save()
         return logits
 
+    supports_prefix = True
+
+    def prefix_states(self, prefixes, batch_size: int = 32) -> PrefixStates:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return prefix_states(self._hf, prefixes, pad, batch_size)
+
+    def forward_suffix(self, states: PrefixStates, rows, batch: Batch) -> Float[Tensor, "batch pos vocab"]:
+        """The Hugging Face model run directly on the suffixes and their cached prefixes, the active edits applied
+        by forward hooks on the blocks (removed on exit)."""
+        kwargs = suffix_inputs(self._hf, states, rows, batch.input_ids, batch.attention_mask)
+        blocks = self._hf.get_submodule(self._block_path)
+        mask = torch.ones((len(kwargs["input_ids"]), 1), dtype=torch.long, device=self.device)
+        handles = [blocks[layer].register_forward_hook(_suffix_hook(fn, layer, mask))
+                   for layer, fn in sorted(self._edits.items())]
+        try:
+            return self._hf(**kwargs, use_cache=True).logits
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def _generate_ids(self, batch: Batch, max_new_tokens: int) -> Int[Tensor, "batch new"]:
         decode_edits = any(getattr(fn, "acts_on_decode", True) for fn in self._edits.values())
         n_prompt = batch.input_ids.shape[1]
@@ -258,3 +279,10 @@ def _read_block(envoy, layer: int, edit: EditFn | None, prompt_mask: Tensor, ind
         envoy.output = rewrap_block_output(output, hidden)
     if saved is not None:
         saved[layer] = (gather_rows(hidden, index) if index is not None else hidden).detach()
+
+
+def _suffix_hook(edit: EditFn, layer: int, prompt_mask: Tensor):
+    def hook(module, args, output):
+        hidden = unwrap_block_output(output)
+        return rewrap_block_output(output, edit(hidden, EditContext(layer=layer, step=0, prompt_mask=prompt_mask)))
+    return hook

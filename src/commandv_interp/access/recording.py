@@ -22,7 +22,7 @@ from commandv_interp.access.blocks import find_block_path
 from commandv_interp.access.positions import gather_rows, last_token_index
 from commandv_interp.types import Tensor
 
-__all__ = ["recording", "batches", "recorded_states", "forward_flops"]
+__all__ = ["recording", "batches", "recorded_states", "forward_flops", "token_flops"]
 
 
 @contextlib.contextmanager
@@ -78,7 +78,13 @@ def forward_flops(access: ModelAccess, prompts: Sequence[str], through_layer: in
     :func:`recorded_states` do): the blocks above it and an untied output head are not counted; the input
     embedding is (as in a training run's ``n_params``)."""
     tokens = sum(len(ids) for ids in access.tokenizer(list(prompts))["input_ids"])
-    return 2.0 * _params_through(access, through_layer) * tokens
+    return token_flops(access, tokens, through_layer)
+
+
+def token_flops(access: ModelAccess, tokens: int | float, through_layer: int | None = None) -> float:
+    """Estimated FLOPs of a forward pass over ``tokens`` tokens (``2 · params · tokens``, ``params`` as in
+    :func:`forward_flops`): what a pass over token ids already in hand costs."""
+    return 2.0 * _params_through(access, through_layer) * float(tokens)
 
 
 def _params_through(access: ModelAccess, through_layer: int | None) -> int:

@@ -38,6 +38,7 @@ from commandv_interp.adapters import Adapter
 from commandv_interp.adapters.edit import Edit, apply_edit
 from commandv_interp.adapters.edits import DeltaFn
 from commandv_interp.adapters.surrogate import teacher_of
+from commandv_interp.pipeline.forced_passes import ForcedPasses, response_sequences
 from commandv_interp.types import Float, Int, Tensor
 
 __all__ = ["DonorTargets", "ResponseScores", "AnswerPair", "at_prompt_end", "answer_limit", "answer_pair",
@@ -218,28 +219,6 @@ def answer_limit(access: ModelAccess, prompts: Sequence[str], cap: int = ANSWER_
     return max(1, min(cap, context - longest))
 
 
-def response_sequences(access: ModelAccess, prompts: Sequence[str], responses: Sequence[str]
-                       ) -> tuple[Batch, list[int], list[int]]:
-    """Right-padded ``prompt + " " + response`` ids, each row's prompt length and total length (recipient's tokens)."""
-    tok = access.tokenizer
-    rows, prompt_lens = [], []
-    for prompt, response in zip(prompts, responses):
-        p_ids = tok(prompt)["input_ids"]
-        f_ids = tok(prompt + " " + response)["input_ids"]
-        if f_ids[:len(p_ids)] != p_ids:  # the response merged with the prompt's last token: fall back to concatenation
-            f_ids = p_ids + tok(" " + response, add_special_tokens=False)["input_ids"]
-        rows.append(f_ids)
-        prompt_lens.append(len(p_ids))
-    width = max(len(r) for r in rows)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-        mask[i, :len(r)] = 1
-    return Batch(ids, mask), prompt_lens, [len(r) for r in rows]
-
-
 def answer_labels(batch: Batch, prompt_lens: Sequence[int], lengths: Sequence[int]) -> Int[Tensor, "batch pos"]:
     """The targets of a next-token loss on the answers of :func:`response_sequences`: each row's ids from its prompt
     length to its length, -100 elsewhere (on the batch's device)."""
@@ -296,30 +275,37 @@ class ResponseScores:
 
 def score_responses(recipient: ModelAccess, targets: DonorTargets,
                     per_layer: dict[int, list[DeltaFn]] | None = None, alpha: float = 1.0,
-                    batch_size: int = 32, foil: bool = True, rows: Sequence[int] | None = None) -> ResponseScores:
+                    batch_size: int = 32, foil: bool = True, rows: Sequence[int] | None = None,
+                    passes: ForcedPasses | None = None) -> ResponseScores:
     """Score the target (and, with ``foil``, the foil) responses teacher-forced under the pasted deltas
     ``per_layer`` (recipient layer → delta functions, e.g. :func:`~commandv_interp.converters.pasted_deltas`) at
     scale ``alpha``, acting at the last prompt token; ``None`` scores the plain recipient. ``rows`` scores only
-    those scoring prompts (by index; the result is in that order)."""
+    those scoring prompts (by index; the result is in that order). ``passes`` (a
+    :class:`~commandv_interp.pipeline.forced_passes.ForcedPasses` over ``targets.prompts``) runs the passes from
+    the prompts' prefix states where it keeps them: the same scores."""
     idx = list(range(len(targets.prompts))) if rows is None else list(rows)
-    prompts = [targets.prompts[i] for i in idx]
+    if passes is not None and passes.prompts != tuple(targets.prompts):
+        raise ValueError("passes must be over the targets' prompts, in their order")
+    passes = passes if passes is not None else ForcedPasses(recipient, [targets.prompts[i] for i in idx],
+                                                            cache=False)
+    order = idx if passes.prompts == tuple(targets.prompts) else list(range(len(idx)))
     results = []
     for texts in (targets.target, targets.foil) if foil else (targets.target,):
         texts = [texts[i] for i in idx]
-        parts = [_loglik(recipient, prompts[start:start + batch_size], texts[start:start + batch_size],
-                         per_layer, alpha) for start in range(0, len(prompts), batch_size)]
+        parts = [_loglik(passes, order[start:start + batch_size], texts[start:start + batch_size], per_layer, alpha)
+                 for start in range(0, len(idx), batch_size)]
         results.append((torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])))
     (target_ll, target_agree) = results[0]
     return ResponseScores(target_ll, target_agree, results[1][0] if foil else None)
 
 
-def _loglik(recipient: ModelAccess, prompts: Sequence[str], responses: Sequence[str],
+def _loglik(passes: ForcedPasses, rows: Sequence[int], responses: Sequence[str],
             per_layer: dict[int, list[DeltaFn]] | None, alpha: float) -> tuple[Tensor, Tensor]:
     """Summed log-likelihood of each response and its greedy prefix agreement (see :class:`ResponseScores`)."""
-    batch, prompt_lens, lengths = response_sequences(recipient, prompts, responses)
+    batch, prompt_lens, lengths = passes.sequences(rows, responses)
     edits = at_prompt_end(per_layer, prompt_lens, alpha) if per_layer else {}
-    with torch.no_grad(), recipient.edited(edits):
-        logits = recipient.forward(batch).float()
+    with torch.no_grad(), passes.recipient.edited(edits):
+        logits = passes.logits(rows, batch).float()
     nxt = batch.input_ids[:, 1:].to(logits.device)
     logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, nxt[..., None])[..., 0]
     hits = logits[:, :-1].argmax(-1) == nxt

@@ -55,6 +55,7 @@ from commandv_interp.pipeline.blind import warn_if_blind
 from commandv_interp.pipeline.candidates import Candidate, Cost, native_deltas
 from commandv_interp.pipeline.config import STARTS, TransferConfig
 from commandv_interp.pipeline.fingerprints import Fingerprints
+from commandv_interp.pipeline.forced_passes import ForcedPasses
 from commandv_interp.pipeline.polish import (POLISH_BUDGET, POLISH_STEPS, Distillation, finetune_flops_estimate,
                                              fresh_adapter)
 from commandv_interp.pipeline.polish_race import PolishPlan, race
@@ -205,8 +206,11 @@ def _polish(search: CandidateSearch, finalist: Candidate | None, config: Transfe
     plan = PolishPlan(budget_flops, search.score_cost(), config.polish_steps, config.polish_lrs, config.polish_round,
                       config.polish_patience, floor)
 
+    passes = ForcedPasses(recipient, setup.fitting, setup.batch_size)  # shared: the prefix states are run once
+
     def trainer(start: Adapter, lr: float) -> Distillation:
-        return Distillation(recipient, start, setup.fitting, answers, changed, config.polish_batch, lr, config.seed)
+        return Distillation(recipient, start, setup.fitting, answers, changed, config.polish_batch, lr, config.seed,
+                            passes=passes)
 
     def score(start: str, name: str, polished: Adapter, extra: dict) -> dict:
         begin = starts[start]

@@ -33,6 +33,7 @@ from commandv_interp.adapters.interventions import make_intervention
 from commandv_interp.adapters.linear_form import read_activation
 from commandv_interp.adapters.train import next_token_loss
 from commandv_interp.pipeline.agreement import answer_labels, at_prompt_end, response_sequences
+from commandv_interp.pipeline.forced_passes import ForcedPasses
 
 __all__ = ["Distillation", "balanced", "balanced_draw", "strata", "fresh_adapter", "finetune_flops_estimate", "POLISH_STEPS", "POLISH_ROUND",
            "POLISH_BATCH", "POLISH_LR", "POLISH_BUDGET", "LR_GRID", "PATIENCE", "FINETUNE_SEQUENCES"]
@@ -74,6 +75,7 @@ class Distillation:
     tokens: int = 0
     flops: float = 0.0
     losses: list[float] = field(default_factory=list)
+    passes: ForcedPasses | None = None  # over ``prompts``: steps run from their prefix states where it keeps them
 
     def __post_init__(self) -> None:
         if len(self.prompts) != len(self.answers) or not self.prompts:
@@ -86,6 +88,8 @@ class Distillation:
                              f"{self.recipient.d_model}: start from a compiled paste or a fresh recipient adapter")
         if not (isinstance(self.lr, float | int) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.passes is not None and self.passes.prompts != tuple(self.prompts):
+            raise ValueError("passes must be over the distillation's prompts, in their order")
         self._interventions = {layer: balanced(iv).to(self.recipient.block_device(layer), torch.float32)
                                .requires_grad_(True) for layer, iv in self.start.interventions.items()}
         params = [p for iv in self._interventions.values() for p in iv.parameters()]
@@ -105,7 +109,7 @@ class Distillation:
             module.requires_grad_(False)
             for _ in range(steps):
                 batch = self._next_batch()
-                cost = self.step_flops(batch)
+                cost = self.step_flops(batch) + (self.passes.pending_flops() if self.passes is not None else 0.0)
                 if flops_limit is not None and self.flops + cost > flops_limit:
                     break
                 loss = self._loss(batch)
@@ -126,29 +130,43 @@ class Distillation:
         """The pairs of the next batch (by index), drawn with replacement, an equal share from each stratum."""
         return balanced_draw(self._strata, self.batch_size, self._generator)
 
-    def _next_batch(self) -> tuple[Batch, list[int], list[int]]:
+    def _next_batch(self) -> tuple[Batch, list[int], list[int], list[int]]:
+        """The next batch's sequences (from the last prompt token on where :attr:`passes` keeps prefix states),
+        prompt lengths, lengths and rows."""
         idx = self.next_indices()
-        return response_sequences(self.recipient, [self.prompts[i] for i in idx], [self.answers[i] for i in idx])
+        answers = [self.answers[i] for i in idx]
+        if self.passes is not None:
+            return (*self.passes.sequences(idx, answers), idx)
+        return (*response_sequences(self.recipient, [self.prompts[i] for i in idx], answers), idx)
 
     def expected_step_flops(self) -> float:
         """A step's FLOPs on a batch of average pairs (what a round is budgeted at before its batches are drawn)."""
         if self._mean_tokens is None:
-            _, _, lengths = response_sequences(self.recipient, self.prompts, self.answers)
+            rows = range(len(self.prompts))
+            _, _, lengths = (self.passes.sequences(rows, self.answers) if self.passes is not None
+                             else response_sequences(self.recipient, self.prompts, self.answers))
             self._mean_tokens = sum(lengths) / len(lengths)
         return 4.0 * self._n_params * self.batch_size * self._mean_tokens
 
-    def step_flops(self, batch: tuple[Batch, list[int], list[int]]) -> float:
+    def step_flops(self, batch: tuple) -> float:
         """A training step's FLOPs on ``batch``: forward and backward through activations, as a finetune counts
         them (``4 · params · tokens``)."""
         return 4.0 * self._n_params * int(batch[0].attention_mask.sum())
 
-    def _loss(self, prepared: tuple[Batch, list[int], list[int]]) -> torch.Tensor:
-        batch, prompt_lens, lengths = prepared
+    def _loss(self, prepared: tuple) -> torch.Tensor:
+        """The loss on a batch of :meth:`_next_batch` (with its rows: run through :attr:`passes`) or of
+        :func:`response_sequences` (whole passes)."""
+        batch, prompt_lens, lengths = prepared[:3]
         per_layer = {layer: [iv.delta] for layer, iv in self._interventions.items()}
+        states0 = self.passes.state_flops if self.passes is not None else 0.0
         with self.recipient.edited(at_prompt_end(per_layer, prompt_lens, 1.0)):
-            logits = self.recipient.forward(batch).float()
+            if self.passes is not None and len(prepared) == 4:
+                logits = self.passes.logits(prepared[3], batch).float()
+            else:
+                logits = self.recipient.forward(batch).float()
         self.tokens += int(batch.attention_mask.sum())
-        self.flops += self.step_flops(prepared)
+        self.flops += self.step_flops(prepared) + (self.passes.state_flops - states0 if self.passes is not None
+                                                   else 0.0)
         return next_token_loss(logits, answer_labels(batch, prompt_lens, lengths))
 
     def loss_on(self, prompts: Sequence[str], answers: Sequence[str]) -> float:

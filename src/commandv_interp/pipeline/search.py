@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from commandv_interp.access import ModelAccess, forward_flops, open_model
+from commandv_interp.access import ModelAccess, forward_flops, open_model, token_flops
 from commandv_interp.adapters import Adapter
 from commandv_interp.correspondence import LayerMap, match_layers
 from commandv_interp.pipeline.agreement import (ANSWER_CAP, DonorTargets, ResponseScores, answer_limit,
                                                 answer_pair, behavior_span, onset_prompts, score_responses,
                                                 summarize, targets_from)
 from commandv_interp.pipeline.candidates import Candidate, rank
+from commandv_interp.pipeline.forced_passes import ForcedPasses
 from commandv_interp.pipeline.lora_teacher import DonorAnswers
 from commandv_interp.pipeline.split import stratified_split
 from commandv_interp.profiles import ActivationProfile, profile
@@ -162,8 +163,10 @@ class CandidateSearch:
 
     def __post_init__(self) -> None:
         self.flops = self.setup.flops
-        texts = [p + " " + r for p, r in zip(self.setup.targets.prompts, self.setup.targets.target)]
-        self._per_prompt_flops = forward_flops(self.setup.recipient_model, texts) / max(len(texts), 1)
+        targets = self.setup.targets
+        self._passes = ForcedPasses(self.setup.recipient_model, targets.prompts, self.setup.batch_size)
+        batch, _, _ = self._passes.sequences(range(len(targets.prompts)), targets.target)
+        self._row_flops = [token_flops(self.setup.recipient_model, int(n)) for n in batch.attention_mask.sum(1)]
         self.rows.append(self._row({"candidate": REFERENCE, "stage": 0, "method": "none", "match": "none",
                                     "layers": "", "polish_steps": 0, "polish_lr": None,
                                     "polish_budget_flops": None, "paper_exact": False,
@@ -200,9 +203,10 @@ class CandidateSearch:
         todo = [i for i in range(n) if i not in seen]
         if todo:
             deltas = candidate.deltas(self.setup.recipient_model) if candidate is not None else None
+            states0 = self._passes.state_flops
             new = score_responses(self.setup.recipient_model, self.setup.targets, deltas, 1.0, self.setup.batch_size,
-                                  foil=False, rows=todo)
-            self.flops += self._per_prompt_flops * len(todo)
+                                  foil=False, rows=todo, passes=self._passes)
+            self.flops += sum(self._row_flops[i] for i in todo) + self._passes.state_flops - states0
             if have is not None:
                 new = ResponseScores(torch.cat([have.scores.target_loglik, new.target_loglik]),
                                      torch.cat([have.scores.agreement, new.agreement]))
@@ -216,7 +220,7 @@ class CandidateSearch:
 
     def score_cost(self) -> float:
         """The FLOPs of scoring a new candidate on all the scoring prompts."""
-        return self._per_prompt_flops * self.n_scoring
+        return sum(self._row_flops)
 
     def best(self, n: int | None = None, stage: int | None = None) -> Candidate:
         """The best candidate (by :func:`~commandv_interp.pipeline.candidates.rank`) among the rows scored on at

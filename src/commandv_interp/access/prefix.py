@@ -1,0 +1,119 @@
+"""Consumes a Hugging Face causal LM and token-id prompts, produces their *prefix states* (each prompt's key/value
+cache over all its tokens but the last) and the inputs of a pass that starts at the last prompt token from them.
+
+A label-free transfer scores many candidate edits, and trains one, teacher-forced on the same prompts, and every
+such edit acts at the last prompt token only. The tokens before it are then in the same state under every edit
+(causal attention: nothing reads forward), so their keys and values can be computed once; each later pass runs the
+*suffix* (the last prompt token and the response) on top of them, with the edit at the suffix's first position.
+Its logits equal those of the whole sequence at the same positions (to float rounding: tested on every family the
+access layer supports), and a backward through it gives the same gradients, at a fraction of the tokens.
+
+Rows of different prompts are batched by left-padding their prefixes (masked) and right-padding the suffixes; each
+row's positions continue from its own prefix length.
+
+>>> PrefixStates((), (), ()).n_prompts
+0
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from commandv_interp.types import Int, Tensor
+
+__all__ = ["PrefixStates", "prefix_states", "suffix_inputs"]
+
+
+@dataclass(frozen=True)
+class PrefixStates:
+    """Per prompt, per layer, the keys and values of its tokens but the last (``kv_heads × length × head_dim``,
+    detached), and each prefix's ``lengths`` in tokens."""
+
+    keys: tuple[tuple[Tensor, ...], ...]
+    values: tuple[tuple[Tensor, ...], ...]
+    lengths: tuple[int, ...]
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.lengths)
+
+
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    """The keyword a model's forward takes its cache by (``cache`` in newer transformers, else
+    ``past_key_values``)."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _layer_tensors(cache: object) -> list[tuple[Tensor, Tensor]]:
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise ValueError(f"unsupported cache type {type(cache).__name__}: expected a transformers DynamicCache")
+    return [(layer.keys, layer.values) for layer in layers]
+
+
+@torch.no_grad()
+def prefix_states(model: torch.nn.Module, prefixes: Sequence[Sequence[int]], pad_id: int,
+                  batch_size: int = 32) -> PrefixStates:
+    """The prefix states of ``prefixes`` (token ids, each a prompt without its last token), from plain forward
+    passes of ``model`` (no edit is active: the caller's hooks are not involved) in left-padded batches."""
+    if any(len(p) == 0 for p in prefixes):
+        raise ValueError("a prompt of one token has no prefix to cache; run its passes whole")
+    device = next(model.parameters()).device
+    keys: list[tuple[Tensor, ...]] = []
+    values: list[tuple[Tensor, ...]] = []
+    for start in range(0, len(prefixes), batch_size):
+        part = [list(p) for p in prefixes[start:start + batch_size]]
+        width = max(len(p) for p in part)
+        ids = torch.full((len(part), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(part), width), dtype=torch.long)
+        for i, p in enumerate(part):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                    use_cache=True)
+        layers = _layer_tensors(out.past_key_values)
+        for i, p in enumerate(part):
+            keys.append(tuple(k[i, :, width - len(p):].clone() for k, _ in layers))
+            values.append(tuple(v[i, :, width - len(p):].clone() for _, v in layers))
+    return PrefixStates(tuple(keys), tuple(values), tuple(len(p) for p in prefixes))
+
+
+def suffix_inputs(model: torch.nn.Module, states: PrefixStates, rows: Sequence[int],
+                  suffix_ids: Int[Tensor, "batch pos"], suffix_mask: Int[Tensor, "batch pos"]) -> dict:
+    """Keyword arguments of ``model``'s forward over right-padded suffixes (``suffix_ids``, ``suffix_mask``) whose
+    row ``i`` continues prompt ``rows[i]`` of ``states``: a fresh cache of those prefixes (left-padded, so no later
+    pass changes ``states``), the attention mask over prefix and suffix, and each row's positions."""
+    from transformers import DynamicCache
+
+    rows = list(rows)
+    if len(rows) != suffix_ids.shape[0]:
+        raise ValueError(f"need one prompt row per suffix, got {len(rows)} rows for {suffix_ids.shape[0]} suffixes")
+    device = next(model.parameters()).device
+    lengths = [states.lengths[r] for r in rows]
+    width = max(lengths)
+    prefix_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, n in enumerate(lengths):
+        prefix_mask[i, width - n:] = 1
+    offsets = torch.tensor(lengths)[:, None] + torch.arange(suffix_ids.shape[1])[None]
+    kwargs = {"input_ids": suffix_ids.to(device), "position_ids": offsets.to(device),
+              "attention_mask": torch.cat([prefix_mask, suffix_mask.cpu()], 1).to(device)}
+    cache = DynamicCache(config=model.config)
+    for layer in range(len(states.keys[rows[0]])):
+        k = torch.stack([_left_pad(states.keys[r][layer], width) for r in rows])
+        v = torch.stack([_left_pad(states.values[r][layer], width) for r in rows])
+        cache.update(k, v, layer)
+    kwargs[_cache_kwarg(model)] = cache
+    return kwargs
+
+
+def _left_pad(x: Tensor, width: int) -> Tensor:
+    """``heads × n × head_dim`` padded with zeros before its positions to ``heads × width × head_dim``."""
+    if x.shape[1] == width:
+        return x
+    return torch.cat([x.new_zeros(x.shape[0], width - x.shape[1], x.shape[2]), x], 1)

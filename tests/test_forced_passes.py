@@ -1,0 +1,116 @@
+"""pipeline/forced_passes.py and access/prefix.py: a teacher-forced pass from the prompts' cached prefix states gives
+the whole sequence's logits at the same positions (every family the access layer supports, with a last-token edit
+acting), the same scores and the same training gradients; the states are left as they were and no hook remains;
+where no prefix can be kept (the TransformerLens backend, an edit active at setup) every pass is whole."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import VOCAB, assert_close, random_adapter, random_prompts
+
+import commandv_interp as cv
+from commandv_interp.access import token_flops
+from commandv_interp.pipeline.candidates import native_deltas
+from commandv_interp.pipeline.agreement import at_prompt_end, score_responses, targets_from
+from commandv_interp.pipeline.forced_passes import ForcedPasses
+from commandv_interp.pipeline.polish import Distillation
+from commandv_interp.zoo.generated.architectures import FAMILIES, ModelPlan, build_config
+
+RESPONSES = ["w5 w6 w7", "w8", "w9 w10 w11 w12 w13", "w14 w15", "w16 w17 w18 w19", "w20"]
+
+
+def _family_model(family: str, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(7)
+    config = build_config(ModelPlan("donor", family, 3, 32, "word", "same-family"), len(VOCAB), 64)
+    return cv.open_model(AutoModelForCausalLM.from_config(config).eval(), tokenizer=tokenizer, name=family)
+
+
+def _logits_both_ways(access, prompts, responses, adapter):
+    """Logits at each row's response positions (its last prompt token on), whole and from the prefix states."""
+    rows = list(range(len(prompts)))
+    out = []
+    for cache in (False, True):
+        passes = ForcedPasses(access, prompts, cache=cache)
+        assert passes.cached is cache
+        batch, prompt_lens, lengths = passes.sequences(rows, responses)
+        per_layer = native_deltas(access, adapter)
+        with torch.no_grad(), access.edited(at_prompt_end(per_layer, prompt_lens, 1.0)):
+            logits = passes.logits(rows, batch)
+        out.append([logits[i, p - 1:n] for i, (p, n) in enumerate(zip(prompt_lens, lengths))])
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_pass_from_prefix_states_equals_the_whole_pass(family, hf_llama):
+    access = _family_model(family, hf_llama[1])
+    adapter = random_adapter(access.d_model, layers=(1,), scale=1.0, seed=3)
+    prompts = random_prompts(len(RESPONSES), seed=2)
+    whole, cached = _logits_both_ways(access, prompts, RESPONSES, adapter)
+    for a, b in zip(cached, whole):
+        assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_scores_and_gradients_are_those_of_whole_passes(nn_llama):
+    prompts = random_prompts(12, seed=4)
+    adapter = random_adapter(nn_llama.d_model, layers=(0, 2), scale=0.8, seed=5)
+    targets = targets_from(prompts, RESPONSES * 2, [r + " w30" for r in RESPONSES] * 2)
+    deltas = native_deltas(nn_llama, adapter)
+    cached = ForcedPasses(nn_llama, targets.prompts)
+    a = score_responses(nn_llama, targets, deltas, 1.0, batch_size=5, foil=True, passes=cached)
+    b = score_responses(nn_llama, targets, deltas, 1.0, batch_size=5, foil=True)
+    assert_close(a.target_loglik, b.target_loglik, atol=1e-4, rtol=1e-5)
+    assert_close(a.foil_loglik, b.foil_loglik, atol=1e-4, rtol=1e-5)
+    assert torch.equal(a.agreement, b.agreement)
+    assert cached.state_flops == pytest.approx(token_flops(nn_llama, sum(
+        len(ids) - 1 for ids in nn_llama.tokenizer(list(targets.prompts))["input_ids"])))
+
+    grads = []
+    for passes in (ForcedPasses(nn_llama, prompts), None):
+        trainer = Distillation(nn_llama, adapter, prompts, RESPONSES * 2, batch_size=6, seed=1, passes=passes)
+        loss = trainer._loss(trainer._next_batch())
+        loss.backward()
+        grads.append((float(loss.detach()), [p.grad for iv in trainer._interventions.values()
+                                             for p in iv.parameters()]))
+        nn_llama.torch_module.zero_grad(set_to_none=True)
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)
+    assert [g is None for g in grads[0][1]] == [g is None for g in grads[1][1]]
+    assert sum(g is not None for g in grads[0][1]) >= 2  # both factors of each intervention learn
+    for g_cached, g_whole in zip(grads[0][1], grads[1][1]):
+        if g_cached is not None:
+            assert_close(g_cached, g_whole, atol=1e-5, rtol=1e-4)
+
+
+def test_prefix_states_are_left_as_they_were_and_no_hook_remains(nn_llama):
+    prompts = random_prompts(4, seed=9)
+    blocks = nn_llama.torch_module.get_submodule("model.layers")
+    hooks_before = [dict(block._forward_hooks) for block in blocks]  # nnsight may keep hooks of its own
+    passes = ForcedPasses(nn_llama, prompts)
+    batch, prompt_lens, _ = passes.sequences(range(4), RESPONSES[:4])
+    adapter = random_adapter(nn_llama.d_model, layers=(1,), scale=1.0, seed=2)
+    with nn_llama.edited(at_prompt_end(native_deltas(nn_llama, adapter), prompt_lens, 1.0)):
+        first = passes.logits(range(4), batch)
+        keys = [k.clone() for k in passes._states.keys[0]]
+        again = passes.logits(range(4), batch)
+    assert torch.equal(first, again)
+    assert all(torch.equal(k, kept) for k, kept in zip(keys, passes._states.keys[0]))
+    assert [dict(block._forward_hooks) for block in blocks] == hooks_before
+    plain = nn_llama.forward(batch)  # no edit outside the block: the suffix pass left nothing behind
+    with nn_llama.edited({}):
+        assert torch.equal(nn_llama.forward(batch), plain)
+
+
+def test_whole_passes_where_no_prefix_is_kept(tl_llama, nn_llama):
+    prompts = random_prompts(3, seed=1)
+    assert not ForcedPasses(tl_llama, prompts).cached  # the TransformerLens backend keeps no prefix states
+    with pytest.raises(NotImplementedError, match="no prefix states"):
+        tl_llama.prefix_states([[1, 5]])
+    adapter = random_adapter(nn_llama.d_model, layers=(1,), seed=0)
+    with nn_llama.edited(at_prompt_end(native_deltas(nn_llama, adapter), [3, 3, 3], 1.0)):
+        assert not ForcedPasses(nn_llama, prompts).cached  # an edit active at setup may act before the last token
+    passes = ForcedPasses(nn_llama, prompts, cache=False)
+    assert passes.pending_flops() == 0.0
+    batch, prompt_lens, lengths = passes.sequences(range(3), RESPONSES[:3])
+    assert prompt_lens == [len(ids) for ids in nn_llama.tokenizer(prompts)["input_ids"]]
