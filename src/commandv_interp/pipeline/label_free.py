@@ -20,7 +20,8 @@ everything it considered, the configuration it ran with and the fingerprints of 
    itself: no labels); both try the same learning rates, the best held-out trial goes on while the criterion
    improves (and, if it never beats the unedited recipient, the other start's best trial after it), within a FLOPs
    budget; each round is a candidate scored on all the scoring prompts (skipped when the finalist already
-   reproduces every scoring answer);
+   reproduces every scoring answer). Its steps, like every scoring, run from the prompts' cached prefix states
+   where the backend keeps them (:mod:`~commandv_interp.pipeline.forced_passes`);
 4. :func:`~commandv_interp.pipeline.scale.choose_scale` (``scale_search``, on by default): the best candidate, when
    it is a polished adapter, scored at a few scales around 1; the middle of the range of scales whose criterion is
    within one scoring prompt of the best is chosen (a polish of a few dozen steps leaves the scale least settled);

@@ -14,8 +14,10 @@ first response token with and without the adapter, read off the same answers
 :class:`CandidateSearch` scores :class:`~commandv_interp.pipeline.candidates.Candidate` values (pastes and native
 recipient adapters) by the donor-agreement criterion, teacher-forced on the donor+adapter's answers only (the *lift* over the plain recipient breaks ties),
 and keeps each candidate's per-prompt scores: scoring a candidate on more prompts later (successive halving: every
-candidate on the first half, the best on all) runs only the prompts not scored yet. It counts the FLOPs of
-everything it runs, so that a caller reports the cost of the whole search.
+candidate on the first half, the best on all) runs only the prompts not scored yet. Its passes start from the
+scoring prompts' prefix states where the backend keeps them (:class:`~commandv_interp.pipeline.forced_passes.ForcedPasses`:
+each runs the last prompt token and the target only). It counts the FLOPs of everything it runs (the prefix states
+once, then each pass's tokens), so that a caller reports the cost of the whole search.
 """
 
 from __future__ import annotations
