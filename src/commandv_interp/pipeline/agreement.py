@@ -286,13 +286,11 @@ def score_responses(recipient: ModelAccess, targets: DonorTargets,
     idx = list(range(len(targets.prompts))) if rows is None else list(rows)
     if passes is not None and passes.prompts != tuple(targets.prompts):
         raise ValueError("passes must be over the targets' prompts, in their order")
-    passes = passes if passes is not None else ForcedPasses(recipient, [targets.prompts[i] for i in idx],
-                                                            cache=False)
-    order = idx if passes.prompts == tuple(targets.prompts) else list(range(len(idx)))
+    passes = passes if passes is not None else ForcedPasses(recipient, targets.prompts, cache=False)
     results = []
     for texts in (targets.target, targets.foil) if foil else (targets.target,):
         texts = [texts[i] for i in idx]
-        parts = [_loglik(passes, order[start:start + batch_size], texts[start:start + batch_size], per_layer, alpha)
+        parts = [_loglik(passes, idx[start:start + batch_size], texts[start:start + batch_size], per_layer, alpha)
                  for start in range(0, len(idx), batch_size)]
         results.append((torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])))
     (target_ll, target_agree) = results[0]
