@@ -77,7 +77,7 @@ def prefix_states(model: torch.nn.Module, prefixes: Sequence[Sequence[int]], pad
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                     use_cache=True)
-        layers = _layer_tensors(out.past_key_values)
+        layers = _layer_tensors(out.cache if "cache" in out else out.past_key_values)  # newer transformers: cache
         for i, p in enumerate(part):
             keys.append(tuple(k[i, :, width - len(p):].clone() for k, _ in layers))
             values.append(tuple(v[i, :, width - len(p):].clone() for _, v in layers))
