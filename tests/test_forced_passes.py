@@ -70,7 +70,7 @@ def test_scores_and_gradients_are_those_of_whole_passes(nn_llama):
     grads = []
     for passes in (ForcedPasses(nn_llama, prompts), None):
         trainer = Distillation(nn_llama, adapter, prompts, RESPONSES * 2, batch_size=6, seed=1, passes=passes)
-        loss = trainer._loss(trainer._next_batch())
+        loss = trainer._loss(*trainer._next_batch())
         loss.backward()
         grads.append((float(loss.detach()), [p.grad for iv in trainer._interventions.values()
                                              for p in iv.parameters()]))

@@ -58,17 +58,10 @@ class ForcedPasses:
         """The right-padded ids of each ``prompts[rows[i]] + " " + responses[i]`` (from its last prompt token on when
         :attr:`cached`), each row's prompt length and total length in those coordinates (see :func:`response_sequences`)."""
         rows = list(rows)
-        batch, prompt_lens, lengths = response_sequences(self.recipient, [self.prompts[r] for r in rows], responses)
-        if not self.cached:
-            return batch, prompt_lens, lengths
-        width = max(n - p + 1 for p, n in zip(prompt_lens, lengths))
-        pad = self.recipient.tokenizer.pad_token_id if self.recipient.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (p, n) in enumerate(zip(prompt_lens, lengths)):
-            ids[i, :n - p + 1] = batch.input_ids[i, p - 1:n]
-            mask[i, :n - p + 1] = 1
-        return Batch(ids, mask), [1] * len(rows), [n - p + 1 for p, n in zip(prompt_lens, lengths)]
+        ids, prompt_lens = _response_ids(self.recipient, [self.prompts[r] for r in rows], responses)
+        if self.cached:
+            ids, prompt_lens = [r[p - 1:] for r, p in zip(ids, prompt_lens)], [1] * len(ids)
+        return _right_padded(ids, self.recipient.tokenizer), prompt_lens, [len(r) for r in ids]
 
     def logits(self, rows: Sequence[int], batch: Batch) -> Float[Tensor, "batch pos vocab"]:
         """Logits of a pass over ``batch`` (from :meth:`sequences` with the same ``rows``), with the active edits
@@ -81,14 +74,17 @@ class ForcedPasses:
             self.state_flops = pending
         return self.recipient.forward_suffix(self._states, list(rows), batch)
 
-    def flops(self, batch: Batch) -> float:
-        """The FLOPs of one forward pass over ``batch`` (its unpadded tokens)."""
-        return token_flops(self.recipient, int(batch.attention_mask.sum()))
-
 
 def response_sequences(access: ModelAccess, prompts: Sequence[str], responses: Sequence[str]
                        ) -> tuple[Batch, list[int], list[int]]:
     """Right-padded ``prompt + " " + response`` ids, each row's prompt length and total length (recipient's tokens)."""
+    ids, prompt_lens = _response_ids(access, prompts, responses)
+    return _right_padded(ids, access.tokenizer), prompt_lens, [len(r) for r in ids]
+
+
+def _response_ids(access: ModelAccess, prompts: Sequence[str], responses: Sequence[str]
+                  ) -> tuple[list[list[int]], list[int]]:
+    """Each ``prompt + " " + response``'s ids (the prompt's own ids first) and each prompt's length."""
     tok = access.tokenizer
     rows, prompt_lens = [], []
     for prompt, response in zip(prompts, responses):
@@ -96,13 +92,16 @@ def response_sequences(access: ModelAccess, prompts: Sequence[str], responses: S
         f_ids = tok(prompt + " " + response)["input_ids"]
         if f_ids[:len(p_ids)] != p_ids:  # the response merged with the prompt's last token: fall back to concatenation
             f_ids = p_ids + tok(" " + response, add_special_tokens=False)["input_ids"]
-        rows.append(f_ids)
+        rows.append(list(f_ids))
         prompt_lens.append(len(p_ids))
-    width = max(len(r) for r in rows)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    return rows, prompt_lens
+
+
+def _right_padded(rows: Sequence[Sequence[int]], tokenizer) -> Batch:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
     for i, r in enumerate(rows):
         ids[i, :len(r)] = torch.tensor(r)
         mask[i, :len(r)] = 1
-    return Batch(ids, mask), prompt_lens, [len(r) for r in rows]
+    return Batch(ids, mask)

@@ -108,11 +108,11 @@ class Distillation:
         try:
             module.requires_grad_(False)
             for _ in range(steps):
-                batch = self._next_batch()
+                batch, rows = self._next_batch()
                 cost = self.step_flops(batch) + (self.passes.pending_flops() if self.passes is not None else 0.0)
                 if flops_limit is not None and self.flops + cost > flops_limit:
                     break
-                loss = self._loss(batch)
+                loss = self._loss(batch, rows)
                 self._optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self._optimizer.step()
@@ -130,14 +130,14 @@ class Distillation:
         """The pairs of the next batch (by index), drawn with replacement, an equal share from each stratum."""
         return balanced_draw(self._strata, self.batch_size, self._generator)
 
-    def _next_batch(self) -> tuple[Batch, list[int], list[int], list[int]]:
-        """The next batch's sequences (from the last prompt token on where :attr:`passes` keeps prefix states),
-        prompt lengths, lengths and rows."""
+    def _next_batch(self) -> tuple[tuple[Batch, list[int], list[int]], list[int]]:
+        """The next batch's sequences, prompt lengths and lengths (from the last prompt token on where
+        :attr:`passes` keeps prefix states), and its rows."""
         idx = self.next_indices()
         answers = [self.answers[i] for i in idx]
         if self.passes is not None:
-            return (*self.passes.sequences(idx, answers), idx)
-        return (*response_sequences(self.recipient, [self.prompts[i] for i in idx], answers), idx)
+            return self.passes.sequences(idx, answers), idx
+        return response_sequences(self.recipient, [self.prompts[i] for i in idx], answers), idx
 
     def expected_step_flops(self) -> float:
         """A step's FLOPs on a batch of average pairs (what a round is budgeted at before its batches are drawn)."""
@@ -148,20 +148,20 @@ class Distillation:
             self._mean_tokens = sum(lengths) / len(lengths)
         return 4.0 * self._n_params * self.batch_size * self._mean_tokens
 
-    def step_flops(self, batch: tuple) -> float:
+    def step_flops(self, batch: tuple[Batch, list[int], list[int]]) -> float:
         """A training step's FLOPs on ``batch``: forward and backward through activations, as a finetune counts
         them (``4 · params · tokens``)."""
         return 4.0 * self._n_params * int(batch[0].attention_mask.sum())
 
-    def _loss(self, prepared: tuple) -> torch.Tensor:
-        """The loss on a batch of :meth:`_next_batch` (with its rows: run through :attr:`passes`) or of
-        :func:`response_sequences` (whole passes)."""
-        batch, prompt_lens, lengths = prepared[:3]
+    def _loss(self, prepared: tuple[Batch, list[int], list[int]], rows: list[int] | None = None) -> torch.Tensor:
+        """The loss on a batch of :meth:`_next_batch` (its ``rows`` given: run through :attr:`passes`) or of
+        :func:`response_sequences` (no rows: a whole pass)."""
+        batch, prompt_lens, lengths = prepared
         per_layer = {layer: [iv.delta] for layer, iv in self._interventions.items()}
         states0 = self.passes.state_flops if self.passes is not None else 0.0
         with self.recipient.edited(at_prompt_end(per_layer, prompt_lens, 1.0)):
-            if self.passes is not None and len(prepared) == 4:
-                logits = self.passes.logits(prepared[3], batch).float()
+            if self.passes is not None and rows is not None:
+                logits = self.passes.logits(rows, batch).float()
             else:
                 logits = self.recipient.forward(batch).float()
         self.tokens += int(batch.attention_mask.sum())
