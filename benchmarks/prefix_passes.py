@@ -1,17 +1,22 @@
-"""Benchmark: a transfer's teacher-forced passes whole and from cached prefix states, measured side by side in one run.
+"""Benchmark: a transfer's passes whole and from cached prefix states, measured side by side in one run.
 
 On zoo pairs, with each donor's adapter compiled into the recipient (a last-token edit, as every candidate and polish
 step of ``cv.transfer`` is), the donor's answers to the adapter's first 128 training prompts are scored and trained
-on the way ``cv.transfer`` does it (``pipeline.forced_passes.ForcedPasses``):
+on the way ``cv.transfer`` does it (``pipeline.forced_passes.ForcedPasses``), and its setup is run as
+``pipeline.search.prepare`` runs it:
 
+- ``answers``: the donor's greedy answers with and without its adapter (``agreement.answer_pair``: both generations
+  from the prompts' shared states, or each whole);
+- ``profiles``: both models profiled on 96 prompts and each followed by the donor's first answer tokens with and
+  without the adapter (``profile(..., share_prefixes=True)``: each prompt once, its continuations from its states);
 - ``score``: the recipient scores the donor+adapter's answers on all prompts under the edit (what one candidate's
   scoring is), ``--scorings`` times;
 - ``train``: ``--steps`` polish steps (``pipeline.polish.Distillation``, 16 pairs a step) from the same start.
 
-Each is run with whole passes (``cache=False``) and from the prompts' prefix states (``cache=True``; their one pass
-over the prompts is included), in alternating order over ``--rounds`` rounds; a ratio is the median over rounds of
-the cached time over the whole time in the same round (paired: a slow spell of a shared machine hits both). The FLOPs
-are what each counted. The scores must agree: the script checks that the greedy agreements are equal and the
+Each is run whole and from cached states (their pass over the prompts included), in alternating order over
+``--rounds`` rounds; a ratio is the median over rounds of the cached time over the whole time in the same round
+(paired: a slow spell of a shared machine hits both). The FLOPs are what each counted. The results must agree: the
+script checks that the answers are equal, the profiles within 1e-4, the greedy agreements equal and the
 log-likelihoods within 1e-3, and that both trainings reach the same loss to 1e-4.
 
     HF_HUB_OFFLINE=1 python benchmarks/prefix_passes.py [--pairs llama-6x128:gpt2-4x96 ...] [--rounds 5] [--out DIR]
@@ -30,10 +35,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from commandv_interp import compile_paste, zoo
-from commandv_interp.access import token_flops
+from commandv_interp import profile, zoo
+from commandv_interp.access import forward_flops, token_flops
 from commandv_interp.pipeline import transfer
-from commandv_interp.pipeline.agreement import answer_pair, behavior_span, score_responses, targets_from
+from commandv_interp.pipeline.agreement import (answer_pair, behavior_span, onset_prompts, score_responses,
+                                                targets_from)
 from commandv_interp.pipeline.candidates import native_deltas
 from commandv_interp.pipeline.forced_passes import ForcedPasses
 from commandv_interp.pipeline.polish import Distillation
@@ -43,8 +49,8 @@ PAIRS = ("llama-6x128:gpt2-4x96", "gpt2-4x96:qwen2-5x160", "qwen2-5x160:llama-6x
 
 
 def setup(donor_name: str, recipient_name: str, behavior: str):
-    """The recipient, a compiled last-token edit of the donor's adapter (from a paste-only transfer), the prompts and
-    the donor+adapter's answers (cut to the behavior span) as targets."""
+    """The donor, its adapter, the recipient, a compiled last-token edit of the adapter (from a paste-only transfer),
+    the prompts, the donor's answers and the donor+adapter's answers (cut to the behavior span) as targets."""
     donor, recipient = zoo.load_model(donor_name), zoo.load_model(recipient_name)
     adapter = zoo.load_adapter(donor_name, behavior)
     prompts = zoo.prompts(behavior, "train")[:128]
@@ -52,7 +58,25 @@ def setup(donor_name: str, recipient_name: str, behavior: str):
     edit = paste.compile()
     pair = answer_pair(donor, adapter, prompts, 64)
     adapted, plain, _ = behavior_span(pair.adapted, pair.plain)
-    return recipient, edit, prompts, targets_from(prompts, adapted, plain)
+    return donor, adapter, recipient, edit, prompts, pair, targets_from(prompts, adapted, plain)
+
+
+def answers(donor, adapter, prompts, cache: bool) -> tuple[float, float, object]:
+    t0 = time.perf_counter()
+    pair = answer_pair(donor, adapter, prompts, 64, share_prefix=cache)
+    flops = sum(forward_flops(donor, [f"{p} {a}" for p, a in zip(prompts, texts)]) for texts in (pair.adapted, pair.plain))
+    return time.perf_counter() - t0, flops - token_flops(donor, pair.shared_tokens), pair
+
+
+def profiles(donor, adapter, recipient, rows, cache: bool) -> tuple[float, float, object]:
+    from commandv_interp.profiles import profile_tokens
+
+    t0 = time.perf_counter()
+    got = (profile(donor, rows, layers=adapter.layers, progress=False, share_prefixes=cache),
+           profile(recipient, rows, progress=False, share_prefixes=cache))
+    flops = (token_flops(donor, profile_tokens(donor, rows, cache), max(adapter.layers))
+             + token_flops(recipient, profile_tokens(recipient, rows, cache), recipient.n_layers - 1))
+    return time.perf_counter() - t0, flops, got
 
 
 def score(recipient, edit, targets, cache: bool, scorings: int) -> tuple[float, float, object]:
@@ -88,19 +112,30 @@ def main() -> None:
     rows = []
     for spec in args.pairs:
         donor_name, recipient_name = spec.split(":")
-        recipient, edit, prompts, targets = setup(donor_name, recipient_name, args.behavior)
-        for part in ("score", "train"):
+        donor, adapter, recipient, edit, prompts, pair, targets = setup(donor_name, recipient_name, args.behavior)
+        rows = prompts[:96] + onset_prompts(prompts[:96], pair.adapted_onsets[:96], pair.plain_onsets[:96])
+        for part in ("answers", "profiles", "score", "train"):
             times = {True: [], False: []}
             out = {}
             for r in range(args.rounds):
                 for cache in ((True, False) if r % 2 else (False, True)):
-                    if part == "score":
+                    if part == "answers":
+                        seconds, flops, result = answers(donor, adapter, prompts, cache)
+                    elif part == "profiles":
+                        seconds, flops, result = profiles(donor, adapter, recipient, rows, cache)
+                    elif part == "score":
                         seconds, flops, result = score(recipient, edit, targets, cache, args.scorings)
                     else:
                         seconds, flops, result = train(recipient, edit, targets, cache, args.steps)
                     times[cache].append(seconds)
                     out[cache] = (flops, result)
-            if part == "score":
+            if part == "answers":
+                texts = lambda a: (a.adapted, a.plain, a.adapted_onsets, a.plain_onsets)  # noqa: E731
+                same = texts(out[True][1]) == texts(out[False][1])
+            elif part == "profiles":
+                same = all(torch.allclose(a[layer], b[layer], atol=1e-4)
+                           for a, b in zip(out[True][1], out[False][1]) for layer in a.layers)
+            elif part == "score":
                 same = bool(torch.equal(out[True][1].agreement, out[False][1].agreement)
                             and torch.allclose(out[True][1].target_loglik, out[False][1].target_loglik, atol=1e-3))
             else:
@@ -115,8 +150,9 @@ def main() -> None:
     lines = ["| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |"
              for row in table.itertuples(index=False)]
     command = "python benchmarks/prefix_passes.py " + " ".join(sys.argv[1:])
-    text = "\n".join([f"`{command.strip()}` ({args.behavior}; {args.scorings} scorings, {args.steps} polish steps, "
-                      f"{args.rounds} rounds):", "", header, *lines, ""])
+    text = "\n".join([f"`{command.strip()}` ({args.behavior}; 128 prompts answered twice, 96 profiled with their "
+                      f"onsets, {args.scorings} scorings, {args.steps} polish steps, {args.rounds} rounds):", "",
+                      header, *lines, ""])
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "prefix_passes.csv", index=False)

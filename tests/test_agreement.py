@@ -71,3 +71,23 @@ def test_answer_pairs_onsets_are_the_one_token_responses_they_replaced(nn_llama)
 def test_onset_prompts_refuses_unpaired_onsets():
     with pytest.raises(ValueError, match="one onset of each kind per prompt"):
         onset_prompts(["a", "b"], ["x"], ["y", "z"])
+
+
+@pytest.mark.parametrize("backend", ["nn_llama", "nn_gpt2", "tl_llama"])
+def test_answer_pairs_from_shared_prompt_states_are_the_whole_generations(backend, request):
+    """With a last-token adapter both generations start from the prompts' cached states where the backend keeps them
+    (the prompts' tokens before the last counted once in ``shared_tokens``); the answers and onsets are those of
+    whole generations, over up to 24 new tokens."""
+    access = request.getfixturevalue(backend)
+    adapter = random_adapter(access.d_model, layers=(1,), scale=3.0, seed=2)
+    prompts = random_prompts(20, seed=7)
+    pair = answer_pair(access, adapter, prompts, 24, batch_size=8)
+    plain = greedy_responses(access, prompts, 24, 8, whole_words=True)
+    with teaching(access, adapter):
+        adapted = greedy_responses(access, prompts, 24, 8, whole_words=True)
+    assert (pair.adapted, pair.plain) == (adapted, plain) and adapted != plain
+    assert pair.plain_onsets == greedy_responses(access, prompts, 1, 8)
+    shared = sum(len(ids) - 1 for ids in access.tokenizer(prompts)["input_ids"])
+    assert pair.shared_tokens == (0 if backend == "tl_llama" else shared)  # the TransformerLens bridge keeps none
+    with access.edited({0: lambda h, ctx: h}):  # an edit active around the call: whole generations
+        assert answer_pair(access, adapter, prompts[:4], 4).shared_tokens == 0

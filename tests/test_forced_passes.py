@@ -114,3 +114,79 @@ def test_whole_passes_where_no_prefix_is_kept(tl_llama, nn_llama):
     assert passes.pending_flops() == 0.0
     batch, prompt_lens, lengths = passes.sequences(range(3), RESPONSES[:3])
     assert prompt_lens == [len(ids) for ids in nn_llama.tokenizer(prompts)["input_ids"]]
+
+
+def _continuations(prompts):
+    """Each prompt, then each followed by one and by two more words (as the transfer's onset rows), interleaved; a
+    prompt alone, and an empty one (its BOS token only: no prefix, read whole)."""
+    return [t for i, p in enumerate(prompts) for t in (p, f"{p} w{20 + i}", f"{p} w{30 + i} w7")] + ["w9", ""]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_profile_sharing_prefixes_equals_the_whole_profile(family, hf_llama):
+    access = _family_model(family, hf_llama[1])
+    texts = _continuations(random_prompts(5, seed=6))
+    layers = [0, 1] if family != "gpt2" else [1]  # a read that stops before the last block, and one that does not
+    whole = cv.profile(access, texts, layers=layers, batch_size=4, progress=False)
+    shared = cv.profile(access, texts, layers=layers, batch_size=4, progress=False, share_prefixes=True)
+    assert shared.prompts_fingerprint == whole.prompts_fingerprint
+    for layer in layers:
+        assert_close(shared[layer], whole[layer], atol=1e-5, rtol=1e-5)
+
+
+def test_profile_tokens_count_what_the_shared_profile_runs(nn_llama, tl_llama):
+    from commandv_interp.access.prefix import continuation_roots, shared_prefix_tokens
+    from commandv_interp.profiles import profile_tokens
+
+    prompts = random_prompts(4, seed=8)
+    texts = _continuations(prompts)
+    ids = nn_llama.tokenizer(texts)["input_ids"]
+    assert continuation_roots(ids)[:3] == [0, 0, 0] and continuation_roots(ids)[-2:] == [len(texts) - 2, -1]
+    assert continuation_roots([[5], [5, 6]]) == [-1, 1]  # a text of one token has no prefix: run whole
+    p_lens = [len(i) for i in nn_llama.tokenizer(prompts)["input_ids"]]
+    # each prompt's prefix once; the prompt's own last token, then 2 and 3 tokens for its continuations; "w9" alone
+    assert shared_prefix_tokens(ids) == sum(n - 1 for n in p_lens) + len(prompts) * (1 + 2 + 3) + 2 + 1
+    assert profile_tokens(nn_llama, texts, share_prefixes=True) == shared_prefix_tokens(ids)
+    assert profile_tokens(nn_llama, texts) == sum(len(i) for i in ids)
+    assert profile_tokens(tl_llama, texts, share_prefixes=True) == sum(len(i) for i in ids)  # keeps no states
+    with nn_llama.edited({0: lambda h, ctx: h + 1.0}):  # an edit active: whole passes, and the profile reads it
+        assert profile_tokens(nn_llama, texts, share_prefixes=True) == sum(len(i) for i in ids)
+        edited = cv.profile(nn_llama, texts, layers=[1], progress=False, share_prefixes=True)
+    assert not torch.allclose(edited[1], cv.profile(nn_llama, texts, layers=[1], progress=False)[1])
+    with pytest.raises(ValueError, match="no edit active"):
+        with nn_llama.edited({0: lambda h, ctx: h}):
+            states = nn_llama.prefix_states([ids[0][:-1]], through_layer=1)
+            nn_llama.read_suffix(states, [0], cv.access.Batch.right_padded([ids[0][-1:]], 0), [1])
+    states = nn_llama.prefix_states([ids[0][:-1]], through_layer=0)
+    with pytest.raises(ValueError, match="through_layer=1"):
+        nn_llama.read_suffix(states, [0], cv.access.Batch.right_padded([ids[0][-1:]], 0), [1])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_generation_from_prefix_states_equals_the_whole_generation(family, hf_llama):
+    """20 greedy tokens from the prompts' cached states (the last prompt token run first) equal a whole generation's,
+    plain and with a last-token adapter that changes them."""
+    from commandv_interp.adapters.edits import adapter_edits
+
+    access = _family_model(family, hf_llama[1])
+    prompts = random_prompts(6, seed=2)
+    ids = [list(x) for x in access.tokenizer(prompts)["input_ids"]]
+    states = access.prefix_states([x[:-1] for x in ids])
+    adapter = random_adapter(access.d_model, layers=(1,), scale=3.0, seed=3)
+    out = []
+    for edits in ({}, adapter_edits(access, adapter)):
+        with access.edited(edits):
+            whole = access.generate_ids(access.encode(prompts), max_new_tokens=20)
+            assert torch.equal(access.generate_suffix(states, range(6), ids, 20), whole)
+        out.append(whole)
+    assert not torch.equal(*out)  # the adapter moves the generations: its hook acted on the cached path too
+
+
+def test_generate_suffix_refuses_what_it_cannot_start_from_the_last_token(nn_llama):
+    ids = [list(x) for x in nn_llama.tokenizer(random_prompts(2, seed=3))["input_ids"]]
+    states = nn_llama.prefix_states([x[:-1] for x in ids])
+    with pytest.raises(ValueError, match="its prefix row's tokens plus one"):
+        nn_llama.generate_suffix(states, [0, 1], [ids[0], ids[1] + [5]], 4)
+    with nn_llama.edited({0: lambda h, ctx: h}):  # an edit function without acts_on_decode acts on decode steps
+        with pytest.raises(ValueError, match="acts on decode steps"):
+            nn_llama.generate_suffix(states, [0, 1], ids, 4)

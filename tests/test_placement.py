@@ -31,6 +31,7 @@ EDIT_PATH: dict[str, tuple[str, ...] | None] = {
     "access/recording.py": WHOLE,  # states recorded by an edit
     "access/nnsight_backend.py": WHOLE,  # the hooks and the generation loop
     "access/tl_backend.py": WHOLE,
+    "access/prefix.py": ("prefix_states.stop",),  # the hook that stops a prefix pass (its inputs are built on the CPU)
     "adapters/edits.py": WHOLE,
     "adapters/lora.py": WHOLE,  # LoRA hooks on the projections
     "adapters/interventions.py": ("Intervention.delta", "Intervention.forward", "Intervention._source",

@@ -3,6 +3,11 @@
 A profile holds, per layer, the ``n_prompts × d_model`` matrix of block outputs at each prompt's last
 token (the paper's "activation profile"), plus metadata that lets later stages refuse mismatched
 pairings. Saved as one safetensors file, written atomically.
+
+Prompts that continue one another (a prompt and the same prompt followed by a word, as the label-free transfer
+profiles them) can share their passes: ``profile(..., share_prefixes=True)`` runs each shortest prompt's tokens
+once and every continuation's extra tokens from its cached states (:mod:`~commandv_interp.access.prefix`), where the
+backend keeps them; :func:`profile_tokens` counts what either way runs.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from commandv_interp.access import ModelAccess, open_model
+from commandv_interp.access import Batch, ModelAccess, open_model
 from commandv_interp.access.chat import ChatTemplate, format_prompts
 from commandv_interp.access.limits import check_fits_context
+from commandv_interp.access.prefix import continuation_roots, shared_prefix_tokens
 from commandv_interp.access.fingerprint import weights_digest
 from commandv_interp.io import DegenerateDataWarning, check_fields, read_safetensors, write_safetensors
 from commandv_interp.prompts import prompts_fingerprint
@@ -24,7 +30,7 @@ from commandv_interp.types import POSITION_RULES, Float, Tensor
 from commandv_interp.validation import check_layers
 from commandv_interp.version import __version__
 
-__all__ = ["ActivationProfile", "profile", "ChatTemplate", "check_profile_rank"]
+__all__ = ["ActivationProfile", "profile", "profile_tokens", "ChatTemplate", "check_profile_rank"]
 
 KIND = "commandv.activation_profile"
 MIN_FIT_PROMPTS = 3  # a held-out split needs 1 test row and 2 train rows
@@ -219,6 +225,57 @@ def _warn_duplicates(prof: ActivationProfile) -> None:
                       stacklevel=3)
 
 
+def shares_prefixes(access: ModelAccess, remote: bool | str = False) -> bool:
+    """Whether ``profile(..., share_prefixes=True)`` shares passes on ``access``: its backend keeps prefix states,
+    no edit is active (the states are taken without edits) and the profile runs here (not ``remote``)."""
+    return bool(access.supports_prefix and not access.active_edits and not remote)
+
+
+def profile_tokens(model: ModelAccess | object, prompts: Sequence[str], share_prefixes: bool = False,
+                   chat_template: ChatTemplate = None) -> int:
+    """The tokens :func:`profile` runs over ``prompts`` with the same ``share_prefixes`` and ``chat_template``
+    (times ``2 · params`` through the deepest layer read, its FLOPs: :func:`~commandv_interp.access.token_flops`)."""
+    access = open_model(model)
+    ids = access.tokenizer(format_prompts(access.tokenizer, list(prompts), chat_template))["input_ids"]
+    if share_prefixes and shares_prefixes(access):
+        return shared_prefix_tokens(ids)
+    return sum(len(row) for row in ids)
+
+
+def _read_sharing_prefixes(access: ModelAccess, texts: Sequence[str], layers: list[int], batch_size: int,
+                           progress: bool) -> dict[int, Tensor]:
+    """Each text's last-token block outputs at ``layers``: texts grouped under their roots
+    (:func:`~commandv_interp.access.prefix.continuation_roots`), batch by batch of roots their prefix states (through
+    the deepest layer), then every text of those roots from them; one-token texts whole."""
+    from tqdm.auto import tqdm
+
+    ids = [list(row) for row in access.tokenizer(list(texts))["input_ids"]]
+    roots = continuation_roots(ids)
+    rows: dict[int, Tensor] = {}  # text index -> its vectors stacked over layers
+    whole = [i for i, r in enumerate(roots) if r < 0]
+    for start in range(0, len(whole), batch_size):
+        part = whole[start:start + batch_size]
+        got = access.read(access.encode([texts[i] for i in part]), layers)
+        rows.update({i: torch.stack([got[layer][k] for layer in layers]) for k, i in enumerate(part)})
+    groups: dict[int, list[int]] = {}
+    for i, r in enumerate(roots):
+        if r >= 0:
+            groups.setdefault(r, []).append(i)
+    order = list(groups)
+    for start in tqdm(range(0, len(order), batch_size), desc="profile", disable=not progress):
+        part = order[start:start + batch_size]
+        states = access.prefix_states([ids[r][:-1] for r in part], batch_size, through_layer=max(layers))
+        members = [(j, i) for j, r in enumerate(part) for i in groups[r]]
+        for s in range(0, len(members), batch_size):
+            chunk = members[s:s + batch_size]
+            suffixes = [ids[i][len(ids[roots[i]]) - 1:] for _, i in chunk]
+            got = access.read_suffix(states, [j for j, _ in chunk],
+                                     Batch.right_padded(suffixes, access.tokenizer.pad_token_id), layers)
+            rows.update({i: torch.stack([got[layer][k] for layer in layers]) for k, (_, i) in enumerate(chunk)})
+    stacked = torch.stack([rows[i] for i in range(len(texts))])  # texts × layers × d_model
+    return {layer: stacked[:, k].contiguous() for k, layer in enumerate(layers)}
+
+
 def profile(
     model: ModelAccess | object,
     prompts: Sequence[str],
@@ -228,6 +285,7 @@ def profile(
     padding_side: str = "left",
     progress: bool = True,
     remote: bool | str = False,
+    share_prefixes: bool = False,
 ) -> ActivationProfile:
     """Profile a model's block outputs at the last token of each prompt.
 
@@ -242,6 +300,9 @@ def profile(
         progress: show a tqdm bar.
         remote: nnsight's ``remote``: ``True`` profiles on NDIF, ``"local"`` simulates the server here. All
             batches go in one nnsight session (one request); only the last-token vectors come back.
+        share_prefixes: a prompt whose tokens continue another prompt's of the list is read from that prompt's
+            cached states (a pass over its extra tokens only; the same vectors to float rounding), where
+            :func:`shares_prefixes` allows it (else ignored).
 
     Returns:
         An :class:`ActivationProfile` with float32 matrices of shape ``n_prompts × d_model``.
@@ -258,12 +319,15 @@ def profile(
     check_fits_context(access, texts)
     layers = list(range(access.n_layers)) if layers is None else access._check_layers(
         check_layers(layers, access.n_layers, "layers", access.name))  # duplicates and range refused, not merged
-    batches = [access.encode(texts[start:start + batch_size], padding_side=padding_side)
-               for start in range(0, len(texts), batch_size)]
-    parts = access.read_batches(batches, layers, positions="last", remote=remote, progress=progress)
-    # each layer's batch parts are released as they are concatenated: the peak holds one copy of the profile
-    result = ActivationProfile.from_states(access, texts, {layer: torch.cat([part.pop(layer) for part in parts])
-                                                           for layer in layers})
+    if share_prefixes and shares_prefixes(access, remote):
+        states = _read_sharing_prefixes(access, texts, layers, batch_size, progress)
+    else:
+        batches = [access.encode(texts[start:start + batch_size], padding_side=padding_side)
+                   for start in range(0, len(texts), batch_size)]
+        parts = access.read_batches(batches, layers, positions="last", remote=remote, progress=progress)
+        # each layer's batch parts are released as they are concatenated: the peak holds one copy of the profile
+        states = {layer: torch.cat([part.pop(layer) for part in parts]) for layer in layers}
+    result = ActivationProfile.from_states(access, texts, states)
     check_profile_rank(result, needed=1)
     _warn_duplicates(result)
     if result.n_prompts < MIN_FIT_PROMPTS:

@@ -37,6 +37,22 @@ class Batch:
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(self.input_ids.to(device), self.attention_mask.to(device))
 
+    @classmethod
+    def right_padded(cls, rows: Sequence[Sequence[int]], pad_id: int | None) -> "Batch":
+        """Token-id rows padded on the right with ``pad_id`` (0 when None), masked (on the CPU, as :meth:`encode`'s).
+
+        >>> b = Batch.right_padded([[5, 6], [7]], 0)
+        >>> b.input_ids.tolist(), b.attention_mask.tolist()
+        ([[5, 6], [7, 0]], [[1, 1], [1, 0]])
+        """
+        ids = torch.full((len(rows), max(len(r) for r in rows)), 0 if pad_id is None else pad_id, dtype=torch.long,
+                         device="cpu")
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(list(r), dtype=torch.long, device="cpu")
+            mask[i, :len(r)] = 1
+        return cls(ids, mask)
+
     def left_padded(self) -> "Batch":
         """The same prompts with each row's padding moved to its start (a left-padded batch is returned as is).
 
@@ -280,11 +296,14 @@ class ModelAccess(ABC):
 
     # -- passes from cached prefixes -----------------------------------------------------------
     supports_prefix: bool = False
-    """Whether :meth:`prefix_states` and :meth:`forward_suffix` run here (else callers run whole passes)."""
+    """Whether :meth:`prefix_states`, :meth:`forward_suffix` and :meth:`read_suffix` run here (else callers run
+    whole passes)."""
 
-    def prefix_states(self, prefixes: Sequence[Sequence[int]], batch_size: int = 32) -> PrefixStates:
+    def prefix_states(self, prefixes: Sequence[Sequence[int]], batch_size: int = 32,
+                      through_layer: int | None = None) -> PrefixStates:
         """The key/value states of ``prefixes`` (token ids: prompts without their last token), from plain passes
-        (no edit acts: see :mod:`~commandv_interp.access.prefix`)."""
+        (no edit acts: see :mod:`~commandv_interp.access.prefix`); with ``through_layer`` the passes stop after
+        that block and the states cover the blocks up to it."""
         raise NotImplementedError(f"the {self.backend} backend keeps no prefix states; run whole passes (forward)")
 
     def forward_suffix(self, states: PrefixStates, rows: Sequence[int], batch: Batch
@@ -295,6 +314,22 @@ class ModelAccess(ABC):
         were taken without edits). Keeps grad if enabled. Equals :meth:`forward` over the whole sequences at the
         same positions, to float rounding."""
         raise NotImplementedError(f"the {self.backend} backend keeps no prefix states; run whole passes (forward)")
+
+    def generate_suffix(self, states: PrefixStates, rows: Sequence[int], prompts: Sequence[Sequence[int]],
+                        max_new_tokens: int) -> Int[Tensor, "batch new"]:
+        """:meth:`generate_ids` of the token-id ``prompts`` whose prompt ``i`` continues (by its last token) prompt
+        ``rows[i]`` of ``states``: the generation starts at the last prompt token. The active edits apply there
+        only (with a one-position prompt mask), so each must act at the last prompt token and not on decode steps.
+        The same new tokens as :meth:`generate_ids`, to float rounding."""
+        raise NotImplementedError(f"the {self.backend} backend keeps no prefix states; generate whole prompts")
+
+    def read_suffix(self, states: PrefixStates, rows: Sequence[int], batch: Batch, layers: Sequence[int]
+                    ) -> dict[int, Tensor]:
+        """Block outputs at each row's last suffix token (``batch × d_model``, detached, float32, on CPU) of a pass
+        over right-padded suffixes continuing prompt ``rows[i]`` of ``states`` (which must cover ``max(layers)``):
+        what :meth:`read` gives at the last token of the whole texts, to float rounding. The pass stops after the
+        deepest layer. No edit may be active (the states were taken without them)."""
+        raise NotImplementedError(f"the {self.backend} backend keeps no prefix states; run whole passes (read)")
 
     def decode_continuations(self, ids: Int[Tensor, "batch new"]) -> list[str]:
         eos = self.tokenizer.eos_token_id

@@ -144,9 +144,11 @@ class NNsightAccess(ModelAccess):
 
     supports_prefix = True
 
-    def prefix_states(self, prefixes, batch_size: int = 32) -> PrefixStates:
+    def prefix_states(self, prefixes, batch_size: int = 32, through_layer: int | None = None) -> PrefixStates:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        return prefix_states(self._hf, prefixes, pad, batch_size)
+        stop = None if through_layer is None else self._hf.get_submodule(self._block_path)[
+            self._check_layers([through_layer])[0]]
+        return prefix_states(self._hf, prefixes, pad, batch_size, stop_block=stop)
 
     def forward_suffix(self, states: PrefixStates, rows, batch: Batch) -> Float[Tensor, "batch pos vocab"]:
         """The Hugging Face model run directly on the suffixes and their cached prefixes, the active edits applied
@@ -161,6 +163,82 @@ class NNsightAccess(ModelAccess):
         finally:
             for handle in handles:
                 handle.remove()
+
+    def generate_suffix(self, states: PrefixStates, rows, prompts, max_new_tokens: int) -> Int[Tensor, "batch new"]:
+        """Hugging Face ``generate`` on the left-padded prompts with their prefixes' cache (so its first pass runs the
+        last prompt token only), the active edits applied on that pass by forward hooks (removed on exit)."""
+        if any(getattr(fn, "acts_on_decode", True) for fn in self._edits.values()):
+            raise ValueError("generate_suffix applies edits at the last prompt token only; an active edit acts on "
+                             "decode steps too: generate whole prompts (generate_ids)")
+        rows, prompts = list(rows), [list(p) for p in prompts]
+        if [len(p) - 1 for p in prompts] != [states.lengths[r] for r in rows]:
+            raise ValueError("each prompt must be its prefix row's tokens plus one (the last prompt token)")
+        last = torch.tensor([[p[-1]] for p in prompts], dtype=torch.long, device="cpu")  # moved by suffix_inputs
+        kwargs = suffix_inputs(self._hf, states, rows, last, torch.ones_like(last))
+        width = kwargs["attention_mask"].shape[1]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long, device=self.device)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long, device=self.device)
+        blocks = self._hf.get_submodule(self._block_path)
+        mask = torch.ones((len(prompts), 1), dtype=torch.long, device=self.device)
+        calls = {layer: 0 for layer in self._edits}
+
+        def first_pass_only(fn: EditFn, layer: int):
+            edit = _suffix_hook(fn, layer, mask)
+
+            def hook(module, args, output):
+                calls[layer] += 1
+                return edit(module, args, output) if calls[layer] == 1 else output
+            return hook
+
+        handles = [blocks[layer].register_forward_hook(first_pass_only(fn, layer))
+                   for layer, fn in sorted(self._edits.items())]
+        cache_key = next(k for k in kwargs if k not in ("input_ids", "position_ids", "attention_mask"))
+        try:
+            with torch.no_grad():
+                out = self._hf.generate(input_ids=ids, attention_mask=kwargs["attention_mask"],
+                                        max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                                        **{cache_key: kwargs[cache_key]})
+        finally:
+            for handle in handles:
+                handle.remove()
+        return out[:, width:].cpu()
+
+    def read_suffix(self, states: PrefixStates, rows, batch: Batch, layers) -> dict[int, Tensor]:
+        """The Hugging Face model run directly on the suffixes and their cached prefixes, the block outputs taken by
+        forward hooks (removed on exit) and the pass stopped after the deepest layer."""
+        if self._edits:
+            raise ValueError("read_suffix runs with no edit active (the prefix states were taken without edits); "
+                             "read whole texts inside edited()")
+        layers = self._check_layers(layers)
+        if max(layers) >= len(states.keys[rows[0]]):
+            raise ValueError(f"the prefix states cover layers up to {len(states.keys[rows[0]]) - 1}, "
+                             f"the read asks for {max(layers)}; take them with through_layer={max(layers)}")
+        kwargs = suffix_inputs(self._hf, states, rows, batch.input_ids, batch.attention_mask)
+        blocks = self._hf.get_submodule(self._block_path)
+        last = (batch.attention_mask.sum(1) - 1).to(self.device)
+        saved: dict[int, Tensor] = {}
+
+        def keep(layer: int):
+            def hook(module, args, output):
+                hidden = unwrap_block_output(output)
+                saved[layer] = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].detach().to(
+                    "cpu", torch.float32)
+                if layer == layers[-1]:
+                    raise StopForward
+            return hook
+
+        handles = [blocks[layer].register_forward_hook(keep(layer)) for layer in layers]
+        try:
+            with torch.no_grad():
+                self._hf(**kwargs, use_cache=True)
+        except StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return saved
 
     def _generate_ids(self, batch: Batch, max_new_tokens: int) -> Int[Tensor, "batch new"]:
         decode_edits = any(getattr(fn, "acts_on_decode", True) for fn in self._edits.values())

@@ -11,6 +11,10 @@ access layer supports), and a backward through it gives the same gradients, at a
 Rows of different prompts are batched by left-padding their prefixes (masked) and right-padding the suffixes; each
 row's positions continue from its own prefix length.
 
+The same states serve texts that continue one another (a prompt, and the prompt followed by a word): with no edit
+active, the state at each text's last token is read from a pass over its tokens after its *root*'s prefix
+(:func:`continuation_roots`), so a profile of prompts and their continuations runs each prompt once.
+
 >>> PrefixStates((), (), ()).n_prompts
 0
 """
@@ -25,7 +29,7 @@ import torch
 
 from commandv_interp.types import Int, Tensor
 
-__all__ = ["PrefixStates", "prefix_states", "suffix_inputs"]
+__all__ = ["PrefixStates", "continuation_roots", "prefix_states", "shared_prefix_tokens", "suffix_inputs"]
 
 
 @dataclass(frozen=True)
@@ -53,16 +57,59 @@ def _layer_tensors(cache: object) -> list[tuple[Tensor, Tensor]]:
     layers = getattr(cache, "layers", None)
     if layers is None:
         raise ValueError(f"unsupported cache type {type(cache).__name__}: expected a transformers DynamicCache")
-    return [(layer.keys, layer.values) for layer in layers]
+    reached = [layer for layer in layers if getattr(layer, "is_initialized", True)]  # a stopped pass: the first ones
+    return [(layer.keys, layer.values) for layer in reached]
+
+
+class _Stopped(Exception):
+    """Raised by the hook that stops a prefix pass after its last block."""
+
+
+def continuation_roots(ids: Sequence[Sequence[int]]) -> list[int]:
+    """Per text (token ids), the index of the shortest text of the list of at least two tokens whose ids begin its
+    own (itself when none does; -1 for a text of one token, which has no prefix to share). A text's state at its
+    last token is then a pass over ``ids[len(root) - 1:]`` from the root's prefix states.
+
+    >>> continuation_roots([[1, 2], [1, 2, 3], [1, 2, 4, 5], [7], [1, 3]])
+    [0, 0, 0, -1, 4]
+    """
+    index: dict[tuple[int, ...], int] = {}
+    for i, row in enumerate(ids):
+        index.setdefault(tuple(row), i)
+    roots = []
+    for i, row in enumerate(ids):
+        if len(row) < 2:
+            roots.append(-1)
+            continue
+        roots.append(next((index[tuple(row[:n])] for n in range(2, len(row)) if tuple(row[:n]) in index),
+                          index[tuple(row)]))
+    return roots
+
+
+def shared_prefix_tokens(ids: Sequence[Sequence[int]]) -> int:
+    """The tokens run to read every text's last-token state from its root's prefix states
+    (:func:`continuation_roots`): each root's prefix once, then each text's tokens after it (texts of one token
+    whole)."""
+    roots = continuation_roots(ids)
+    prefixes = sum(len(ids[r]) - 1 for r in set(roots) if r >= 0)
+    return prefixes + sum(len(row) - (len(ids[r]) - 1 if r >= 0 else 0) for row, r in zip(ids, roots))
 
 
 @torch.no_grad()
 def prefix_states(model: torch.nn.Module, prefixes: Sequence[Sequence[int]], pad_id: int,
-                  batch_size: int = 32) -> PrefixStates:
+                  batch_size: int = 32, stop_block: torch.nn.Module | None = None) -> PrefixStates:
     """The prefix states of ``prefixes`` (token ids, each a prompt without its last token), from plain forward
-    passes of ``model`` (no edit is active: the caller's hooks are not involved) in left-padded batches."""
+    passes of ``model`` (no edit is active: the caller's hooks are not involved) in left-padded batches.
+
+    With ``stop_block`` (one of the model's blocks) each pass stops after it: the states cover the layers up to it,
+    which is all a pass that stops there too needs."""
     if any(len(p) == 0 for p in prefixes):
         raise ValueError("a prompt of one token has no prefix to cache; run its passes whole")
+    from transformers import DynamicCache
+
+    def stop(module, args, output):
+        raise _Stopped
+
     device = next(model.parameters()).device
     keys: list[tuple[Tensor, ...]] = []
     values: list[tuple[Tensor, ...]] = []
@@ -75,9 +122,17 @@ def prefix_states(model: torch.nn.Module, prefixes: Sequence[Sequence[int]], pad
             ids[i, width - len(p):] = torch.tensor(p)
             mask[i, width - len(p):] = 1
         positions = (mask.cumsum(1) - 1).clamp(min=0)
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                    use_cache=True)
-        layers = _layer_tensors(out.cache if "cache" in out else out.past_key_values)  # newer transformers: cache
+        cache = DynamicCache(config=model.config)  # filled layer by layer, so a stopped pass leaves its layers
+        handle = stop_block.register_forward_hook(stop) if stop_block is not None else None
+        try:
+            model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                  use_cache=True, **{_cache_kwarg(model): cache})
+        except _Stopped:
+            pass
+        finally:
+            if handle is not None:
+                handle.remove()
+        layers = _layer_tensors(cache)
         for i, p in enumerate(part):
             keys.append(tuple(k[i, :, width - len(p):].clone() for k, _ in layers))
             values.append(tuple(v[i, :, width - len(p):].clone() for _, v in layers))

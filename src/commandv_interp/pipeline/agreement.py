@@ -26,6 +26,7 @@ Forward passes only.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from commandv_interp.access import Batch, EditContext, ModelAccess, batches
-from commandv_interp.access.limits import context_length
+from commandv_interp.access.limits import check_fits_context, context_length
 from commandv_interp.adapters import Adapter
 from commandv_interp.adapters.edit import Edit, apply_edit
 from commandv_interp.adapters.edits import DeltaFn
@@ -93,22 +94,46 @@ def donor_answers(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], 
 class AnswerPair:
     """The donor's greedy answers (whole words) with (``adapted``) and without (``plain``) its adapter, and the first
     response token of each (``adapted_onsets``, ``plain_onsets``: what a one-token generation gives, read off the
-    same generations)."""
+    same generations). ``shared_tokens``: the prompt tokens the two generations ran once between them (each
+    prompt's tokens before its last, when both started from its cached states; else 0)."""
 
     adapted: list[str]
     plain: list[str]
     adapted_onsets: list[str]
     plain_onsets: list[str]
+    shared_tokens: int = 0
 
 
 def answer_pair(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], max_new_tokens: int,
-                batch_size: int = 32) -> AnswerPair:
-    """:func:`donor_answers` with the answers' first tokens (:class:`AnswerPair`)."""
+                batch_size: int = 32, share_prefix: bool = True) -> AnswerPair:
+    """:func:`donor_answers` with the answers' first tokens (:class:`AnswerPair`).
+
+    A teacher that acts at the last prompt token only (a ReFT adapter at ``positions="last"``) leaves the tokens
+    before it as they are without it: where the backend keeps prefix states, both generations of a batch start from
+    the same ones (:meth:`~commandv_interp.access.ModelAccess.generate_suffix`; the same tokens, to float rounding).
+    ``share_prefix=False`` generates whole prompts every time (for comparison)."""
     prompts = list(prompts)
-    plain, plain_onsets = _greedy(donor, prompts, max_new_tokens, batch_size, whole_words=True)
-    with torch.no_grad(), teaching(donor, adapter):
-        adapted, adapted_onsets = _greedy(donor, prompts, max_new_tokens, batch_size, whole_words=True)
-    return AnswerPair(adapted, plain, adapted_onsets, plain_onsets)
+    teacher = teacher_of(adapter)
+    ids = [list(row) for row in donor.tokenizer(prompts)["input_ids"]]
+    if not (share_prefix and isinstance(teacher, Adapter) and teacher.positions == "last" and donor.supports_prefix
+            and not donor.active_edits and all(len(row) >= 2 for row in ids)):
+        plain, plain_onsets = _greedy(donor, prompts, max_new_tokens, batch_size, whole_words=True)
+        with torch.no_grad(), teaching(donor, adapter):
+            adapted, adapted_onsets = _greedy(donor, prompts, max_new_tokens, batch_size, whole_words=True)
+        return AnswerPair(adapted, plain, adapted_onsets, plain_onsets)
+    out: dict[bool, tuple[list[str], list[str]]] = {False: ([], []), True: ([], [])}
+    for start, batch in zip(range(0, len(prompts), batch_size), batches(donor, prompts, batch_size)):
+        check_fits_context(donor, batch, max_new_tokens)
+        part = ids[start:start + batch_size]
+        states = donor.prefix_states([row[:-1] for row in part], batch_size)
+        for with_adapter in (False, True):
+            with torch.no_grad(), (teaching(donor, adapter) if with_adapter else contextlib.nullcontext()):
+                new = donor.generate_suffix(states, range(len(part)), part, max_new_tokens)
+            texts, firsts = _decoded(donor, new, whole_words=True)
+            out[with_adapter][0].extend(texts)
+            out[with_adapter][1].extend(firsts)
+    return AnswerPair(out[True][0], out[False][0], out[True][1], out[False][1],
+                      shared_tokens=sum(len(row) - 1 for row in ids))
 
 
 def targets_from(prompts: Sequence[str], adapted: Sequence[str], plain: Sequence[str],
@@ -173,15 +198,23 @@ def _greedy(access: ModelAccess, prompts: list[str], max_new_tokens: int, batch_
     """:func:`greedy_responses` and each response's first token as a one-token response would read."""
     out: list[str] = []
     first: list[str] = []
-    eos = access.tokenizer.eos_token_id
     for batch in batches(access, prompts, batch_size):
-        ids = access.generate_ids(batch, max_new_tokens=max_new_tokens)
-        for row, text in zip(ids.tolist(), access.decode_continuations(ids)):
-            ended = eos in row or "\n" in text
-            text = text.split("\n", 1)[0].strip()
-            out.append(text.rsplit(" ", 1)[0] if whole_words and not ended and " " in text else text)
-        first += [text.split("\n", 1)[0].strip() for text in access.decode_continuations(ids[:, :1])]
+        texts, firsts = _decoded(access, access.generate_ids(batch, max_new_tokens=max_new_tokens), whole_words)
+        out += texts
+        first += firsts
     return out, first
+
+
+def _decoded(access: ModelAccess, ids: Int[Tensor, "batch new"], whole_words: bool) -> tuple[list[str], list[str]]:
+    """Generated ids as responses (cut at EOS or the first newline; see :func:`greedy_responses`) and their first
+    tokens."""
+    eos = access.tokenizer.eos_token_id
+    out = []
+    for row, text in zip(ids.tolist(), access.decode_continuations(ids)):
+        ended = eos in row or "\n" in text
+        text = text.split("\n", 1)[0].strip()
+        out.append(text.rsplit(" ", 1)[0] if whole_words and not ended and " " in text else text)
+    return out, [text.split("\n", 1)[0].strip() for text in access.decode_continuations(ids[:, :1])]
 
 
 def behavior_span(adapted: Sequence[str], plain: Sequence[str]) -> tuple[list[str], list[str], int]:

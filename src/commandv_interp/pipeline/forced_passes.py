@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
 from commandv_interp.access import Batch, ModelAccess, token_flops
 from commandv_interp.types import Float, Tensor
 
@@ -98,10 +96,4 @@ def _response_ids(access: ModelAccess, prompts: Sequence[str], responses: Sequen
 
 
 def _right_padded(rows: Sequence[Sequence[int]], tokenizer) -> Batch:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-        mask[i, :len(r)] = 1
-    return Batch(ids, mask)
+    return Batch.right_padded(rows, tokenizer.pad_token_id)

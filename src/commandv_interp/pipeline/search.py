@@ -9,7 +9,8 @@ enough unchanged prompts are scored to see a small false-refusal difference), ke
 pairs and the fitting prompts' adapted answers (what the polish learns), and profiles
 both models on (at most ``PROFILE_PROMPTS`` of) the fitting prompts plus the same prompts followed by the donor's
 first response token with and without the adapter, read off the same answers
-(:func:`~commandv_interp.pipeline.agreement.onset_prompts`), with the two layer maps (relative depth, similarity).
+(:func:`~commandv_interp.pipeline.agreement.onset_prompts`; each prompt's tokens run once, its onset rows from its
+cached states: ``profile(..., share_prefixes=True)``), with the two layer maps (relative depth, similarity).
 
 :class:`CandidateSearch` scores :class:`~commandv_interp.pipeline.candidates.Candidate` values (pastes and native
 recipient adapters) by the donor-agreement criterion, teacher-forced on the donor+adapter's answers only (the *lift* over the plain recipient breaks ties),
@@ -39,7 +40,7 @@ from commandv_interp.pipeline.candidates import Candidate, rank
 from commandv_interp.pipeline.forced_passes import ForcedPasses
 from commandv_interp.pipeline.lora_teacher import DonorAnswers
 from commandv_interp.pipeline.split import stratified_split
-from commandv_interp.profiles import ActivationProfile, profile
+from commandv_interp.profiles import ActivationProfile, profile, profile_tokens
 from commandv_interp.prompts import prompts_fingerprint
 
 __all__ = ["SearchSetup", "CandidateSearch", "prepare", "check_transfer_prompts", "generation_flops", "MIN_PROMPTS",
@@ -118,8 +119,9 @@ def prepare(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Ada
     max_new_tokens = min(answer_limit(model, prompts, max_new_tokens) for model in (donor, recipient))
     answers = answer_pair(donor, adapter, prompts, max_new_tokens, batch_size)
     adapted, plain = answers.adapted, answers.plain
-    flops = sum(forward_flops(donor, [f"{p} {a}" for p, a in zip(prompts, answers)])  # a cached generation: one
-                for answers in (adapted, plain))  # pass over each prompt and answer token
+    flops = sum(forward_flops(donor, [f"{p} {a}" for p, a in zip(prompts, texts)])  # a cached generation: one
+                for texts in (adapted, plain)) - token_flops(donor, answers.shared_tokens)  # pass over each
+    # prompt and answer token, the prompts' tokens before their last once where both generations shared them
     adapted, plain, words = behavior_span(adapted, plain)
     judged = DonorAnswers(tuple(prompts), tuple(adapted), tuple(plain), (max_new_tokens, words), flops)
     changed = [a != b for a, b in zip(adapted, plain)]
@@ -131,10 +133,12 @@ def prepare(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Ada
     profiled = [prompts[i] for i in profiled_rows]
     augmented = profiled + onset_prompts(profiled, [answers.adapted_onsets[i] for i in profiled_rows],
                                          [answers.plain_onsets[i] for i in profiled_rows])
-    p_donor = profile(donor, augmented, layers=adapter.layers, batch_size=batch_size, progress=False)
-    p_recipient = profile(recipient, augmented, batch_size=batch_size, progress=False)
-    flops += (forward_flops(donor, augmented, max(adapter.layers))
-              + forward_flops(recipient, augmented, recipient.n_layers - 1))
+    p_donor = profile(donor, augmented, layers=adapter.layers, batch_size=batch_size, progress=False,
+                      share_prefixes=True)
+    p_recipient = profile(recipient, augmented, batch_size=batch_size, progress=False, share_prefixes=True)
+    flops += (token_flops(donor, profile_tokens(donor, augmented, share_prefixes=True), max(adapter.layers))
+              + token_flops(recipient, profile_tokens(recipient, augmented, share_prefixes=True),
+                            recipient.n_layers - 1))
     maps = {match: match_layers(p_donor, p_recipient, match, adapter.layers) for match in ("depth", "similarity")}
     return SearchSetup(donor, recipient, adapter, fitting, scoring, profiled, augmented, targets, p_donor, p_recipient,
                        maps, batch_size, flops, tuple(adapted[i] for i in fit_rows),
