@@ -43,6 +43,7 @@ from commandv_interp.pipeline.agreement import (answer_pair, behavior_span, onse
 from commandv_interp.pipeline.candidates import native_deltas
 from commandv_interp.pipeline.forced_passes import ForcedPasses
 from commandv_interp.pipeline.polish import Distillation
+from commandv_interp.profiles import profile_tokens
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "figures"
 PAIRS = ("llama-6x128:gpt2-4x96", "gpt2-4x96:qwen2-5x160", "qwen2-5x160:llama-6x128")
@@ -68,14 +69,12 @@ def answers(donor, adapter, prompts, cache: bool) -> tuple[float, float, object]
     return time.perf_counter() - t0, flops - token_flops(donor, pair.shared_tokens), pair
 
 
-def profiles(donor, adapter, recipient, rows, cache: bool) -> tuple[float, float, object]:
-    from commandv_interp.profiles import profile_tokens
-
+def profiles(donor, adapter, recipient, texts, cache: bool) -> tuple[float, float, object]:
     t0 = time.perf_counter()
-    got = (profile(donor, rows, layers=adapter.layers, progress=False, share_prefixes=cache),
-           profile(recipient, rows, progress=False, share_prefixes=cache))
-    flops = (token_flops(donor, profile_tokens(donor, rows, cache), max(adapter.layers))
-             + token_flops(recipient, profile_tokens(recipient, rows, cache), recipient.n_layers - 1))
+    got = (profile(donor, texts, layers=adapter.layers, progress=False, share_prefixes=cache),
+           profile(recipient, texts, progress=False, share_prefixes=cache))
+    flops = (token_flops(donor, profile_tokens(donor, texts, cache), max(adapter.layers))
+             + token_flops(recipient, profile_tokens(recipient, texts, cache), recipient.n_layers - 1))
     return time.perf_counter() - t0, flops, got
 
 
@@ -113,7 +112,7 @@ def main() -> None:
     for spec in args.pairs:
         donor_name, recipient_name = spec.split(":")
         donor, adapter, recipient, edit, prompts, pair, targets = setup(donor_name, recipient_name, args.behavior)
-        rows = prompts[:96] + onset_prompts(prompts[:96], pair.adapted_onsets[:96], pair.plain_onsets[:96])
+        profiled = prompts[:96] + onset_prompts(prompts[:96], pair.adapted_onsets[:96], pair.plain_onsets[:96])
         for part in ("answers", "profiles", "score", "train"):
             times = {True: [], False: []}
             out = {}
@@ -122,7 +121,7 @@ def main() -> None:
                     if part == "answers":
                         seconds, flops, result = answers(donor, adapter, prompts, cache)
                     elif part == "profiles":
-                        seconds, flops, result = profiles(donor, adapter, recipient, rows, cache)
+                        seconds, flops, result = profiles(donor, adapter, recipient, profiled, cache)
                     elif part == "score":
                         seconds, flops, result = score(recipient, edit, targets, cache, args.scorings)
                     else:
