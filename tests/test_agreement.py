@@ -2,9 +2,10 @@
 planted answers) and limited by the model's context."""
 
 import pytest
-
+import torch
 from conftest import random_adapter, random_prompts
 
+import commandv_interp as cv
 from commandv_interp.pipeline.agreement import (ANSWER_CAP, answer_limit, answer_pair, behavior_span, donor_answers,
                                                 greedy_responses, onset_prompts, targets_from, teaching)
 
@@ -91,3 +92,16 @@ def test_answer_pairs_from_shared_prompt_states_are_the_whole_generations(backen
     assert pair.shared_tokens == (0 if backend == "tl_llama" else shared)  # the TransformerLens bridge keeps none
     with access.edited({0: lambda h, ctx: h}):  # an edit active around the call: whole generations
         assert answer_pair(access, adapter, prompts[:4], 4).shared_tokens == 0
+
+
+def test_a_half_precision_donor_answers_with_whole_generations(hf_llama):
+    """In bf16 the prompt states of a separate pass round unlike a whole generation's, so the answers stay
+    ``generate_ids``'s own."""
+    import copy
+
+    access = cv.open_model(copy.deepcopy(hf_llama[0]).to(torch.bfloat16), tokenizer=hf_llama[1], name="bf16")
+    adapter = random_adapter(access.d_model, layers=(1,), scale=3.0, seed=2)
+    prompts = random_prompts(8, seed=7)
+    pair = answer_pair(access, adapter, prompts, 12, batch_size=8)
+    assert pair.shared_tokens == 0
+    assert pair.plain == greedy_responses(access, prompts, 12, 8, whole_words=True)

@@ -111,12 +111,16 @@ def answer_pair(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], ma
     A teacher that acts at the last prompt token only (a ReFT adapter at ``positions="last"``) leaves the tokens
     before it as they are without it: where the backend keeps prefix states, both generations of a batch start from
     the same ones (:meth:`~commandv_interp.access.ModelAccess.generate_suffix`; the same tokens, to float rounding).
+    Only in float32 or float64: in half precision the prompt states of a separate pass round differently from a whole
+    generation's, and near-tied tokens flip (12 of 256 answers of the zoo's llama-6x128 jailbreak donor in bf16), so
+    a half-precision donor's answers stay what :meth:`~commandv_interp.access.ModelAccess.generate_ids` gives.
     ``share_prefix=False`` generates whole prompts every time (for comparison)."""
     prompts = list(prompts)
     teacher = teacher_of(adapter)
     ids = [list(row) for row in donor.tokenizer(prompts)["input_ids"]]
     if not (share_prefix and isinstance(teacher, Adapter) and teacher.positions == "last" and donor.supports_prefix
-            and not donor.active_edits and all(len(row) >= 2 for row in ids)):
+            and donor.dtype in (torch.float32, torch.float64) and not donor.active_edits
+            and all(len(row) >= 2 for row in ids)):
         plain, plain_onsets = _greedy(donor, prompts, max_new_tokens, batch_size, whole_words=True)
         with torch.no_grad(), teaching(donor, adapter):
             adapted, adapted_onsets = _greedy(donor, prompts, max_new_tokens, batch_size, whole_words=True)
