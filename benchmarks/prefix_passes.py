@@ -65,7 +65,8 @@ def setup(donor_name: str, recipient_name: str, behavior: str):
 def answers(donor, adapter, prompts, cache: bool) -> tuple[float, float, object]:
     t0 = time.perf_counter()
     pair = answer_pair(donor, adapter, prompts, 64, share_prefix=cache)
-    flops = sum(forward_flops(donor, [f"{p} {a}" for p, a in zip(prompts, texts)]) for texts in (pair.adapted, pair.plain))
+    flops = sum(forward_flops(donor, [f"{p} {a}" for p, a in zip(prompts, texts)])
+                for texts in (pair.adapted, pair.plain))
     return time.perf_counter() - t0, flops - token_flops(donor, pair.shared_tokens), pair
 
 

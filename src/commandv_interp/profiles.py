@@ -30,7 +30,8 @@ from commandv_interp.types import POSITION_RULES, Float, Tensor
 from commandv_interp.validation import check_layers
 from commandv_interp.version import __version__
 
-__all__ = ["ActivationProfile", "profile", "profile_tokens", "ChatTemplate", "check_profile_rank"]
+__all__ = ["ActivationProfile", "profile", "profile_tokens", "shares_prefixes", "ChatTemplate",
+           "check_profile_rank"]
 
 KIND = "commandv.activation_profile"
 MIN_FIT_PROMPTS = 3  # a held-out split needs 1 test row and 2 train rows
@@ -251,12 +252,16 @@ def _read_sharing_prefixes(access: ModelAccess, texts: Sequence[str], layers: li
 
     ids = [list(row) for row in access.tokenizer(list(texts))["input_ids"]]
     roots = continuation_roots(ids)
-    rows: dict[int, Tensor] = {}  # text index -> its vectors stacked over layers
+    out = {layer: torch.empty(len(texts), access.d_model) for layer in layers}  # filled row by row: one copy
+
+    def keep(rows: list[int], got: dict[int, Tensor]) -> None:
+        for layer in layers:
+            out[layer][rows] = got[layer]
+
     whole = [i for i, r in enumerate(roots) if r < 0]
     for start in range(0, len(whole), batch_size):
         part = whole[start:start + batch_size]
-        got = access.read(access.encode([texts[i] for i in part]), layers)
-        rows.update({i: torch.stack([got[layer][k] for layer in layers]) for k, i in enumerate(part)})
+        keep(part, access.read(access.encode([texts[i] for i in part]), layers))
     groups: dict[int, list[int]] = {}
     for i, r in enumerate(roots):
         if r >= 0:
@@ -269,11 +274,9 @@ def _read_sharing_prefixes(access: ModelAccess, texts: Sequence[str], layers: li
         for s in range(0, len(members), batch_size):
             chunk = members[s:s + batch_size]
             suffixes = [ids[i][len(ids[roots[i]]) - 1:] for _, i in chunk]
-            got = access.read_suffix(states, [j for j, _ in chunk],
-                                     Batch.right_padded(suffixes, access.tokenizer.pad_token_id), layers)
-            rows.update({i: torch.stack([got[layer][k] for layer in layers]) for k, (_, i) in enumerate(chunk)})
-    stacked = torch.stack([rows[i] for i in range(len(texts))])  # texts × layers × d_model
-    return {layer: stacked[:, k].contiguous() for k, layer in enumerate(layers)}
+            keep([i for _, i in chunk], access.read_suffix(states, [j for j, _ in chunk], Batch.right_padded(
+                suffixes, access.tokenizer.pad_token_id), layers))
+    return out
 
 
 def profile(
