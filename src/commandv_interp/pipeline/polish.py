@@ -76,6 +76,7 @@ class Distillation:
     flops: float = 0.0
     losses: list[float] = field(default_factory=list)
     passes: ForcedPasses | None = None  # over ``prompts``: steps run from their prefix states where it keeps them
+    # (None: whole passes, a ForcedPasses(cache=False) made here)
 
     def __post_init__(self) -> None:
         if len(self.prompts) != len(self.answers) or not self.prompts:
@@ -88,7 +89,9 @@ class Distillation:
                              f"{self.recipient.d_model}: start from a compiled paste or a fresh recipient adapter")
         if not (isinstance(self.lr, float | int) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if self.passes is not None and self.passes.prompts != tuple(self.prompts):
+        if self.passes is None:
+            self.passes = ForcedPasses(self.recipient, self.prompts, cache=False)
+        elif self.passes.prompts != tuple(self.prompts):
             raise ValueError("passes must be over the distillation's prompts, in their order")
         self._interventions = {layer: balanced(iv).to(self.recipient.block_device(layer), torch.float32)
                                .requires_grad_(True) for layer, iv in self.start.interventions.items()}
@@ -109,7 +112,7 @@ class Distillation:
             module.requires_grad_(False)
             for _ in range(steps):
                 batch, rows = self._next_batch()
-                cost = self.step_flops(batch) + (self.passes.pending_flops() if self.passes is not None else 0.0)
+                cost = self.step_flops(batch) + self.passes.pending_flops()
                 if flops_limit is not None and self.flops + cost > flops_limit:
                     break
                 loss = self._loss(batch, rows)
@@ -134,17 +137,12 @@ class Distillation:
         """The next batch's sequences, prompt lengths and lengths (from the last prompt token on where
         :attr:`passes` keeps prefix states), and its rows."""
         idx = self.next_indices()
-        answers = [self.answers[i] for i in idx]
-        if self.passes is not None:
-            return self.passes.sequences(idx, answers), idx
-        return response_sequences(self.recipient, [self.prompts[i] for i in idx], answers), idx
+        return self.passes.sequences(idx, [self.answers[i] for i in idx]), idx
 
     def expected_step_flops(self) -> float:
         """A step's FLOPs on a batch of average pairs (what a round is budgeted at before its batches are drawn)."""
         if self._mean_tokens is None:
-            rows = range(len(self.prompts))
-            _, _, lengths = (self.passes.sequences(rows, self.answers) if self.passes is not None
-                             else response_sequences(self.recipient, self.prompts, self.answers))
+            _, _, lengths = self.passes.sequences(range(len(self.prompts)), self.answers)
             self._mean_tokens = sum(lengths) / len(lengths)
         return 4.0 * self._n_params * self.batch_size * self._mean_tokens
 
@@ -158,15 +156,11 @@ class Distillation:
         :func:`response_sequences` (no rows: a whole pass)."""
         batch, prompt_lens, lengths = prepared
         per_layer = {layer: [iv.delta] for layer, iv in self._interventions.items()}
-        states0 = self.passes.state_flops if self.passes is not None else 0.0
+        states0 = self.passes.state_flops
         with self.recipient.edited(at_prompt_end(per_layer, prompt_lens, 1.0)):
-            if self.passes is not None and rows is not None:
-                logits = self.passes.logits(rows, batch).float()
-            else:
-                logits = self.recipient.forward(batch).float()
+            logits = (self.passes.logits(rows, batch) if rows is not None else self.recipient.forward(batch)).float()
         self.tokens += int(batch.attention_mask.sum())
-        self.flops += self.step_flops(prepared) + (self.passes.state_flops - states0 if self.passes is not None
-                                                   else 0.0)
+        self.flops += self.step_flops(prepared) + self.passes.state_flops - states0
         return next_token_loss(logits, answer_labels(batch, prompt_lens, lengths))
 
     def loss_on(self, prompts: Sequence[str], answers: Sequence[str]) -> float:
