@@ -64,8 +64,14 @@ def test_scores_and_gradients_are_those_of_whole_passes(nn_llama):
     assert_close(a.target_loglik, b.target_loglik, atol=1e-4, rtol=1e-5)
     assert_close(a.foil_loglik, b.foil_loglik, atol=1e-4, rtol=1e-5)
     assert torch.equal(a.agreement, b.agreement)
+    # the prefix states once, then each (row, response)'s states through block 0 (the lowest edited) once; every
+    # pass runs the blocks above block 0 only
+    suffixes = [cached.sequences(range(12), list(texts)) for texts in (targets.target, targets.foil)]
+    suffix_tokens = sum(int(batch.attention_mask.sum()) for batch, _, _ in suffixes)
     assert cached.state_flops == pytest.approx(token_flops(nn_llama, sum(
-        len(ids) - 1 for ids in nn_llama.tokenizer(list(targets.prompts))["input_ids"])))
+        len(ids) - 1 for ids in nn_llama.tokenizer(list(targets.prompts))["input_ids"]))
+        + token_flops(nn_llama, suffix_tokens, through_layer=0))
+    assert cached.pass_flops == pytest.approx(token_flops(nn_llama, suffix_tokens, after_layer=0))
 
     grads = []
     for passes in (ForcedPasses(nn_llama, prompts), None):
@@ -81,6 +87,63 @@ def test_scores_and_gradients_are_those_of_whole_passes(nn_llama):
     for g_cached, g_whole in zip(grads[0][1], grads[1][1]):
         if g_cached is not None:
             assert_close(g_cached, g_whole, atol=1e-5, rtol=1e-4)
+
+
+def test_a_pass_starting_above_the_unedited_blocks_equals_the_whole_pass(nn_llama, nn_gpt2):
+    """Edits at blocks 1 and 2: the pass replays block 1's output taken once without edits (blocks 0 and 1 do not
+    run), with the same logits and gradients as a whole pass; what it counts is what it runs, the states taken once
+    per (row, response); the blocks' own forward is back afterwards, also after an error."""
+    for access in (nn_llama, nn_gpt2):
+        prompts = random_prompts(5, seed=11)
+        adapter = random_adapter(access.d_model, layers=(1, 2), scale=1.0, seed=4)
+        whole, cached = _logits_both_ways(access, prompts, RESPONSES[:5], adapter)
+        for a, b in zip(cached, whole):
+            assert_close(a, b, atol=1e-5, rtol=1e-5)
+        blocks = access.torch_module.get_submodule(access._block_path)
+        own = [block.__dict__.get("forward") for block in blocks]  # nnsight may set its own
+        calls = []
+        handles = [block.register_forward_pre_hook(lambda m, a, i=i: calls.append(i)) for i, block in enumerate(blocks)]
+        passes = ForcedPasses(access, prompts)
+        batch, prompt_lens, _ = passes.sequences(range(5), RESPONSES[:5])
+        edits = at_prompt_end(native_deltas(access, adapter), prompt_lens, 1.0)
+        try:
+            with torch.no_grad(), access.edited(edits):
+                passes.logits(range(5), batch)  # prefix states, the start states, then the pass
+                calls.clear()
+                passes.logits(range(5), batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+        assert calls == list(range(len(blocks)))  # every block is called (hooks run), the lower ones replayed
+        tokens = int(batch.attention_mask.sum())
+        prefix = sum(len(ids) - 1 for ids in access.tokenizer(prompts)["input_ids"])
+        assert passes.state_flops == pytest.approx(token_flops(access, prefix) + token_flops(access, tokens, 1))
+        assert passes.pass_flops == pytest.approx(2 * token_flops(access, tokens, after_layer=1))
+        assert [block.__dict__.get("forward") for block in blocks] == own
+        with pytest.raises(ValueError, match="edit acts below block 2"):
+            with access.edited(edits):
+                access.forward_suffix(passes._states, range(5), batch, start=(2, passes._start_states(
+                    list(range(5)), batch, 2)))
+        assert [block.__dict__.get("forward") for block in blocks] == own
+        with pytest.raises(ValueError, match="same suffixes"):  # states of other suffixes: refused, and restored
+            access.forward_suffix(passes._states, range(5), batch, start=(1, torch.zeros(5, 1, access.d_model)))
+        assert [block.__dict__.get("forward") for block in blocks] == own
+
+
+def test_token_flops_after_a_block_count_the_blocks_above_and_the_head(nn_llama, nn_gpt2):
+    for access in (nn_llama, nn_gpt2):
+        module = access.torch_module
+        blocks = module.get_submodule(access._block_path)
+        total = sum(p.numel() for p in module.parameters())
+        embed, head = module.get_input_embeddings(), module.get_output_embeddings()
+        untied_embed = 0 if head.weight is embed.weight else embed.weight.numel()
+        for layer in range(access.n_layers):
+            below = sum(p.numel() for b in list(blocks)[:layer + 1] for p in b.parameters())
+            assert token_flops(access, 3, after_layer=layer) == 2 * 3 * (total - below - untied_embed)
+        with pytest.raises(ValueError, match="out of range"):
+            token_flops(access, 1, after_layer=access.n_layers)
+        with pytest.raises(ValueError, match="not both"):
+            token_flops(access, 1, through_layer=0, after_layer=0)
 
 
 def test_prefix_states_are_left_as_they_were_and_no_hook_remains(nn_llama):

@@ -306,13 +306,24 @@ class ModelAccess(ABC):
         that block and the states cover the blocks up to it."""
         raise NotImplementedError(f"the {self.backend} backend keeps no prefix states; run whole passes (forward)")
 
-    def forward_suffix(self, states: PrefixStates, rows: Sequence[int], batch: Batch
-                       ) -> Float[Tensor, "batch pos vocab"]:
+    def forward_suffix(self, states: PrefixStates, rows: Sequence[int], batch: Batch,
+                       start: tuple[int, Tensor] | None = None) -> Float[Tensor, "batch pos vocab"]:
         """Logits of a pass over right-padded suffixes whose row ``i`` continues prompt ``rows[i]`` of ``states``:
         position 0 is that prompt's last token. The active edits apply with a one-position prompt mask, so an edit
         of the last prompt token acts at position 0; every active edit must act there only (the prefix states
         were taken without edits). Keeps grad if enabled. Equals :meth:`forward` over the whole sequences at the
-        same positions, to float rounding."""
+        same positions, to float rounding.
+
+        ``start=(layer, hidden)``, ``hidden`` from :meth:`hidden_suffix` over the same suffixes, starts the pass
+        from block ``layer``'s output: only the blocks above it run (no active edit may act below it; one at
+        ``layer`` acts on ``hidden``). See :func:`~commandv_interp.access.prefix.replayed_blocks`."""
+        raise NotImplementedError(f"the {self.backend} backend keeps no prefix states; run whole passes (forward)")
+
+    def hidden_suffix(self, states: PrefixStates, rows: Sequence[int], batch: Batch, layer: int
+                      ) -> Float[Tensor, "batch pos d_model"]:
+        """Block ``layer``'s output at every position of a pass over the suffixes as :meth:`forward_suffix` runs
+        them, with no edit (the active ones do not apply), stopped after that block: where a pass under edits from
+        ``layer`` up starts (``forward_suffix(..., start=(layer, hidden))``)."""
         raise NotImplementedError(f"the {self.backend} backend keeps no prefix states; run whole passes (forward)")
 
     def generate_suffix(self, states: PrefixStates, rows: Sequence[int], prompts: Sequence[Sequence[int]],

@@ -22,7 +22,7 @@ from commandv_interp.access import intrace
 from commandv_interp.access.base import Batch, EditContext, EditFn, ModelAccess, StopForward
 from commandv_interp.access.blocks import find_block_path, rewrap_block_output, unwrap_block_output
 from commandv_interp.access.positions import gather_rows, prompt_position_mask
-from commandv_interp.access.prefix import PrefixStates, prefix_states, suffix_inputs
+from commandv_interp.access.prefix import PrefixStates, prefix_states, replayed_blocks, suffix_inputs
 from commandv_interp.types import Float, Int, Tensor
 
 __all__ = ["NNsightAccess"]
@@ -68,6 +68,7 @@ class NNsightAccess(ModelAccess):
         self.n_layers = len(hf_model.get_submodule(self._block_path))
         self.d_model = int(hf_model.get_input_embeddings().weight.shape[1])
         self.name = name or str(getattr(hf_model.config, "name_or_path", "") or type(hf_model).__name__)
+        self._block_template: object = None  # what a block returns (seen by hidden_suffix), for replayed passes
 
     @property
     def hf_config(self) -> object:
@@ -150,19 +151,53 @@ class NNsightAccess(ModelAccess):
             self._check_layers([through_layer])[0]]
         return prefix_states(self._hf, prefixes, pad, batch_size, stop_block=stop)
 
-    def forward_suffix(self, states: PrefixStates, rows, batch: Batch) -> Float[Tensor, "batch pos vocab"]:
+    def forward_suffix(self, states: PrefixStates, rows, batch: Batch,
+                       start: tuple[int, Tensor] | None = None) -> Float[Tensor, "batch pos vocab"]:
         """The Hugging Face model run directly on the suffixes and their cached prefixes, the active edits applied
-        by forward hooks on the blocks (removed on exit)."""
+        by forward hooks on the blocks (removed on exit); from ``start``'s block on (:func:`replayed_blocks`)."""
         kwargs = suffix_inputs(self._hf, states, rows, batch.input_ids, batch.attention_mask)
         blocks = self._hf.get_submodule(self._block_path)
+        replay = contextlib.nullcontext()
+        if start is not None:
+            layer = self._check_layers([start[0]])[0]
+            if any(edited < layer for edited in self._edits):
+                raise ValueError(f"an edit acts below block {layer}, where the pass would start: start it at block "
+                                 f"{min(self._edits)} or lower")
+            if self._block_template is None:
+                raise ValueError("start states come from hidden_suffix over the same suffixes; take them first")
+            replay = replayed_blocks(blocks, layer, start[1].to(self.device), self._block_template)
         mask = torch.ones((len(kwargs["input_ids"]), 1), dtype=torch.long, device=self.device)
         handles = [blocks[layer].register_forward_hook(_suffix_hook(fn, layer, mask))
                    for layer, fn in sorted(self._edits.items())]
         try:
-            return self._hf(**kwargs, use_cache=True).logits
+            with replay:
+                return self._hf(**kwargs, use_cache=True).logits
         finally:
             for handle in handles:
                 handle.remove()
+
+    def hidden_suffix(self, states: PrefixStates, rows, batch: Batch, layer: int) -> Float[Tensor, "batch pos d_model"]:
+        """Block ``layer``'s output at every suffix position of a pass with no edit (the active ones are not applied
+        here), stopped after that block: detached, on the model's device and in its dtype."""
+        layer = self._check_layers([layer])[0]
+        kwargs = suffix_inputs(self._hf, states, rows, batch.input_ids, batch.attention_mask)
+        saved: dict[str, Tensor] = {}
+
+        def keep(module, args, output):
+            saved["hidden"] = unwrap_block_output(output).detach()
+            if self._block_template is None:  # the structure the blocks return, for replayed_blocks
+                self._block_template = output if isinstance(output, torch.Tensor) else (None,) + tuple(output[1:])
+            raise StopForward
+
+        handle = self._hf.get_submodule(self._block_path)[layer].register_forward_hook(keep)
+        try:
+            with torch.no_grad():
+                self._hf(**kwargs, use_cache=True)
+        except StopForward:
+            pass
+        finally:
+            handle.remove()
+        return saved["hidden"]
 
     def generate_suffix(self, states: PrefixStates, rows, prompts, max_new_tokens: int) -> Int[Tensor, "batch new"]:
         """Hugging Face ``generate`` on the left-padded prompts with their prefixes' cache (so its first pass runs the

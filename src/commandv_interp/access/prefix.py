@@ -11,6 +11,11 @@ access layer supports), and a backward through it gives the same gradients, at a
 Rows of different prompts are batched by left-padding their prefixes (masked) and right-padding the suffixes; each
 row's positions continue from its own prefix length.
 
+An edit at the last prompt token of block ``L`` leaves every block up to ``L`` as it is at every suffix position
+(the edit writes into ``L``'s output; nothing reads forward). A pass under edits from block ``L`` up can then start
+from ``L``'s output as a plain pass gave it (:func:`replayed_blocks`): the blocks below return what they are given,
+block ``L`` returns those states, the edit's hook acts on them, and only the blocks above run.
+
 The same states serve texts that continue one another (a prompt, and the prompt followed by a word): with no edit
 active, the state at each text's last token is read from a pass over its tokens after its *root*'s prefix
 (:func:`continuation_roots`), so a profile of prompts and their continuations runs each prompt once.
@@ -21,15 +26,18 @@ active, the state at each text's last token is read from a pass over its tokens 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from commandv_interp.types import Int, Tensor
+from commandv_interp.access.blocks import rewrap_block_output
+from commandv_interp.types import Float, Int, Tensor
 
-__all__ = ["PrefixStates", "continuation_roots", "prefix_states", "shared_prefix_tokens", "suffix_inputs"]
+__all__ = ["PrefixStates", "continuation_roots", "prefix_states", "replayed_blocks", "shared_prefix_tokens",
+           "suffix_inputs"]
 
 
 @dataclass(frozen=True)
@@ -172,3 +180,38 @@ def _left_pad(x: Tensor, width: int) -> Tensor:
     if x.shape[1] == width:
         return x
     return torch.cat([x.new_zeros(x.shape[0], width - x.shape[1], x.shape[2]), x], 1)
+
+
+@contextlib.contextmanager
+def replayed_blocks(blocks: torch.nn.ModuleList, layer: int, hidden: Float[Tensor, "batch pos d_model"],
+                    template: object) -> Iterator[None]:
+    """Within the block, ``blocks[:layer]`` return their input and ``blocks[layer]`` returns ``hidden`` (its output
+    over the same inputs in a pass with no edit), each in the structure of ``template`` (an output of one of these
+    blocks), without running: a pass costs the blocks above ``layer``. Hooks on the blocks still run, so an edit at
+    ``layer`` acts on ``hidden``. The blocks' own ``forward`` is restored on exit, also on exceptions."""
+    if not 0 <= layer < len(blocks):
+        raise ValueError(f"layer {layer} out of range for {len(blocks)} blocks")
+
+    def passed(*args, **kwargs):
+        given = args[0] if args else kwargs.get("hidden_states")
+        return rewrap_block_output(template, given)
+
+    def replayed(*args, **kwargs):
+        given = args[0] if args else kwargs.get("hidden_states")
+        if given is not None and tuple(given.shape) != tuple(hidden.shape):
+            raise ValueError(f"the replayed states are {tuple(hidden.shape)}, the pass's {tuple(given.shape)}: "
+                             "take them over the same suffixes")
+        return rewrap_block_output(template, hidden)
+
+    own = [block.__dict__.get("forward") for block in blocks[:layer + 1]]
+    try:
+        for block in blocks[:layer]:
+            block.forward = passed
+        blocks[layer].forward = replayed
+        yield
+    finally:
+        for block, forward in zip(blocks[:layer + 1], own):
+            if forward is None:
+                block.__dict__.pop("forward", None)
+            else:
+                block.forward = forward

@@ -81,10 +81,17 @@ def forward_flops(access: ModelAccess, prompts: Sequence[str], through_layer: in
     return token_flops(access, tokens, through_layer)
 
 
-def token_flops(access: ModelAccess, tokens: int | float, through_layer: int | None = None) -> float:
+def token_flops(access: ModelAccess, tokens: int | float, through_layer: int | None = None,
+                after_layer: int | None = None) -> float:
     """Estimated FLOPs of a forward pass over ``tokens`` tokens (``2 · params · tokens``, ``params`` as in
-    :func:`forward_flops`): what a pass over token ids already in hand costs."""
-    return 2.0 * _params_through(access, through_layer) * float(tokens)
+    :func:`forward_flops`): what a pass over token ids already in hand costs. With ``after_layer`` the pass starts
+    from that block's output (:meth:`ModelAccess.forward_suffix` with ``start``): the input embedding and the blocks
+    up to it are not counted."""
+    if after_layer is None:
+        return 2.0 * _params_through(access, through_layer) * float(tokens)
+    if through_layer is not None:
+        raise ValueError("give through_layer or after_layer, not both")
+    return 2.0 * _params_after(access, after_layer) * float(tokens)
 
 
 def _params_through(access: ModelAccess, through_layer: int | None) -> int:
@@ -104,3 +111,22 @@ def _params_through(access: ModelAccess, through_layer: int | None) -> int:
     embed = getattr(module, "get_input_embeddings", lambda: None)()
     untied = head is not None and (embed is None or head.weight is not embed.weight)
     return total - above - (sum(p.numel() for p in head.parameters()) if untied else 0)
+
+
+def _params_after(access: ModelAccess, after_layer: int) -> int:
+    """The parameters a pass starting from block ``after_layer``'s output runs: the whole model's but the input
+    embedding (when the head does not share it) and the blocks up to ``after_layer``."""
+    module = access.torch_module
+    if not 0 <= after_layer < access.n_layers:
+        raise ValueError(f"after_layer={after_layer} out of range for {access.name!r} with "
+                         f"n_layers={access.n_layers}")
+    total = sum(p.numel() for p in module.parameters())
+    try:
+        blocks = module.get_submodule(find_block_path(module))
+    except (ValueError, AttributeError):
+        return total  # not a Hugging Face layout: count the whole model (an over-estimate)
+    below = sum(p.numel() for block in list(blocks)[:after_layer + 1] for p in block.parameters())
+    head = getattr(module, "get_output_embeddings", lambda: None)()
+    embed = getattr(module, "get_input_embeddings", lambda: None)()
+    shared = head is not None and embed is not None and head.weight is embed.weight
+    return total - below - (0 if shared or embed is None else sum(p.numel() for p in embed.parameters()))

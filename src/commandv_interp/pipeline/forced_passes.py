@@ -6,7 +6,9 @@ and each such edit acts at the last prompt token only. Where the backend keeps p
 (:attr:`~commandv_interp.access.ModelAccess.supports_prefix`), the prompts' tokens before the last are run once
 (:meth:`~commandv_interp.access.ModelAccess.prefix_states`) and every later pass covers the last prompt token and the
 response only (:meth:`~commandv_interp.access.ModelAccess.forward_suffix`): the same logits at those positions, at
-the cost of the suffix's tokens. Elsewhere every pass is whole. Either way a pass's batch comes with each row's
+the cost of the suffix's tokens. Under edits from block ``L`` up, such a pass also starts from ``L``'s output over
+the suffix, taken once per row from a pass with no edit (:meth:`~commandv_interp.access.ModelAccess.hidden_suffix`):
+the blocks up to ``L`` are the same under every edit, so only those above run. Elsewhere every pass is whole. Either way a pass's batch comes with each row's
 prompt length and total length in its own coordinates (a suffix's prompt is its first position), so the code that
 reads the logits (:func:`~commandv_interp.pipeline.agreement.at_prompt_end`,
 :func:`~commandv_interp.pipeline.agreement.answer_labels`) is the same for both.
@@ -29,8 +31,11 @@ class ForcedPasses:
 
     Attributes:
         cached: whether passes start from the prompts' prefix states (``cache``, the backend keeps them, no edit is
-            active when the passes are set up, and every prompt has at least two tokens).
-        state_flops: the FLOPs of computing the prefix states (0 until the first pass needs them).
+            active when the passes are set up, and every prompt has at least two tokens), and under edits from the
+            lowest edited block's output.
+        state_flops: the FLOPs of the states computed for the passes: the prefix states (on the first pass) and
+            each row's start states (on the first pass that needs them).
+        pass_flops: the FLOPs of the passes themselves (forward), so far.
     """
 
     def __init__(self, recipient: ModelAccess, prompts: Sequence[str], batch_size: int = 32,
@@ -44,13 +49,32 @@ class ForcedPasses:
                            and all(len(ids) >= 2 for ids in self._ids))
         self._batch_size = batch_size
         self._states = None
+        self._starts: dict[tuple[int, int, tuple[int, ...]], Tensor] = {}  # (block, row, suffix ids) → its output
         self.state_flops = 0.0
+        self.pass_flops = 0.0
 
     def pending_flops(self) -> float:
         """What the next pass adds for the prefix states: their cost before they exist, 0 after."""
         if not self.cached or self._states is not None:
             return 0.0
         return token_flops(self.recipient, sum(len(ids) - 1 for ids in self._ids))
+
+    def token_cost(self, layer: int | None) -> float:
+        """The FLOPs per token of a pass under edits from block ``layer`` up (``None``: no edit)."""
+        if self.cached and layer is not None:
+            return token_flops(self.recipient, 1, after_layer=layer)
+        return token_flops(self.recipient, 1)
+
+    def costs(self, rows: Sequence[int], batch: Batch, layer: int | None) -> tuple[float, float]:
+        """What :meth:`logits` over ``batch`` (its ``rows``) under edits from block ``layer`` up adds: the FLOPs of
+        the states it computes first (prefix states, start states) and those of the pass itself."""
+        pass_cost = self.token_cost(layer) * int(batch.attention_mask.sum())
+        if not self.cached or layer is None:
+            return self.pending_flops(), pass_cost
+        missing = {key: n for key, n in zip(self._start_keys(rows, batch, layer), batch.attention_mask.sum(1).tolist())
+                   if key not in self._starts}
+        return (self.pending_flops() + token_flops(self.recipient, sum(missing.values()), through_layer=layer),
+                pass_cost)
 
     def sequences(self, rows: Sequence[int], responses: Sequence[str]) -> tuple[Batch, list[int], list[int]]:
         """The right-padded ids of each ``prompts[rows[i]] + " " + responses[i]`` (from its last prompt token on when
@@ -63,14 +87,46 @@ class ForcedPasses:
 
     def logits(self, rows: Sequence[int], batch: Batch) -> Float[Tensor, "batch pos vocab"]:
         """Logits of a pass over ``batch`` (from :meth:`sequences` with the same ``rows``), with the active edits
-        (which must act at the last prompt token only); computes the prefix states on first need."""
+        (which must act at the last prompt token only); computes the states it needs on first need."""
+        rows = list(rows)
+        layer = min(self.recipient.active_edits, default=None)
+        before, cost = self.costs(rows, batch, layer)
         if not self.cached:
-            return self.recipient.forward(batch)
-        if self._states is None:
-            pending = self.pending_flops()
-            self._states = self.recipient.prefix_states([ids[:-1] for ids in self._ids], self._batch_size)
-            self.state_flops = pending
-        return self.recipient.forward_suffix(self._states, list(rows), batch)
+            out = self.recipient.forward(batch)
+        else:
+            if self._states is None:
+                self._states = self.recipient.prefix_states([ids[:-1] for ids in self._ids], self._batch_size)
+            if layer is None:
+                out = self.recipient.forward_suffix(self._states, rows, batch)
+            else:
+                start = self._start_states(rows, batch, layer)
+                out = self.recipient.forward_suffix(self._states, rows, batch, start=(layer, start))
+        self.state_flops += before
+        self.pass_flops += cost
+        return out
+
+    def _start_keys(self, rows: Sequence[int], batch: Batch, layer: int) -> list[tuple[int, int, tuple[int, ...]]]:
+        lengths = batch.attention_mask.sum(1).tolist()
+        return [(layer, row, tuple(batch.input_ids[i, :n].tolist())) for i, (row, n) in enumerate(zip(rows, lengths))]
+
+    def _start_states(self, rows: list[int], batch: Batch, layer: int) -> Tensor:
+        """Block ``layer``'s output over ``batch`` with no edit (zeros at padding), each row's taken once."""
+        keys = self._start_keys(rows, batch, layer)
+        first_seen: dict[tuple, int] = {}
+        for i, key in enumerate(keys):
+            if key not in self._starts:
+                first_seen.setdefault(key, i)  # a row drawn twice is run once
+        todo = list(first_seen.values())
+        if todo:
+            part = _right_padded([list(keys[i][2]) for i in todo], self.recipient.tokenizer)
+            hidden = self.recipient.hidden_suffix(self._states, [rows[i] for i in todo], part, layer)
+            for j, i in enumerate(todo):
+                self._starts[keys[i]] = hidden[j, :len(keys[i][2])].clone()
+        first = self._starts[keys[0]]
+        out = first.new_zeros((len(keys), batch.input_ids.shape[1], first.shape[-1]))
+        for i, key in enumerate(keys):
+            out[i, :len(key[2])] = self._starts[key]
+        return out
 
 
 def response_sequences(access: ModelAccess, prompts: Sequence[str], responses: Sequence[str]

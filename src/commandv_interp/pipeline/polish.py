@@ -16,7 +16,9 @@ Started from a compiled paste, a few steps close the gap the linear converters l
 and scale in the recipient); started from a fresh adapter (``start="scratch"`` in :func:`~commandv_interp.transfer`)
 the same procedure is the distillation baseline a paste has to beat. FLOPs are counted as a training run counts them
 (``4 · params · tokens``, as :class:`~commandv_interp.adapters.TrainingRecord`), so they compare with a finetune's,
-and :func:`finetune_flops_estimate` estimates that finetune from the prompts and answers (the budget's unit).
+and :func:`finetune_flops_estimate` estimates that finetune from the prompts and answers (the budget's unit). Where
+the passes start from cached states (:class:`~commandv_interp.pipeline.forced_passes.ForcedPasses`), ``params`` are
+those of the blocks above the lowest edited one and the head, and the states are counted once, as computed.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ class Distillation:
         params = [p for iv in self._interventions.values() for p in iv.parameters()]
         self._optimizer = torch.optim.AdamW(params, lr=self.lr)
         self._generator = torch.Generator().manual_seed(self.seed)
-        self._n_params = sum(p.numel() for p in self.recipient.torch_module.parameters())
+        self._lowest = min(self._interventions)  # the passes start from this block's output where they can
         self._strata = strata(self.changed, len(self.prompts))
         self._mean_tokens: float | None = None
 
@@ -112,7 +114,7 @@ class Distillation:
             module.requires_grad_(False)
             for _ in range(steps):
                 batch, rows = self._next_batch()
-                cost = self.step_flops(batch) + self.passes.pending_flops()
+                cost = self.step_flops(batch, rows)
                 if flops_limit is not None and self.flops + cost > flops_limit:
                     break
                 loss = self._loss(batch, rows)
@@ -140,27 +142,30 @@ class Distillation:
         return self.passes.sequences(idx, [self.answers[i] for i in idx]), idx
 
     def expected_step_flops(self) -> float:
-        """A step's FLOPs on a batch of average pairs (what a round is budgeted at before its batches are drawn)."""
+        """A step's FLOPs on a batch of average pairs (what a round is budgeted at before its batches are drawn;
+        the states computed once for the passes not included)."""
         if self._mean_tokens is None:
             _, _, lengths = self.passes.sequences(range(len(self.prompts)), self.answers)
             self._mean_tokens = sum(lengths) / len(lengths)
-        return 4.0 * self._n_params * self.batch_size * self._mean_tokens
+        return 2.0 * self.passes.token_cost(self._lowest) * self.batch_size * self._mean_tokens
 
-    def step_flops(self, batch: tuple[Batch, list[int], list[int]]) -> float:
-        """A training step's FLOPs on ``batch``: forward and backward through activations, as a finetune counts
-        them (``4 · params · tokens``)."""
-        return 4.0 * self._n_params * int(batch[0].attention_mask.sum())
+    def step_flops(self, batch: tuple[Batch, list[int], list[int]], rows: Sequence[int]) -> float:
+        """A training step's FLOPs on ``batch`` (its ``rows``): the states its passes compute first, then forward and
+        backward through activations of the blocks the pass runs, as a finetune counts them (``4 · params ·
+        tokens``, the params of the blocks above the lowest edited one where the passes start there)."""
+        before, forward = self.passes.costs(rows, batch[0], self._lowest)
+        return before + 2.0 * forward
 
     def _loss(self, prepared: tuple[Batch, list[int], list[int]], rows: list[int] | None = None) -> torch.Tensor:
         """The loss on a batch of :meth:`_next_batch` (its ``rows`` given: run through :attr:`passes`) or of
         :func:`response_sequences` (no rows: a whole pass)."""
         batch, prompt_lens, lengths = prepared
         per_layer = {layer: [iv.delta] for layer, iv in self._interventions.items()}
-        states0 = self.passes.state_flops
+        states0, passes0 = self.passes.state_flops, self.passes.pass_flops
         with self.recipient.edited(at_prompt_end(per_layer, prompt_lens, 1.0)):
             logits = (self.passes.logits(rows, batch) if rows is not None else self.recipient.forward(batch)).float()
         self.tokens += int(batch.attention_mask.sum())
-        self.flops += self.step_flops(prepared) + self.passes.state_flops - states0
+        self.flops += self.passes.state_flops - states0 + 2.0 * (self.passes.pass_flops - passes0)
         return next_token_loss(logits, answer_labels(batch, prompt_lens, lengths))
 
     def loss_on(self, prompts: Sequence[str], answers: Sequence[str]) -> float:

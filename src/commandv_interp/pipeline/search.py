@@ -209,10 +209,10 @@ class CandidateSearch:
         todo = [i for i in range(n) if i not in seen]
         if todo:
             deltas = candidate.deltas(self.setup.recipient_model) if candidate is not None else None
-            states0 = self._passes.state_flops
+            spent0 = self._passes.state_flops + self._passes.pass_flops
             new = score_responses(self.setup.recipient_model, self.setup.targets, deltas, 1.0, self.setup.batch_size,
                                   foil=False, rows=todo, passes=self._passes)
-            self.flops += sum(self._row_flops[i] for i in todo) + self._passes.state_flops - states0
+            self.flops += self._passes.state_flops + self._passes.pass_flops - spent0
             if have is not None:
                 new = ResponseScores(torch.cat([have.scores.target_loglik, new.target_loglik]),
                                      torch.cat([have.scores.agreement, new.agreement]))
@@ -225,7 +225,8 @@ class CandidateSearch:
         return pd.DataFrame(self.rows)
 
     def score_cost(self) -> float:
-        """The FLOPs of scoring a new candidate on all the scoring prompts."""
+        """The FLOPs of scoring a new candidate on all the scoring prompts in whole passes from the first block: an
+        upper bound (a candidate's passes start from its lowest edited block where the prefix states are kept)."""
         return sum(self._row_flops)
 
     def best(self, n: int | None = None, stage: int | None = None) -> Candidate:
