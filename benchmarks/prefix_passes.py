@@ -13,6 +13,9 @@ on the way ``cv.transfer`` does it (``pipeline.forced_passes.ForcedPasses``), an
   scoring is), ``--scorings`` times;
 - ``train``: ``--steps`` polish steps (``pipeline.polish.Distillation``, 16 pairs a step) from the same start.
 
+Cached, a scoring or training pass also starts from the output of the edit's lowest block, taken once per prompt and
+answer (the blocks up to it are the same under the edit), so it runs only the blocks above.
+
 Each is run whole and from cached states (their pass over the prompts included), in alternating order over
 ``--rounds`` rounds; a ratio is the median over rounds of the cached time over the whole time in the same round
 (paired: a slow spell of a shared machine hits both). The FLOPs are what each counted. The results must agree: the
@@ -82,11 +85,9 @@ def profiles(donor, adapter, recipient, texts, cache: bool) -> tuple[float, floa
 def score(recipient, edit, targets, cache: bool, scorings: int) -> tuple[float, float, object]:
     t0 = time.perf_counter()
     passes = ForcedPasses(recipient, targets.prompts, cache=cache)
-    batch, _, _ = passes.sequences(range(len(targets.prompts)), targets.target)
     for _ in range(scorings):
         scores = score_responses(recipient, targets, native_deltas(recipient, edit), 1.0, foil=False, passes=passes)
-    flops = passes.state_flops + scorings * token_flops(recipient, int(batch.attention_mask.sum()))
-    return time.perf_counter() - t0, flops, scores
+    return time.perf_counter() - t0, passes.state_flops + passes.pass_flops, scores
 
 
 def train(recipient, edit, targets, cache: bool, steps: int) -> tuple[float, float, float]:

@@ -189,15 +189,22 @@ class NNsightAccess(ModelAccess):
                 self._block_template = output if isinstance(output, torch.Tensor) else (None,) + tuple(output[1:])
             raise StopForward
 
-        handle = self._hf.get_submodule(self._block_path)[layer].register_forward_hook(keep)
+        self._stopped_pass(kwargs, {layer: keep})
+        return saved["hidden"]
+
+    def _stopped_pass(self, kwargs: dict, hooks: dict) -> None:
+        """A no-grad pass of the Hugging Face model over ``kwargs`` with forward ``hooks`` on blocks (layer → hook;
+        one of them raises :class:`StopForward` to end the pass there), removed on exit."""
+        blocks = self._hf.get_submodule(self._block_path)
+        handles = [blocks[layer].register_forward_hook(hook) for layer, hook in hooks.items()]
         try:
             with torch.no_grad():
                 self._hf(**kwargs, use_cache=True)
         except StopForward:
             pass
         finally:
-            handle.remove()
-        return saved["hidden"]
+            for handle in handles:
+                handle.remove()
 
     def generate_suffix(self, states: PrefixStates, rows, prompts, max_new_tokens: int) -> Int[Tensor, "batch new"]:
         """Hugging Face ``generate`` on the left-padded prompts with their prefixes' cache (so its first pass runs the
@@ -251,7 +258,6 @@ class NNsightAccess(ModelAccess):
             raise ValueError(f"the prefix states cover layers up to {len(states.keys[rows[0]]) - 1}, "
                              f"the read asks for {max(layers)}; take them with through_layer={max(layers)}")
         kwargs = suffix_inputs(self._hf, states, rows, batch.input_ids, batch.attention_mask)
-        blocks = self._hf.get_submodule(self._block_path)
         last = (batch.attention_mask.sum(1) - 1).to(self.device)
         saved: dict[int, Tensor] = {}
 
@@ -264,15 +270,7 @@ class NNsightAccess(ModelAccess):
                     raise StopForward
             return hook
 
-        handles = [blocks[layer].register_forward_hook(keep(layer)) for layer in layers]
-        try:
-            with torch.no_grad():
-                self._hf(**kwargs, use_cache=True)
-        except StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
+        self._stopped_pass(kwargs, {layer: keep(layer) for layer in layers})
         return saved
 
     def _generate_ids(self, batch: Batch, max_new_tokens: int) -> Int[Tensor, "batch new"]:
