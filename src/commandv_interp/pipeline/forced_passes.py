@@ -8,8 +8,9 @@ and each such edit acts at the last prompt token only. Where the backend keeps p
 response only (:meth:`~commandv_interp.access.ModelAccess.forward_suffix`): the same logits at those positions, at
 the cost of the suffix's tokens. Under edits from block ``L`` up, such a pass also starts from ``L``'s output over
 the suffix, taken once per row from a pass with no edit (:meth:`~commandv_interp.access.ModelAccess.hidden_suffix`):
-the blocks up to ``L`` are the same under every edit, so only those above run. Elsewhere every pass is whole. Either way a pass's batch comes with each row's
-prompt length and total length in its own coordinates (a suffix's prompt is its first position), so the code that
+the blocks up to ``L`` are the same under every edit, so only those above run. Elsewhere every pass is whole.
+Either way a pass's batch comes with each row's prompt length and total length in its own coordinates (a suffix's
+prompt is its first position), so the code that
 reads the logits (:func:`~commandv_interp.pipeline.agreement.at_prompt_end`,
 :func:`~commandv_interp.pipeline.agreement.answer_labels`) is the same for both.
 """
