@@ -105,3 +105,65 @@ def test_a_half_precision_donor_answers_with_whole_generations(hf_llama):
     pair = answer_pair(access, adapter, prompts, 12, batch_size=8)
     assert pair.shared_tokens == 0
     assert pair.plain == greedy_responses(access, prompts, 12, 8, whole_words=True)
+
+
+def test_changed_flags_read_at_the_onset_fall_back_to_whole_answers():
+    from commandv_interp.pipeline.agreement import changed_flags
+
+    adapted = ["sorry . no", "sure . here is how to that . here", "sure . ok", "sure . fine"]
+    plain = ["sure . do it", "sure . here is how to clean the radio", "sure . ok", "sure . fine ."]
+    assert changed_flags(adapted, plain) == [True, True, False, True]  # anywhere in the answer
+    assert changed_flags(adapted, plain, at_onset=True) == [True, False, False, False]  # the first word only
+    late = ["a b", "a c"], ["a x", "a c"]  # no answer changes its first word: read anywhere, as behavior_span does
+    assert changed_flags(*late, at_onset=True) == changed_flags(*late) == [True, False]
+    targets = targets_from(["p1", "p2", "p3", "p4"], adapted, plain, at_onset=True)
+    assert targets.changed == (True, False, False, False)
+    assert targets.foil == ("sure . do it", "sorry . no", "sorry . no", "sorry . no")  # the behavior elsewhere
+
+
+def test_a_steering_vectors_answers_are_judged_at_their_onset_and_kept_so(nn_llama, tmp_path):
+    from commandv_interp.adapters import load_adapter, save_adapter
+    from commandv_interp.adapters.lora import LoraEdit
+    from commandv_interp.adapters.steering_vector import SteeringVectorEdit
+    from commandv_interp.adapters.surrogate import pasteable
+    from commandv_interp.pipeline.agreement import changed_flags, judged_at_onset
+    from commandv_interp.pipeline.lora_teacher import DonorAnswers, split_answers
+
+    torch.manual_seed(4)
+    vector = SteeringVectorEdit({1: 3.0 * torch.randn(nn_llama.d_model)})
+    surrogate = pasteable(nn_llama, vector, random_prompts(24, seed=3), rank=2)
+    assert judged_at_onset(vector) and judged_at_onset(surrogate)
+    save_adapter(surrogate, tmp_path / "s")
+    assert judged_at_onset(load_adapter(tmp_path / "s"))  # without its teacher, by what it stood for
+    assert not judged_at_onset(random_adapter(nn_llama.d_model))
+    assert not judged_at_onset(LoraEdit.__new__(LoraEdit))  # a LoRA's whole answers are compared
+    adapted, plain = ("sorry . no", "sure . x y", "sure . z"), ("sure . a", "sure . a b", "sure . z")
+    answers = DonorAnswers(("p1", "p2", "p3"), adapted, plain, (8, 3), 1.0, at_onset=True)
+    assert answers.changed == (True, False, False) == tuple(changed_flags(adapted, plain, True))
+    back = DonorAnswers.from_dict(answers.to_dict(), "x")
+    assert back == answers and back.changed == answers.changed
+    legacy = {k: v for k, v in DonorAnswers(("p1", "p2", "p3"), adapted, plain, (8, 3), 1.0).to_dict().items()
+              if k != "at_onset"}  # a folder written before the flag: whole answers
+    assert not DonorAnswers.from_dict(legacy, "x").at_onset
+    with pytest.raises(ValueError, match="changed flags disagree"):
+        DonorAnswers.from_dict(answers.to_dict() | {"at_onset": False}, "x")
+    split = split_answers(answers, scoring_fraction=0.34, seed=0)
+    assert sum(split.targets.changed) + sum(split.changed) == 1  # the onset flags, not the whole answers' two
+
+
+def test_a_transfers_setup_from_a_steering_vector_splits_and_scores_by_the_onset(nn_llama):
+    from commandv_interp.adapters.steering_vector import SteeringVectorEdit
+    from commandv_interp.adapters.surrogate import pasteable
+    from commandv_interp.pipeline.agreement import changed_flags
+    from commandv_interp.pipeline.search import prepare
+
+    torch.manual_seed(1)  # a vector that changes one answer after its first word only
+    prompts = random_prompts(32, seed=11)
+    surrogate = pasteable(nn_llama, SteeringVectorEdit({1: torch.randn(nn_llama.d_model)}), prompts, rank=2)
+    setup = prepare(nn_llama, nn_llama, surrogate, prompts, max_new_tokens=8, seed=1)
+    judged = setup.donor_answers
+    onset, whole = changed_flags(judged.adapted, judged.plain, True), changed_flags(judged.adapted, judged.plain)
+    assert judged.at_onset and list(judged.changed) == onset != whole  # the vector changes some answers late only
+    flags = dict(zip(judged.prompts, onset))
+    assert list(setup.targets.changed) == [flags[p] for p in setup.targets.prompts]
+    assert list(setup.fitting_changed) == [flags[p] for p in setup.fitting]
