@@ -6,10 +6,7 @@ For each scoring prompt the donor answers twice, greedily: with its adapter (the
 Where the two differ, the adapter changed the answer and the other one is the *foil*: a faithful paste makes the
 recipient prefer the target over the foil. Where they agree, the adapter left the prompt alone (a benign request
 under a refusal adapter) and a faithful paste must leave it alone too: the foil is then an answer the adapter gave
-to *another* prompt, i.e. the behavior where it does not belong (what an over-eager paste produces). A steering
-vector's answers are read at their first word (:func:`judged_at_onset`): it adds the same vector at every generated
-token too, so what it changes after an answer's first word is mostly its imprint on the text, not a decision taken at
-the prompt.
+to *another* prompt, i.e. the behavior where it does not belong (what an over-eager paste produces).
 
 The recipient scores both responses teacher-forced, re-tokenized with its own tokenizer after the prompt, with the
 edit acting where the paste acts when it generates: the last prompt token (the responses' own positions then read
@@ -41,13 +38,12 @@ from commandv_interp.access.limits import check_fits_context, context_length
 from commandv_interp.adapters import Adapter
 from commandv_interp.adapters.edit import Edit, apply_edit
 from commandv_interp.adapters.edits import DeltaFn
-from commandv_interp.adapters.steering_vector import SteeringVectorEdit
 from commandv_interp.adapters.surrogate import teacher_of
 from commandv_interp.pipeline.forced_passes import ForcedPasses, response_sequences
 from commandv_interp.types import Float, Int, Tensor
 
 __all__ = ["DonorTargets", "ResponseScores", "AnswerPair", "at_prompt_end", "answer_limit", "answer_pair",
-           "behavior_span", "changed_flags", "judged_at_onset", "donor_answers", "donor_targets", "greedy_responses", "onset_prompts",
+           "behavior_span", "donor_answers", "donor_targets", "greedy_responses", "onset_prompts",
            "response_sequences", "answer_labels", "score_responses", "summarize", "targets_from", "teaching", "ANSWER_CAP"]
 
 ANSWER_CAP = 64  # new tokens at most in a donor answer: answers end at EOS or a newline first (whole answers)
@@ -84,7 +80,7 @@ def donor_targets(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], 
     """
     prompts = list(prompts)
     adapted, plain = donor_answers(donor, adapter, prompts, max_new_tokens, batch_size)
-    return targets_from(prompts, adapted, plain, max_new_tokens, at_onset=judged_at_onset(adapter))
+    return targets_from(prompts, adapted, plain, max_new_tokens)
 
 
 def donor_answers(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], max_new_tokens: int,
@@ -144,36 +140,15 @@ def answer_pair(donor: ModelAccess, adapter: Adapter, prompts: Sequence[str], ma
                       shared_tokens=sum(len(row) - 1 for row in ids))
 
 
-def judged_at_onset(edit: Edit) -> bool:
-    """Whether the answers of ``edit`` (a surrogate's: its teacher's) are read as changed at their first word only
-    (:func:`changed_flags`): a steering vector's. It adds the same vector at every generated token too, so after an
-    answer's first word it mostly garbles what the donor would say (``sure . here is how to that . here`` for
-    ``sure . here is how to clean the radio``: 54 of the 58 benign answers of gpt2-4x96's refusal vector), and a
-    transfer that counted those prompts as changed would learn the behavior there, on benign requests. A ReFT adapter
-    or a LoRA changes later words too (the tool a compliance names), as part of its behavior: their whole answers
-    are compared. A surrogate loaded without its teacher says what it stood for (``surrogate_of``)."""
-    metadata = getattr(edit, "metadata", None) or {}
-    return isinstance(teacher_of(edit), SteeringVectorEdit) or metadata.get("surrogate_of") == SteeringVectorEdit.kind
-
-
-def changed_flags(adapted: Sequence[str], plain: Sequence[str], at_onset: bool = False) -> list[bool]:
-    """Per answer pair, whether the edit changed the answer: anywhere in it, or with ``at_onset`` in its first word
-    (when it changed some answer's first word; else anywhere, as :func:`behavior_span` falls back)."""
-    first = lambda text: text.split()[:1]  # noqa: E731
-    onset = [first(a) != first(b) for a, b in zip(adapted, plain)]
-    return onset if at_onset and any(onset) else [a != b for a, b in zip(adapted, plain)]
-
-
 def targets_from(prompts: Sequence[str], adapted: Sequence[str], plain: Sequence[str],
-                 max_new_tokens: int | None = None, at_onset: bool = False) -> DonorTargets:
+                 max_new_tokens: int | None = None) -> DonorTargets:
     """The target/foil pairs of the donor's answers with (``adapted``) and without (``plain``) its adapter (see the
     module doc); prompts left with no foil (unchanged, and no other prompt's answer changed to differ) are dropped.
-    ``at_onset``: an answer counts as changed by its first word (:func:`changed_flags`).
 
     Raises:
         ValueError: the adapter changes none of the answers.
     """
-    changed = changed_flags(adapted, plain, at_onset)
+    changed = [a != b for a, b in zip(adapted, plain)]
     moved = [a for a, c in zip(adapted, changed) if c]
     if not moved:
         limit = f"first {max_new_tokens} " if max_new_tokens is not None else ""

@@ -20,8 +20,8 @@ import pandas as pd
 
 from commandv_interp.access import ModelAccess, open_model
 from commandv_interp.adapters.layer_subsets import layer_subsets
-from commandv_interp.pipeline.agreement import (DonorTargets, answer_limit, donor_answers, judged_at_onset,
-                                                score_responses, summarize, targets_from)
+from commandv_interp.pipeline.agreement import (DonorTargets, answer_limit, donor_answers, score_responses,
+                                                summarize, targets_from)
 from commandv_interp.pipeline.candidates import Candidate
 from commandv_interp.pipeline.labels import polish_steps_of
 from commandv_interp.pipeline.result import Transfer
@@ -96,4 +96,4 @@ def answer_targets(t: Transfer, donor: ModelAccess, recipient: ModelAccess, prom
     adapted, plain = donor_answers(donor, t.donor_adapter, prompts, cap, t.config.batch_size)
     if words:
         adapted, plain = ([" ".join(text.split()[:words]) for text in texts] for texts in (adapted, plain))
-    return targets_from(prompts, adapted, plain, cap, judged_at_onset(t.donor_adapter))
+    return targets_from(prompts, adapted, plain, cap)

@@ -29,8 +29,7 @@ from commandv_interp.adapters.edit import Edit
 from commandv_interp.adapters.lora import LoraEdit, lora_applied
 from commandv_interp.adapters.surrogate import teacher_of
 from commandv_interp.pipeline.agreement import (ANSWER_CAP, DonorTargets, answer_limit, behavior_span,
-                                                changed_flags, greedy_responses, judged_at_onset, score_responses,
-                                                summarize, targets_from, teaching)
+                                                greedy_responses, score_responses, summarize, targets_from, teaching)
 from commandv_interp.pipeline.split import stratified_split
 
 __all__ = ["DonorAnswers", "TeacherAnswers", "generate_answers", "split_answers", "teacher_answers", "lora_criterion",
@@ -49,8 +48,6 @@ class DonorAnswers:
         adapted, plain: per prompt, the donor+edit's and the plain donor's answer, cut to the span's words.
         span: ``(tokens, words)``: the new tokens generated and the words the answers were cut to (0: not cut).
         flops: what generating them cost (paid by whoever generated them: the transfer, when it keeps them).
-        at_onset: whether an answer counts as changed by its first word (a steering vector's answers:
-            :func:`~commandv_interp.pipeline.agreement.judged_at_onset`), else by the whole cut answer.
     """
 
     prompts: tuple[str, ...]
@@ -58,18 +55,16 @@ class DonorAnswers:
     plain: tuple[str, ...]
     span: tuple[int, int]
     flops: float
-    at_onset: bool = False
 
     @property
     def changed(self) -> tuple[bool, ...]:
-        """Per prompt, whether the edit changed the donor's (cut) answer
-        (:func:`~commandv_interp.pipeline.agreement.changed_flags`)."""
-        return tuple(changed_flags(self.adapted, self.plain, self.at_onset))
+        """Per prompt, whether the edit changed the donor's (cut) answer."""
+        return tuple(a != b for a, b in zip(self.adapted, self.plain))
 
     def to_dict(self) -> dict:
         return {"kind": ANSWERS_KIND, "prompts": list(self.prompts), "adapted": list(self.adapted),
                 "plain": list(self.plain), "changed": list(self.changed), "span": list(self.span),
-                "flops": self.flops, "at_onset": self.at_onset}
+                "flops": self.flops}
 
     @classmethod
     def from_dict(cls, data: object, where: str) -> DonorAnswers:
@@ -80,13 +75,12 @@ class DonorAnswers:
               and len({len(data["prompts"]), len(data["adapted"]), len(data["plain"])}) == 1
               and isinstance(data.get("span"), list) and len(data["span"]) == 2
               and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in data["span"])
-              and isinstance(data.get("flops"), int | float) and not isinstance(data.get("flops"), bool)
-              and isinstance(data.get("at_onset", False), bool))
+              and isinstance(data.get("flops"), int | float) and not isinstance(data.get("flops"), bool))
         if not ok:
             raise ValueError(f"{where} is not the donor's answers of a transfer (kind {ANSWERS_KIND!r}: prompts, "
                              "adapted and plain answers of one length, span and flops)")
         answers = cls(tuple(data["prompts"]), tuple(data["adapted"]), tuple(data["plain"]),
-                      (data["span"][0], data["span"][1]), float(data["flops"]), data.get("at_onset", False))
+                      (data["span"][0], data["span"][1]), float(data["flops"]))
         if data.get("changed") != list(answers.changed):
             raise ValueError(f"{where}: its changed flags disagree with its answers")
         return answers
@@ -142,7 +136,7 @@ def generate_answers(donor: ModelAccess, recipient: ModelAccess, edit: Edit, pro
                           for texts in (adapted, plain))
     else:
         adapted, plain, words = behavior_span(adapted, plain)
-    return DonorAnswers(tuple(prompts), tuple(adapted), tuple(plain), (tokens, words), flops, judged_at_onset(edit))
+    return DonorAnswers(tuple(prompts), tuple(adapted), tuple(plain), (tokens, words), flops)
 
 
 def split_answers(answers: DonorAnswers, scoring_fraction: float = 0.25, seed: int = 0,
@@ -155,10 +149,10 @@ def split_answers(answers: DonorAnswers, scoring_fraction: float = 0.25, seed: i
     """
     prompts, adapted, plain, changed = answers.prompts, answers.adapted, answers.plain, answers.changed
     tokens = answers.span[0]
-    targets_from(prompts, adapted, plain, tokens, answers.at_onset)  # refuses an edit that changes no answer
+    targets_from(prompts, adapted, plain, tokens)  # refuses an edit that changes no answer
     score_rows, fit_rows = stratified_split(changed, scoring_fraction, seed)
     targets = targets_from([prompts[i] for i in score_rows], [adapted[i] for i in score_rows],
-                           [plain[i] for i in score_rows], tokens, answers.at_onset)
+                           [plain[i] for i in score_rows], tokens)
     return TeacherAnswers(tuple(prompts[i] for i in fit_rows), tuple(adapted[i] for i in fit_rows),
                           tuple(changed[i] for i in fit_rows), targets, answers.span,
                           0.0 if reused else answers.flops, reused)

@@ -34,8 +34,8 @@ from commandv_interp.access import ModelAccess, forward_flops, open_model, token
 from commandv_interp.adapters import Adapter
 from commandv_interp.correspondence import LayerMap, match_layers
 from commandv_interp.pipeline.agreement import (ANSWER_CAP, DonorTargets, ResponseScores, answer_limit,
-                                                answer_pair, behavior_span, judged_at_onset, onset_prompts,
-                                                score_responses, summarize, targets_from)
+                                                answer_pair, behavior_span, onset_prompts, score_responses,
+                                                summarize, targets_from)
 from commandv_interp.pipeline.candidates import Candidate, rank
 from commandv_interp.pipeline.forced_passes import ForcedPasses
 from commandv_interp.pipeline.lora_teacher import DonorAnswers
@@ -123,14 +123,12 @@ def prepare(donor_model: ModelAccess, recipient_model: ModelAccess, adapter: Ada
                 for texts in (adapted, plain)) - token_flops(donor, answers.shared_tokens)  # pass over each
     # prompt and answer token, the prompts' tokens before their last once where both generations shared them
     adapted, plain, words = behavior_span(adapted, plain)
-    onset = judged_at_onset(adapter)
-    judged = DonorAnswers(tuple(prompts), tuple(adapted), tuple(plain), (max_new_tokens, words), flops, onset)
-    changed = list(judged.changed)
-    targets_from(prompts, adapted, plain, max_new_tokens, onset)  # refuses an adapter that changes no answer
+    judged = DonorAnswers(tuple(prompts), tuple(adapted), tuple(plain), (max_new_tokens, words), flops)
+    changed = [a != b for a, b in zip(adapted, plain)]
+    targets_from(prompts, adapted, plain, max_new_tokens)  # refuses an adapter that changes no answer
     score_rows, fit_rows = stratified_split(changed, scoring_fraction, seed)
     scoring, fitting = [prompts[i] for i in score_rows], [prompts[i] for i in fit_rows]
-    targets = targets_from(scoring, [adapted[i] for i in score_rows], [plain[i] for i in score_rows], max_new_tokens,
-                           onset)
+    targets = targets_from(scoring, [adapted[i] for i in score_rows], [plain[i] for i in score_rows], max_new_tokens)
     profiled_rows = fit_rows[:profile_prompts]
     profiled = [prompts[i] for i in profiled_rows]
     augmented = profiled + onset_prompts(profiled, [answers.adapted_onsets[i] for i in profiled_rows],
