@@ -165,7 +165,7 @@ class NNsightAccess(ModelAccess):
                                  f"{min(self._edits)} or lower")
             if self._block_template is None:
                 raise ValueError("start states come from hidden_suffix over the same suffixes; take them first")
-            replay = replayed_blocks(blocks, layer, start[1].to(self.device), self._block_template)
+            replay = replayed_blocks(blocks, layer, start[1].to(self.block_device(layer)), self._block_template)
         mask = torch.ones((len(kwargs["input_ids"]), 1), dtype=torch.long, device=self.device)
         handles = [blocks[layer].register_forward_hook(_suffix_hook(fn, layer, mask))
                    for layer, fn in sorted(self._edits.items())]
