@@ -253,3 +253,46 @@ def test_generate_suffix_refuses_what_it_cannot_start_from_the_last_token(nn_lla
     with nn_llama.edited({0: lambda h, ctx: h}):  # an edit function without acts_on_decode acts on decode steps
         with pytest.raises(ValueError, match="acts on decode steps"):
             nn_llama.generate_suffix(states, [0, 1], ids, 4)
+
+
+def test_replayed_blocks_keep_a_tuple_output_and_run_only_the_blocks_above():
+    """Blocks that return tuples (as some transformers versions' do): the replayed block returns the given states in
+    that structure, the blocks below it never run their own forward, and every forward is back afterwards."""
+    from commandv_interp.access.prefix import replayed_blocks
+
+    runs = []
+
+    class Block(torch.nn.Module):
+        def __init__(self, i):
+            super().__init__()
+            self.i, self.lin = i, torch.nn.Linear(4, 4)
+
+        def forward(self, hidden, attention_mask=None):
+            runs.append(self.i)
+            return (hidden + self.lin(hidden), None)
+
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList([Block(i) for i in range(4)])
+
+    def model(x):
+        for block in blocks:
+            x = block(x, attention_mask=None)[0]
+        return x
+
+    x = torch.randn(2, 3, 4)
+    with torch.no_grad():
+        at_1 = blocks[1](blocks[0](x)[0])[0]
+        whole = model(x)
+        runs.clear()
+        with replayed_blocks(blocks, 1, at_1, (None, None)):
+            replayed = model(torch.zeros_like(x))  # what enters below the replayed block does not matter
+        assert runs == [2, 3] and torch.equal(replayed, whole)
+        runs.clear()
+        assert torch.equal(model(x), whole) and runs == [0, 1, 2, 3]  # every block runs again
+        with pytest.raises(ValueError, match="same suffixes"):
+            with replayed_blocks(blocks, 2, torch.zeros(2, 5, 4), (None, None)):
+                model(x)
+        assert all("forward" not in block.__dict__ for block in blocks)
+        with pytest.raises(ValueError, match="out of range"):
+            with replayed_blocks(blocks, 4, at_1, (None, None)):
+                pass
