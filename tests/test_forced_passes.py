@@ -122,8 +122,9 @@ def test_a_pass_starting_above_the_unedited_blocks_equals_the_whole_pass(nn_llam
         assert [block.__dict__.get("forward") for block in blocks] == own
         with pytest.raises(ValueError, match="edit acts below block 2"):
             with access.edited(edits):
-                access.forward_suffix(passes._states, range(5), batch, start=(2, passes._start_states(
-                    list(range(5)), batch, 2)))
+                rows = list(range(5))
+                access.forward_suffix(passes._states, rows, batch, start=(2, passes._start_states(
+                    passes._start_keys(rows, batch, 2), rows, batch, 2)))
         assert [block.__dict__.get("forward") for block in blocks] == own
         with pytest.raises(ValueError, match="same suffixes"):  # states of other suffixes: refused, and restored
             access.forward_suffix(passes._states, range(5), batch, start=(1, torch.zeros(5, 1, access.d_model)))

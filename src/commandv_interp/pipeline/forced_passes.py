@@ -51,6 +51,7 @@ class ForcedPasses:
         self._batch_size = batch_size
         self._states = None
         self._starts: dict[tuple[int, int, tuple[int, ...]], Tensor] = {}  # (block, row, suffix ids) → its output
+        self._token_costs: dict[int | None, float] = {}
         self.state_flops = 0.0
         self.pass_flops = 0.0
 
@@ -62,20 +63,22 @@ class ForcedPasses:
 
     def token_cost(self, layer: int | None) -> float:
         """The FLOPs per token of a pass under edits from block ``layer`` up (``None``: no edit)."""
-        if self.cached and layer is not None:
-            return token_flops(self.recipient, 1, after_layer=layer)
-        return token_flops(self.recipient, 1)
+        key = layer if self.cached else None
+        if key not in self._token_costs:  # a parameter count per block: counted once, read on every pass
+            self._token_costs[key] = token_flops(self.recipient, 1, after_layer=key)
+        return self._token_costs[key]
 
     def costs(self, rows: Sequence[int], batch: Batch, layer: int | None) -> tuple[float, float]:
         """What :meth:`logits` over ``batch`` (its ``rows``) under edits from block ``layer`` up adds: the FLOPs of
         the states it computes first (prefix states, start states) and those of the pass itself."""
+        return self._costs(batch, layer, self._start_keys(rows, batch, layer))
+
+    def _costs(self, batch: Batch, layer: int | None, keys: list | None) -> tuple[float, float]:
         pass_cost = self.token_cost(layer) * int(batch.attention_mask.sum())
-        if not self.cached or layer is None:
+        if keys is None:
             return self.pending_flops(), pass_cost
-        missing = {key: n for key, n in zip(self._start_keys(rows, batch, layer), batch.attention_mask.sum(1).tolist())
-                   if key not in self._starts}
-        return (self.pending_flops() + token_flops(self.recipient, sum(missing.values()), through_layer=layer),
-                pass_cost)
+        todo = sum(len(keys[i][2]) for i in self._missing(keys).values())
+        return self.pending_flops() + token_flops(self.recipient, todo, through_layer=layer), pass_cost
 
     def sequences(self, rows: Sequence[int], responses: Sequence[str]) -> tuple[Batch, list[int], list[int]]:
         """The right-padded ids of each ``prompts[rows[i]] + " " + responses[i]`` (from its last prompt token on when
@@ -91,33 +94,39 @@ class ForcedPasses:
         (which must act at the last prompt token only); computes the states it needs on first need."""
         rows = list(rows)
         layer = min(self.recipient.active_edits, default=None)
-        before, cost = self.costs(rows, batch, layer)
+        keys = self._start_keys(rows, batch, layer)
+        before, cost = self._costs(batch, layer, keys)
         if not self.cached:
             out = self.recipient.forward(batch)
         else:
             if self._states is None:
                 self._states = self.recipient.prefix_states([ids[:-1] for ids in self._ids], self._batch_size)
-            if layer is None:
-                out = self.recipient.forward_suffix(self._states, rows, batch)
-            else:
-                start = self._start_states(rows, batch, layer)
-                out = self.recipient.forward_suffix(self._states, rows, batch, start=(layer, start))
+            start = None if keys is None else (layer, self._start_states(keys, rows, batch, layer))
+            out = self.recipient.forward_suffix(self._states, rows, batch, start=start)
         self.state_flops += before
         self.pass_flops += cost
         return out
 
-    def _start_keys(self, rows: Sequence[int], batch: Batch, layer: int) -> list[tuple[int, int, tuple[int, ...]]]:
+    def _start_keys(self, rows: Sequence[int], batch: Batch, layer: int | None
+                    ) -> list[tuple[int, int, tuple[int, ...]]] | None:
+        """Per row, the key of its start states, ``(block, row, suffix ids)``; None when the pass starts at the
+        first block (no edit, or whole passes)."""
+        if not self.cached or layer is None:
+            return None
         lengths = batch.attention_mask.sum(1).tolist()
         return [(layer, row, tuple(batch.input_ids[i, :n].tolist())) for i, (row, n) in enumerate(zip(rows, lengths))]
 
-    def _start_states(self, rows: list[int], batch: Batch, layer: int) -> Tensor:
-        """Block ``layer``'s output over ``batch`` with no edit (zeros at padding), each row's taken once."""
-        keys = self._start_keys(rows, batch, layer)
+    def _missing(self, keys: list) -> dict[tuple, int]:
+        """The keys whose start states are not taken yet, each with its first row (a row drawn twice is run once)."""
         first_seen: dict[tuple, int] = {}
         for i, key in enumerate(keys):
             if key not in self._starts:
-                first_seen.setdefault(key, i)  # a row drawn twice is run once
-        todo = list(first_seen.values())
+                first_seen.setdefault(key, i)
+        return first_seen
+
+    def _start_states(self, keys: list, rows: list[int], batch: Batch, layer: int) -> Tensor:
+        """Block ``layer``'s output over ``batch`` with no edit (zeros at padding), each row's taken once."""
+        todo = list(self._missing(keys).values())
         if todo:
             part = _right_padded([list(keys[i][2]) for i in todo], self.recipient.tokenizer)
             hidden = self.recipient.hidden_suffix(self._states, [rows[i] for i in todo], part, layer)
